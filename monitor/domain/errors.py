@@ -1,0 +1,35 @@
+"""Every error keyhealth raises on purpose, each carrying what a person needs to fix the cause."""
+
+from __future__ import annotations
+
+
+class KeyhealthError(Exception):
+    """Base of keyhealth's own errors."""
+
+
+class ScenarioError(KeyhealthError, ValueError):
+    """A scenario is invalid: `path` is the JSON path of the offending value, `problem` says what is wrong."""
+
+    def __init__(self, path: str, problem: str, *, source: str | None = None) -> None:
+        self.path = path
+        self.problem = problem
+        self.source = source
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        return f"{where}{self.path}: {self.problem}"
+
+    def with_source(self, source: str) -> ScenarioError:
+        """Return the same error, now naming the file it came from."""
+        return ScenarioError(self.path, self.problem, source=source)
+
+
+class SettingError(KeyhealthError, ValueError):
+    """An app setting (environment variable) has a value keyhealth cannot use."""
+
+    def __init__(self, setting: str, value: str, problem: str) -> None:
+        self.setting = setting
+        self.value = value
+        self.problem = problem
+        super().__init__(f"setting {setting}={value!r}: {problem}")

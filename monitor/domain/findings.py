@@ -1,0 +1,418 @@
+"""Findings with severities, from a namespace's prediction and the warning/critical thresholds.
+
+Each message is written for the person on call: what is wrong, when, and the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from monitor.domain.model import KeyRef, Namespace, is_managed_hsm, vault_short_name
+from monitor.domain.prediction import NamespacePrediction, Status
+from monitor.domain.scenario import format_instant
+from monitor.domain.usability import VERSION_REASONS, Assessment, Reason, VaultState, World, assess, version_reasons
+
+
+class Severity(enum.IntEnum):
+    """How urgent a finding is; ordered so that max() picks the worst."""
+
+    INFO = 0
+    WARNING = 1
+    CRITICAL = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class Code(enum.Enum):
+    """Every finding code of the scenario format."""
+
+    REVOCATION_PREDICTED = "revocation-predicted"
+    KEY_EXPIRING = "key-expiring"
+    KEY_EXPIRED = "key-expired"
+    KEY_DISABLED = "key-disabled"
+    KEY_NOT_YET_VALID = "key-not-yet-valid"
+    KEY_DELETED = "key-deleted"
+    KEY_MISSING = "key-missing"
+    KEY_OPS_MISSING = "key-ops-missing"
+    ACCESS_DENIED = "access-denied"
+    IDENTITY_MISSING = "identity-missing"
+    VERSION_PINNED = "version-pinned"
+    NEW_VERSION_UNUSABLE = "new-version-unusable"
+    NO_REDUNDANCY = "no-redundancy"
+    VAULT_MISSING = "vault-missing"
+    VAULT_SOFT_DELETE_OFF = "vault-soft-delete-off"
+    VAULT_PURGE_PROTECTION_OFF = "vault-purge-protection-off"
+    MONITOR_BLIND = "monitor-blind"
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """How far ahead a predicted loss is a warning, and when it becomes critical."""
+
+    warning: timedelta = timedelta(days=30)
+    critical: timedelta = timedelta(days=7)
+
+    def severity_for(self, remaining: timedelta) -> Severity:
+        if remaining <= self.critical:
+            return Severity.CRITICAL
+        if remaining <= self.warning:
+            return Severity.WARNING
+        return Severity.INFO
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One condition on one key reference (or, with `key` None, on the namespace)."""
+
+    code: Code
+    severity: Severity
+    key: str | None
+    message: str
+    version: str | None = None
+    at: datetime | None = None  # when the condition bites, for time-bound findings
+
+
+def humanize(delta: timedelta) -> str:
+    """'in 6 days 4 hours', '3 minutes ago', 'now': the two largest units, for people."""
+    seconds = int(delta.total_seconds())
+    if seconds == 0:
+        return "now"
+    remaining = abs(seconds)
+    parts = []
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        count, remaining = divmod(remaining, size)
+        if count:
+            parts.append(f"{count} {unit}{'s' if count != 1 else ''}")
+        if len(parts) == 2:
+            break
+    text = " ".join(parts)
+    return f"in {text}" if seconds > 0 else f"{text} ago"
+
+
+def _when(t: datetime, now: datetime) -> str:
+    return f"{format_instant(t)} ({humanize(t - now)})"
+
+
+class _Commands:
+    """`az` command lines that fix a finding, filled in for one reference of one namespace."""
+
+    def __init__(self, namespace: Namespace, ref: KeyRef) -> None:
+        self.namespace = namespace
+        self.ref = ref
+        store = "--hsm-name" if is_managed_hsm(ref.vault) else "--vault-name"
+        self.key_args = f"{store} {vault_short_name(ref.vault)} --name {ref.name}"
+        self.vault_name = vault_short_name(ref.vault)
+        self.group = namespace.resource_group or "<resource-group>"
+
+    def set_attributes(self, version: str, option: str) -> str:
+        return f"az keyvault key set-attributes {self.key_args} --version {version} {option}"
+
+    @property
+    def rotate(self) -> str:
+        return f"az keyvault key rotate {self.key_args}"
+
+    @property
+    def recover_key(self) -> str:
+        return f"az keyvault key recover {self.key_args}"
+
+    def grant(self, principal: str, rbac: bool) -> str:
+        if rbac:
+            scope = f"$(az keyvault show --name {self.vault_name} --query id -o tsv)"
+            return (
+                'az role assignment create --role "Key Vault Crypto Service Encryption User" '
+                f"--assignee-object-id {principal} --assignee-principal-type ServicePrincipal --scope {scope}"
+            )
+        return (
+            f"az keyvault set-policy --name {self.vault_name} --object-id {principal} "
+            "--key-permissions get wrapKey unwrapKey"
+        )
+
+    @property
+    def add_versionless(self) -> str:
+        config = f"key-name={self.ref.name} key-vault-uri={self.ref.vault.rstrip('/')}"
+        if self.ref.identity:
+            config += f" user-assigned-identity={self.ref.identity}"
+        return (
+            f"az servicebus namespace encryption add --namespace-name {self.namespace.name} "
+            f"-g {self.group} --encryption-config {config}"
+        )
+
+
+def findings_for(prediction: NamespacePrediction, world: World, thresholds: Thresholds) -> list[Finding]:
+    """Every finding for one namespace, worst first."""
+    namespace = prediction.namespace
+    now = prediction.now
+    findings: list[Finding] = []
+    revocation = _revocation_finding(prediction, thresholds)
+    if revocation is not None:
+        findings.append(revocation)
+    # A broken reference costs redundancy while another still works; it is the outage when none does.
+    impact = Severity.CRITICAL if prediction.status_now is Status.REVOKED else Severity.WARNING
+    for index, (ref, assessment) in enumerate(zip(namespace.keys, prediction.assessments_now, strict=True)):
+        commands = _Commands(namespace, ref)
+        vault_timeline = world.vault(ref.vault)
+        vault_state = vault_timeline.at(now) if vault_timeline is not None else None
+        if vault_state is not None and vault_state.exists:
+            findings.extend(_vault_config_findings(ref, vault_state))
+        for reason in assessment.reasons:
+            findings.append(_reason_finding(reason, impact, assessment, vault_state, commands, now))
+        broken_rotation = _broken_rotation(world, ref, assessment, impact, commands, now)
+        if broken_rotation is not None:
+            findings.append(broken_rotation)
+        if ref.version is not None:
+            findings.append(_pinned_finding(world, ref, assessment, commands, now))
+        if assessment.usable:
+            expiring = _expiring_finding(prediction, world, index, thresholds, commands)
+            if expiring is not None:
+                findings.append(expiring)
+    if prediction.usable_keys_now == 1:
+        findings.append(_no_redundancy(prediction))
+    findings.sort(key=lambda f: (-f.severity, f.code.value, f.key or ""))
+    return findings
+
+
+def _revocation_finding(prediction: NamespacePrediction, thresholds: Thresholds) -> Finding | None:
+    earliest = prediction.revoked_at_earliest
+    if earliest is None:
+        return None
+    now = prediction.now
+    revoked_by = prediction.revoked_by
+    first = prediction.stretches[0]
+    why = _why(prediction.assessments_at_revocation or ())
+    advice = "Restore any one of the listed keys before then."
+    if prediction.status_now is Status.REVOKED:
+        by = format_instant(revoked_by or earliest)
+        head = f"no listed key is usable now: the next poll revokes the namespace, by {by}"
+        advice = "Restore any one of the listed keys: the first poll that finds one usable recovers the namespace."
+    elif first.certain and revoked_by is not None:
+        head = (
+            f"would go Revoked between {format_instant(earliest)} and {format_instant(revoked_by)}"
+            f" ({humanize(earliest - now)})"
+        )
+    else:
+        gap = humanize(first.end - first.start).removeprefix("in ")
+        head = (
+            f"may go Revoked at {_when(earliest, now)}: no key is usable for {gap}, shorter than the 5-minute "
+            "poll, so revocation is possible, not certain"
+        )
+        head += f"; certain by {format_instant(revoked_by)}" if revoked_by else ""
+    return Finding(
+        code=Code.REVOCATION_PREDICTED,
+        severity=thresholds.severity_for(earliest - now),
+        key=None,
+        message=f"{head}. Why: {why}. {advice}",
+        at=earliest,
+    )
+
+
+def _why(assessments: tuple[Assessment, ...]) -> str:
+    parts = []
+    for assessment in assessments:
+        reasons = ", ".join(r.value for r in assessment.reasons) or "usable"
+        parts.append(f"{assessment.ref.url} {reasons}")
+    return "; ".join(parts)
+
+
+def _vault_config_findings(ref: KeyRef, vault: VaultState) -> list[Finding]:
+    name = vault_short_name(ref.vault)
+    findings = []
+    if not vault.soft_delete:
+        findings.append(
+            Finding(
+                Code.VAULT_SOFT_DELETE_OFF,
+                Severity.WARNING,
+                ref.url,
+                f"vault {name} has soft delete off: a deleted key is gone at once and so is the namespace's "
+                f"data; Service Bus CMK requires it: az keyvault update --name {name} --enable-soft-delete true",
+            )
+        )
+    if not vault.purge_protection:
+        findings.append(
+            Finding(
+                Code.VAULT_PURGE_PROTECTION_OFF,
+                Severity.WARNING,
+                ref.url,
+                f"vault {name} has purge protection off: a deleted key can be purged before anyone recovers it; "
+                f"Service Bus CMK requires it: az keyvault update --name {name} --enable-purge-protection true",
+            )
+        )
+    return findings
+
+
+def _reason_finding(
+    reason: Reason,
+    impact: Severity,
+    assessment: Assessment,
+    vault: VaultState | None,
+    commands: _Commands,
+    now: datetime,
+) -> Finding:
+    ref = assessment.ref
+    version = assessment.version
+    version_id = version.version if version is not None else ref.version or "current"
+    label = f"key {ref.name} in {vault_short_name(ref.vault)}"
+    if reason is Reason.VAULT_MISSING:
+        message = (
+            f"vault {vault_short_name(ref.vault)} does not exist: recover it within its retention period: "
+            f"az keyvault recover --name {vault_short_name(ref.vault)}"
+        )
+    elif reason is Reason.IDENTITY_MISSING:
+        who = f"user-assigned identity {ref.identity}" if ref.identity else "a system-assigned identity"
+        assign = f"--user-assigned {ref.identity}" if ref.identity else "--system-assigned"
+        message = (
+            f"{label} is used through {who}, which namespace {commands.namespace.name} does not have: "
+            f"az servicebus namespace identity assign --namespace-name {commands.namespace.name} "
+            f"-g {commands.group} {assign}, then grant it get, wrapKey and unwrapKey"
+        )
+    elif reason is Reason.ACCESS_DENIED:
+        principal = assessment.principal or "<principal-id>"
+        missing = ", ".join(vault.missing_permissions(principal)) if vault else "get, wrapKey, unwrapKey"
+        message = (
+            f"principal {principal} lacks {missing} on vault {vault_short_name(ref.vault)}: re-grant them: "
+            f"{commands.grant(principal, vault.rbac if vault else False)}"
+        )
+    elif reason is Reason.KEY_MISSING:
+        if ref.version is not None:
+            message = (
+                f"{label} has no version {ref.version}: point the namespace at an existing version or unpin it: "
+                f"{commands.add_versionless}"
+            )
+        else:
+            message = (
+                f"{label} does not exist (never created, or purged); data it protected cannot be decrypted: "
+                "list another key on the namespace and restore the key from backup if one exists"
+            )
+    elif reason is Reason.KEY_DELETED:
+        message = f"{label} is soft-deleted: recover it within the retention period: {commands.recover_key}"
+    elif reason is Reason.KEY_DISABLED:
+        enable = commands.set_attributes(version_id, "--enabled true")
+        message = f"{label} version {version_id} is disabled: re-enable it: {enable}"
+    elif reason is Reason.KEY_NOT_YET_VALID:
+        nbf = version.nbf if version is not None else None
+        since = f" until {_when(nbf, now)}" if nbf is not None else ""
+        message = (
+            f"{label} version {version_id} is not valid{since} (nbf): "
+            f"{commands.set_attributes(version_id, '--not-before ' + format_instant(now))}"
+        )
+    elif reason is Reason.KEY_EXPIRED:
+        exp = version.exp if version is not None else None
+        since = f" since {_when(exp, now)}" if exp is not None else ""
+        fix = (
+            f"extend it: {commands.set_attributes(version_id, '--expires <new-date>')}"
+            if ref.version is not None
+            else f"rotate (the namespace picks up the new version at its next poll): {commands.rotate}"
+        )
+        message = f"{label} version {version_id} expired{since}: {fix}"
+    else:  # Reason.KEY_OPS_MISSING
+        ops = ", ".join(version.key_ops or ()) if version is not None else ""
+        message = (
+            f"{label} version {version_id} allows only [{ops}], not both wrapKey and unwrapKey: "
+            f"{commands.set_attributes(version_id, '--ops wrapKey unwrapKey')}"
+        )
+    return Finding(Code(reason.value), impact, ref.url, message, version=ref.version)
+
+
+def _broken_rotation(
+    world: World, ref: KeyRef, assessment: Assessment, impact: Severity, commands: _Commands, now: datetime
+) -> Finding | None:
+    current = assessment.version
+    if ref.version is not None or current is None or not VERSION_REASONS & set(assessment.reasons):
+        return None
+    key_state = world.key(ref.key_id).at(now)
+    older = [v for v in key_state.versions if v.created < current.created and not version_reasons(v, now)]
+    if not older:
+        return None
+    problems = ", ".join(r.value for r in assessment.reasons if r in VERSION_REASONS)
+    return Finding(
+        Code.NEW_VERSION_UNUSABLE,
+        impact,
+        ref.url,
+        f"the current version {current.version} of key {ref.name} is unusable ({problems}) while older version "
+        f"{older[-1].version} would be: the rotation broke the namespace; fix the new version or rotate again: "
+        f"{commands.rotate}",
+        at=current.created,
+    )
+
+
+def _pinned_finding(world: World, ref: KeyRef, assessment: Assessment, commands: _Commands, now: datetime) -> Finding:
+    assert ref.version is not None
+    key_state = world.key(ref.key_id).at(now)
+    current = key_state.current_version(now)
+    pinned = assessment.version
+    rotated_past = current is not None and pinned is not None and current is not pinned
+    expires = pinned.exp if pinned is not None else None
+    detail = []
+    if rotated_past and current is not None:
+        detail.append(f"the key has rotated to {current.version} but the namespace stays on the pinned version")
+    if expires is not None:
+        detail.append(f"the namespace is disabled when it expires at {_when(expires, now)}")
+    severity = Severity.WARNING if rotated_past or expires is not None else Severity.INFO
+    message = (
+        f"namespace {commands.namespace.name} is pinned to version {ref.version} of key {ref.name}"
+        + (f": {'; '.join(detail)}" if detail else ": rotation will not be picked up")
+        + f". Unpin it (add a versionless entry, then remove the pinned one): {commands.add_versionless}"
+    )
+    return Finding(Code.VERSION_PINNED, severity, ref.url, message, version=ref.version, at=expires)
+
+
+def _expiring_finding(
+    prediction: NamespacePrediction, world: World, index: int, thresholds: Thresholds, commands: _Commands
+) -> Finding | None:
+    intervals = prediction.usable_intervals[index]
+    if not intervals or intervals[0][0] != prediction.now:
+        return None
+    ends = intervals[0][1]
+    now = prediction.now
+    if ends >= prediction.horizon or ends - now > thresholds.warning:
+        return None
+    namespace = prediction.namespace
+    ref = namespace.keys[index]
+    after = assess(world, namespace, ref, ends)
+    if Reason.KEY_EXPIRED not in after.reasons:
+        return None
+    severity = thresholds.severity_for(ends - now)
+    survives = not any(s.start <= ends < s.end for s in prediction.stretches)
+    if survives:  # another listed key covers that moment: redundancy is lost, not the namespace
+        severity = Severity(max(severity - 1, Severity.INFO))
+    version_id = after.version.version if after.version is not None else "current"
+    fix = (
+        commands.rotate
+        if ref.version is None
+        else f"{commands.set_attributes(version_id, '--expires <new-date>')} or unpin: {commands.add_versionless}"
+    )
+    consequence = "another listed key stays usable" if survives else "no other listed key is usable then"
+    return Finding(
+        Code.KEY_EXPIRING,
+        severity,
+        ref.url,
+        f"key {ref.name} version {version_id} expires at {_when(ends, now)}; {consequence}: {fix}",
+        version=ref.version,
+        at=ends,
+    )
+
+
+def _no_redundancy(prediction: NamespacePrediction) -> Finding:
+    usable = next(a for a in prediction.assessments_now if a.usable)
+    total = prediction.keys_total
+    commands = _Commands(prediction.namespace, usable.ref)
+    severity = Severity.WARNING if total > 1 else Severity.INFO
+    lost = f" ({total - 1} of the {total} listed keys are unusable)" if total > 1 else ""
+    return Finding(
+        Code.NO_REDUNDANCY,
+        severity,
+        usable.ref.url,
+        f"only {usable.ref.url} is usable{lost}: one more deleted, disabled or expired key revokes the namespace; "
+        f"list a second key from another vault (up to 3): az servicebus namespace encryption add "
+        f"--namespace-name {prediction.namespace.name} -g {commands.group} --encryption-config key-name=<key> "
+        "key-vault-uri=<vault-uri>",
+        version=usable.ref.version,
+    )
+
+
+def worst_severity(findings: list[Finding]) -> Severity | None:
+    """The most urgent severity among findings, or None when there are none."""
+    return max((f.severity for f in findings), default=None)

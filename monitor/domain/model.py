@@ -1,0 +1,285 @@
+"""Frozen values for the Azure state that decides customer-managed-key (CMK) health."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+# Service Bus polls every listed key at this interval, at a phase nobody outside the service knows.
+POLL_INTERVAL = timedelta(seconds=300)
+MAX_KEYS_PER_NAMESPACE = 3
+REQUIRED_PERMISSIONS = frozenset({"get", "wrapkey", "unwrapkey"})
+REQUIRED_KEY_OPS = frozenset({"wrapkey", "unwrapkey"})
+
+
+def vault_id(uri: str) -> str:
+    """The comparable form of a vault URI: case-folded, trailing slashes removed."""
+    return uri.strip().rstrip("/").lower()
+
+
+def name_id(name: str) -> str:
+    """The comparable form of a key, version, principal or resource name: case-folded."""
+    return name.strip().lower()
+
+
+def vault_short_name(uri: str) -> str:
+    """The vault's (or Managed HSM's) name, the first label of its host name."""
+    host = urlsplit(uri.strip()).hostname or uri.strip().rstrip("/")
+    return host.split(".", 1)[0]
+
+
+def is_managed_hsm(uri: str) -> bool:
+    """True when the URI names a Managed HSM rather than a Key Vault."""
+    return ".managedhsm." in uri.lower()
+
+
+def key_url(vault_uri: str, key_name: str) -> str:
+    """The key's identifier without a version, as Key Vault spells it."""
+    return f"{vault_uri.strip().rstrip('/')}/keys/{key_name}"
+
+
+KeyId = tuple[str, str]
+"""(vault_id, name_id) of a key: how keys are matched."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersion:
+    """One version of a key and the attributes that decide whether it can wrap and unwrap."""
+
+    version: str
+    created: datetime
+    enabled: bool = True
+    nbf: datetime | None = None
+    exp: datetime | None = None
+    key_ops: tuple[str, ...] | None = None
+    kty: str | None = None
+    key_size: int | None = None
+
+    @property
+    def has_required_ops(self) -> bool:
+        if self.key_ops is None:
+            return True
+        return {op.lower() for op in self.key_ops} >= REQUIRED_KEY_OPS
+
+
+@dataclass(frozen=True, slots=True)
+class Vault:
+    """A Key Vault (or Managed HSM) and the effective key permissions of each principal on it."""
+
+    uri: str
+    soft_delete: bool = True
+    purge_protection: bool = True
+    rbac: bool = False
+    access: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Extension to the format: a soft-deleted vault, so a live scan can record one without a change.
+    deleted: bool = False
+
+    @property
+    def id(self) -> str:
+        return vault_id(self.uri)
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """A key in a vault, with all its versions."""
+
+    vault: str
+    name: str
+    versions: tuple[KeyVersion, ...]
+    deleted: bool = False
+    # Kept as read; its structure matters to rotation (a later concern), not to usability.
+    rotation_policy: Mapping[str, object] | None = None
+
+    @property
+    def id(self) -> KeyId:
+        return (vault_id(self.vault), name_id(self.name))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRef:
+    """One entry of a namespace's `encryption.keyVaultProperties`."""
+
+    vault: str
+    name: str
+    version: str | None = None
+    identity: str | None = None  # user-assigned identity resource id; None = system-assigned
+
+    @property
+    def key_id(self) -> KeyId:
+        return (vault_id(self.vault), name_id(self.name))
+
+    @property
+    def url(self) -> str:
+        return key_url(self.vault, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceIdentity:
+    """The managed identities a namespace has: system-assigned principal and user-assigned ones."""
+
+    principal_id: str | None = None
+    user_assigned: Mapping[str, str | None] = field(default_factory=dict)
+
+    def principal_for(self, identity: str | None) -> str | None:
+        """The principal id a key reference acts as, or None when that identity is not on the namespace."""
+        if identity is None:
+            return name_id(self.principal_id) if self.principal_id else None
+        wanted = name_id(identity)
+        for resource_id, principal in self.user_assigned.items():
+            if name_id(resource_id) == wanted:
+                return name_id(principal) if principal else None
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    """A Service Bus Premium namespace encrypted with customer-managed keys."""
+
+    id: str
+    name: str
+    keys: tuple[KeyRef, ...]
+    identity: NamespaceIdentity = field(default_factory=NamespaceIdentity)
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def resource_group(self) -> str | None:
+        parts = self.id.strip("/").split("/")
+        lowered = [p.lower() for p in parts]
+        if "resourcegroups" in lowered:
+            index = lowered.index("resourcegroups") + 1
+            if index < len(parts):
+                return parts[index]
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What exists at one moment: vaults, keys and CMK namespaces."""
+
+    vaults: tuple[Vault, ...] = ()
+    keys: tuple[Key, ...] = ()
+    namespaces: tuple[Namespace, ...] = ()
+
+
+class Keep(enum.Enum):
+    """Marks an `update_version` field the change leaves as it is."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
+
+
+@dataclass(frozen=True, slots=True)
+class NewVersion:
+    """A rotation: `version` becomes the key's newest version (creating the key if it does not exist)."""
+
+    op: ClassVar[str] = "new_version"
+    at: datetime
+    vault: str
+    key: str
+    version: KeyVersion
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateVersion:
+    """Sets attributes of one version; `version` None means the key's current version at `at`."""
+
+    op: ClassVar[str] = "update_version"
+    at: datetime
+    vault: str
+    key: str
+    version: str | None = None
+    enabled: bool | Keep = KEEP
+    nbf: datetime | Keep | None = KEEP
+    exp: datetime | Keep | None = KEEP
+    key_ops: tuple[str, ...] | Keep | None = KEEP
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteKey:
+    """The key is soft-deleted (recoverable)."""
+
+    op: ClassVar[str] = "delete_key"
+    at: datetime
+    vault: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverKey:
+    """A soft-deleted key is recovered."""
+
+    op: ClassVar[str] = "recover_key"
+    at: datetime
+    vault: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeKey:
+    """The key no longer exists."""
+
+    op: ClassVar[str] = "purge_key"
+    at: datetime
+    vault: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetAccess:
+    """Sets `principal`'s effective key permissions on `vault` (an empty set removes access)."""
+
+    op: ClassVar[str] = "set_access"
+    at: datetime
+    vault: str
+    principal: str
+    permissions: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteVault:
+    """The vault disappears."""
+
+    op: ClassVar[str] = "delete_vault"
+    at: datetime
+    vault: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverVault:
+    """The vault comes back."""
+
+    op: ClassVar[str] = "recover_vault"
+    at: datetime
+    vault: str
+
+
+Change = NewVersion | UpdateVersion | DeleteKey | RecoverKey | PurgeKey | SetAccess | DeleteVault | RecoverVault
+KEY_CHANGES = (NewVersion, UpdateVersion, DeleteKey, RecoverKey, PurgeKey)
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A snapshot at `now`, how far ahead to look, and changes planned (or past) on a timeline."""
+
+    now: datetime
+    snapshot: Snapshot
+    horizon: datetime | None = None  # None: one year after `now`
+    changes: tuple[Change, ...] = ()
+
+    @property
+    def effective_horizon(self) -> datetime:
+        return self.horizon if self.horizon is not None else default_horizon(self.now)
+
+
+def default_horizon(now: datetime) -> datetime:
+    """One year after `now` (365 days; 366 across a 29 February)."""
+    try:
+        return now.replace(year=now.year + 1)
+    except ValueError:  # 29 February
+        return now + timedelta(days=366)

@@ -1,0 +1,171 @@
+"""Revocation windows per namespace over a timeline, mirroring Service Bus's 300-second key poll.
+
+Usability is piecewise constant between change instants, so each reference's usable time is an
+exact list of intervals; a namespace is at risk during the stretches no reference covers.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+from monitor.domain.errors import ScenarioError
+from monitor.domain.model import POLL_INTERVAL, KeyRef, Namespace, Scenario, name_id
+from monitor.domain.usability import Assessment, World, assess, change_instants
+
+Interval = tuple[datetime, datetime]  # [start, end)
+
+
+class Status(enum.Enum):
+    """A namespace's standing at `now`."""
+
+    HEALTHY = "healthy"  # every listed reference is usable
+    DEGRADED = "degraded"  # some, not all, are usable
+    REVOKED = "revoked"  # none is usable: the next poll revokes the namespace
+    UNKNOWN = "unknown"  # the monitor could not see enough to tell
+
+
+@dataclass(frozen=True, slots=True)
+class Stretch:
+    """A span of time with no usable reference; `open_ended` when it lasts to the horizon."""
+
+    start: datetime
+    end: datetime
+    open_ended: bool
+
+    @property
+    def certain(self) -> bool:
+        """True when a poll must land inside it, wherever the poll phase is."""
+        return self.open_ended or self.end - self.start >= POLL_INTERVAL
+
+
+@dataclass(frozen=True, slots=True)
+class NamespacePrediction:
+    """What the rules say about one namespace from `now` to `horizon`."""
+
+    namespace: Namespace
+    now: datetime
+    horizon: datetime
+    assessments_now: tuple[Assessment, ...]
+    usable_intervals: tuple[tuple[Interval, ...], ...]  # per reference, in listing order
+    stretches: tuple[Stretch, ...]
+    # Each reference judged at the start of the first stretch: why the namespace would go Revoked.
+    assessments_at_revocation: tuple[Assessment, ...] | None
+
+    @property
+    def usable_keys_now(self) -> int:
+        return sum(1 for a in self.assessments_now if a.usable)
+
+    @property
+    def keys_total(self) -> int:
+        return len(self.namespace.keys)
+
+    @property
+    def status_now(self) -> Status:
+        usable = self.usable_keys_now
+        if usable == 0:
+            return Status.REVOKED
+        return Status.HEALTHY if usable == self.keys_total else Status.DEGRADED
+
+    @property
+    def revoked_at_earliest(self) -> datetime | None:
+        """Start of the first stretch without a usable reference: a poll may land at its very start."""
+        return self.stretches[0].start if self.stretches else None
+
+    @property
+    def revoked_by(self) -> datetime | None:
+        """Start + 300 s of the first stretch a poll cannot miss."""
+        for stretch in self.stretches:
+            if stretch.certain:
+                return stretch.start + POLL_INTERVAL
+        return None
+
+    @property
+    def first_certain_stretch(self) -> Stretch | None:
+        return next((s for s in self.stretches if s.certain), None)
+
+
+def usable_intervals(
+    world: World, namespace: Namespace, ref: KeyRef, start: datetime, end: datetime
+) -> tuple[Interval, ...]:
+    """The exact intervals within [start, end) during which `ref` of `namespace` is usable."""
+    points = [start, *change_instants(world, ref, start, end)]
+    intervals: list[Interval] = []
+    for index, point in enumerate(points):
+        segment_end = points[index + 1] if index + 1 < len(points) else end
+        if not assess(world, namespace, ref, point).usable:
+            continue
+        if intervals and intervals[-1][1] == point:
+            intervals[-1] = (intervals[-1][0], segment_end)
+        else:
+            intervals.append((point, segment_end))
+    return tuple(intervals)
+
+
+def uncovered_stretches(covered: list[tuple[Interval, ...]], start: datetime, end: datetime) -> tuple[Stretch, ...]:
+    """The parts of [start, end) that no interval covers."""
+    spans = sorted(interval for intervals in covered for interval in intervals)
+    stretches: list[Stretch] = []
+    cursor = start
+    for span_start, span_end in spans:
+        if span_start > cursor:
+            stretches.append(Stretch(cursor, span_start, open_ended=False))
+        cursor = max(cursor, span_end)
+    if cursor < end:
+        stretches.append(Stretch(cursor, end, open_ended=True))
+    return tuple(stretches)
+
+
+class Predictor:
+    """Predicts namespaces against one World and window, reading each distinct reference once."""
+
+    def __init__(self, world: World, now: datetime, horizon: datetime) -> None:
+        self.world = world
+        self.now = now
+        self.horizon = horizon
+        self._intervals: dict[tuple[str, str, str | None, str | None], tuple[Interval, ...]] = {}
+
+    def predict(self, namespace: Namespace) -> NamespacePrediction:
+        refs = namespace.keys
+        per_ref = [self._intervals_for(namespace, ref) for ref in refs]
+        stretches = uncovered_stretches(per_ref, self.now, self.horizon)
+        assessments_now = tuple(assess(self.world, namespace, ref, self.now) for ref in refs)
+        at_revocation = None
+        if stretches:
+            first = stretches[0].start
+            at_revocation = tuple(assess(self.world, namespace, ref, first) for ref in refs)
+        return NamespacePrediction(
+            namespace=namespace,
+            now=self.now,
+            horizon=self.horizon,
+            assessments_now=assessments_now,
+            usable_intervals=tuple(per_ref),
+            stretches=stretches,
+            assessments_at_revocation=at_revocation,
+        )
+
+    def _intervals_for(self, namespace: Namespace, ref: KeyRef) -> tuple[Interval, ...]:
+        # Usability depends on the namespace only through the principal the reference acts as.
+        principal = namespace.identity.principal_for(ref.identity)
+        vault, key = ref.key_id
+        cache_key = (vault, key, name_id(ref.version) if ref.version else None, principal)
+        cached = self._intervals.get(cache_key)
+        if cached is None:
+            cached = usable_intervals(self.world, namespace, ref, self.now, self.horizon)
+            self._intervals[cache_key] = cached
+        return cached
+
+
+def predict_scenario(scenario: Scenario) -> tuple[World, list[NamespacePrediction]]:
+    """Predict every namespace of a scenario, sorted by name then id.
+
+    Raises ScenarioError when a change cannot apply, or the horizon is not after `now`.
+    """
+    horizon = scenario.effective_horizon
+    if horizon <= scenario.now:
+        raise ScenarioError("$.horizon", f"horizon {horizon.isoformat()} is not after now {scenario.now.isoformat()}")
+    world = World(scenario.snapshot, scenario.changes)
+    predictor = Predictor(world, scenario.now, horizon)
+    namespaces = sorted(scenario.snapshot.namespaces, key=lambda n: (n.name.lower(), n.id.lower()))
+    return world, [predictor.predict(namespace) for namespace in namespaces]
