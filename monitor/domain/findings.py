@@ -171,7 +171,8 @@ def findings_for(prediction: NamespacePrediction, world: World, thresholds: Thre
                 findings.append(expiring)
     if prediction.usable_keys_now == 1:
         findings.append(_no_redundancy(prediction))
-    findings.sort(key=lambda f: (-f.severity, f.code.value, f.key or ""))
+    # Worst first; within a severity the causes come before the namespace-level consequence.
+    findings.sort(key=lambda f: (-f.severity, f.code is Code.REVOCATION_PREDICTED, f.code.value, f.key or ""))
     return findings
 
 
