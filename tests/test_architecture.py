@@ -14,7 +14,7 @@ IMPURE_CALLS = {"now", "utcnow", "today", "time", "monotonic", "getenv", "open",
 
 
 def _imports(path: Path) -> list[str]:
-    modules = []
+    modules: list[str] = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             modules.extend(alias.name for alias in node.names)

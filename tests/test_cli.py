@@ -128,7 +128,7 @@ namespaces:
     assert run.namespace("sb")["revoked_by"] == "2026-12-01T00:05:00Z"
 
 
-def _refused(tmp_path, document, *extra, filename="bad.json"):
+def _refused(tmp_path: Path, document: object, *extra: str, filename: str = "bad.json") -> str:
     run = simulate(tmp_path, document, *extra, filename=filename)
     assert run.status == 2, run.stderr
     assert run.stdout == ""

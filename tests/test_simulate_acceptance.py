@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.builders import (
     ALL_NEEDED,
     NOW,
@@ -46,7 +48,7 @@ def test_a_key_expiring_one_second_after_now_is_usable_now(tmp_path):
     assert ns["revoked_by"] == "2026-11-22T00:05:01Z"
 
 
-def _gap(seconds: int) -> list[dict[str, object]]:
+def _gap(seconds: int) -> list[dict[str, Any]]:
     recovered = f"2026-12-01T00:{seconds // 60:02d}:{seconds % 60:02d}Z"
     return [
         {"at": T, "op": "delete_key", "vault": VAULT, "key": "k"},
@@ -312,7 +314,7 @@ def test_an_absent_key_is_missing(tmp_path):
 
 def test_a_purged_key_is_gone_until_created_again(tmp_path):
     """purge_key removes the key; a later new_version creates it afresh."""
-    changes = [
+    changes: list[dict[str, Any]] = [
         {"at": T, "op": "purge_key", "vault": VAULT, "key": "k"},
         {"at": "2026-12-01T02:00:00Z", "op": "new_version", "vault": VAULT, "key": "k", "version": {"version": "v9"}},
     ]
@@ -327,7 +329,7 @@ def test_a_purged_key_is_gone_until_created_again(tmp_path):
 
 def test_update_version_without_version_changes_the_current_one_at_that_time(tmp_path):
     """update_version with version null targets the version current at `at`, not a later one."""
-    changes = [
+    changes: list[dict[str, Any]] = [
         {"at": T, "op": "update_version", "vault": VAULT, "key": "k", "version": None, "exp": "2026-12-02T00:00:00Z"},
         {"at": "2026-12-03T00:00:00Z", "op": "new_version", "vault": VAULT, "key": "k", "version": {"version": "v2"}},
     ]
