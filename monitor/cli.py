@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
 import os
 import shutil
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -17,6 +19,7 @@ from monitor.config import Settings
 from monitor.domain.errors import KeyhealthError, ScenarioError
 from monitor.domain.findings import Severity
 from monitor.domain.fleet import FleetReport, evaluate
+from monitor.domain.model import Scenario
 from monitor.domain.scenario import parse_instant
 from monitor.render import prediction_document, render_table
 from monitor.scenario_io import load_scenario
@@ -60,15 +63,55 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     simulate.add_argument("file", type=Path, help="scenario file (JSON, or YAML if it ends in .yaml/.yml)")
-    simulate.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     simulate.add_argument("--at", metavar="DATE", help="judge as if now were DATE (what-if); ISO 8601, UTC")
     simulate.add_argument(
         "--horizon", metavar="DATE", help="predict up to DATE (default: the file's, else now + 1 year)"
     )
-    simulate.add_argument(
+    _add_output_options(simulate)
+
+    check = commands.add_parser(
+        "check",
+        help="scan the live fleet once (Azure, or a local stand-in) and predict",
+        description=(
+            "Read every Premium Service Bus namespace encrypted with Key Vault keys, the keys and who may use "
+            "them, then predict as simulate does. What the monitor cannot read makes namespaces unknown."
+        ),
+        epilog=EXIT_STATUS_HELP + "  (an unknown namespace counts as critical)\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument(
+        "--subscription",
+        action="append",
+        metavar="ID",
+        help="subscription to scan (repeatable; default: KEYHEALTH_SUBSCRIPTIONS, else all the identity can see)",
+    )
+    check.add_argument("--save", type=Path, metavar="FILE", help="also write what was read as a scenario file")
+    check.add_argument(
+        "--at", metavar="DATE", help="predict as if now were DATE (default: the current time); ISO 8601, UTC"
+    )
+    check.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
+    _add_output_options(check)
+
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="serve a scenario over the real Azure REST APIs on loopback (HTTPS)",
+        description="Start the local Azure stand-in: ARM and Key Vault serving SCENARIO, until Ctrl+C.",
+    )
+    sandbox.add_argument("scenario", type=Path, help="scenario file to serve")
+    sandbox.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free port)")
+    sandbox.add_argument(
+        "--speed", type=float, default=0.0, help="let the stand-in's clock run this many times real time"
+    )
+    sandbox.add_argument("--events-to", metavar="URL", help="POST the Key Vault events the timeline implies here")
+    sandbox.add_argument("--schema", choices=("eventgrid", "cloudevents"), default="eventgrid", help="event schema")
+    return parser
+
+
+def _add_output_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    command.add_argument(
         "--color", choices=("auto", "always", "never"), default="auto", help="colour the table (auto: on a terminal)"
     )
-    return parser
 
 
 def _use_colour(choice: str, stream: TextIO) -> bool:
@@ -96,13 +139,94 @@ def simulate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         report = evaluate(scenario, settings.thresholds)
     except ScenarioError as error:
         raise error.with_source(str(args.file)) from None
+    _print_report(report, args, stdout)
+    return exit_status(report)
+
+
+def _print_report(report: FleetReport, args: argparse.Namespace, stdout: TextIO) -> None:
     if args.format == "json":
         json.dump(prediction_document(report), stdout, indent=2)
         stdout.write("\n")
     else:
         width = shutil.get_terminal_size((100, 24)).columns
         stdout.write(render_table(report, colour=_use_colour(args.color, stdout), width=width))
+
+
+class _Progress:
+    """One self-overwriting line on a terminal's stderr while a scan reads keys."""
+
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
+        self._stream = stream
+        self._enabled = enabled
+        self._shown = False
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self._enabled or total == 0:
+            return
+        width = 30
+        filled = width * done // total
+        bar = "#" * filled + "." * (width - filled)
+        self._stream.write(f"\r{stage:<10} [{bar}] {done}/{total}")
+        self._stream.flush()
+        self._shown = True
+
+    def finish(self) -> None:
+        if self._shown:
+            self._stream.write("\r\033[K")
+            self._stream.flush()
+
+
+def check(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from monitor.bootstrap import azure_readers
+    from monitor.scenario_io import save_scenario
+    from monitor.service import check as check_fleet
+
+    settings = Settings.from_environment()
+    subscriptions = args.subscription or settings.subscriptions
+    now = parse_instant(args.at, "--at") if args.at is not None else datetime.now(UTC)
+    progress = _Progress(stderr, enabled=not args.no_progress and stderr.isatty())
+
+    async def scan() -> tuple[Scenario, FleetReport]:
+        async with azure_readers(settings) as readers:
+            return await check_fleet(
+                readers,
+                now=now,
+                thresholds=settings.thresholds,
+                subscriptions=subscriptions,
+                concurrency=settings.concurrency,
+                progress=progress,
+            )
+
+    try:
+        scenario, report = asyncio.run(scan())
+    finally:
+        progress.finish()
+    if args.save is not None:
+        try:
+            save_scenario(scenario, args.save)
+        except OSError as error:
+            raise ScenarioError("$", f"cannot write: {error.strerror}", source=str(args.save)) from None
+        print(f"keyhealth: saved what was read to {args.save}", file=stderr)
+    _print_report(report, args, stdout)
     return exit_status(report)
+
+
+def sandbox(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from monitor.sandbox.run import run_sandbox
+
+    try:
+        return run_sandbox(
+            args.scenario,
+            args.port,
+            speed=args.speed,
+            events_to=args.events_to,
+            schema=args.schema,
+            stdout=stdout,
+            stderr=stderr,
+        )
+    except OSError as error:
+        print(f"keyhealth: error: cannot serve on port {args.port}: {error.strerror}", file=stderr)
+        return EXIT_INVALID
 
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
@@ -113,6 +237,10 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     try:
         if args.command == "simulate":
             return simulate(args, out, err)
+        if args.command == "check":
+            return check(args, out, err)
+        if args.command == "sandbox":
+            return sandbox(args, out, err)
     except KeyhealthError as error:
         print(f"keyhealth: error: {error}", file=err)
         return EXIT_INVALID

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from monitor.domain.errors import SettingError
 from monitor.domain.findings import Thresholds
@@ -13,11 +17,74 @@ from monitor.domain.findings import Thresholds
 
 @dataclass(frozen=True, slots=True)
 class SettingSpec:
-    """How one setting is named, defaulted and described (mirrored in README and local.settings.json.example)."""
+    """How one setting is named, defaulted, parsed and described (mirrored in the README)."""
 
     name: str
     default: str
     description: str
+    parse: Callable[[str, str], Any]
+    secret: bool = False
+
+
+def _number(low: float, high: float, what: str) -> Callable[[str, str], float]:
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingError(name, raw, f"expected {what}") from None
+        if math.isnan(value) or not low <= value <= high:
+            raise SettingError(name, raw, f"expected {what} from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+def _whole(low: int, high: int, what: str) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingError(name, raw, f"expected {what}, a whole number") from None
+        if not low <= value <= high:
+            raise SettingError(name, raw, f"expected {what} from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _https_url(optional: bool) -> Callable[[str, str], str | None]:
+    def parse(name: str, raw: str) -> str | None:
+        if not raw:
+            if optional:
+                return None
+            raise SettingError(name, raw, "is required")
+        parts = urlsplit(raw)
+        if parts.scheme != "https" or not parts.hostname:
+            raise SettingError(name, raw, "expected an https:// URL")
+        return raw.rstrip("/")
+
+    return parse
+
+
+def _existing_file(name: str, raw: str) -> str | None:
+    if not raw:
+        return None
+    if not Path(raw).is_file():
+        raise SettingError(name, raw, "no such file")
+    return raw
+
+
+def _text(name: str, raw: str) -> str | None:
+    del name
+    return raw or None
+
+
+def _subscriptions(name: str, raw: str) -> tuple[str, ...] | None:
+    items = tuple(part.strip() for part in raw.replace(";", ",").split(",") if part.strip())
+    for item in items:
+        if "/" in item or " " in item:
+            raise SettingError(name, raw, f"{item!r} is not a subscription id")
+    return items or None
 
 
 SETTINGS: dict[str, SettingSpec] = {
@@ -25,11 +92,62 @@ SETTINGS: dict[str, SettingSpec] = {
         "KEYHEALTH_WARNING_DAYS",
         "30",
         "A predicted revocation (or key expiry) this many days ahead or closer is a warning.",
+        _number(0, 3650, "a number of days, such as 30 or 0.5"),
     ),
     "critical_days": SettingSpec(
         "KEYHEALTH_CRITICAL_DAYS",
         "7",
         "A predicted revocation (or key expiry) this many days ahead or closer is critical.",
+        _number(0, 3650, "a number of days, such as 7 or 0.5"),
+    ),
+    "subscriptions": SettingSpec(
+        "KEYHEALTH_SUBSCRIPTIONS",
+        "",
+        "Comma-separated subscription ids to scan; empty: every subscription the identity can see.",
+        _subscriptions,
+    ),
+    "arm_endpoint": SettingSpec(
+        "KEYHEALTH_ARM_ENDPOINT",
+        "https://management.azure.com",
+        "Azure Resource Manager base URL (another cloud, or a local stand-in).",
+        _https_url(optional=False),
+    ),
+    "keyvault_endpoint": SettingSpec(
+        "KEYHEALTH_KEYVAULT_ENDPOINT",
+        "",
+        "Reach every vault under this base URL by host name (a local stand-in); empty: each vault's own URI.",
+        _https_url(optional=True),
+    ),
+    "ca_bundle": SettingSpec(
+        "KEYHEALTH_CA_BUNDLE",
+        "",
+        "PEM file of extra certificate authorities to trust (a local stand-in); empty: the system's.",
+        _existing_file,
+    ),
+    "static_token": SettingSpec(
+        "KEYHEALTH_STATIC_TOKEN",
+        "",
+        "Bearer token for a local stand-in instead of DefaultAzureCredential; never set it against Azure.",
+        _text,
+        secret=True,
+    ),
+    "http_retries": SettingSpec(
+        "KEYHEALTH_HTTP_RETRIES",
+        "3",
+        "Retries of a failed Azure request (429 waits for Retry-After; others back off exponentially).",
+        _whole(0, 10, "a retry count"),
+    ),
+    "http_timeout_seconds": SettingSpec(
+        "KEYHEALTH_HTTP_TIMEOUT_SECONDS",
+        "30",
+        "Seconds to wait for one Azure response before retrying or giving up (then: unknown).",
+        _number(1, 600, "a number of seconds"),
+    ),
+    "concurrency": SettingSpec(
+        "KEYHEALTH_CONCURRENCY",
+        "32",
+        "Key reads in flight at once during a scan.",
+        _whole(1, 1024, "a number of requests"),
     ),
 }
 
@@ -40,10 +158,25 @@ class Settings:
 
     warning_days: float = 30.0
     critical_days: float = 7.0
+    subscriptions: tuple[str, ...] | None = None
+    arm_endpoint: str = "https://management.azure.com"
+    keyvault_endpoint: str | None = None
+    ca_bundle: str | None = None
+    static_token: str | None = None
+    http_retries: int = 3
+    http_timeout_seconds: float = 30.0
+    concurrency: int = 32
 
     @property
     def thresholds(self) -> Thresholds:
         return Thresholds(warning=timedelta(days=self.warning_days), critical=timedelta(days=self.critical_days))
+
+    def __repr__(self) -> str:  # keeps secrets out of logs and tracebacks
+        shown = ", ".join(
+            f"{f.name}={'***' if SETTINGS[f.name].secret and getattr(self, f.name) else getattr(self, f.name)!r}"
+            for f in fields(self)
+        )
+        return f"Settings({shown})"
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -52,26 +185,16 @@ class Settings:
         Raises SettingError naming the setting whose value is unusable.
         """
         env = os.environ if environ is None else environ
-        values: dict[str, float] = {}
+        values: dict[str, Any] = {}
         for field in fields(cls):
             spec = SETTINGS[field.name]
             raw = env.get(spec.name, "").strip() or spec.default
-            values[field.name] = _days(spec.name, raw)
+            values[field.name] = spec.parse(spec.name, raw)
         settings = cls(**values)
         if settings.critical_days > settings.warning_days:
             raise SettingError(
                 SETTINGS["critical_days"].name,
-                str(settings.critical_days),
+                f"{settings.critical_days:g}",
                 f"must not exceed {SETTINGS['warning_days'].name} ({settings.warning_days:g})",
             )
         return settings
-
-
-def _days(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingError(name, raw, "expected a number of days, such as 30 or 0.5") from None
-    if not 0 <= value <= 3650:
-        raise SettingError(name, raw, "expected a number of days from 0 to 3650")
-    return value

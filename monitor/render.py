@@ -65,11 +65,14 @@ def namespace_document(report: NamespaceReport) -> dict[str, object]:
 
 def prediction_document(report: FleetReport) -> dict[str, object]:
     """The prediction output of the scenario format (`keyhealth simulate --format json`)."""
-    return {
+    document: dict[str, object] = {
         "now": format_instant(report.now),
         "horizon": format_instant(report.horizon),
         "namespaces": [namespace_document(n) for n in report.namespaces],
     }
+    if report.blind:  # an extra: what the monitor could not read (live checks only)
+        document["blind"] = [{"scope": b.scope.value, "target": b.target, "reason": b.reason} for b in report.blind]
+    return document
 
 
 _RESET = "\033[0m"
@@ -117,8 +120,11 @@ def render_table(report: FleetReport, *, colour: bool = False, width: int = 100)
             )
         )
     widths = [max([len(h)] + [len(row[i][0]) for row in rows]) for i, h in enumerate(headers)]
-    lines = [
-        f"keyhealth prediction at {format_instant(report.now)}, horizon {format_instant(report.horizon)}",
+    lines = [f"keyhealth prediction at {format_instant(report.now)}, horizon {format_instant(report.horizon)}"]
+    for spot in report.fleet_blind:
+        where = "subscriptions" if spot.target == "*" else f"subscription {spot.target}"
+        lines.append(_paint(f"BLIND: could not list {where}: {spot.reason}", Severity.CRITICAL, colour))
+    lines += [
         "",
         "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
     ]

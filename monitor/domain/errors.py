@@ -33,3 +33,15 @@ class SettingError(KeyhealthError, ValueError):
         self.value = value
         self.problem = problem
         super().__init__(f"setting {setting}={value!r}: {problem}")
+
+
+class ReadError(KeyhealthError, RuntimeError):
+    """The monitor itself could not read something (its own 401/403, a timeout, a 5xx, throttling past retries).
+
+    Never a fact about usability: whatever depends on it becomes unknown.
+    """
+
+    def __init__(self, what: str, reason: str) -> None:
+        self.what = what
+        self.reason = reason
+        super().__init__(f"{what}: {reason}")

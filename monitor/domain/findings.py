@@ -154,9 +154,12 @@ def findings_for(prediction: NamespacePrediction, world: World, thresholds: Thre
     impact = Severity.CRITICAL if prediction.status_now is Status.REVOKED else Severity.WARNING
     for index, (ref, assessment) in enumerate(zip(namespace.keys, prediction.assessments_now, strict=True)):
         commands = _Commands(namespace, ref)
+        if assessment.unknown:
+            findings.append(_blind_finding(namespace, ref, assessment))
         vault_timeline = world.vault(ref.vault)
         vault_state = vault_timeline.at(now) if vault_timeline is not None else None
-        if vault_state is not None and vault_state.exists:
+        vault_seen = world.vault_id(ref.vault) not in world.blind_vaults
+        if vault_state is not None and vault_state.exists and vault_seen:
             findings.extend(_vault_config_findings(ref, vault_state))
         for reason in assessment.reasons:
             findings.append(_reason_finding(reason, impact, assessment, vault_state, commands, now))
@@ -169,7 +172,7 @@ def findings_for(prediction: NamespacePrediction, world: World, thresholds: Thre
             expiring = _expiring_finding(prediction, world, index, thresholds, commands)
             if expiring is not None:
                 findings.append(expiring)
-    if prediction.usable_keys_now == 1:
+    if prediction.usable_keys_now == 1 and not prediction.blind:
         findings.append(_no_redundancy(prediction))
     # Worst first; within a severity the causes come before the namespace-level consequence.
     findings.sort(key=lambda f: (-f.severity, f.code is Code.REVOCATION_PREDICTED, f.code.value, f.key or ""))
@@ -216,6 +219,23 @@ def _why(assessments: tuple[Assessment, ...]) -> str:
         reasons = ", ".join(r.value for r in assessment.reasons) or "usable"
         parts.append(f"{assessment.ref.url} {reasons}")
     return "; ".join(parts)
+
+
+def _blind_finding(namespace: Namespace, ref: KeyRef, assessment: Assessment) -> Finding:
+    seen_failing = ", ".join(r.value for r in assessment.reasons)
+    if seen_failing:
+        consequence = f"the reference is unusable anyway ({seen_failing})"
+    else:
+        consequence = f"namespace {namespace.name} is unknown until it can be read: not healthy, not revoked"
+    return Finding(
+        Code.MONITOR_BLIND,
+        Severity.WARNING,
+        ref.url,
+        f"the monitor could not read what decides {ref.url}: {'; '.join(assessment.unknown)}. {consequence}. "
+        "Check the monitor identity's roles (Reader on the namespaces' and vaults' subscriptions, Key Vault "
+        "Reader on the vault) and the vault's network rules.",
+        version=ref.version,
+    )
 
 
 def _vault_config_findings(ref: KeyRef, vault: VaultState) -> list[Finding]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from monitor.domain.findings import Finding, Severity, Thresholds, findings_for
-from monitor.domain.model import Scenario
+from monitor.domain.model import BlindScope, BlindSpot, Scenario
 from monitor.domain.prediction import NamespacePrediction, Status, predict_scenario
 
 
@@ -29,11 +29,20 @@ class FleetReport:
     now: datetime
     horizon: datetime
     namespaces: tuple[NamespaceReport, ...]
+    blind: tuple[BlindSpot, ...] = ()  # everything the monitor could not read
+
+    @property
+    def fleet_blind(self) -> tuple[BlindSpot, ...]:
+        """Subscriptions whose namespaces could not even be listed."""
+        return tuple(b for b in self.blind if b.scope is BlindScope.SUBSCRIPTION)
 
     @property
     def verdict(self) -> Severity | None:
-        """CRITICAL if any namespace is revoked or has a critical finding, else the worst severity."""
-        if any(n.prediction.status_now is Status.REVOKED for n in self.namespaces):
+        """CRITICAL if any namespace is revoked or unknown, a subscription unreadable, or a finding critical;
+        else the worst severity."""
+        if self.fleet_blind or any(
+            n.prediction.status_now in {Status.REVOKED, Status.UNKNOWN} for n in self.namespaces
+        ):
             return Severity.CRITICAL
         return max((n.worst for n in self.namespaces if n.worst is not None), default=None)
 
@@ -45,4 +54,6 @@ def evaluate(scenario: Scenario, thresholds: Thresholds) -> FleetReport:
     """
     world, predictions = predict_scenario(scenario)
     reports = tuple(NamespaceReport(p, tuple(findings_for(p, world, thresholds))) for p in predictions)
-    return FleetReport(now=scenario.now, horizon=scenario.effective_horizon, namespaces=reports)
+    return FleetReport(
+        now=scenario.now, horizon=scenario.effective_horizon, namespaces=reports, blind=scenario.snapshot.blind
+    )

@@ -93,6 +93,9 @@ class Key:
     deleted: bool = False
     # Kept as read; its structure matters to rotation (a later concern), not to usability.
     rotation_policy: Mapping[str, object] | None = None
+    # Extension to the format: permissions granted on this key alone (RBAC role assignments at key
+    # scope), on top of the vault's `access`.
+    access: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def id(self) -> KeyId:
@@ -156,13 +159,31 @@ class Namespace:
         return None
 
 
+class BlindScope(enum.Enum):
+    """What kind of thing the monitor could not read."""
+
+    SUBSCRIPTION = "subscription"  # its namespaces could not be listed
+    VAULT = "vault"  # the vault's properties and access could not be read
+    KEY = "key"  # the key could not be read
+
+
+@dataclass(frozen=True, slots=True)
+class BlindSpot:
+    """Something the monitor could not read, and why: whatever depends on it is unknown, never healthy or revoked."""
+
+    scope: BlindScope
+    target: str  # subscription id, vault URI, or key URL (vault URI + /keys/ + name)
+    reason: str
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What exists at one moment: vaults, keys and CMK namespaces."""
+    """What exists at one moment: vaults, keys and CMK namespaces, and what could not be read."""
 
     vaults: tuple[Vault, ...] = ()
     keys: tuple[Key, ...] = ()
     namespaces: tuple[Namespace, ...] = ()
+    blind: tuple[BlindSpot, ...] = ()
 
 
 class Keep(enum.Enum):

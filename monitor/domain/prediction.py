@@ -2,6 +2,11 @@
 
 Usability is piecewise constant between change instants, so each reference's usable time is an
 exact list of intervals; a namespace is at risk during the stretches no reference covers.
+
+The intervals come from interval arithmetic on each rule (`usability.UsableTime`), which
+is what keeps a fleet of 100,000 namespaces fast; `usable_intervals_by_points`, which judges the
+reference with `assess` at every instant its usability may change, is the slow reference they are
+checked against.
 """
 
 from __future__ import annotations
@@ -12,9 +17,15 @@ from datetime import datetime
 
 from monitor.domain.errors import ScenarioError
 from monitor.domain.model import POLL_INTERVAL, KeyRef, Namespace, Scenario, name_id
-from monitor.domain.usability import Assessment, World, assess, change_instants
-
-Interval = tuple[datetime, datetime]  # [start, end)
+from monitor.domain.usability import (
+    Assessment,
+    Interval,
+    UsableTime,
+    World,
+    assess,
+    assess_as,
+    change_instants,
+)
 
 
 class Status(enum.Enum):
@@ -63,10 +74,18 @@ class NamespacePrediction:
 
     @property
     def status_now(self) -> Status:
+        if self.blind:
+            return Status.UNKNOWN
         usable = self.usable_keys_now
         if usable == 0:
             return Status.REVOKED
         return Status.HEALTHY if usable == self.keys_total else Status.DEGRADED
+
+    @property
+    def blind(self) -> bool:
+        """Some reference could not be judged: neither healthy nor revoked can be claimed, so the
+        namespace is unknown and no revocation window is predicted for it."""
+        return any(a.is_unknown for a in self.assessments_now)
 
     @property
     def revoked_at_earliest(self) -> datetime | None:
@@ -89,7 +108,21 @@ class NamespacePrediction:
 def usable_intervals(
     world: World, namespace: Namespace, ref: KeyRef, start: datetime, end: datetime
 ) -> tuple[Interval, ...]:
-    """The exact intervals within [start, end) during which `ref` of `namespace` is usable."""
+    """The exact intervals within [start, end) during which `ref` of `namespace` is usable.
+
+    Sorted, disjoint and merged (no two touch), so equal usability gives equal tuples.
+    """
+    return tuple(UsableTime(world, start, end).of(ref, namespace.identity.principal_for(ref.identity)))
+
+
+def usable_intervals_by_points(
+    world: World, namespace: Namespace, ref: KeyRef, start: datetime, end: datetime
+) -> tuple[Interval, ...]:
+    """The same as `usable_intervals`, by judging `ref` with `assess` at each instant it may change.
+
+    Slow (it assesses every vault and key change, whoever it concerns), but it follows the rules
+    point by point, so tests hold the interval arithmetic to it.
+    """
     points = [start, *change_instants(world, ref, start, end)]
     intervals: list[Interval] = []
     for index, point in enumerate(points):
@@ -105,6 +138,9 @@ def usable_intervals(
 
 def uncovered_stretches(covered: list[tuple[Interval, ...]], start: datetime, end: datetime) -> tuple[Stretch, ...]:
     """The parts of [start, end) that no interval covers."""
+    for intervals in covered:  # the usual case, by far: one reference is usable throughout
+        if len(intervals) == 1 and intervals[0][0] <= start and intervals[0][1] >= end:
+            return ()
     spans = sorted(interval for intervals in covered for interval in intervals)
     stretches: list[Stretch] = []
     cursor = start
@@ -124,20 +160,26 @@ class Predictor:
         self.world = world
         self.now = now
         self.horizon = horizon
+        self._usable = UsableTime(world, now, horizon)
         self._intervals: dict[tuple[str, str, str | None, str | None], tuple[Interval, ...]] = {}
 
     def predict(self, namespace: Namespace) -> NamespacePrediction:
-        refs = namespace.keys
-        per_ref = [self._intervals_for(namespace, ref) for ref in refs]
-        stretches = uncovered_stretches(per_ref, self.now, self.horizon)
-        assessments_now = tuple(assess(self.world, namespace, ref, self.now) for ref in refs)
+        world, now = self.world, self.now
+        # The principal each reference acts as, resolved once for its intervals and its assessments.
+        refs = [(ref, namespace.identity.principal_for(ref.identity)) for ref in namespace.keys]
+        per_ref = [self._intervals_for(ref, principal) for ref, principal in refs]
+        assessments_now = tuple(assess_as(world, ref, principal, now) for ref, principal in refs)
+        if any(a.is_unknown for a in assessments_now):
+            stretches: tuple[Stretch, ...] = ()  # what could not be seen might cover any stretch
+        else:
+            stretches = uncovered_stretches(per_ref, now, self.horizon)
         at_revocation = None
         if stretches:
             first = stretches[0].start
-            at_revocation = tuple(assess(self.world, namespace, ref, first) for ref in refs)
+            at_revocation = tuple(assess_as(world, ref, principal, first) for ref, principal in refs)
         return NamespacePrediction(
             namespace=namespace,
-            now=self.now,
+            now=now,
             horizon=self.horizon,
             assessments_now=assessments_now,
             usable_intervals=tuple(per_ref),
@@ -145,15 +187,13 @@ class Predictor:
             assessments_at_revocation=at_revocation,
         )
 
-    def _intervals_for(self, namespace: Namespace, ref: KeyRef) -> tuple[Interval, ...]:
+    def _intervals_for(self, ref: KeyRef, principal: str | None) -> tuple[Interval, ...]:
         # Usability depends on the namespace only through the principal the reference acts as.
-        principal = namespace.identity.principal_for(ref.identity)
-        vault, key = ref.key_id
-        cache_key = (vault, key, name_id(ref.version) if ref.version else None, principal)
+        vault, key = self.world.key_id(ref)
+        cache_key = (vault, key, name_id(ref.version) if ref.version is not None else None, principal)
         cached = self._intervals.get(cache_key)
         if cached is None:
-            cached = usable_intervals(self.world, namespace, ref, self.now, self.horizon)
-            self._intervals[cache_key] = cached
+            cached = self._intervals[cache_key] = tuple(self._usable.of(ref, principal))
         return cached
 
 

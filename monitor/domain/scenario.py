@@ -12,6 +12,8 @@ from monitor.domain.errors import ScenarioError
 from monitor.domain.model import (
     KEEP,
     MAX_KEYS_PER_NAMESPACE,
+    BlindScope,
+    BlindSpot,
     Change,
     DeleteKey,
     DeleteVault,
@@ -45,7 +47,7 @@ CHANGE_OPS = (
     "delete_vault",
     "recover_vault",
 )
-_TOP_FIELDS = {"now", "horizon", "vaults", "keys", "namespaces", "changes"}
+_TOP_FIELDS = {"now", "horizon", "vaults", "keys", "namespaces", "changes", "blind"}
 
 
 def format_instant(t: datetime) -> str:
@@ -146,6 +148,18 @@ class _Reader:
         value = parent.get(name)
         return None if value is None else parse_instant(value, f"{path}.{name}")
 
+    def access(self, parent: Mapping[str, Any], path: str) -> dict[str, frozenset[str]]:
+        """An `access` map: principal id -> permission names."""
+        access: dict[str, frozenset[str]] = {}
+        seen: dict[str, str] = {}
+        raw = parent.get("access")
+        if raw is not None:
+            for principal, permissions in self.obj(raw, f"{path}.access").items():
+                entry = f"{path}.access.{principal}"
+                _once(seen, name_id(str(principal)), entry, f"principal {principal!r} (ids compare case-insensitively)")
+                access[str(principal).strip()] = frozenset(self.strings(permissions, entry))
+        return access
+
     def strings(self, value: object, path: str) -> tuple[str, ...]:
         if not isinstance(value, list):
             raise ScenarioError(path, f"expected a list of strings, got {_describe(value)}")
@@ -209,10 +223,11 @@ def parse_scenario(document: object) -> tuple[Scenario, list[str]]:
     for index, change in enumerate(changes):
         known_vault(change.vault, f"$.changes[{index}].vault")
 
+    blind = tuple(_blind_spot(reader, item, f"$.blind[{i}]") for i, item in enumerate(reader.items(root, "blind", "$")))
     scenario = Scenario(
         now=now,
         horizon=horizon,
-        snapshot=Snapshot(vaults=tuple(vaults), keys=tuple(keys), namespaces=tuple(namespaces)),
+        snapshot=Snapshot(vaults=tuple(vaults), keys=tuple(keys), namespaces=tuple(namespaces), blind=blind),
         changes=tuple(changes),
     )
     return scenario, reader.warnings
@@ -224,12 +239,7 @@ def _vault(reader: _Reader, value: object, path: str) -> Vault:
     parts = urlsplit(uri)
     if parts.scheme.lower() != "https" or not parts.hostname:
         raise ScenarioError(f"{path}.uri", f"{uri!r} is not an https vault URI such as https://kv-prod.vault.azure.net")
-    access: dict[str, frozenset[str]] = {}
-    raw_access = item.get("access")
-    if raw_access is not None:
-        for principal, permissions in reader.obj(raw_access, f"{path}.access").items():
-            perms = reader.strings(permissions, f"{path}.access.{principal}")
-            access[str(principal).strip()] = frozenset(perms)
+    access = reader.access(item, path)
     # Service Bus refuses CMK on a vault without soft delete and purge protection, and neither
     # can be switched off once on, so a vault that says nothing is taken to have both.
     return Vault(
@@ -240,6 +250,15 @@ def _vault(reader: _Reader, value: object, path: str) -> Vault:
         access=access,
         deleted=reader.flag(item, "deleted", path, False),
     )
+
+
+def _blind_spot(reader: _Reader, value: object, path: str) -> BlindSpot:
+    item = reader.obj(value, path, {"scope", "target", "reason"})
+    scope = item.get("scope")
+    scopes = [s.value for s in BlindScope]
+    if scope not in scopes:
+        raise ScenarioError(f"{path}.scope", f"unknown scope {scope!r}; expected one of: {', '.join(scopes)}")
+    return BlindSpot(BlindScope(scope), reader.text(item, "target", path), reader.text(item, "reason", path))
 
 
 _VERSION_FIELDS = {"version", "created", "enabled", "nbf", "exp", "key_ops", "kty", "key_size"}
@@ -270,7 +289,7 @@ def _key_version(reader: _Reader, value: object, path: str, default_created: dat
 
 
 def _key(reader: _Reader, value: object, path: str) -> Key:
-    item = reader.obj(value, path, {"vault", "name", "deleted", "rotation_policy", "versions"})
+    item = reader.obj(value, path, {"vault", "name", "deleted", "rotation_policy", "versions", "access"})
     versions = []
     seen: dict[str, str] = {}
     for index, raw in enumerate(reader.items(item, "versions", path)):
@@ -287,6 +306,7 @@ def _key(reader: _Reader, value: object, path: str) -> Key:
         versions=tuple(versions),
         deleted=reader.flag(item, "deleted", path, False),
         rotation_policy=policy,
+        access=reader.access(item, path),
     )
 
 
@@ -304,10 +324,17 @@ def _namespace(reader: _Reader, value: object, path: str) -> Namespace:
     if item.get("identity") is not None:
         raw_identity = reader.obj(item["identity"], f"{path}.identity", {"principal_id", "user_assigned"})
         user_assigned: dict[str, str | None] = {}
+        seen_identities: dict[str, str] = {}
         if raw_identity.get("user_assigned") is not None:
             for resource, principal in reader.obj(
                 raw_identity["user_assigned"], f"{path}.identity.user_assigned"
             ).items():
+                _once(
+                    seen_identities,
+                    name_id(str(resource)),
+                    f"{path}.identity.user_assigned.{resource}",
+                    "user-assigned identity (ids compare case-insensitively)",
+                )
                 if principal is not None and not isinstance(principal, str):
                     raise ScenarioError(
                         f"{path}.identity.user_assigned.{resource}",
@@ -458,6 +485,7 @@ def scenario_document(scenario: Scenario) -> dict[str, object]:
             "deleted": k.deleted,
             "rotation_policy": None if k.rotation_policy is None else dict(k.rotation_policy),
             "versions": [version_document(v) for v in k.versions],
+            **({"access": _access_document(k.access)} if k.access else {}),
         }
         for k in snapshot.keys
     ]
@@ -476,7 +504,13 @@ def scenario_document(scenario: Scenario) -> dict[str, object]:
     ]
     if scenario.changes:
         document["changes"] = [change_document(c) for c in scenario.changes]
+    if snapshot.blind:
+        document["blind"] = [{"scope": b.scope.value, "target": b.target, "reason": b.reason} for b in snapshot.blind]
     return document
+
+
+def _access_document(access: Mapping[str, frozenset[str]]) -> dict[str, list[str]]:
+    return {principal: sorted(perms) for principal, perms in access.items()}
 
 
 def _vault_document(vault: Vault) -> dict[str, object]:
@@ -485,7 +519,7 @@ def _vault_document(vault: Vault) -> dict[str, object]:
         "soft_delete": vault.soft_delete,
         "purge_protection": vault.purge_protection,
         "rbac": vault.rbac,
-        "access": {principal: sorted(perms) for principal, perms in vault.access.items()},
+        "access": _access_document(vault.access),
     }
     if vault.deleted:
         document["deleted"] = True

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import enum
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from itertools import pairwise
+from operator import attrgetter
 from typing import Generic, TypeVar
 
 from monitor.domain.errors import ScenarioError
 from monitor.domain.model import (
     KEEP,
     REQUIRED_PERMISSIONS,
+    BlindScope,
     Change,
     DeleteKey,
     DeleteVault,
+    Key,
     KeyId,
     KeyRef,
     KeyVersion,
@@ -32,6 +36,9 @@ from monitor.domain.model import (
 )
 
 BEGINNING = datetime.min.replace(tzinfo=UTC)
+
+Interval = tuple[datetime, datetime]  # [start, end)
+_CREATED = attrgetter("created")  # a version's sort key; C-level, unlike a lambda
 
 
 class Reason(enum.Enum):
@@ -84,7 +91,7 @@ class KeyState:
 
     def current_version(self, t: datetime) -> KeyVersion | None:
         """The newest version created at or before t (ties: the one listed last)."""
-        index = bisect_right(self.versions, t, key=lambda v: v.created)
+        index = bisect_right(self.versions, t, key=_CREATED)
         return self.versions[index - 1] if index else None
 
     def version(self, version: str) -> KeyVersion | None:
@@ -133,6 +140,17 @@ class Timeline(Generic[S]):
             self.starts.append(t)
             self.states.append(state)
 
+    def epochs_within(self, start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime, S]]:
+        """(start, end, state) for each epoch overlapping [start, end), clipped to it."""
+        starts, states = self.starts, self.states
+        last = len(starts) - 1
+        for index in range(bisect_right(starts, start) - 1, last + 1):
+            epoch_start = starts[index]
+            if epoch_start >= end:
+                break
+            epoch_end = starts[index + 1] if index < last and starts[index + 1] < end else end
+            yield max(epoch_start, start), epoch_end, states[index]
+
     def epochs_between(self, start: datetime, end: datetime) -> Iterator[tuple[datetime, S]]:
         """(epoch start, state) for each epoch overlapping [start, end)."""
         first = bisect_right(self.starts, start) - 1
@@ -142,8 +160,140 @@ class Timeline(Generic[S]):
             yield self.starts[index], self.states[index]
 
 
+def grants_required(permissions: frozenset[str] | None) -> bool:
+    """Rule 2 for one principal's lower-case permissions on a vault (None: it has no entry)."""
+    return permissions is not None and ("all" in permissions or permissions >= REQUIRED_PERMISSIONS)
+
+
+class AccessHistory:
+    """One vault's effective key permissions per principal, over time.
+
+    A set_access changes one principal. Recording each change against that principal alone, rather
+    than copying the vault's whole access map into a new VaultState, keeps a vault with many
+    principals and many changes linear in size: with 15,000 principals on a vault, a copy per
+    change cost over a megabyte each.
+    """
+
+    __slots__ = ("changed", "initial")
+
+    def __init__(self, initial: Mapping[str, frozenset[str]]) -> None:
+        self.initial = initial  # principal name_id -> lower-case permissions, before any change
+        # Only principals some change touched; None in a timeline means "no entry".
+        self.changed: dict[str, Timeline[frozenset[str] | None]] = {}
+
+    def set_from(self, t: datetime, principal: str, permissions: frozenset[str]) -> None:
+        """Record `principal`'s permissions from t on; changes must arrive in time order."""
+        timeline = self.changed.get(principal)
+        if timeline is None:
+            timeline = self.changed[principal] = Timeline(self.initial.get(principal))
+        timeline.set_from(t, permissions)
+
+    def permissions(self, principal: str, t: datetime) -> frozenset[str] | None:
+        """`principal`'s permissions at t, or None when it has no entry."""
+        timeline = self.changed.get(principal)
+        return self.initial.get(principal) if timeline is None else timeline.at(t)
+
+    def principals(self, t: datetime) -> Iterator[str]:
+        """Every principal with an entry at t: those of the snapshot, then those changes added."""
+        for principal in self.initial:
+            if self.permissions(principal, t) is not None:
+                yield principal
+        for principal in self.changed:
+            if principal not in self.initial and self.permissions(principal, t) is not None:
+                yield principal
+
+    def grant_intervals(
+        self, principal: str, start: datetime, end: datetime, extra: frozenset[str] | None = None
+    ) -> list[Interval]:
+        """The intervals within [start, end) during which `principal` holds get, wrapKey and unwrapKey.
+
+        `extra`: permissions granted on the key itself (RBAC at key scope), which hold throughout.
+        """
+        timeline = self.changed.get(principal)
+        if timeline is None:
+            return [(start, end)] if grants_required(_union(self.initial.get(principal), extra)) else []
+        intervals: list[Interval] = []
+        for epoch_start, epoch_end, permissions in timeline.epochs_within(start, end):
+            if grants_required(_union(permissions, extra)):
+                merge_append(intervals, epoch_start, epoch_end)
+        return intervals
+
+
+def _union(permissions: frozenset[str] | None, extra: frozenset[str] | None) -> frozenset[str] | None:
+    if extra is None:
+        return permissions
+    return extra if permissions is None else permissions | extra
+
+
+class AccessAt(Mapping[str, frozenset[str]]):
+    """A vault's access map as it stands at one instant: a read-only view of its AccessHistory."""
+
+    __slots__ = ("_at", "_history")
+
+    def __init__(self, history: AccessHistory, at: datetime) -> None:
+        self._history = history
+        self._at = at
+
+    def __getitem__(self, principal: str) -> frozenset[str]:
+        permissions = self._history.permissions(principal, self._at)
+        if permissions is None:
+            raise KeyError(principal)
+        return permissions
+
+    def __iter__(self) -> Iterator[str]:
+        return self._history.principals(self._at)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"AccessAt({dict(self)!r})"
+
+
+def merge_append(intervals: list[Interval], start: datetime, end: datetime) -> None:
+    """Append [start, end) to sorted, merged intervals none of which ends after `start`.
+
+    An empty interval is dropped and one that touches the last is merged into it, so the list stays
+    in its one canonical form: sorted, disjoint, not touching.
+    """
+    if start >= end:
+        return
+    if intervals and intervals[-1][1] == start:
+        intervals[-1] = (intervals[-1][0], end)
+    else:
+        intervals.append((start, end))
+
+
+def intersect(first: Sequence[Interval], second: Sequence[Interval]) -> list[Interval]:
+    """Where both of two canonical interval lists hold, as a canonical list."""
+    result: list[Interval] = []
+    i = j = 0
+    while i < len(first) and j < len(second):
+        first_start, first_end = first[i]
+        second_start, second_end = second[j]
+        merge_append(result, max(first_start, second_start), min(first_end, second_end))
+        if first_end < second_end:
+            i += 1
+        else:
+            j += 1
+    return result
+
+
 def _sorted_versions(versions: Iterable[KeyVersion]) -> tuple[KeyVersion, ...]:
-    return tuple(sorted(versions, key=lambda v: v.created))
+    if isinstance(versions, tuple):
+        for earlier, later in pairwise(versions):
+            if earlier.created > later.created:
+                break
+        else:  # already in order (as listed, usually): share the tuple rather than copy it
+            return versions
+    return tuple(sorted(versions, key=_CREATED))
+
+
+def _with_version(versions: tuple[KeyVersion, ...], new: KeyVersion) -> tuple[KeyVersion, ...]:
+    """`versions` plus `new`, sorted by `created` as a stable sort would place it."""
+    if not versions or versions[-1].created <= new.created:  # the usual rotation: it is the newest
+        return (*versions, new)
+    return _sorted_versions((*versions, new))
 
 
 class World:
@@ -154,9 +304,30 @@ class World:
 
     def __init__(self, snapshot: Snapshot, changes: Iterable[Change] = ()) -> None:
         self.vaults: dict[str, Timeline[VaultState]] = {}
-        self.keys: dict[KeyId, Timeline[KeyState]] = {}
+        # Rules 1 and 2 over time, per vault id, apart from the VaultStates so that intervals need not
+        # walk every epoch of a busy vault: whether it exists, and each principal's permissions.
+        self.existence: dict[str, Timeline[bool]] = {}
+        self.access: dict[str, AccessHistory] = {}
+        self.keys: dict[KeyId, Timeline[KeyState]] = {}  # keys some change touched
+        # Keys no change touches, as the snapshot has them: `key()` reads each through a fresh
+        # one-epoch Timeline. Building ~300,000 timelines that would never change added a million
+        # long-lived objects, and the garbage collector's full passes over them cost seconds.
+        self._untouched: dict[KeyId, Key] = {}
+        # vault URI as spelled -> vault id: a fleet spells each vault's URI a handful of ways, and
+        # references and changes name it hundreds of thousands of times.
+        self._vault_ids: dict[str, str] = {}
+        # Vaults list one permission set for many principals: lower-case each distinct set once.
+        lowered: dict[frozenset[str], frozenset[str]] = {}
         for vault in snapshot.vaults:
-            access = {name_id(p): frozenset(x.lower() for x in perms) for p, perms in vault.access.items()}
+            access = {}
+            for principal, spelled in vault.access.items():
+                perms = frozenset(spelled)  # the very object when it is a frozenset already
+                low = lowered.get(perms)
+                if low is None:
+                    low = lowered[perms] = frozenset(p.lower() for p in perms)
+                access[name_id(principal)] = low
+            history = self.access[vault.id] = AccessHistory(access)
+            self.existence[vault.id] = Timeline(not vault.deleted)
             self.vaults[vault.id] = Timeline(
                 VaultState(
                     uri=vault.uri,
@@ -164,22 +335,53 @@ class World:
                     soft_delete=vault.soft_delete,
                     purge_protection=vault.purge_protection,
                     rbac=vault.rbac,
-                    access=access,
+                    access=AccessAt(history, BEGINNING),
                 )
             )
+        # Permissions granted at a key's own scope (RBAC), per key id and principal; they never change.
+        self.key_access: dict[KeyId, dict[str, frozenset[str]]] = {}
         for key in snapshot.keys:
-            self.keys[key.id] = Timeline(
-                KeyState(exists=True, deleted=key.deleted, versions=_sorted_versions(key.versions))
-            )
+            key_id = (self.vault_id(key.vault), name_id(key.name))
+            self._untouched[key_id] = key
+            if key.access:
+                self.key_access[key_id] = {
+                    name_id(p): frozenset(x.lower() for x in perms) for p, perms in key.access.items()
+                }
+        # What the monitor could not read: rules that depend on it are unknown, not failed.
+        self.blind_vaults: dict[str, str] = {}
+        self.blind_keys: dict[KeyId, str] = {}
+        for spot in snapshot.blind:
+            if spot.scope is BlindScope.VAULT:
+                self.blind_vaults[self.vault_id(spot.target)] = spot.reason
+            elif spot.scope is BlindScope.KEY and "/keys/" in spot.target:
+                vault_uri, _, name = spot.target.rpartition("/keys/")
+                self.blind_keys[(self.vault_id(vault_uri), name_id(name.split("/", 1)[0]))] = spot.reason
         ordered = sorted(enumerate(changes), key=lambda item: item[1].at)
         for index, change in ordered:
             self._apply(index, change)
 
+    def vault_id(self, uri: str) -> str:
+        """`model.vault_id(uri)`, remembered per spelling."""
+        found = self._vault_ids.get(uri)
+        if found is None:
+            found = self._vault_ids[uri] = vault_id(uri)
+        return found
+
+    def key_id(self, ref: KeyRef) -> KeyId:
+        """`ref.key_id`, with the vault id remembered."""
+        return (self.vault_id(ref.vault), name_id(ref.name))
+
     def vault(self, uri: str) -> Timeline[VaultState] | None:
-        return self.vaults.get(vault_id(uri))
+        return self.vaults.get(self.vault_id(uri))
 
     def key(self, key_id: KeyId) -> Timeline[KeyState]:
-        return self.keys.get(key_id) or _MISSING_TIMELINE
+        timeline = self.keys.get(key_id)
+        if timeline is not None:
+            return timeline
+        key = self._untouched.get(key_id)
+        if key is None:
+            return _MISSING_TIMELINE
+        return Timeline(KeyState(exists=True, deleted=key.deleted, versions=_sorted_versions(key.versions)))
 
     def _apply(self, index: int, change: Change) -> None:
         path = f"$.changes[{index}]"
@@ -187,16 +389,20 @@ class World:
         if vault_timeline is None:
             raise ScenarioError(f"{path}.vault", f"unknown vault {change.vault!r} (not in $.vaults)")
         if isinstance(change, SetAccess):
-            vault_state = vault_timeline.latest
-            access = dict(vault_state.access)
-            access[name_id(change.principal)] = frozenset(p.lower() for p in change.permissions)
-            vault_timeline.set_from(change.at, replace(vault_state, access=access))
+            history = self.access[self.vault_id(change.vault)]
+            history.set_from(change.at, name_id(change.principal), frozenset(p.lower() for p in change.permissions))
+            # A new epoch whose map is the history as of change.at: the state before it keeps its own view.
+            vault_timeline.set_from(change.at, replace(vault_timeline.latest, access=AccessAt(history, change.at)))
             return
         if isinstance(change, DeleteVault | RecoverVault):
             exists = isinstance(change, RecoverVault)
             vault_timeline.set_from(change.at, replace(vault_timeline.latest, exists=exists))
+            self.existence[self.vault_id(change.vault)].set_from(change.at, exists)
             return
-        key_id = (vault_id(change.vault), name_id(change.key))
+        key_id = (self.vault_id(change.vault), name_id(change.key))
+        if key_id in self._untouched:  # the first change to a snapshot key: from now on it has a timeline
+            self.keys[key_id] = self.key(key_id)
+            del self._untouched[key_id]
         timeline = self.keys.get(key_id)
         if timeline is None:
             if not isinstance(change, NewVersion):
@@ -214,16 +420,17 @@ class World:
                     f"{path}.version.version",
                     f"key {change.key!r} already has version {change.version.version!r}",
                 )
+            # KeyState(...) rather than dataclasses.replace: the same value, at a third of the cost.
             if state.exists:
-                new_state = replace(state, versions=_sorted_versions((*state.versions, change.version)))
+                new_state = KeyState(True, state.deleted, _with_version(state.versions, change.version))
             else:
                 new_state = KeyState(exists=True, deleted=False, versions=(change.version,))
         elif isinstance(change, UpdateVersion):
             new_state = _updated(state, change, path)
         elif isinstance(change, DeleteKey):
-            new_state = replace(state, deleted=True)
+            new_state = KeyState(state.exists, True, state.versions)
         elif isinstance(change, RecoverKey):
-            new_state = replace(state, deleted=False)
+            new_state = KeyState(state.exists, False, state.versions)
         elif isinstance(change, PurgeKey):
             new_state = MISSING_KEY
         else:  # pragma: no cover - the Change union is exhaustive
@@ -267,37 +474,62 @@ class Assessment:
     principal: str | None
     reasons: tuple[Reason, ...]
     version: KeyVersion | None  # the effective version, when the key exists
+    # What could not be read to judge the rest: the reference is unknown unless a known reason fails it.
+    unknown: tuple[str, ...] = ()
 
     @property
     def usable(self) -> bool:
-        return not self.reasons
+        return not self.reasons and not self.unknown
+
+    @property
+    def is_unknown(self) -> bool:
+        """No known rule fails, but some rule could not be judged."""
+        return not self.reasons and bool(self.unknown)
 
 
 def assess(world: World, namespace: Namespace, ref: KeyRef, t: datetime) -> Assessment:
     """Judge `ref` of `namespace` at instant t by the five rules of usability."""
-    principal = namespace.identity.principal_for(ref.identity)
-    vault_timeline = world.vault(ref.vault)
-    vault_state = vault_timeline.at(t) if vault_timeline is not None else None
-    if vault_state is None or not vault_state.exists:
-        return Assessment(ref, principal, (Reason.VAULT_MISSING,), None)
+    return assess_as(world, ref, namespace.identity.principal_for(ref.identity), t)
+
+
+def assess_as(world: World, ref: KeyRef, principal: str | None, t: datetime) -> Assessment:
+    """`assess` for a reference acting as `principal` (None: its identity is not on the namespace)."""
+    vault = world.vault_id(ref.vault)
+    key_id = (vault, name_id(ref.name))
+    unknown: list[str] = []
     reasons: list[Reason] = []
+    vault_blind = world.blind_vaults.get(vault)
     if principal is None:
         reasons.append(Reason.IDENTITY_MISSING)
-    elif not vault_state.grants(principal):
-        reasons.append(Reason.ACCESS_DENIED)
-    key_state = world.key(ref.key_id).at(t)
+    if vault_blind is not None:
+        unknown.append(vault_blind)  # rules 1 and 2 cannot be judged
+    else:
+        vault_timeline = world.vaults.get(vault)
+        vault_state = vault_timeline.at(t) if vault_timeline is not None else None
+        if vault_state is None or not vault_state.exists:
+            return Assessment(ref, principal, (Reason.VAULT_MISSING,), None)
+        # The same answer as vault_state.grants(principal), without going through the Mapping view.
+        if principal is not None and not grants_required(
+            _union(world.access[vault].permissions(principal, t), world.key_access.get(key_id, {}).get(principal))
+        ):
+            reasons.append(Reason.ACCESS_DENIED)
+    key_blind = world.blind_keys.get(key_id)
+    if key_blind is not None:
+        unknown.append(key_blind)  # rules 3 to 5 cannot be judged
+        return Assessment(ref, principal, tuple(reasons), None, tuple(unknown))
+    key_state = world.key(key_id).at(t)
+    version = None
     if not key_state.exists:
         reasons.append(Reason.KEY_MISSING)
-        return Assessment(ref, principal, tuple(reasons), None)
-    if key_state.deleted:
+    elif key_state.deleted:
         reasons.append(Reason.KEY_DELETED)
-        return Assessment(ref, principal, tuple(reasons), None)
-    version = _effective_version(key_state, ref, t)
-    if version is None:
-        reasons.append(Reason.KEY_MISSING)
-        return Assessment(ref, principal, tuple(reasons), None)
-    reasons.extend(version_reasons(version, t))
-    return Assessment(ref, principal, tuple(reasons), version)
+    else:
+        version = _effective_version(key_state, ref, t)
+        if version is None:
+            reasons.append(Reason.KEY_MISSING)
+        else:
+            reasons.extend(version_reasons(version, t))
+    return Assessment(ref, principal, tuple(reasons), version, tuple(unknown))
 
 
 def _effective_version(key_state: KeyState, ref: KeyRef, t: datetime) -> KeyVersion | None:
@@ -321,6 +553,100 @@ def version_reasons(version: KeyVersion, t: datetime) -> list[Reason]:
     if not version.has_required_ops:
         reasons.append(Reason.KEY_OPS_MISSING)
     return reasons
+
+
+# --- usability as intervals ------------------------------------------------------------------------
+# Each rule holds on half-open intervals [from, until): a state holds from its change on, a version is
+# current from its `created`, valid from `nbf` and until `exp`. So a reference's usable time is the
+# intersection of the vault's, the principal's and the key's intervals, computed without judging any
+# instant. `assess` stays the reference the intervals must agree with.
+
+
+def exists_intervals(existence: Timeline[bool], start: datetime, end: datetime) -> list[Interval]:
+    """The intervals within [start, end) during which a vault exists (rule 1)."""
+    intervals: list[Interval] = []
+    for epoch_start, epoch_end, exists in existence.epochs_within(start, end):
+        if exists:
+            merge_append(intervals, epoch_start, epoch_end)
+    return intervals
+
+
+def key_intervals(timeline: Timeline[KeyState], version: str | None, start: datetime, end: datetime) -> list[Interval]:
+    """The intervals within [start, end) during which rules 3 to 5 hold for the key.
+
+    `version` is the pinned version, or None to follow the current one.
+    """
+    intervals: list[Interval] = []
+    for epoch_start, epoch_end, state in timeline.epochs_within(start, end):
+        if not state.exists or state.deleted:
+            continue
+        if version is not None:
+            pinned = state.version(version)
+            if pinned is not None:
+                _append_valid(intervals, pinned, max(epoch_start, pinned.created), epoch_end)
+            continue
+        # versions are sorted by `created`: each is current from its own `created` until the next
+        # one's (ties: the later-listed one wins, and the earlier gets an empty span). Start from the
+        # one current at the epoch's start: those before it are never current within the epoch.
+        versions = state.versions
+        count = len(versions)
+        for index in range(max(bisect_right(versions, epoch_start, key=_CREATED) - 1, 0), count):
+            candidate = versions[index]
+            if candidate.created >= epoch_end:
+                break
+            until = versions[index + 1].created if index + 1 < count else epoch_end
+            _append_valid(intervals, candidate, max(epoch_start, candidate.created), min(until, epoch_end))
+    return intervals
+
+
+def _append_valid(intervals: list[Interval], version: KeyVersion, start: datetime, end: datetime) -> None:
+    """Append the part of [start, end) in which `version` passes rules 4 and 5 (see version_reasons)."""
+    if not version.enabled or not version.has_required_ops:
+        return
+    if version.nbf is not None and version.nbf > start:
+        start = version.nbf
+    if version.exp is not None and version.exp < end:
+        end = version.exp
+    merge_append(intervals, start, end)
+
+
+class UsableTime:
+    """Usable intervals of key references within one window [start, end) of one World.
+
+    A reference is usable where its vault exists (rule 1), its principal holds the permissions
+    (rule 2) and the key passes rules 3 to 5: the intersection of those intervals.
+    """
+
+    __slots__ = ("_exists", "end", "start", "world")
+
+    def __init__(self, world: World, start: datetime, end: datetime) -> None:
+        self.world = world
+        self.start = start
+        self.end = end
+        self._exists: dict[str, list[Interval]] = {}  # vault id -> exists_intervals, shared by its keys
+
+    def of(self, ref: KeyRef, principal: str | None) -> list[Interval]:
+        """The intervals in which `ref`, acting as `principal`, is usable: sorted, disjoint, merged."""
+        world, start, end = self.world, self.start, self.end
+        vault = world.vault_id(ref.vault)
+        key_id = (vault, name_id(ref.name))
+        history = world.access.get(vault)
+        # Nothing counts as usable that could not be seen (the prediction treats such namespaces apart).
+        if principal is None or history is None or vault in world.blind_vaults or key_id in world.blind_keys:
+            return []
+        exists = self._exists.get(vault)
+        if exists is None:
+            exists = self._exists[vault] = exists_intervals(world.existence[vault], start, end)
+        grants = history.grant_intervals(principal, start, end, world.key_access.get(key_id, {}).get(principal))
+        # The usual case skips intersecting: the vault is there and the principal granted throughout.
+        reachable = grants if exists == [(start, end)] else intersect(exists, grants)
+        if not reachable:
+            return []
+        key = key_intervals(world.key(key_id), ref.version, start, end)
+        return key if reachable == [(start, end)] else intersect(reachable, key)
+
+
+# --- point evaluation helpers, kept for checking the intervals against `assess` -------------------
 
 
 def change_instants(world: World, ref: KeyRef, start: datetime, end: datetime) -> list[datetime]:

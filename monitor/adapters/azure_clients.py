@@ -1,0 +1,162 @@
+"""Azure SDK clients built once per subscription or vault, with keyhealth's endpoints, retries and timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import (
+    AzureError,
+    DecodeError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.keyvault.keys.aio import KeyClient
+from azure.mgmt.authorization.aio import AuthorizationManagementClient
+from azure.mgmt.keyvault.aio import KeyVaultManagementClient
+from azure.mgmt.resource.subscriptions.aio import SubscriptionClient
+from azure.mgmt.servicebus.aio import ServiceBusManagementClient
+
+from monitor.domain.model import vault_id
+
+DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
+_MAX_REASON = 300
+
+Client = TypeVar("Client")
+
+
+@dataclass(frozen=True, slots=True)
+class AzureOptions:
+    """Where Azure is and how patiently to talk to it."""
+
+    arm_endpoint: str = DEFAULT_ARM_ENDPOINT
+    # Base under which vaults are reached by host name (a local stand-in); None: each vault's own URI.
+    keyvault_endpoint: str | None = None
+    ca_bundle: str | None = None
+    retries: int = 3
+    timeout_seconds: float = 30.0
+
+    def vault_url(self, vault_uri: str) -> str:
+        """The URL a KeyClient uses for `vault_uri`."""
+        if self.keyvault_endpoint is None:
+            return vault_uri.strip().rstrip("/")
+        host = urlsplit(vault_uri.strip()).hostname or vault_uri.strip().rstrip("/")
+        return f"{self.keyvault_endpoint.rstrip('/')}/{host}"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Transport settings every SDK client gets.
+
+        azure-core's RetryPolicy honours Retry-After on 429 and 503 and backs off exponentially otherwise.
+        """
+        kwargs: dict[str, Any] = {
+            "retry_total": self.retries,
+            "retry_backoff_factor": 0.5,
+            "retry_backoff_max": 30,
+            "connection_timeout": min(self.timeout_seconds, 10.0),
+            "read_timeout": self.timeout_seconds,
+        }
+        if self.ca_bundle:
+            kwargs["connection_verify"] = self.ca_bundle
+        return kwargs
+
+
+def describe_failure(error: BaseException) -> str:
+    """A short, secret-free reason for a failed Azure call, for monitor-blind findings and logs."""
+    if isinstance(error, DecodeError):  # a subclass of HttpResponseError, with a 200 status
+        return _clip(f"unreadable response: {error.message}")
+    if isinstance(error, HttpResponseError):
+        status = error.status_code
+        code = getattr(getattr(error, "error", None), "code", None) or getattr(error, "reason", None) or ""
+        message = getattr(getattr(error, "error", None), "message", None) or ""
+        text = f"HTTP {status} {code}".strip()
+        if message:
+            text += f": {message}"
+        return _clip(text)
+    if isinstance(error, ServiceResponseError | asyncio.TimeoutError | TimeoutError):
+        return _clip(f"no response: {getattr(error, 'message', None) or type(error).__name__}")
+    if isinstance(error, ServiceRequestError):
+        return _clip(f"could not connect: {error.message}")
+    if isinstance(error, AzureError):
+        return _clip(f"{type(error).__name__}: {error.message}")
+    return _clip(f"{type(error).__name__}: {error}")
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 1] + "…"
+
+
+class AzureClients:
+    """Creates SDK clients lazily, reuses them, and closes them all at the end."""
+
+    def __init__(self, credential: AsyncTokenCredential, options: AzureOptions) -> None:
+        self.credential = credential
+        self.options = options
+        self._clients: dict[tuple[str, str], Any] = {}
+
+    def _cached(self, kind: str, scope: str, build: Callable[[], Client]) -> Client:
+        key = (kind, scope.lower())
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = build()
+        return client
+
+    def key_client(self, vault_uri: str) -> KeyClient:
+        # The stand-in answers the Key Vault challenge for vault.azure.net from a loopback host.
+        verify_resource = self.options.keyvault_endpoint is None
+        return self._cached(
+            "keyvault",
+            vault_id(vault_uri),
+            lambda: KeyClient(
+                self.options.vault_url(vault_uri),
+                self.credential,
+                verify_challenge_resource=verify_resource,
+                **self.options.client_kwargs(),
+            ),
+        )
+
+    def servicebus(self, subscription: str) -> ServiceBusManagementClient:
+        return self._cached(
+            "servicebus",
+            subscription,
+            lambda: ServiceBusManagementClient(
+                self.credential, subscription, base_url=self.options.arm_endpoint, **self.options.client_kwargs()
+            ),
+        )
+
+    def keyvault_mgmt(self, subscription: str) -> KeyVaultManagementClient:
+        return self._cached(
+            "keyvault-mgmt",
+            subscription,
+            lambda: KeyVaultManagementClient(
+                self.credential, subscription, base_url=self.options.arm_endpoint, **self.options.client_kwargs()
+            ),
+        )
+
+    def authorization(self, subscription: str) -> AuthorizationManagementClient:
+        return self._cached(
+            "authorization",
+            subscription,
+            lambda: AuthorizationManagementClient(
+                self.credential, subscription, base_url=self.options.arm_endpoint, **self.options.client_kwargs()
+            ),
+        )
+
+    def subscriptions(self) -> SubscriptionClient:
+        return self._cached(
+            "subscriptions",
+            "",
+            lambda: SubscriptionClient(
+                self.credential, base_url=self.options.arm_endpoint, **self.options.client_kwargs()
+            ),
+        )
+
+    async def close(self) -> None:
+        clients = list(self._clients.values())
+        self._clients.clear()
+        await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)

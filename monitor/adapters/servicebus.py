@@ -1,0 +1,84 @@
+"""Subscriptions and CMK-encrypted Service Bus namespaces from ARM (azure-mgmt-servicebus, aio)."""
+
+from __future__ import annotations
+
+from azure.core.exceptions import AzureError
+from azure.mgmt.servicebus.models import SBNamespace
+
+from monitor.adapters.azure_clients import AzureClients, describe_failure
+from monitor.domain.errors import ReadError
+from monitor.domain.model import KeyRef, Namespace, NamespaceIdentity
+
+KEY_VAULT_SOURCE = "microsoft.keyvault"
+
+
+def _text(value: object) -> str:
+    return str(getattr(value, "value", value) or "")
+
+
+def namespace_from_arm(resource: SBNamespace) -> Namespace | None:
+    """The domain Namespace for a Premium namespace encrypted with keys from Key Vault, else None."""
+    sku = resource.sku
+    properties = resource.properties
+    encryption = properties.encryption if properties else None
+    if sku is None or _text(sku.tier or sku.name).lower() != "premium":
+        return None
+    if encryption is None or _text(encryption.key_source).lower() != KEY_VAULT_SOURCE:
+        return None
+    refs = []
+    for entry in encryption.key_vault_properties or []:
+        if not entry.key_name or not entry.key_vault_uri:
+            continue
+        user_assigned = entry.identity.user_assigned_identity if entry.identity else None
+        refs.append(
+            KeyRef(
+                vault=entry.key_vault_uri,
+                name=entry.key_name,
+                # The published examples spell "versionless" as an empty keyVersion.
+                version=entry.key_version or None,
+                identity=user_assigned or None,
+            )
+        )
+    if not refs:
+        return None
+    identity = resource.identity
+    user_identities = identity.user_assigned_identities if identity else None
+    return Namespace(
+        id=resource.id or "",
+        name=resource.name or "",
+        keys=tuple(refs),
+        identity=NamespaceIdentity(
+            principal_id=(identity.principal_id or None) if identity else None,
+            user_assigned={rid: (ui.principal_id if ui else None) for rid, ui in (user_identities or {}).items()},
+        ),
+        tags=dict(resource.tags or {}),
+    )
+
+
+class ServiceBusInventory:
+    """InventoryReader over ARM."""
+
+    def __init__(self, clients: AzureClients) -> None:
+        self._clients = clients
+
+    async def list_subscriptions(self) -> list[str]:
+        """Every enabled subscription the credential can see. Raises ReadError."""
+        try:
+            return [
+                s.subscription_id
+                async for s in self._clients.subscriptions().subscriptions.list()
+                if s.subscription_id and _text(s.state).lower() in {"", "enabled", "pastdue", "warned"}
+            ]
+        except AzureError as error:
+            raise ReadError("subscriptions", describe_failure(error)) from error
+
+    async def list_namespaces(self, subscription: str) -> list[Namespace]:
+        """Premium namespaces in `subscription` encrypted with Key Vault keys. Raises ReadError."""
+        client = self._clients.servicebus(subscription)
+        try:
+            resources = [resource async for resource in client.namespaces.list()]
+        except AzureError as error:
+            raise ReadError(
+                f"Service Bus namespaces in subscription {subscription}", describe_failure(error)
+            ) from error
+        return [namespace for resource in resources if (namespace := namespace_from_arm(resource)) is not None]

@@ -1,0 +1,56 @@
+"""The seams between the service and the outside world, as Protocols; adapters and fakes implement them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from monitor.domain.model import Key, Namespace, Vault
+
+__all__ = ["AccessReader", "Clock", "InventoryReader", "KeyReader", "VaultReading"]
+
+
+@dataclass(frozen=True, slots=True)
+class VaultReading:
+    """What ARM says about the vaults a fleet's namespaces list."""
+
+    found: dict[str, Vault] = field(default_factory=dict)  # vault_id -> Vault (deleted ones with deleted=True)
+    # vault_id -> key name_id -> principal -> permissions granted at that key's own scope (RBAC)
+    key_access: dict[str, dict[str, dict[str, frozenset[str]]]] = field(default_factory=dict)
+    blind: dict[str, str] = field(default_factory=dict)  # vault_id -> why it could not be read
+
+
+class Clock(Protocol):
+    """Where the current time comes from (the domain never reads it itself)."""
+
+    def now(self) -> datetime: ...
+
+
+class InventoryReader(Protocol):
+    """Lists subscriptions and the CMK-encrypted Service Bus namespaces in them."""
+
+    async def list_subscriptions(self) -> list[str]:
+        """Every subscription the credential can see. Raises ReadError."""
+        ...
+
+    async def list_namespaces(self, subscription: str) -> list[Namespace]:
+        """Premium namespaces with keySource Microsoft.KeyVault. Raises ReadError."""
+        ...
+
+
+class KeyReader(Protocol):
+    """Reads keys from the vaults' data plane."""
+
+    async def get_key(self, vault_uri: str, name: str, *, pinned_versions: Iterable[str] = ()) -> Key | None:
+        """The key with its versions (None when it does not exist at all). Raises ReadError."""
+        ...
+
+
+class AccessReader(Protocol):
+    """Reads vault properties and the effective key permissions of principals on them."""
+
+    async def read_vaults(self, vault_uris: Sequence[str], *, subscriptions: Sequence[str]) -> VaultReading:
+        """What ARM says about each vault; unreadable ones land in `blind`, never raise for one vault."""
+        ...

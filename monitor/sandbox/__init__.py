@@ -1,0 +1,30 @@
+"""The local Azure stand-in: HTTPS ARM and Key Vault serving a scenario's World, with faults and events."""
+
+from monitor.sandbox.clock import SandboxClock
+from monitor.sandbox.credential import AsyncStaticTokenCredential, StaticTokenCredential
+from monitor.sandbox.errors import ChangeRejectedError, SandboxError, SandboxNotRunningError, UnknownVaultError
+from monitor.sandbox.events import Delivery, EventSubscription, KeyVaultEvent
+from monitor.sandbox.faults import FaultRule, Faults, RateLimit
+from monitor.sandbox.requestlog import RequestLog, RequestRecord
+from monitor.sandbox.run import run_sandbox
+from monitor.sandbox.server import Sandbox
+
+__all__ = [
+    "AsyncStaticTokenCredential",
+    "ChangeRejectedError",
+    "Delivery",
+    "EventSubscription",
+    "FaultRule",
+    "Faults",
+    "KeyVaultEvent",
+    "RateLimit",
+    "RequestLog",
+    "RequestRecord",
+    "Sandbox",
+    "SandboxClock",
+    "SandboxError",
+    "SandboxNotRunningError",
+    "StaticTokenCredential",
+    "UnknownVaultError",
+    "run_sandbox",
+]

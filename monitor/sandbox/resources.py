@@ -1,0 +1,194 @@
+"""JSON documents of ARM resources (Service Bus namespaces, Key Vault vaults) shaped as the published examples."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from monitor.domain.model import Namespace
+from monitor.sandbox.wire import arm_time
+
+NAMESPACE_TYPE = "Microsoft.ServiceBus/Namespaces"
+VAULT_TYPE = "Microsoft.KeyVault/vaults"
+SOFT_DELETE_RETENTION_DAYS = 90
+# Service Bus answers with the region's display name, Key Vault with its short name.
+NAMESPACE_LOCATION = "West Europe"
+VAULT_LOCATION = "westeurope"
+# Stable ids derived from names, so the same scenario always yields the same documents.
+_IDS = uuid.UUID("6f0b8c1e-2d7a-4e55-9a43-5b1f0e6c7d21")
+
+# Key Vault's spelling of key permissions in access policies, in the order getVault.json lists them.
+KEY_PERMISSIONS = (
+    "encrypt",
+    "decrypt",
+    "wrapKey",
+    "unwrapKey",
+    "sign",
+    "verify",
+    "get",
+    "list",
+    "create",
+    "update",
+    "import",
+    "delete",
+    "backup",
+    "restore",
+    "recover",
+    "purge",
+    "release",
+    "rotate",
+    "getrotationpolicy",
+    "setrotationpolicy",
+    "all",
+)
+_SPELLING = {permission.lower(): permission for permission in KEY_PERMISSIONS}
+
+
+def stable_uuid(*parts: str) -> str:
+    """A UUID that depends only on `parts` (case-insensitively)."""
+    return str(uuid.uuid5(_IDS, "|".join(part.lower() for part in parts)))
+
+
+def spell_permissions(permissions: Iterable[str]) -> list[str]:
+    """Permissions as Key Vault spells them, in its order; unknown ones after, as given."""
+    lowered = {p.lower() for p in permissions}
+    known = [p for p in KEY_PERMISSIONS if p.lower() in lowered]
+    return known + sorted(p for p in lowered if p not in _SPELLING)
+
+
+def subscription_of(resource_id: str) -> str | None:
+    """The subscription id in an ARM resource id, or None."""
+    parts = resource_id.strip("/").split("/")
+    for index, part in enumerate(parts[:-1]):
+        if part.lower() == "subscriptions":
+            return parts[index + 1]
+    return None
+
+
+def resource_group_of(resource_id: str) -> str | None:
+    """The resource group in an ARM resource id, or None."""
+    parts = resource_id.strip("/").split("/")
+    for index, part in enumerate(parts[:-1]):
+        if part.lower() == "resourcegroups":
+            return parts[index + 1]
+    return None
+
+
+def namespace_identity(namespace: Namespace, tenant_id: str) -> dict[str, Any]:
+    """The namespace's `identity` block: system- and user-assigned identities as ARM shows them."""
+    system = namespace.identity.principal_id
+    user = namespace.identity.user_assigned
+    kinds = [kind for kind, present in (("SystemAssigned", system), ("UserAssigned", user)) if present]
+    document: dict[str, Any] = {}
+    if system:
+        document["principalId"] = system
+        document["tenantId"] = tenant_id
+    document["type"] = ", ".join(kinds) or "None"
+    if user:
+        document["userAssignedIdentities"] = {
+            resource_id: {"clientId": stable_uuid("client", resource_id), "principalId": principal}
+            for resource_id, principal in user.items()
+        }
+    return document
+
+
+def namespace_document(
+    namespace: Namespace, *, tenant_id: str, created: datetime, location: str = NAMESPACE_LOCATION
+) -> dict[str, Any]:
+    """A Premium namespace encrypted with the scenario's keys, shaped as EHNameSpaceCreate.json's response."""
+    subscription = subscription_of(namespace.id) or ""
+    key_vault_properties = []
+    for ref in namespace.keys:
+        entry: dict[str, Any] = {"keyName": ref.name, "keyVaultUri": ref.vault, "keyVersion": ref.version or ""}
+        if ref.identity:  # omitted for the system-assigned identity, as Azure omits it
+            entry["identity"] = {"userAssignedIdentity": ref.identity}
+        key_vault_properties.append(entry)
+    return {
+        "sku": {"name": "Premium", "tier": "Premium", "capacity": 1},
+        "id": namespace.id,
+        "name": namespace.name,
+        "type": NAMESPACE_TYPE,
+        "location": location,
+        "tags": dict(namespace.tags),
+        "identity": namespace_identity(namespace, tenant_id),
+        "properties": {
+            "minimumTlsVersion": "1.2",
+            "publicNetworkAccess": "Enabled",
+            "disableLocalAuth": False,
+            "zoneRedundant": False,
+            "premiumMessagingPartitions": 1,
+            "encryption": {
+                "keySource": "Microsoft.KeyVault",
+                "keyVaultProperties": key_vault_properties,
+                "requireInfrastructureEncryption": False,
+            },
+            "provisioningState": "Succeeded",
+            "status": "Active",
+            "metricId": f"{subscription}:{namespace.name.lower()}",
+            "createdAt": arm_time(created),
+            "updatedAt": arm_time(created),
+            "serviceBusEndpoint": f"https://{namespace.name}.servicebus.windows.net:443/",
+        },
+    }
+
+
+def vault_document(
+    *,
+    resource_id: str,
+    name: str,
+    host: str,
+    tenant_id: str,
+    soft_delete: bool,
+    purge_protection: bool,
+    rbac: bool,
+    access: Mapping[str, frozenset[str]],
+    premium: bool,
+    created: datetime,
+    location: str = VAULT_LOCATION,
+) -> dict[str, Any]:
+    """A vault shaped as getVault.json, with the soft-delete, purge-protection and RBAC flags Azure adds."""
+    policies = []
+    if not rbac:  # an RBAC vault ignores access policies, and the scenario's access became role assignments
+        for principal, permissions in access.items():
+            if permissions:  # set_access with [] removes the principal
+                policies.append(
+                    {
+                        "tenantId": tenant_id,
+                        "objectId": principal,
+                        "permissions": {"keys": spell_permissions(permissions), "secrets": [], "certificates": []},
+                    }
+                )
+    properties: dict[str, Any] = {
+        "sku": {"family": "A", "name": "premium" if premium else "standard"},
+        "tenantId": tenant_id,
+        "accessPolicies": policies,
+        "enabledForDeployment": False,
+        "enabledForDiskEncryption": False,
+        "enabledForTemplateDeployment": False,
+        "enableSoftDelete": soft_delete,
+        "softDeleteRetentionInDays": SOFT_DELETE_RETENTION_DAYS,
+        "enableRbacAuthorization": rbac,
+    }
+    if purge_protection:  # Azure omits the flag rather than writing false
+        properties["enablePurgeProtection"] = True
+    properties.update(
+        {"vaultUri": f"https://{host}/", "provisioningState": "Succeeded", "publicNetworkAccess": "Enabled"}
+    )
+    return {
+        "id": resource_id,
+        "name": name,
+        "type": VAULT_TYPE,
+        "location": location,
+        "tags": {},
+        "systemData": {
+            "createdBy": "keyhealth-sandbox",
+            "createdByType": "Application",
+            "createdAt": arm_time(created),
+            "lastModifiedBy": "keyhealth-sandbox",
+            "lastModifiedByType": "Application",
+            "lastModifiedAt": arm_time(created),
+        },
+        "properties": properties,
+    }

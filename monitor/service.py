@@ -1,0 +1,142 @@
+"""Use cases: read the fleet into a snapshot, then predict and judge it (the same path for check and the poll)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from monitor.domain.errors import ReadError
+from monitor.domain.findings import Thresholds
+from monitor.domain.fleet import FleetReport, evaluate
+from monitor.domain.model import (
+    BlindScope,
+    BlindSpot,
+    Key,
+    KeyId,
+    Scenario,
+    Snapshot,
+    Vault,
+    key_url,
+    name_id,
+    vault_id,
+)
+from monitor.ports import AccessReader, InventoryReader, KeyReader
+
+ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True, slots=True)
+class Readers:
+    """The three reading ports a fleet scan needs."""
+
+    inventory: InventoryReader
+    keys: KeyReader
+    access: AccessReader
+
+
+@dataclass(frozen=True, slots=True)
+class _WantedKey:
+    vault_uri: str
+    name: str
+    pinned: frozenset[str]
+
+
+def _ignore_progress(stage: str, done: int, total: int) -> None:
+    del stage, done, total
+
+
+async def read_snapshot(
+    readers: Readers,
+    *,
+    subscriptions: Sequence[str] | None = None,
+    concurrency: int = 32,
+    progress: ProgressCallback = _ignore_progress,
+) -> Snapshot:
+    """Read every CMK namespace, the vaults and keys they list, and who may use them.
+
+    Never raises for what it could not read: each such thing becomes a BlindSpot in the snapshot.
+    Each distinct key is read once, however many namespaces list it.
+    """
+    blind: list[BlindSpot] = []
+    if subscriptions is None:
+        try:
+            subscriptions = await readers.inventory.list_subscriptions()
+        except ReadError as failure:
+            return Snapshot(blind=(BlindSpot(BlindScope.SUBSCRIPTION, "*", failure.reason),))
+    listings = await asyncio.gather(
+        *(readers.inventory.list_namespaces(sub) for sub in subscriptions), return_exceptions=True
+    )
+    namespaces = []
+    for subscription, listing in zip(subscriptions, listings, strict=True):
+        if isinstance(listing, ReadError):
+            blind.append(BlindSpot(BlindScope.SUBSCRIPTION, subscription, listing.reason))
+        elif isinstance(listing, BaseException):
+            raise listing
+        else:
+            namespaces.extend(listing)
+    progress("namespaces", len(namespaces), len(namespaces))
+
+    vault_uris: dict[str, str] = {}
+    wanted: dict[KeyId, _WantedKey] = {}
+    for namespace in namespaces:
+        for ref in namespace.keys:
+            vault_uris.setdefault(vault_id(ref.vault), ref.vault)
+            entry = wanted.get(ref.key_id) or _WantedKey(ref.vault, ref.name, frozenset())
+            if ref.version:
+                entry = dataclasses.replace(entry, pinned=entry.pinned | {ref.version})
+            wanted[ref.key_id] = entry
+
+    vault_reading = await readers.access.read_vaults(list(vault_uris.values()), subscriptions=subscriptions)
+    vaults: list[Vault] = []
+    for vid, uri in vault_uris.items():
+        if vid in vault_reading.found:
+            vaults.append(vault_reading.found[vid])
+        else:
+            # Listed so the snapshot stays well formed; the blind spot makes it unknown, not a default.
+            vaults.append(Vault(uri=uri))
+            blind.append(BlindSpot(BlindScope.VAULT, uri, vault_reading.blind.get(vid, "not read")))
+    deleted_vaults = {vid for vid, vault in vault_reading.found.items() if vault.deleted}
+
+    # A deleted vault's data plane is unreachable and its keys unusable anyway: do not ask.
+    to_read = [(key_id, entry) for key_id, entry in wanted.items() if key_id[0] not in deleted_vaults]
+    semaphore = asyncio.Semaphore(concurrency)
+    done = 0
+
+    async def read(entry: _WantedKey) -> Key | None:
+        nonlocal done
+        async with semaphore:
+            try:
+                return await readers.keys.get_key(entry.vault_uri, entry.name, pinned_versions=sorted(entry.pinned))
+            finally:
+                done += 1
+                progress("keys", done, len(to_read))
+
+    results = await asyncio.gather(*(read(entry) for _, entry in to_read), return_exceptions=True)
+    keys: list[Key] = []
+    for (key_id, entry), result in zip(to_read, results, strict=True):
+        if isinstance(result, ReadError):
+            blind.append(BlindSpot(BlindScope.KEY, key_url(entry.vault_uri, entry.name), result.reason))
+        elif isinstance(result, BaseException):
+            raise result
+        elif result is not None:
+            key_access = vault_reading.key_access.get(key_id[0], {}).get(name_id(entry.name))
+            keys.append(dataclasses.replace(result, access=key_access) if key_access else result)
+    return Snapshot(vaults=tuple(vaults), keys=tuple(keys), namespaces=tuple(namespaces), blind=tuple(blind))
+
+
+async def check(
+    readers: Readers,
+    *,
+    now: datetime,
+    thresholds: Thresholds,
+    subscriptions: Sequence[str] | None = None,
+    concurrency: int = 32,
+    progress: ProgressCallback = _ignore_progress,
+) -> tuple[Scenario, FleetReport]:
+    """One fleet scan now: read, then predict and judge. Returns the scenario it read and the report."""
+    snapshot = await read_snapshot(readers, subscriptions=subscriptions, concurrency=concurrency, progress=progress)
+    scenario = Scenario(now=now, snapshot=snapshot)
+    return scenario, evaluate(scenario, thresholds)

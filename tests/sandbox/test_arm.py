@@ -1,0 +1,240 @@
+"""ARM at the sandbox's root, driven by the real async management clients over HTTPS."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from azure.core.exceptions import ResourceNotFoundError
+from azure.mgmt.servicebus.models import (
+    Encryption,
+    Identity,
+    KeyVaultProperties,
+    SBNamespace,
+    SBNamespaceUpdateParameters,
+    SBNamespaceUpdateProperties,
+    SBSku,
+)
+
+from monitor.sandbox import Sandbox
+from tests.sandbox.clients import keyvault_arm, raw, servicebus
+from tests.sandbox.world import (
+    KV_DOOMED,
+    KV_OLD,
+    KV_PROD,
+    NOW,
+    SB_PRINCIPAL,
+    SUB_A,
+    SUB_B,
+    USER_IDENTITY,
+    USER_PRINCIPAL,
+    scenario,
+)
+
+
+def test_subscriptions_come_from_the_namespace_ids(sandbox: Sandbox) -> None:
+    """GET /subscriptions lists each subscription a namespace lives in, in the shape ARM uses."""
+    status, _, body = asyncio.run(raw(sandbox, "GET", "/subscriptions?api-version=2022-12-01"))
+    assert status == 200
+    assert [s["subscriptionId"] for s in body["value"]] == [SUB_A, SUB_B]
+    first = body["value"][0]
+    assert first["id"] == f"/subscriptions/{SUB_A}" and first["state"] == "Enabled" and first["tenantId"]
+
+
+def test_namespaces_are_listed_per_subscription_across_next_link_pages() -> None:
+    """namespaces.list follows absolute nextLinks back to the sandbox, page size as configured."""
+    with Sandbox(scenario(), arm_page_size=2) as sandbox:
+
+        async def names() -> list[str | None]:
+            async with servicebus(sandbox) as client:
+                return [n.name async for n in client.namespaces.list()]
+
+        assert asyncio.run(names()) == ["sb-prod", "sb-rbac", "sb-old", "sb-doomed"]
+        assert sandbox.requests.count(service="arm", path="/namespaces", status=200) == 2
+
+
+def test_a_namespace_shows_its_identity_and_encryption(sandbox: Sandbox) -> None:
+    """namespaces.get returns the scenario's CMK settings: versionless keyVersion "", user-assigned identity."""
+
+    async def fetch() -> tuple[Any, Any]:
+        async with servicebus(sandbox) as client:
+            return await client.namespaces.get("rg-sb-doomed", "sb-doomed"), await client.namespaces.get(
+                "rg-sb-prod", "sb-prod"
+            )
+
+    doomed, prod = asyncio.run(fetch())
+    assert doomed.sku.name == "Premium" and doomed.identity.type == "SystemAssigned, UserAssigned"
+    assert doomed.identity.principal_id == SB_PRINCIPAL
+    assert doomed.identity.user_assigned_identities[USER_IDENTITY].principal_id == USER_PRINCIPAL
+    [reference] = doomed.encryption.key_vault_properties
+    assert (reference.key_name, reference.key_vault_uri, reference.key_version) == ("sb-doomed", KV_DOOMED, "c" * 32)
+    assert reference.identity.user_assigned_identity == USER_IDENTITY
+    [versionless] = prod.encryption.key_vault_properties
+    assert versionless.key_version == "" and versionless.identity is None
+    assert prod.tags == {"owner": "payments-oncall"}
+
+
+def test_an_unknown_namespace_is_not_found(sandbox: Sandbox) -> None:
+    """namespaces.get for a namespace the sandbox does not have raises ResourceNotFoundError."""
+
+    async def fetch() -> None:
+        async with servicebus(sandbox) as client:
+            await client.namespaces.get("rg-nowhere", "sb-nowhere")
+
+    with pytest.raises(ResourceNotFoundError):
+        asyncio.run(fetch())
+
+
+def test_create_or_update_changes_the_key_vault_properties(sandbox: Sandbox) -> None:
+    """begin_create_or_update (a long-running PUT) finishes at once and the new keyVaultProperties stick."""
+
+    async def update() -> tuple[Any, Any]:
+        async with servicebus(sandbox) as client:
+            namespace = await client.namespaces.get("rg-sb-prod", "sb-prod")
+            namespace.encryption.key_vault_properties = [
+                KeyVaultProperties(key_name="sb-cmk", key_vault_uri=KV_PROD, key_version="2" * 32),
+                KeyVaultProperties(key_name="sb-old", key_vault_uri=KV_OLD),
+            ]
+            poller = await client.namespaces.begin_create_or_update(
+                "rg-sb-prod", "sb-prod", namespace, polling_interval=0
+            )
+            return await poller.result(), await client.namespaces.get("rg-sb-prod", "sb-prod")
+
+    result, fetched = asyncio.run(update())
+    for namespace in (result, fetched):
+        assert [(p.key_name, p.key_version) for p in namespace.encryption.key_vault_properties] == [
+            ("sb-cmk", "2" * 32),
+            ("sb-old", ""),
+        ]
+    assert fetched.identity.principal_id == SB_PRINCIPAL  # kept: principal ids are read-only
+
+
+def test_update_patches_the_encryption_of_a_namespace(sandbox: Sandbox) -> None:
+    """namespaces.update (PATCH) applies a new encryption block and answers 200 with the resource."""
+
+    async def update() -> Any:
+        async with servicebus(sandbox) as client:
+            parameters = SBNamespaceUpdateParameters(
+                properties=SBNamespaceUpdateProperties(
+                    encryption=Encryption(
+                        key_source="Microsoft.KeyVault",
+                        key_vault_properties=[KeyVaultProperties(key_name="sb-expiring", key_vault_uri=KV_PROD)],
+                    )
+                )
+            )
+            return await client.namespaces.update("rg-sb-prod", "sb-prod", parameters)
+
+    updated = asyncio.run(update())
+    assert [p.key_name for p in updated.encryption.key_vault_properties] == ["sb-expiring"]
+    stored = sandbox.namespace(
+        f"/subscriptions/{SUB_A}/resourceGroups/rg-sb-prod/providers/Microsoft.ServiceBus/namespaces/sb-prod"
+    )
+    assert (
+        stored is not None and stored["properties"]["encryption"]["keyVaultProperties"][0]["keyName"] == "sb-expiring"
+    )
+
+
+def test_creating_a_namespace_makes_a_new_resource(sandbox: Sandbox) -> None:
+    """A PUT for a namespace that does not exist creates it (201) and the list then includes it."""
+
+    async def create() -> tuple[Any, list[str | None]]:
+        async with servicebus(sandbox, SUB_B) as client:
+            body = SBNamespace(
+                location="West Europe",
+                sku=SBSku(name="Premium", tier="Premium", capacity=1),
+                identity=Identity(type="SystemAssigned"),
+            )
+            poller = await client.namespaces.begin_create_or_update("rg-new", "sb-new", body, polling_interval=0)
+            created = await poller.result()
+            return created, [n.name async for n in client.namespaces.list()]
+
+    created, names = asyncio.run(create())
+    assert created.identity.principal_id  # a new system-assigned identity gets a principal
+    assert names == ["sb-other", "sb-new"]
+    assert sandbox.requests.count(service="arm", method="PUT", status=201) == 1
+
+
+def test_raw_extra_namespaces_are_listed_for_the_adapters_filter(sandbox: Sandbox) -> None:
+    """Namespaces added raw (Standard tier, Premium without CMK) are listed beside the scenario's."""
+    sandbox.add_namespace(
+        {
+            "id": f"/subscriptions/{SUB_A}/resourceGroups/rg-x/providers/Microsoft.ServiceBus/namespaces/sb-standard",
+            "location": "West Europe",
+            "sku": {"name": "Standard", "tier": "Standard"},
+            "properties": {"provisioningState": "Succeeded"},
+        }
+    )
+
+    async def listed() -> list[tuple[str | None, str | None, Encryption | None]]:
+        async with servicebus(sandbox) as client:
+            return [(n.name, n.sku.name if n.sku else None, n.encryption) async for n in client.namespaces.list()]
+
+    assert asyncio.run(listed())[-1] == ("sb-standard", "Standard", None)
+
+
+def test_vaults_are_listed_and_read_with_their_protection_flags(sandbox: Sandbox) -> None:
+    """vaults.list_by_subscription and vaults.get answer the vault as getVault.json shapes it."""
+
+    async def fetch() -> tuple[list[str | None], Any, Any]:
+        async with keyvault_arm(sandbox) as client:
+            listed = [v.name async for v in client.vaults.list_by_subscription(top=1)]
+            return (
+                listed,
+                await client.vaults.get("rg-keyvaults", "kv-old"),
+                await client.vaults.get("rg-keyvaults", "kv-prod"),
+            )
+
+    listed, old, prod = asyncio.run(fetch())
+    assert listed == ["kv-prod", "kv-rbac", "kv-old", "kv-doomed"]
+    assert old.properties.enable_soft_delete is True and old.properties.enable_purge_protection is None
+    assert prod.properties.enable_purge_protection is True
+    assert prod.properties.vault_uri == "https://kv-prod.vault.azure.net/"
+    assert {(p.object_id, tuple(p.permissions["keys"])) for p in prod.properties.access_policies} == {
+        (SB_PRINCIPAL, ("wrapKey", "unwrapKey", "get")),
+        (USER_PRINCIPAL, ("wrapKey", "unwrapKey", "get")),
+    }
+    assert prod.id == sandbox.vault_resource_id(KV_PROD)
+
+
+def test_a_vault_is_not_found_once_the_clock_passes_its_deletion(sandbox: Sandbox) -> None:
+    """vaults.get answers the doomed vault before its delete_vault change and 404 ResourceNotFound after it."""
+
+    async def fetch() -> Any:
+        async with keyvault_arm(sandbox) as client:
+            return await client.vaults.get("rg-keyvaults", "kv-doomed")
+
+    assert asyncio.run(fetch()).name == "kv-doomed"
+    sandbox.clock.advance(timedelta(hours=1))
+    with pytest.raises(ResourceNotFoundError) as caught:
+        asyncio.run(fetch())
+    assert caught.value.error is not None and caught.value.error.code == "ResourceNotFound"
+
+
+def test_access_policy_changes_show_as_the_clock_passes_them(sandbox: Sandbox) -> None:
+    """A set_access change on a non-RBAC vault appears in its accessPolicies from its instant on."""
+
+    async def policies() -> dict[str, list[str]]:
+        async with keyvault_arm(sandbox) as client:
+            vault: Any = await client.vaults.get("rg-keyvaults", "kv-prod")
+            return {p.object_id: list(p.permissions["keys"]) for p in vault.properties.access_policies or []}
+
+    assert "55555555-0000-0000-0000-0000000000ee" not in asyncio.run(policies())
+    sandbox.clock.set(NOW + timedelta(hours=3))
+    assert asyncio.run(policies())["55555555-0000-0000-0000-0000000000ee"] == ["get"]
+
+
+def test_an_unknown_subscription_is_not_found(sandbox: Sandbox) -> None:
+    """Listing namespaces of a subscription the sandbox does not know answers 404 SubscriptionNotFound."""
+    status, _, body = asyncio.run(
+        raw(sandbox, "GET", "/subscriptions/nope/providers/Microsoft.ServiceBus/namespaces?api-version=2026-01-01")
+    )
+    assert status == 404 and body["error"]["code"] == "SubscriptionNotFound"
+
+
+def test_arm_asks_for_a_token(sandbox: Sandbox) -> None:
+    """An ARM request without a bearer token answers 401 AuthenticationFailed."""
+    status, headers, body = asyncio.run(raw(sandbox, "GET", "/subscriptions?api-version=2022-12-01", token=None))
+    assert status == 401 and body["error"]["code"] == "AuthenticationFailed"
+    assert "WWW-Authenticate" in headers

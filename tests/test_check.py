@@ -1,0 +1,300 @@
+"""`keyhealth check`: the real Azure SDK clients read the stand-in over HTTPS, and the monitor tells the truth."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.keyvault.keys._shared import http_challenge_cache
+
+from monitor.domain.model import DeleteKey, Scenario
+from monitor.domain.scenario import parse_scenario
+from monitor.sandbox import Sandbox
+from monitor.scenario_io import save_scenario
+from tests.builders import (
+    NOW,
+    USER_IDENTITY,
+    USER_PRINCIPAL,
+    VAULT,
+    Run,
+    key,
+    namespace,
+    ref,
+    run_cli,
+    scenario,
+    vault,
+    version,
+)
+
+OTHER_VAULT = "https://kv-other.vault.azure.net"
+RBAC_VAULT = "https://kv-rbac.vault.azure.net"
+
+
+def _fleet() -> dict[str, Any]:
+    """A small fleet with one namespace for each thing a live read must get right."""
+    return scenario(
+        [
+            namespace("sb-healthy", ref("k-main"), ref("k-other", vault_uri=OTHER_VAULT)),
+            namespace("sb-expiring", ref("k-expiring")),
+            namespace("sb-deleted", ref("k-deleted")),
+            namespace("sb-pinned", ref("k-main", version_id="v1")),
+            namespace(
+                "sb-user",
+                ref("k-rbac", vault_uri=RBAC_VAULT, identity=USER_IDENTITY),
+                user_assigned={USER_IDENTITY: USER_PRINCIPAL},
+            ),
+            namespace("sb-denied", ref("k-other", vault_uri=OTHER_VAULT), principal="p-without-access"),
+            namespace("sb-missing", ref("k-never-created")),
+            namespace("sb-disabled", ref("k-disabled")),
+        ],
+        [
+            key("k-main", version("v1", exp="2027-06-01T00:00:00Z"), version("v2", created="2026-10-01T00:00:00Z")),
+            key("k-other", version("o1", key_ops=["wrapKey", "unwrapKey"]), vault_uri=OTHER_VAULT),
+            key("k-expiring", version("e1", exp="2026-11-25T00:00:00Z")),
+            key("k-deleted", deleted=True),
+            key("k-rbac", version("r1"), vault_uri=RBAC_VAULT),
+            key("k-disabled", version("d1"), version("d2", created="2026-11-01T00:00:00Z", enabled=False)),
+        ],
+        vaults=[
+            vault(),
+            vault(OTHER_VAULT, purge_protection=False),
+            vault(RBAC_VAULT, rbac=True, access={USER_PRINCIPAL: ["get", "wrapKey", "unwrapKey"]}),
+        ],
+        changes=[
+            {
+                "at": "2026-11-01T00:00:00Z",
+                "op": "update_version",
+                "vault": VAULT,
+                "key": "k-main",
+                "version": "v1",
+                "exp": "2027-05-01T00:00:00Z",
+            }
+        ],
+    )
+
+
+@pytest.fixture(autouse=True)
+def clear_challenge_cache() -> Iterator[None]:
+    """The Key Vault SDK caches challenges per host in a process-global dict; tests must not share them."""
+    http_challenge_cache.clear()
+    yield
+    http_challenge_cache.clear()
+
+
+@pytest.fixture
+def fleet() -> Scenario:
+    parsed, _ = parse_scenario(_fleet())
+    return parsed
+
+
+@pytest.fixture
+def sandbox(fleet: Scenario, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
+    """The stand-in serving the fleet, with the environment pointing keyhealth at it."""
+    with Sandbox(fleet) as running:
+        for name, value in running.environment().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("KEYHEALTH_HTTP_RETRIES", "1")
+        yield running
+
+
+def _check(*extra: str) -> Run:
+    return run_cli("check", "--format", "json", "--at", NOW, *extra)
+
+
+def _core(run: Run) -> dict[str, tuple[object, ...]]:
+    """What a prediction says per namespace, without the prose."""
+    return {
+        n["name"]: (
+            n["status_now"],
+            n["usable_keys_now"],
+            n["keys_total"],
+            n["revoked_at_earliest"],
+            n["revoked_by"],
+            sorted((f["code"], f["severity"], f["key"]) for f in n["findings"]),
+        )
+        for n in run.json["namespaces"]
+    }
+
+
+def test_check_sees_what_simulate_predicts_from_the_same_state(sandbox: Sandbox, fleet: Scenario, tmp_path: Path):
+    """Reading the stand-in gives, namespace by namespace, the prediction simulate gives for its scenario."""
+    checked = _check()
+    expected_file = tmp_path / "expected.json"
+    save_scenario(fleet, expected_file)
+    simulated = run_cli("simulate", str(expected_file), "--format", "json")
+    assert _core(checked) == _core(simulated)
+    assert checked.status == simulated.status == 3
+    by_name = {n["name"]: n for n in checked.json["namespaces"]}
+    assert by_name["sb-healthy"]["status_now"] == "healthy"
+    assert by_name["sb-deleted"]["status_now"] == "revoked"
+    assert {f["code"] for f in by_name["sb-deleted"]["findings"]} >= {"key-deleted"}
+    assert by_name["sb-expiring"]["revoked_at_earliest"] == "2026-11-25T00:00:00Z"
+    assert by_name["sb-user"]["status_now"] == "healthy"  # RBAC role assignment resolved to permissions
+    assert "access-denied" in {f["code"] for f in by_name["sb-denied"]["findings"]}
+    assert "new-version-unusable" in {f["code"] for f in by_name["sb-disabled"]["findings"]}
+
+
+def test_a_saved_check_replays_to_the_same_prediction(sandbox: Sandbox, tmp_path: Path):
+    """check --save writes a scenario that simulate turns into the same prediction."""
+    saved = tmp_path / "saved.json"
+    checked = _check("--save", str(saved))
+    assert "saved what was read" in checked.stderr
+    replayed = run_cli("simulate", str(saved), "--format", "json")
+    assert _core(replayed) == _core(checked)
+    document = json.loads(saved.read_text())
+    assert "changes" not in document
+    assert document["now"] == NOW
+
+
+def test_the_clock_passing_a_change_shows_in_the_next_check(sandbox: Sandbox):
+    """When the stand-in's clock passes a planned change, a later check sees the new state."""
+    sandbox.apply(DeleteKey(at=datetime(2026, 11, 22, 1, tzinfo=UTC), vault=VAULT, key="k-main"))
+    before = {n["name"]: n for n in _check().json["namespaces"]}
+    assert before["sb-pinned"]["status_now"] == "healthy"
+    sandbox.clock.advance(timedelta(hours=2))
+    later = run_cli("check", "--format", "json", "--at", "2026-11-22T02:00:00Z")
+    after = {n["name"]: n for n in later.json["namespaces"]}
+    assert after["sb-pinned"]["status_now"] == "revoked"
+    assert after["sb-healthy"]["status_now"] == "degraded"
+
+
+def test_a_vault_that_answers_the_monitor_403_makes_its_namespaces_unknown(sandbox: Sandbox):
+    """The monitor's own 403 is never a usability fact: unknown with monitor-blind, and a non-zero exit."""
+    sandbox.faults.forbid(OTHER_VAULT)
+    run = _check()
+    by_name = {n["name"]: n for n in run.json["namespaces"]}
+    healthy_before = by_name["sb-healthy"]
+    assert healthy_before["status_now"] == "unknown"
+    assert healthy_before["revoked_at_earliest"] is None
+    blind = [f for f in healthy_before["findings"] if f["code"] == "monitor-blind"]
+    assert blind and "HTTP 403 Forbidden" in blind[0]["message"]
+    # What ARM showed still counts: a principal without access fails rule 2 whatever the key is.
+    denied = by_name["sb-denied"]
+    assert denied["status_now"] == "revoked"
+    assert {"access-denied", "monitor-blind"} <= {f["code"] for f in denied["findings"]}
+    assert by_name["sb-expiring"]["status_now"] == "healthy"  # the rest is judged as usual
+    assert run.status == 3
+    assert {"scope": "key", "target": f"{OTHER_VAULT}/keys/k-other"}.items() <= run.json["blind"][0].items()
+
+
+def test_a_key_read_that_times_out_is_unknown_not_revoked(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch):
+    """A hanging key read, past the timeout and its retries, leaves the namespace unknown."""
+    monkeypatch.setenv("KEYHEALTH_HTTP_TIMEOUT_SECONDS", "1")
+    monkeypatch.setenv("KEYHEALTH_HTTP_RETRIES", "0")
+    sandbox.faults.hang(service="keyvault", path="/keys/k-expiring", seconds=5)
+    by_name = {n["name"]: n for n in _check().json["namespaces"]}
+    assert by_name["sb-expiring"]["status_now"] == "unknown"
+    assert (
+        "no response" in next(f for f in by_name["sb-expiring"]["findings"] if f["code"] == "monitor-blind")["message"]
+    )
+    assert by_name["sb-deleted"]["status_now"] == "revoked"
+
+
+@pytest.mark.parametrize("fault", ["server-error", "reset"])
+def test_transient_key_faults_are_retried_then_read(sandbox: Sandbox, fault: str):
+    """A 503 or a reset connection once, then a good answer: the key is read normally."""
+    if fault == "server-error":
+        sandbox.faults.respond(503, service="keyvault", path="/keys/k-expiring", times=1)
+    else:
+        sandbox.faults.reset(service="keyvault", path="/keys/k-expiring", times=1)
+    by_name = {n["name"]: n for n in _check().json["namespaces"]}
+    assert by_name["sb-expiring"]["status_now"] == "healthy"
+
+
+def test_a_truncated_answer_is_unknown(sandbox: Sandbox):
+    """A body cut short cannot be believed: the key is unknown, never healthy or revoked."""
+    sandbox.faults.truncate(service="keyvault", path="/keys/k-expiring")
+    by_name = {n["name"]: n for n in _check().json["namespaces"]}
+    assert by_name["sb-expiring"]["status_now"] == "unknown"
+    blind = next(f for f in by_name["sb-expiring"]["findings"] if f["code"] == "monitor-blind")
+    assert "unreadable response" in blind["message"]
+
+
+def test_throttling_honours_retry_after(sandbox: Sandbox):
+    """A 429 with Retry-After is waited out and retried, not reported."""
+    sandbox.faults.respond(429, service="keyvault", path="/keys/k-expiring", retry_after=1, times=1)
+    by_name = {n["name"]: n for n in _check().json["namespaces"]}
+    assert by_name["sb-expiring"]["status_now"] == "healthy"
+    throttled = sandbox.requests.select(service="keyvault", status=429)
+    assert len(throttled) == 1
+
+
+def test_persistent_server_errors_make_the_key_unknown(sandbox: Sandbox):
+    """A 500 that outlives the retries is the monitor's blindness, never a verdict."""
+    sandbox.faults.respond(500, service="keyvault", path="/keys/k-expiring")
+    by_name = {n["name"]: n for n in _check().json["namespaces"]}
+    assert by_name["sb-expiring"]["status_now"] == "unknown"
+
+
+def test_an_unlistable_subscription_is_reported_and_fails_the_run(sandbox: Sandbox):
+    """When ARM refuses to list a subscription's namespaces, the run says so and exits non-zero."""
+    sandbox.faults.respond(
+        403, service="arm", path="/providers/Microsoft.ServiceBus/namespaces", code="AuthorizationFailed"
+    )
+    run = _check()
+    assert run.json["namespaces"] == []
+    assert run.json["blind"][0]["scope"] == "subscription"
+    assert "AuthorizationFailed" in run.json["blind"][0]["reason"]
+    assert run.status == 3
+
+
+def test_each_shared_key_is_read_once(sandbox: Sandbox):
+    """k-main is listed by two namespaces and k-other by two: each current version is fetched once."""
+    _check()
+    current_reads = [
+        r
+        for r in sandbox.requests.select(service="keyvault", method="GET")
+        if r.path.rstrip("/").endswith("/keys/k-main") or r.path.rstrip("/").endswith("/keys/k-other")
+    ]
+    assert len([r for r in current_reads if r.status == 200]) == 2
+
+
+def test_namespaces_without_customer_managed_keys_are_ignored(sandbox: Sandbox, fleet: Scenario):
+    """Standard-tier namespaces and Premium ones with Microsoft-managed keys are not part of the fleet."""
+    subscription = fleet.snapshot.namespaces[0].id.split("/")[2]
+    base = f"/subscriptions/{subscription}/resourceGroups/rg-x/providers/Microsoft.ServiceBus/namespaces"
+    sandbox.add_namespace(
+        {
+            "id": f"{base}/sb-standard",
+            "name": "sb-standard",
+            "location": "westeurope",
+            "sku": {"name": "Standard", "tier": "Standard"},
+            "properties": {},
+        }
+    )
+    sandbox.add_namespace(
+        {
+            "id": f"{base}/sb-mmk",
+            "name": "sb-mmk",
+            "location": "westeurope",
+            "sku": {"name": "Premium", "tier": "Premium", "capacity": 1},
+            "properties": {"encryption": {"keySource": "Microsoft.KeyVault"}},
+        }
+    )
+    names = {n["name"] for n in _check().json["namespaces"]}
+    assert "sb-standard" not in names and "sb-mmk" not in names
+    assert "sb-healthy" in names
+
+
+def test_subscriptions_can_be_named(sandbox: Sandbox, fleet: Scenario):
+    """--subscription limits the scan; one ARM does not know is reported, not silently empty."""
+    subscription = fleet.snapshot.namespaces[0].id.split("/")[2]
+    named = _check("--subscription", subscription)
+    assert len(named.json["namespaces"]) == len(fleet.snapshot.namespaces)
+    unknown = _check("--subscription", "11111111-2222-3333-4444-555555555555")
+    assert unknown.json["namespaces"] == []
+    assert unknown.json["blind"][0]["target"] == "11111111-2222-3333-4444-555555555555"
+    assert unknown.status == 3
+
+
+def test_bad_settings_are_refused_before_any_request(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch):
+    """A CA bundle that does not exist is named, exit 2, and nothing is sent."""
+    monkeypatch.setenv("KEYHEALTH_CA_BUNDLE", "/nonexistent/ca.pem")
+    run = _check()
+    assert run.status == 2
+    assert "KEYHEALTH_CA_BUNDLE='/nonexistent/ca.pem': no such file" in run.stderr
+    assert len(sandbox.requests) == 0
