@@ -92,6 +92,20 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
     _add_output_options(check)
 
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole job on a built-in fleet: stand-in over HTTPS, check, then the timeline",
+        description=(
+            "Start the local Azure stand-in with a bundled fleet, read it with the real Azure SDK clients as "
+            "`check` does, then move its clock through the fleet's timeline and show the predictions change."
+        ),
+    )
+    demo.add_argument("--scenario", type=Path, help="serve this scenario instead of the bundled fleet")
+    demo.add_argument(
+        "--pace", type=float, help="seconds to pause between timeline steps (default: 1 on a terminal, else 0)"
+    )
+    demo.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="colour the table")
+
     sandbox = commands.add_parser(
         "sandbox",
         help="serve a scenario over the real Azure REST APIs on loopback (HTTPS)",
@@ -211,6 +225,16 @@ def check(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     return exit_status(report)
 
 
+def demo(args: argparse.Namespace, stdout: TextIO) -> int:
+    from monitor.demo import run_demo
+
+    pace = args.pace if args.pace is not None else (1.0 if stdout.isatty() else 0.0)
+    if pace < 0:
+        raise ScenarioError("--pace", "must be 0 or more seconds")
+    width = shutil.get_terminal_size((100, 24)).columns
+    return run_demo(stdout, scenario_path=args.scenario, pace=pace, colour=_use_colour(args.color, stdout), width=width)
+
+
 def sandbox(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from monitor.sandbox.run import run_sandbox
 
@@ -239,6 +263,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
             return simulate(args, out, err)
         if args.command == "check":
             return check(args, out, err)
+        if args.command == "demo":
+            return demo(args, out)
         if args.command == "sandbox":
             return sandbox(args, out, err)
     except KeyhealthError as error:

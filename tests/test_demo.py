@@ -1,0 +1,21 @@
+"""`keyhealth demo`: the stand-in, a check over HTTPS and the timeline, in one command."""
+
+from __future__ import annotations
+
+from tests.builders import run_cli
+
+
+def test_the_demo_reads_the_fleet_over_https_then_plays_the_timeline():
+    """The demo prints the first check's table, then each step's change and the predictions it moved."""
+    run = run_cli("demo", "--pace", "0", "--color", "never")
+    assert run.status == 0, run.stderr
+    out = run.stdout
+    assert "a local Azure stand-in serves demo-fleet.json at https://127.0.0.1:" in out
+    assert "NAMESPACE" in out and "sb-orders" in out
+    assert "key sb-inventory in kv-payments deleted" in out
+    assert "sb-inventory   healthy -> revoked" in out
+    assert "sb-inventory   revoked -> healthy" in out
+    assert "rotated to version eccbc87e4b5ce2fe28308fd9f2a7baf3 (disabled!)" in out
+    assert "sb-audit       healthy -> revoked" in out
+    assert "sb-payments    healthy -> degraded" in out
+    assert out.rstrip().endswith("reads a real subscription.")
