@@ -29,9 +29,9 @@ def azure_options(settings: Settings) -> AzureOptions:
 def build_credential(settings: Settings) -> AsyncTokenCredential:
     """A static token for a local stand-in, else DefaultAzureCredential (managed identity, az login, ...)."""
     if settings.static_token:
-        from monitor.adapters.credentials import StaticTokenCredential
+        from monitor.credentials import AsyncStaticTokenCredential
 
-        return StaticTokenCredential(settings.static_token)
+        return AsyncStaticTokenCredential(settings.static_token)
     from azure.identity.aio import DefaultAzureCredential
 
     return DefaultAzureCredential()

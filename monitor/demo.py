@@ -10,7 +10,6 @@ from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
-from monitor.adapters.credentials import StaticTokenCredential
 from monitor.bootstrap import azure_readers
 from monitor.config import Settings
 from monitor.domain.findings import Severity, humanize
@@ -145,7 +144,7 @@ def run_demo(
 
 
 async def _check(settings: Settings, now: datetime) -> FleetReport:
-    async with azure_readers(settings, credential=StaticTokenCredential(settings.static_token or "demo")) as readers:
+    async with azure_readers(settings) as readers:
         _, report = await check(readers, now=now, thresholds=settings.thresholds, concurrency=settings.concurrency)
     return report
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,9 +13,9 @@ import pytest
 from azure.keyvault.keys._shared import http_challenge_cache
 
 from monitor.domain.model import DeleteKey, Scenario
-from monitor.domain.scenario import parse_scenario
+from monitor.domain.scenario import format_instant, parse_scenario
 from monitor.sandbox import Sandbox
-from monitor.scenario_io import save_scenario
+from monitor.scenario_io import load_scenario, save_scenario
 from tests.builders import (
     NOW,
     USER_IDENTITY,
@@ -298,3 +299,21 @@ def test_bad_settings_are_refused_before_any_request(sandbox: Sandbox, monkeypat
     assert run.status == 2
     assert "KEYHEALTH_CA_BUNDLE='/nonexistent/ca.pem': no such file" in run.stderr
     assert len(sandbox.requests) == 0
+
+
+def test_the_example_fleet_reads_back_as_simulate_predicts_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Every namespace of examples/fleet.json, a deleted vault and RBAC vault among them, reads back as simulated."""
+    example, _ = load_scenario(Path(__file__).resolve().parent.parent / "examples" / "fleet.json")
+    # A live read sees the present: what the timeline plans for later is not there yet.
+    present = dataclasses.replace(example, changes=tuple(c for c in example.changes if c.at <= example.now))
+    expected_file = tmp_path / "present.json"
+    save_scenario(present, expected_file)
+    simulated = run_cli("simulate", str(expected_file), "--format", "json")
+    with Sandbox(example) as sandbox:
+        for name, value in sandbox.environment().items():
+            monkeypatch.setenv(name, value)
+        checked = run_cli("check", "--format", "json", "--at", format_instant(example.now))
+    assert _core(checked) == _core(simulated)
+    archive = next(n for n in checked.json["namespaces"] if n["name"] == "sb-archive")
+    assert archive["status_now"] == "revoked"
+    assert "vault-missing" in {f["code"] for f in archive["findings"]}

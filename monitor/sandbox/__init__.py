@@ -1,8 +1,8 @@
 """The local Azure stand-in: HTTPS ARM and Key Vault serving a scenario's World, with faults and events."""
 
+from monitor.credentials import AsyncStaticTokenCredential, StaticTokenCredential
+from monitor.domain.errors import ChangeRejectedError, SandboxError, SandboxNotRunningError, UnknownVaultError
 from monitor.sandbox.clock import SandboxClock
-from monitor.sandbox.credential import AsyncStaticTokenCredential, StaticTokenCredential
-from monitor.sandbox.errors import ChangeRejectedError, SandboxError, SandboxNotRunningError, UnknownVaultError
 from monitor.sandbox.events import Delivery, EventSubscription, KeyVaultEvent
 from monitor.sandbox.faults import FaultRule, Faults, RateLimit
 from monitor.sandbox.requestlog import RequestLog, RequestRecord

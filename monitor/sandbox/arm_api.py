@@ -5,14 +5,23 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from monitor.sandbox.rbac import Rbac
-from monitor.sandbox.resources import NAMESPACE_TYPE, resource_group_of, stable_uuid, subscription_of, vault_document
+from monitor.sandbox.resources import (
+    NAMESPACE_TYPE,
+    VAULT_LOCATION,
+    resource_group_of,
+    stable_uuid,
+    subscription_of,
+    vault_document,
+)
 from monitor.sandbox.state import RESOURCE_AGE, VAULT_RESOURCE_GROUP, SandboxState, VaultInfo
 from monitor.sandbox.wire import ApiRequest, ApiResponse, BadSkipTokenError, Router, arm_error, arm_time, page
 
 DEFAULT_PAGE_SIZE = 100
+SOFT_DELETE_RETENTION = timedelta(days=90)
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
 _RG = r"/resourceGroups/(?P<rg>[^/]+)"
 _NAMESPACES = r"/providers/Microsoft\.ServiceBus/namespaces"
@@ -60,6 +69,7 @@ class ArmApi:
         router.add("GET", rf"{_SUB}{_VAULTS}/?", self._list_vaults)
         router.add("GET", rf"{_SUB}{_RG}{_VAULTS}/?", self._list_vaults)
         router.add("GET", rf"{_SUB}{_RG}{_VAULTS}/(?P<name>[^/]+)/?", self._get_vault)
+        router.add("GET", rf"{_SUB}/providers/Microsoft\.KeyVault/deletedVaults/?", self._list_deleted_vaults)
         rbac.add_routes(router)
         self.router = router
 
@@ -272,6 +282,37 @@ class ArmApi:
         if document is None:
             return not_found("Microsoft.KeyVault/vaults", match["name"], match["rg"])
         return ApiResponse(200, document)
+
+    def _list_deleted_vaults(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
+        """Soft-deleted vaults of a subscription, shaped as Vaults_ListDeleted answers."""
+        subscription = match["sub"].lower()
+        if not self._known_subscription(subscription):
+            return self._subscription_not_found(match["sub"])
+        items = []
+        for info in self.state.vaults:
+            if info.managed_hsm or info.subscription.lower() != subscription:
+                continue
+            vault = self.state.vault_state(info, request.now)
+            if vault is None or vault.exists:
+                continue
+            items.append(
+                {
+                    "id": f"/subscriptions/{info.subscription}/providers/Microsoft.KeyVault/locations/"
+                    f"{VAULT_LOCATION}/deletedVaults/{info.name}",
+                    "name": info.name,
+                    "type": "Microsoft.KeyVault/deletedVaults",
+                    "properties": {
+                        "vaultId": info.resource_id,
+                        "location": VAULT_LOCATION,
+                        # The stand-in does not keep the moment of deletion; now is within its bounds.
+                        "deletionDate": arm_time(request.now),
+                        "scheduledPurgeDate": arm_time(request.now + SOFT_DELETE_RETENTION),
+                        "tags": {},
+                        "purgeProtectionEnabled": vault.purge_protection,
+                    },
+                }
+            )
+        return self._paged(request, items)
 
 
 def _encryption(given: object, existing: Mapping[str, Any]) -> dict[str, Any]:

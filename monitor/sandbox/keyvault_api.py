@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from monitor.domain.errors import ChangeRejectedError
 from monitor.domain.model import (
     DeleteKey,
     KeyId,
@@ -24,7 +25,6 @@ from monitor.domain.model import (
     name_id,
 )
 from monitor.domain.usability import KeyState, VaultState
-from monitor.sandbox.errors import ChangeRejectedError
 from monitor.sandbox.keymaterial import KeyMaterial
 from monitor.sandbox.resources import SOFT_DELETE_RETENTION_DAYS
 from monitor.sandbox.state import SandboxState, VaultInfo, current_version, find_version, visible_versions

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from monitor.domain.errors import ScenarioError
+from monitor.domain.errors import ChangeRejectedError, ScenarioError, UnknownVaultError
 from monitor.domain.model import (
     KEY_CHANGES,
     Change,
@@ -34,7 +34,6 @@ from monitor.domain.model import (
     vault_short_name,
 )
 from monitor.domain.usability import KeyState, VaultState, World
-from monitor.sandbox.errors import ChangeRejectedError, UnknownVaultError
 from monitor.sandbox.resources import namespace_document, stable_uuid, subscription_of
 
 DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"

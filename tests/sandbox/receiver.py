@@ -82,8 +82,13 @@ class Receiver:
         ready.wait(10)
         return self
 
+    async def _stop(self) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+        await asyncio.sleep(0.01)  # let the closed connections' transports finish closing
+
     def __exit__(self, *exc_info: object) -> None:
         assert self._loop is not None and self._thread is not None and self._runner is not None
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
+from azure.mgmt.resource.subscriptions.aio import SubscriptionClient
 from azure.mgmt.servicebus.models import (
     Encryption,
     Identity,
@@ -18,7 +19,7 @@ from azure.mgmt.servicebus.models import (
     SBSku,
 )
 
-from monitor.sandbox import Sandbox
+from monitor.sandbox import AsyncStaticTokenCredential, Sandbox
 from tests.sandbox.clients import keyvault_arm, raw, servicebus
 from tests.sandbox.world import (
     KV_DOOMED,
@@ -41,6 +42,18 @@ def test_subscriptions_come_from_the_namespace_ids(sandbox: Sandbox) -> None:
     assert [s["subscriptionId"] for s in body["value"]] == [SUB_A, SUB_B]
     first = body["value"][0]
     assert first["id"] == f"/subscriptions/{SUB_A}" and first["state"] == "Enabled" and first["tenantId"]
+
+
+def test_the_subscription_client_lists_them_too(sandbox: Sandbox) -> None:
+    """The real SubscriptionClient reads the sandbox's subscriptions with their tenant."""
+
+    async def listed() -> list[tuple[str | None, str | None]]:
+        async with SubscriptionClient(
+            AsyncStaticTokenCredential(), base_url=sandbox.url, connection_verify=str(sandbox.ca_path)
+        ) as client:
+            return [(s.subscription_id, s.tenant_id) async for s in client.subscriptions.list()]
+
+    assert asyncio.run(listed()) == [(SUB_A, sandbox.state.tenant_id), (SUB_B, sandbox.state.tenant_id)]
 
 
 def test_namespaces_are_listed_per_subscription_across_next_link_pages() -> None:

@@ -1,4 +1,4 @@
-"""A fixed bearer token in the shapes azure-core asks of a credential: the stand-in for Entra ID."""
+"""A fixed bearer token in the shapes azure-core asks of a credential: Entra ID's stand-in for local stand-ins."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ class _StaticToken:
         self.token = token
         self.expires_on = expires_on
         self.requests: list[tuple[tuple[str, ...], str | None]] = []
+
+    def __repr__(self) -> str:  # the token is a secret: keep it out of logs and tracebacks
+        return f"{type(self).__name__}(***)"
 
     def _access_token(self, scopes: tuple[str, ...], tenant_id: str | None) -> AccessToken:
         self.requests.append((scopes, tenant_id))
