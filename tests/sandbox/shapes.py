@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 # Objects whose keys are data (tag names, identity resource ids): compare their values' shapes only.
 MAPS = {"tags", "userAssignedIdentities"}
 
 
 def fixture(relative: str) -> Any:
-    """A published payload from ../shared/fixtures, parsed as it is."""
+    """A published payload from tests/fixtures (copied unchanged, see its SOURCES.md), parsed as it is."""
     return json.loads((FIXTURES / relative).read_text(encoding="utf-8"))
 
 
