@@ -317,3 +317,15 @@ def test_the_example_fleet_reads_back_as_simulate_predicts_it(tmp_path: Path, mo
     archive = next(n for n in checked.json["namespaces"] if n["name"] == "sb-archive")
     assert archive["status_now"] == "revoked"
     assert "vault-missing" in {f["code"] for f in archive["findings"]}
+
+
+def test_what_could_not_be_read_is_saved_and_replayed_as_unknown(sandbox: Sandbox, tmp_path: Path):
+    """check --save records blind spots, so simulate replays the same unknowns instead of guessing."""
+    sandbox.faults.forbid(OTHER_VAULT)
+    saved = tmp_path / "saved.json"
+    checked = _check("--save", str(saved))
+    document = json.loads(saved.read_text())
+    assert document["blind"][0]["scope"] == "key"
+    replayed = run_cli("simulate", str(saved), "--format", "json")
+    assert _core(replayed) == _core(checked)
+    assert replayed.status == 3

@@ -1,0 +1,72 @@
+"""Settings: every one documented, parsed, validated, and secrets kept out of sight."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monitor.config import SETTINGS, Settings
+from monitor.domain.errors import SettingError
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("spec", SETTINGS.values(), ids=lambda s: s.name)
+def test_every_setting_is_in_the_readme_with_its_default(spec):
+    """The README's settings table names each setting and its default."""
+    row = next((line for line in README.splitlines() if line.startswith(f"| `{spec.name}` |")), None)
+    assert row is not None, spec.name
+    assert (f"`{spec.default}`" if spec.default else "(empty)") in row
+
+
+def test_defaults_apply_when_nothing_is_set():
+    """An empty environment gives the documented defaults."""
+    settings = Settings.from_environment({})
+    assert settings == Settings()
+    assert settings.thresholds.warning.days == 30 and settings.thresholds.critical.days == 7
+
+
+def test_values_are_parsed():
+    """Numbers, lists and URLs come out typed."""
+    settings = Settings.from_environment(
+        {
+            "KEYHEALTH_SUBSCRIPTIONS": " sub-a, sub-b ;sub-c",
+            "KEYHEALTH_ARM_ENDPOINT": "https://127.0.0.1:8443/",
+            "KEYHEALTH_HTTP_RETRIES": "0",
+            "KEYHEALTH_WARNING_DAYS": "0.5",
+            "KEYHEALTH_CRITICAL_DAYS": "0.25",
+        }
+    )
+    assert settings.subscriptions == ("sub-a", "sub-b", "sub-c")
+    assert settings.arm_endpoint == "https://127.0.0.1:8443"
+    assert settings.http_retries == 0
+    assert settings.thresholds.critical.total_seconds() == 6 * 3600
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("KEYHEALTH_ARM_ENDPOINT", "http://management.azure.com", "expected an https:// URL"),
+        ("KEYHEALTH_HTTP_RETRIES", "three", "a whole number"),
+        ("KEYHEALTH_HTTP_RETRIES", "99", "from 0 to 10"),
+        ("KEYHEALTH_HTTP_TIMEOUT_SECONDS", "nan", "from 1 to 600"),
+        ("KEYHEALTH_CONCURRENCY", "0", "from 1 to 1024"),
+        ("KEYHEALTH_SUBSCRIPTIONS", "/subscriptions/abc", "is not a subscription id"),
+        ("KEYHEALTH_CA_BUNDLE", "/nonexistent.pem", "no such file"),
+    ],
+)
+def test_a_bad_value_names_the_setting(name, value, problem):
+    """Each unusable value raises SettingError with the setting's name, its value and the problem."""
+    with pytest.raises(SettingError) as raised:
+        Settings.from_environment({name: value})
+    assert raised.value.setting == name
+    assert problem in str(raised.value)
+
+
+def test_the_static_token_never_shows():
+    """repr(Settings) hides secrets."""
+    settings = Settings.from_environment({"KEYHEALTH_STATIC_TOKEN": "s3cr3t-token"})
+    assert settings.static_token == "s3cr3t-token"
+    assert "s3cr3t-token" not in repr(settings)
+    assert "static_token='***'" in repr(settings) or "static_token=***" in repr(settings)
