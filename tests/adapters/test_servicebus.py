@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from azure.mgmt.servicebus.models import SBNamespace
 
@@ -12,13 +13,14 @@ from monitor.adapters.servicebus import namespace_from_arm
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "azure-rest-api-specs"
 
 
-def _published(relative: str) -> dict[str, object]:
+def _published(relative: str) -> dict[str, Any]:
     document = json.loads((FIXTURES / relative).read_text(encoding="utf-8"))
-    body = document["responses"].get("200") or document["responses"]["201"]
-    return body["body"]
+    response = document["responses"].get("200") or document["responses"]["201"]
+    body: dict[str, Any] = response["body"]
+    return body
 
 
-def _premium(body: dict[str, object]) -> dict[str, object]:
+def _premium(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "sku": {"name": "Premium", "tier": "Premium", "capacity": 1}}
 
 
@@ -56,7 +58,7 @@ def test_service_bus_namespaces_without_encryption_are_skipped():
 def test_a_pinned_version_and_the_system_identity_are_kept():
     """keyVersion set means pinned; no identity on the entry means the system-assigned identity."""
     body = _premium(_published("eventhub/stable-2024-01-01/EHNameSpaceCreate.json"))
-    entry = body["properties"]["encryption"]["keyVaultProperties"][0]  # type: ignore[index]
+    entry = body["properties"]["encryption"]["keyVaultProperties"][0]
     entry["keyVersion"] = "0f1e2d3c"
     del entry["identity"]
     namespace = namespace_from_arm(SBNamespace(body))
