@@ -70,3 +70,7 @@ class ChangeRejectedError(SandboxError, ValueError):
 
 class SandboxNotRunningError(SandboxError, RuntimeError):
     """An operation needs the sandbox's server, which is not running."""
+
+
+class EventBodyError(KeyhealthError, ValueError):
+    """A webhook delivery as a whole cannot be read (not JSON, not an event or a list of events, too many)."""

@@ -1,0 +1,205 @@
+"""Key Vault Event Grid events, in the Event Grid or the CloudEvents schema, as typed values.
+
+Parsing is forgiving where Microsoft's own published samples differ (PascalCase or camelCase data
+keys, stray spaces in keys and values, NBF/EXP as strings or numbers) and strict where it matters:
+an event without an id, a type or a usable time is rejected with a reason, never guessed.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from monitor.domain.errors import EventBodyError
+
+MAX_EVENTS_PER_BATCH = 5000  # Event Grid delivers at most 5,000 events (1 MB) per batch
+
+
+class Schema(enum.Enum):
+    EVENT_GRID = "eventgrid"
+    CLOUD_EVENTS = "cloudevents"
+
+
+class KeyVaultEventType(enum.Enum):
+    """The Key Vault events that can change a namespace's key health."""
+
+    KEY_NEAR_EXPIRY = "Microsoft.KeyVault.KeyNearExpiry"
+    KEY_EXPIRED = "Microsoft.KeyVault.KeyExpired"
+    KEY_NEW_VERSION_CREATED = "Microsoft.KeyVault.KeyNewVersionCreated"
+    VAULT_ACCESS_POLICY_CHANGED = "Microsoft.KeyVault.VaultAccessPolicyChanged"
+
+
+VALIDATION_EVENT = "Microsoft.EventGrid.SubscriptionValidationEvent"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVaultEvent:
+    """One Key Vault event. `kind` is None for types that cannot affect keys (secrets, certificates)."""
+
+    id: str
+    event_type: str
+    kind: KeyVaultEventType | None
+    schema: Schema
+    time: datetime
+    topic: str | None  # the vault's ARM resource id
+    subject: str | None
+    vault_uri: str | None
+    object_type: str | None
+    object_name: str | None
+    version: str | None
+    nbf: datetime | None
+    exp: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionValidation:
+    """Event Grid's subscription handshake: answer `{"validationResponse": code}`."""
+
+    id: str
+    code: str
+    url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedEvent:
+    """An entry of a delivery that is not a usable event, and why (logged and counted, never retried)."""
+
+    index: int
+    id: str | None
+    reason: str
+
+
+ParsedEvent = KeyVaultEvent | SubscriptionValidation | RejectedEvent
+
+
+def parse_delivery(body: bytes | str | object) -> list[ParsedEvent]:
+    """Parse one webhook delivery: a single event or a batch, in either schema.
+
+    Raises EventBodyError when the body as a whole is unusable; a bad entry becomes a RejectedEvent.
+    """
+    document = body
+    if isinstance(body, bytes | str):
+        try:
+            document = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise EventBodyError(f"body is not JSON: {error}") from None
+    entries = document if isinstance(document, list) else [document]
+    if not entries:
+        raise EventBodyError("body is an empty list of events")
+    if len(entries) > MAX_EVENTS_PER_BATCH:
+        raise EventBodyError(f"{len(entries)} events in one delivery; Event Grid sends at most {MAX_EVENTS_PER_BATCH}")
+    return [parse_event(entry, index) for index, entry in enumerate(entries)]
+
+
+def parse_event(entry: object, index: int = 0) -> ParsedEvent:
+    """One event (a decoded JSON object) in either schema; a bad one becomes a RejectedEvent."""
+    if not isinstance(entry, Mapping):
+        return RejectedEvent(index, None, f"entry {index} is not a JSON object")
+    fields = _normalised(entry)
+    event_id = _text(fields.get("id"))
+    if "specversion" in fields:
+        schema = Schema.CLOUD_EVENTS
+        event_type, time_text, topic = _text(fields.get("type")), fields.get("time"), _text(fields.get("source"))
+    else:
+        schema = Schema.EVENT_GRID
+        event_type, time_text, topic = (
+            _text(fields.get("eventtype")),
+            fields.get("eventtime"),
+            _text(fields.get("topic")),
+        )
+    if not event_id:
+        return RejectedEvent(index, None, "event has no id")
+    if not event_type:
+        return RejectedEvent(index, event_id, "event has no type")
+    data = fields.get("data")
+    if event_type == VALIDATION_EVENT:
+        validation = _normalised(data) if isinstance(data, Mapping) else {}
+        code = _text(validation.get("validationcode"))
+        if not code:
+            return RejectedEvent(index, event_id, "subscription validation event has no validationCode")
+        return SubscriptionValidation(event_id, code, _text(validation.get("validationurl")))
+    time = _instant(time_text)
+    if time is None:
+        return RejectedEvent(index, event_id, f"event time {time_text!r} is not an ISO 8601 time")
+    if data is not None and not isinstance(data, Mapping):
+        return RejectedEvent(index, event_id, "event data is not a JSON object")
+    payload = _normalised(data) if isinstance(data, Mapping) else {}
+    kind = next((k for k in KeyVaultEventType if k.value.lower() == event_type.lower()), None)
+    object_id = _text(payload.get("id"))
+    vault_name = _text(payload.get("vaultname"))
+    if kind is not None and not (object_id or vault_name):
+        return RejectedEvent(index, event_id, f"{event_type} event names no vault (data.Id and data.VaultName)")
+    nbf, exp = _unix(payload.get("nbf")), _unix(payload.get("exp"))
+    for name in ("nbf", "exp"):
+        if payload.get(name) not in (None, "") and _unix(payload.get(name)) is None:
+            return RejectedEvent(index, event_id, f"data.{name.upper()} {payload.get(name)!r} is not a Unix time")
+    return KeyVaultEvent(
+        id=event_id,
+        event_type=event_type,
+        kind=kind,
+        schema=schema,
+        time=time,
+        topic=topic,
+        subject=_text(fields.get("subject")),
+        vault_uri=_vault_uri(object_id, vault_name),
+        object_type=_text(payload.get("objecttype")),
+        object_name=_text(payload.get("objectname")),
+        version=_text(payload.get("version")),
+        nbf=nbf,
+        exp=exp,
+    )
+
+
+def _normalised(mapping: Mapping[Any, Any]) -> dict[str, Any]:
+    """Keys case-folded and stripped: the published samples spell them `VaultName`, `vaultName`, `ObjectName `."""
+    return {str(key).strip().lower(): value for key, value in mapping.items()}
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _instant(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    # Event Grid writes seven fractional digits (2019-07-25T01:08:33.1036736Z); Python reads six.
+    if "." in text:
+        head, _, tail = text.partition(".")
+        digits = "".join(c for c in tail if c.isdigit())
+        zone = tail[len(digits) :]
+        text = f"{head}.{digits[:6]}{zone}"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _unix(value: object) -> datetime | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(str(value).strip())
+    except ValueError:
+        return None
+    if not 0 <= seconds < 253402300800:  # before year 10000
+        return None
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def _vault_uri(object_id: str | None, vault_name: str | None) -> str | None:
+    if object_id:
+        parts = urlsplit(object_id)
+        if parts.scheme and parts.hostname:
+            return f"{parts.scheme}://{parts.hostname}"
+    # Without an object id only the public cloud's naming can be assumed.
+    return f"https://{vault_name}.vault.azure.net" if vault_name else None
