@@ -16,6 +16,7 @@ from monitor.domain.model import (
     BlindSpot,
     Key,
     KeyId,
+    Namespace,
     Scenario,
     Snapshot,
     Vault,
@@ -48,6 +49,31 @@ def _ignore_progress(stage: str, done: int, total: int) -> None:
     del stage, done, total
 
 
+async def list_fleet(
+    readers: Readers, *, subscriptions: Sequence[str] | None = None
+) -> tuple[list[Namespace], list[str], list[BlindSpot]]:
+    """Every CMK namespace of the subscriptions (all visible ones when None), the subscriptions read,
+    and the subscriptions that could not be listed."""
+    if subscriptions is None:
+        try:
+            subscriptions = await readers.inventory.list_subscriptions()
+        except ReadError as failure:
+            return [], [], [BlindSpot(BlindScope.SUBSCRIPTION, "*", failure.reason)]
+    listings = await asyncio.gather(
+        *(readers.inventory.list_namespaces(sub) for sub in subscriptions), return_exceptions=True
+    )
+    namespaces: list[Namespace] = []
+    blind: list[BlindSpot] = []
+    for subscription, listing in zip(subscriptions, listings, strict=True):
+        if isinstance(listing, ReadError):
+            blind.append(BlindSpot(BlindScope.SUBSCRIPTION, subscription, listing.reason))
+        elif isinstance(listing, BaseException):
+            raise listing
+        else:
+            namespaces.extend(listing)
+    return namespaces, list(subscriptions), blind
+
+
 async def read_snapshot(
     readers: Readers,
     *,
@@ -60,25 +86,24 @@ async def read_snapshot(
     Never raises for what it could not read: each such thing becomes a BlindSpot in the snapshot.
     Each distinct key is read once, however many namespaces list it.
     """
-    blind: list[BlindSpot] = []
-    if subscriptions is None:
-        try:
-            subscriptions = await readers.inventory.list_subscriptions()
-        except ReadError as failure:
-            return Snapshot(blind=(BlindSpot(BlindScope.SUBSCRIPTION, "*", failure.reason),))
-    listings = await asyncio.gather(
-        *(readers.inventory.list_namespaces(sub) for sub in subscriptions), return_exceptions=True
-    )
-    namespaces = []
-    for subscription, listing in zip(subscriptions, listings, strict=True):
-        if isinstance(listing, ReadError):
-            blind.append(BlindSpot(BlindScope.SUBSCRIPTION, subscription, listing.reason))
-        elif isinstance(listing, BaseException):
-            raise listing
-        else:
-            namespaces.extend(listing)
+    namespaces, read_subscriptions, blind = await list_fleet(readers, subscriptions=subscriptions)
     progress("namespaces", len(namespaces), len(namespaces))
+    snapshot = await read_keys_of(
+        readers, namespaces, subscriptions=read_subscriptions, concurrency=concurrency, progress=progress
+    )
+    return dataclasses.replace(snapshot, blind=(*blind, *snapshot.blind))
 
+
+async def read_keys_of(
+    readers: Readers,
+    namespaces: Sequence[Namespace],
+    *,
+    subscriptions: Sequence[str],
+    concurrency: int = 32,
+    progress: ProgressCallback = _ignore_progress,
+) -> Snapshot:
+    """The snapshot of `namespaces`: the vaults and keys they list, read now (blind spots included)."""
+    blind: list[BlindSpot] = []
     vault_uris: dict[str, str] = {}
     wanted: dict[KeyId, _WantedKey] = {}
     for namespace in namespaces:
