@@ -6,11 +6,13 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint typecheck unit bench clean
 
-$(STAMP): pyproject.toml requirements.txt
+$(STAMP): pyproject.toml requirements.txt $(wildcard package.json package-lock.json)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "keyhealth needs Python 3.11 or newer: set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.txt -e '.[dev]'
+	@# Azurite (npm), the local Table Storage the state store tests run against.
+	if [ -f package.json ]; then npm ci --no-audit --no-fund; fi
 	@touch $(STAMP)
 
 # The whole job on the built-in fleet: the local Azure stand-in, `check` over HTTPS, then the timeline.

@@ -7,19 +7,21 @@ namespace, mostly to keys of its own, some to keys shared across namespaces; eac
 most of which expire during the year; and a timeline with a few changes per namespace in roughly the
 proportions a real fleet sees them: rotations (new_version) for most expiring keys, occasional
 disabled or extended versions, soft-deletes (mostly recovered), purges, access removals (some restored)
-and one short vault outage. Building the scenario and evaluating it are timed separately; evaluation
-(`monitor.domain.fleet.evaluate`: prediction and findings) runs on one core.
+and one short vault outage.
 
-Also printed: the time the cyclic garbage collector took during evaluation (gc callbacks), since
-with a few million live objects its full collections are a large share. Options: --gc-off measures
-evaluation without it; --verify N holds the fast usable intervals of N sampled namespaces to the
-point-by-point reference; --digest prints a hash of every prediction and finding, to compare runs
-of two versions of the code; --profile N prints the top N functions of a cProfile run.
+Printed: the time to build the scenario; then `evaluate` (`monitor.domain.fleet`: prediction and
+findings, on one core) as `keyhealth simulate` runs it, inside `monitor.runtime.batch_gc`, timed in
+its two halves (World build + prediction, then findings) and in total, wall and CPU, with the time the
+cyclic garbage collector took (gc callbacks) and the peak RSS. Options: --default-gc evaluates with
+the collector as Python sets it instead; --verify N holds the fast usable intervals of N sampled
+namespaces to the point-by-point reference; --digest prints a hash of every prediction and finding,
+to compare runs of two versions of the code; --profile N prints the top N functions of a cProfile run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import gc
 import hashlib
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from monitor.domain.findings import Thresholds
-from monitor.domain.fleet import FleetReport, evaluate
+from monitor.domain.fleet import FleetReport, judge
 from monitor.domain.model import (
     Change,
     DeleteKey,
@@ -54,8 +56,9 @@ from monitor.domain.model import (
     UpdateVersion,
     Vault,
 )
-from monitor.domain.prediction import usable_intervals, usable_intervals_by_points
+from monitor.domain.prediction import predict_scenario, usable_intervals, usable_intervals_by_points
 from monitor.domain.usability import World
+from monitor.runtime import batch_gc
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 HORIZON = datetime(2027, 11, 22, tzinfo=UTC)
@@ -353,7 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--namespaces", type=int, default=100_000, help="namespaces in the fleet (default 100000)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})")
     parser.add_argument("--profile", type=int, metavar="N", default=0, help="profile evaluate; print the top N")
-    parser.add_argument("--gc-off", action="store_true", help="disable the cyclic garbage collector during evaluate")
+    parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="evaluate with Python's default collector, not batch_gc as the CLI runs it",
+    )
     parser.add_argument("--verify", type=int, metavar="N", default=0, help="check N namespaces against assess")
     parser.add_argument("--digest", action="store_true", help="print a hash of all predictions and findings")
     args = parser.parse_args(argv)
@@ -378,22 +385,29 @@ def main(argv: list[str] | None = None) -> int:
     profiler = cProfile.Profile() if args.profile else None
     gc_timer = _GcTimer()
     gc.callbacks.append(gc_timer)
-    if args.gc_off:
-        gc.disable()
+    # What `keyhealth simulate` runs, `evaluate(scenario, thresholds)`, in its two halves so that each is timed.
+    collector = contextlib.nullcontext() if args.default_gc else batch_gc()
     wall = time.perf_counter()
     cpu = time.process_time()
-    if profiler is not None:
-        profiler.enable()
-    report = evaluate(scenario, Thresholds())
-    if profiler is not None:
-        profiler.disable()
+    with collector:
+        if profiler is not None:
+            profiler.enable()
+        world, predictions = predict_scenario(scenario)
+        predicted = time.perf_counter()
+        report = judge(scenario, world, predictions, Thresholds())
+        judged = time.perf_counter()
+        if profiler is not None:
+            profiler.disable()
+        del world, predictions
     cpu_seconds = time.process_time() - cpu
     wall_seconds = time.perf_counter() - wall
-    gc.enable()
     gc.callbacks.remove(gc_timer)
 
+    print(f"world + predict:   {predicted - wall:.2f} s wall")
+    print(f"findings:          {judged - predicted:.2f} s wall")
     print(f"evaluate:          {wall_seconds:.2f} s wall, {cpu_seconds:.2f} s CPU")
-    print(f"  of which gc:     {gc_timer}" + (" [gc disabled]" if args.gc_off else ""))
+    collector_mode = "Python's default collector" if args.default_gc else "batch_gc, as the CLI runs it"
+    print(f"  of which gc:     {gc_timer} [{collector_mode}]")
     print(f"peak RSS:          {_peak_mib():.0f} MiB")
     statuses, worst, at_risk, certain = _summary(report)
     print(f"status now:        {', '.join(f'{k} {v:,}' for k, v in sorted(statuses.items()))}")

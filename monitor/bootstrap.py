@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,7 +14,8 @@ from monitor.adapters.azure_clients import AzureClients, AzureOptions
 from monitor.adapters.keyvault import KeyVaultKeys
 from monitor.adapters.servicebus import ServiceBusInventory
 from monitor.config import Settings
-from monitor.service import Readers
+from monitor.service import Monitor, Readers
+from monitor.state import StateStore
 
 
 def azure_options(settings: Settings) -> AzureOptions:
@@ -46,12 +49,57 @@ async def azure_readers(
     active = credential if credential is not None else build_credential(settings)
     clients = AzureClients(active, azure_options(settings))
     try:
-        yield Readers(
-            inventory=ServiceBusInventory(clients),
-            keys=KeyVaultKeys(clients),
-            access=VaultAccess(clients),
-        )
+        yield build_readers(clients)
     finally:
         await clients.close()
         if own_credential:
             await active.close()
+
+
+def build_readers(clients: AzureClients) -> Readers:
+    """The Azure readers over one set of SDK clients."""
+    return Readers(inventory=ServiceBusInventory(clients), keys=KeyVaultKeys(clients), access=VaultAccess(clients))
+
+
+def build_store(settings: Settings, credential: AsyncTokenCredential) -> StateStore:
+    """The state store the settings name: SQLite on one machine, Azure Table Storage for Functions."""
+    if settings.state_store == "tables":
+        from monitor.adapters.state_tables import TableStateStore
+
+        if settings.tables_connection_string:
+            return TableStateStore.from_connection_string(
+                settings.tables_connection_string, table_prefix=settings.table_prefix
+            )
+        assert settings.tables_endpoint is not None  # Settings.from_environment checks one is set
+        return TableStateStore.from_endpoint(settings.tables_endpoint, credential, table_prefix=settings.table_prefix)
+    from monitor.adapters.state_sqlite import SqliteStateStore
+
+    return SqliteStateStore(settings.sqlite_path or "keyhealth-state.sqlite")
+
+
+def instance_name() -> str:
+    """This process's name in the poll lease: host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def build_monitor(settings: Settings, *, credential: AsyncTokenCredential | None = None) -> Monitor:
+    """A long-lived Monitor: a Functions worker keeps it for its lifetime, on the host's one event loop."""
+    active = credential if credential is not None else build_credential(settings)
+    clients = AzureClients(active, azure_options(settings))
+    store = build_store(settings, active)
+
+    async def close() -> None:
+        await clients.close()
+        await store.close()
+        if credential is None:
+            await active.close()
+
+    return Monitor(
+        readers=build_readers(clients),
+        store=store,
+        close=close,
+        thresholds=settings.thresholds,
+        instance=instance_name(),
+        subscriptions=settings.subscriptions,
+        concurrency=settings.concurrency,
+    )

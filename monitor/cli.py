@@ -22,6 +22,7 @@ from monitor.domain.fleet import FleetReport, evaluate
 from monitor.domain.model import Scenario
 from monitor.domain.scenario import parse_instant
 from monitor.render import prediction_document, render_table
+from monitor.runtime import batch_gc
 from monitor.scenario_io import load_scenario
 
 EXIT_HEALTHY = 0
@@ -150,7 +151,8 @@ def simulate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             raise ScenarioError("--horizon", "must be after now")
         scenario = dataclasses.replace(scenario, horizon=horizon)
     try:
-        report = evaluate(scenario, settings.thresholds)
+        with batch_gc():
+            report = evaluate(scenario, settings.thresholds)
     except ScenarioError as error:
         raise error.with_source(str(args.file)) from None
     _print_report(report, args, stdout)

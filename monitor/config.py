@@ -87,6 +87,29 @@ def _subscriptions(name: str, raw: str) -> tuple[str, ...] | None:
     return items or None
 
 
+def _choice(*allowed: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.lower()
+        if value not in allowed:
+            raise SettingError(name, raw, f"expected one of: {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _ncrontab(name: str, raw: str) -> str:
+    fields = raw.split()
+    if len(fields) != 6:
+        raise SettingError(name, raw, "expected an NCRONTAB schedule of 6 fields: second minute hour day month weekday")
+    return " ".join(fields)
+
+
+def _table_prefix(name: str, raw: str) -> str:
+    if not (raw[:1].isalpha() and raw.isalnum() and len(raw) <= 41):
+        raise SettingError(name, raw, "expected a letter then up to 40 letters or digits")
+    return raw
+
+
 SETTINGS: dict[str, SettingSpec] = {
     "warning_days": SettingSpec(
         "KEYHEALTH_WARNING_DAYS",
@@ -143,6 +166,43 @@ SETTINGS: dict[str, SettingSpec] = {
         "Seconds to wait for one Azure response before retrying or giving up (then: unknown).",
         _number(1, 600, "a number of seconds"),
     ),
+    "poll_schedule": SettingSpec(
+        "KEYHEALTH_POLL_SCHEDULE",
+        "0 */5 * * * *",
+        "NCRONTAB schedule of the full poll (Functions timer and `serve`); Service Bus polls every 5 minutes.",
+        _ncrontab,
+    ),
+    "state_store": SettingSpec(
+        "KEYHEALTH_STATE_STORE",
+        "sqlite",
+        "Where polls and events remember state: sqlite (one machine) or tables (Azure Table Storage).",
+        _choice("sqlite", "tables"),
+    ),
+    "sqlite_path": SettingSpec(
+        "KEYHEALTH_SQLITE_PATH",
+        "keyhealth-state.sqlite",
+        "SQLite state file for the sqlite store.",
+        _text,
+    ),
+    "tables_endpoint": SettingSpec(
+        "KEYHEALTH_TABLES_ENDPOINT",
+        "",
+        "Table service URL for the tables store, reached with the app's managed identity.",
+        _https_url(optional=True),
+    ),
+    "tables_connection_string": SettingSpec(
+        "KEYHEALTH_TABLES_CONNECTION_STRING",
+        "",
+        "Connection string for the tables store instead of an endpoint (Azurite locally); a secret.",
+        _text,
+        secret=True,
+    ),
+    "table_prefix": SettingSpec(
+        "KEYHEALTH_TABLE_PREFIX",
+        "keyhealth",
+        "Prefix of the tables store's table names, so deployments can share an account.",
+        _table_prefix,
+    ),
     "concurrency": SettingSpec(
         "KEYHEALTH_CONCURRENCY",
         "32",
@@ -165,6 +225,12 @@ class Settings:
     static_token: str | None = None
     http_retries: int = 3
     http_timeout_seconds: float = 30.0
+    poll_schedule: str = "0 */5 * * * *"
+    state_store: str = "sqlite"
+    sqlite_path: str | None = "keyhealth-state.sqlite"
+    tables_endpoint: str | None = None
+    tables_connection_string: str | None = None
+    table_prefix: str = "keyhealth"
     concurrency: int = 32
 
     @property
@@ -191,6 +257,12 @@ class Settings:
             raw = env.get(spec.name, "").strip() or spec.default
             values[field.name] = spec.parse(spec.name, raw)
         settings = cls(**values)
+        if settings.state_store == "tables" and not (settings.tables_endpoint or settings.tables_connection_string):
+            raise SettingError(
+                SETTINGS["state_store"].name,
+                settings.state_store,
+                f"needs {SETTINGS['tables_endpoint'].name} or {SETTINGS['tables_connection_string'].name}",
+            )
         if settings.critical_days > settings.warning_days:
             raise SettingError(
                 SETTINGS["critical_days"].name,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Sequence
+import enum
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from monitor.domain.errors import ReadError
 from monitor.domain.findings import Thresholds
@@ -24,7 +26,11 @@ from monitor.domain.model import (
     name_id,
     vault_id,
 )
+from monitor.domain.scenario import parse_scenario, scenario_document
+from monitor.events import KeyVaultEvent, KeyVaultEventType
 from monitor.ports import AccessReader, InventoryReader, KeyReader
+from monitor.render import namespace_document
+from monitor.state import EVENT_DEDUPE_TTL, NamespaceState, StateStore
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -165,3 +171,134 @@ async def check(
     snapshot = await read_snapshot(readers, subscriptions=subscriptions, concurrency=concurrency, progress=progress)
     scenario = Scenario(now=now, snapshot=snapshot)
     return scenario, evaluate(scenario, thresholds)
+
+
+# --- the poll and the event handler: read -> predict -> record ----------------------------------------
+
+POLL_LEASE = "poll"
+# Service Bus polls every 5 minutes; a poll that holds the lease longer has failed and must be replaceable.
+POLL_LEASE_DURATION = timedelta(minutes=4)
+
+
+@dataclass(frozen=True, slots=True)
+class Monitor:
+    """What the poll and the event handler need: readers, the state store, and how to judge."""
+
+    readers: Readers
+    store: StateStore
+    thresholds: Thresholds
+    instance: str  # this process's name in the poll lease
+    subscriptions: Sequence[str] | None = None
+    concurrency: int = 32
+    # Releases the SDK clients, the credential and the store (for tests and `serve`; Functions workers never do).
+    close: Callable[[], Awaitable[None]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    """One poll: whether this instance ran it, and what it judged."""
+
+    ran: bool
+    report: FleetReport | None = None
+    changed: tuple[str, ...] = ()  # namespace ids whose status, window or worst finding moved
+    removed: tuple[str, ...] = ()  # namespaces no longer in the fleet
+
+
+class EventOutcome(enum.Enum):
+    """What became of one event; counted by outcome."""
+
+    EVALUATED = "evaluated"  # the namespaces listing its key (or vault) were re-read and re-judged
+    DUPLICATE = "duplicate"  # its id was processed before (Event Grid delivers at least once): re-read anyway
+    UNRELATED = "unrelated"  # a secret, a certificate, or a key no namespace lists
+    NO_STATE = "no-state"  # nothing is known yet to relate it to: the next poll covers it
+
+
+@dataclass(frozen=True, slots=True)
+class EventResult:
+    outcome: EventOutcome
+    namespaces: tuple[str, ...] = ()
+    report: FleetReport | None = None
+
+
+def _verdict(document: Mapping[str, Any]) -> tuple[object, ...]:
+    """What must move for a namespace's state to count as changed."""
+    findings = document.get("findings") or []
+    worst = max((f.get("severity") for f in findings if isinstance(f, Mapping)), default=None, key=str)
+    return (document.get("status_now"), document.get("revoked_at_earliest"), document.get("revoked_by"), worst)
+
+
+async def _record(monitor: Monitor, report: FleetReport, *, now: datetime) -> tuple[str, ...]:
+    """Store each namespace's judgement; returns the ids whose verdict changed."""
+    states = [
+        NamespaceState.of(n.prediction.namespace, namespace_document(n), evaluated_at=now) for n in report.namespaces
+    ]
+    changed = []
+    for state in states:
+        before = await monitor.store.get_namespace_state(state.id)
+        if before is None or _verdict(before.document) != _verdict(state.document):
+            changed.append(state.id)
+    await monitor.store.put_namespace_states(states)
+    return tuple(changed)
+
+
+async def poll(monitor: Monitor, *, now: datetime) -> PollResult:
+    """Mirror Service Bus's 5-minute poll: read the whole fleet, judge it, record it.
+
+    Only the instance holding the poll lease runs it; the others return at once (ran=False).
+    Namespaces of a subscription that could not be listed are kept as they were, not forgotten.
+    """
+    if not await monitor.store.acquire_lease(POLL_LEASE, monitor.instance, POLL_LEASE_DURATION, now=now):
+        return PollResult(ran=False)
+    try:
+        scenario, report = await check(
+            monitor.readers,
+            now=now,
+            thresholds=monitor.thresholds,
+            subscriptions=monitor.subscriptions,
+            concurrency=monitor.concurrency,
+        )
+        changed = await _record(monitor, report, now=now)
+        removed: list[str] = []
+        if not report.fleet_blind:
+            seen = {n.prediction.namespace.id.lower() for n in report.namespaces}
+            for state in await monitor.store.list_namespace_states():
+                if state.key not in seen and await monitor.store.delete_namespace_state(state.id):
+                    removed.append(state.id)
+        await monitor.store.put_snapshot(scenario_document(scenario), taken_at=now)
+        await monitor.store.purge_processed_events(before=now - EVENT_DEDUPE_TTL)
+        return PollResult(ran=True, report=report, changed=changed, removed=tuple(removed))
+    finally:
+        await monitor.store.release_lease(POLL_LEASE, monitor.instance)
+
+
+async def handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime) -> EventResult:
+    """React to one Key Vault event: re-read and re-judge the namespaces that list its key (or vault).
+
+    The event's own payload is never trusted for state (Event Grid delivers at least once and out of
+    order): it only says where to look, and whatever is read now wins. Re-reading is idempotent, so the
+    id is recorded only after the work succeeds: a failure is retried by Event Grid, and a redelivery
+    after success is re-read harmlessly and counted as a duplicate.
+    """
+    if event.kind is None or event.vault_uri is None:
+        return EventResult(EventOutcome.UNRELATED)
+    if event.kind is KeyVaultEventType.VAULT_ACCESS_POLICY_CHANGED or not event.object_name:
+        affected = await monitor.store.namespaces_for_vault(event.vault_uri)
+    else:
+        affected = await monitor.store.namespaces_for_key(event.vault_uri, event.object_name)
+    if not affected:
+        return EventResult(EventOutcome.UNRELATED)
+    stored = await monitor.store.get_snapshot()
+    if stored is None:
+        return EventResult(EventOutcome.NO_STATE)
+    known, _ = parse_scenario(stored.document)
+    wanted = {namespace_id.lower() for namespace_id in affected}
+    namespaces = [n for n in known.snapshot.namespaces if n.id.lower() in wanted]
+    subscriptions = sorted({n.id.split("/")[2] for n in known.snapshot.namespaces if n.id.count("/") > 2})
+    snapshot = await read_keys_of(
+        monitor.readers, namespaces, subscriptions=subscriptions, concurrency=monitor.concurrency
+    )
+    report = evaluate(Scenario(now=now, snapshot=snapshot), monitor.thresholds)
+    await _record(monitor, report, now=now)
+    first = await monitor.store.mark_event_processed(event.id, at=now)
+    outcome = EventOutcome.EVALUATED if first else EventOutcome.DUPLICATE
+    return EventResult(outcome, tuple(n.id for n in namespaces), report)

@@ -74,3 +74,30 @@ class SandboxNotRunningError(SandboxError, RuntimeError):
 
 class EventBodyError(KeyhealthError, ValueError):
     """A webhook delivery as a whole cannot be read (not JSON, not an event or a list of events, too many)."""
+
+
+class StateStoreError(KeyhealthError, RuntimeError):
+    """The state store failed: unreachable, refused the request, or holds data this version cannot read.
+
+    `what` names the record or operation, `reason` says why; neither ever holds a secret such as an account key.
+    """
+
+    def __init__(self, what: str, reason: str) -> None:
+        self.what = what
+        self.reason = reason
+        super().__init__(f"state store: {what}: {reason}")
+
+
+class StaleWriteError(KeyhealthError, RuntimeError):
+    """A conditional write lost a race: the record changed, appeared or vanished since the writer read it.
+
+    `what` names the record; `expected_etag` is the ETag the writer held (None: it expected no record);
+    `reason` says what the store found instead.
+    """
+
+    def __init__(self, what: str, expected_etag: str | None, reason: str) -> None:
+        self.what = what
+        self.expected_etag = expected_etag
+        self.reason = reason
+        expected = "no record" if expected_etag is None else f"ETag {expected_etag}"
+        super().__init__(f"{what}: expected {expected}, but {reason}")

@@ -147,39 +147,55 @@ def findings_for(prediction: NamespacePrediction, world: World, thresholds: Thre
     namespace = prediction.namespace
     now = prediction.now
     findings: list[Finding] = []
-    revocation = _revocation_finding(prediction, thresholds)
+    status = prediction.status_now
+    revocation = _revocation_finding(prediction, status, thresholds)
     if revocation is not None:
         findings.append(revocation)
     # A broken reference costs redundancy while another still works; it is the outage when none does.
-    impact = Severity.CRITICAL if prediction.status_now is Status.REVOKED else Severity.WARNING
+    impact = Severity.CRITICAL if status is Status.REVOKED else Severity.WARNING
+    horizon = prediction.horizon
     for index, (ref, assessment) in enumerate(zip(namespace.keys, prediction.assessments_now, strict=True)):
-        commands = _Commands(namespace, ref)
         if assessment.unknown:
             findings.append(_blind_finding(namespace, ref, assessment))
-        vault_timeline = world.vault(ref.vault)
+        vault = world.vault_id(ref.vault)
+        vault_timeline = world.vaults.get(vault)
         vault_state = vault_timeline.at(now) if vault_timeline is not None else None
-        vault_seen = world.vault_id(ref.vault) not in world.blind_vaults
-        if vault_state is not None and vault_state.exists and vault_seen:
+        if (
+            vault_state is not None
+            and vault_state.exists
+            and not (vault_state.soft_delete and vault_state.purge_protection)
+            and vault not in world.blind_vaults
+        ):
             findings.extend(_vault_config_findings(ref, vault_state))
-        for reason in assessment.reasons:
-            findings.append(_reason_finding(reason, impact, assessment, vault_state, commands, now))
-        broken_rotation = _broken_rotation(world, ref, assessment, impact, commands, now)
-        if broken_rotation is not None:
-            findings.append(broken_rotation)
+        # The commands are spelled out only for a reference that has something to report: most have nothing.
+        if assessment.reasons:
+            commands = _Commands(namespace, ref)
+            for reason in assessment.reasons:
+                findings.append(_reason_finding(reason, impact, assessment, vault_state, commands, now))
+            broken_rotation = _broken_rotation(world, ref, assessment, impact, commands, now)
+            if broken_rotation is not None:
+                findings.append(broken_rotation)
         if ref.version is not None:
-            findings.append(_pinned_finding(world, ref, assessment, commands, now))
-        if assessment.usable:
-            expiring = _expiring_finding(prediction, world, index, thresholds, commands)
+            findings.append(_pinned_finding(world, ref, assessment, _Commands(namespace, ref), now))
+        # Most usable references stay usable to the horizon: nothing of theirs expires.
+        intervals = prediction.usable_intervals[index]
+        if assessment.usable and intervals and intervals[0][1] < horizon:
+            expiring = _expiring_finding(prediction, world, index, thresholds)
             if expiring is not None:
                 findings.append(expiring)
-    if prediction.usable_keys_now == 1 and not prediction.blind:
+    if status is not Status.UNKNOWN and prediction.usable_keys_now == 1:
         findings.append(_no_redundancy(prediction))
-    # Worst first; within a severity the causes come before the namespace-level consequence.
-    findings.sort(key=lambda f: (-f.severity, f.code is Code.REVOCATION_PREDICTED, f.code.value, f.key or ""))
+    if len(findings) > 1:
+        # Worst first; within a severity the causes come before the namespace-level consequence.
+        findings.sort(key=_finding_order)
     return findings
 
 
-def _revocation_finding(prediction: NamespacePrediction, thresholds: Thresholds) -> Finding | None:
+def _finding_order(finding: Finding) -> tuple[int, bool, str, str]:
+    return (-finding.severity, finding.code is Code.REVOCATION_PREDICTED, finding.code.value, finding.key or "")
+
+
+def _revocation_finding(prediction: NamespacePrediction, status: Status, thresholds: Thresholds) -> Finding | None:
     earliest = prediction.revoked_at_earliest
     if earliest is None:
         return None
@@ -188,7 +204,7 @@ def _revocation_finding(prediction: NamespacePrediction, thresholds: Thresholds)
     first = prediction.stretches[0]
     why = _why(prediction.assessments_at_revocation or ())
     advice = "Restore any one of the listed keys before then."
-    if prediction.status_now is Status.REVOKED:
+    if status is Status.REVOKED:
         by = format_instant(revoked_by or earliest)
         head = f"no listed key is usable now: the next poll revokes the namespace, by {by}"
         advice = "Restore any one of the listed keys: the first poll that finds one usable recovers the namespace."
@@ -341,7 +357,7 @@ def _broken_rotation(
     world: World, ref: KeyRef, assessment: Assessment, impact: Severity, commands: _Commands, now: datetime
 ) -> Finding | None:
     current = assessment.version
-    if ref.version is not None or current is None or not VERSION_REASONS & set(assessment.reasons):
+    if ref.version is not None or current is None or VERSION_REASONS.isdisjoint(assessment.reasons):
         return None
     key_state = world.key(ref.key_id).at(now)
     older = [v for v in key_state.versions if v.created < current.created and not version_reasons(v, now)]
@@ -381,7 +397,7 @@ def _pinned_finding(world: World, ref: KeyRef, assessment: Assessment, commands:
 
 
 def _expiring_finding(
-    prediction: NamespacePrediction, world: World, index: int, thresholds: Thresholds, commands: _Commands
+    prediction: NamespacePrediction, world: World, index: int, thresholds: Thresholds
 ) -> Finding | None:
     intervals = prediction.usable_intervals[index]
     if not intervals or intervals[0][0] != prediction.now:
@@ -400,6 +416,7 @@ def _expiring_finding(
     if survives:  # another listed key covers that moment: redundancy is lost, not the namespace
         severity = Severity(max(severity - 1, Severity.INFO))
     version_id = after.version.version if after.version is not None else "current"
+    commands = _Commands(namespace, ref)
     fix = (
         commands.rotate
         if ref.version is None

@@ -8,6 +8,7 @@ from datetime import datetime
 from monitor.domain.findings import Finding, Severity, Thresholds, findings_for
 from monitor.domain.model import BlindScope, BlindSpot, Scenario
 from monitor.domain.prediction import NamespacePrediction, Status, predict_scenario
+from monitor.domain.usability import World
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,13 @@ def evaluate(scenario: Scenario, thresholds: Thresholds) -> FleetReport:
     Raises ScenarioError when the scenario's changes cannot apply or its horizon is not after now.
     """
     world, predictions = predict_scenario(scenario)
+    return judge(scenario, world, predictions, thresholds)
+
+
+def judge(
+    scenario: Scenario, world: World, predictions: list[NamespacePrediction], thresholds: Thresholds
+) -> FleetReport:
+    """`evaluate` after prediction: the findings for what `predict_scenario(scenario)` returned."""
     reports = tuple(NamespaceReport(p, tuple(findings_for(p, world, thresholds))) for p in predictions)
     return FleetReport(
         now=scenario.now, horizon=scenario.effective_horizon, namespaces=reports, blind=scenario.snapshot.blind

@@ -6,6 +6,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import ClassVar
 from urllib.parse import urlsplit
 
@@ -26,12 +27,15 @@ def name_id(name: str) -> str:
     return name.strip().lower()
 
 
+# A fleet names a handful of vaults hundreds of thousands of times: parse each spelling once.
+@lru_cache(maxsize=4096)
 def vault_short_name(uri: str) -> str:
     """The vault's (or Managed HSM's) name, the first label of its host name."""
     host = urlsplit(uri.strip()).hostname or uri.strip().rstrip("/")
     return host.split(".", 1)[0]
 
 
+@lru_cache(maxsize=4096)
 def is_managed_hsm(uri: str) -> bool:
     """True when the URI names a Managed HSM rather than a Key Vault."""
     return ".managedhsm." in uri.lower()
@@ -61,9 +65,13 @@ class KeyVersion:
 
     @property
     def has_required_ops(self) -> bool:
-        if self.key_ops is None:
-            return True
-        return {op.lower() for op in self.key_ops} >= REQUIRED_KEY_OPS
+        return self.key_ops is None or _includes_required_ops(self.key_ops)
+
+
+# Versions list one of a few key_ops tuples, and every prediction asks about each version.
+@lru_cache(maxsize=1024)
+def _includes_required_ops(key_ops: tuple[str, ...]) -> bool:
+    return {op.lower() for op in key_ops} >= REQUIRED_KEY_OPS
 
 
 @dataclass(frozen=True, slots=True)

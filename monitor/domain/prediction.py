@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from monitor.domain.errors import ScenarioError
-from monitor.domain.model import POLL_INTERVAL, KeyRef, Namespace, Scenario, name_id
+from monitor.domain.model import POLL_INTERVAL, KeyId, KeyRef, Namespace, Scenario
 from monitor.domain.usability import (
     Assessment,
     Interval,
@@ -25,6 +25,7 @@ from monitor.domain.usability import (
     assess,
     assess_as,
     change_instants,
+    effective_version,
 )
 
 
@@ -154,47 +155,63 @@ def uncovered_stretches(covered: list[tuple[Interval, ...]], start: datetime, en
 
 
 class Predictor:
-    """Predicts namespaces against one World and window, reading each distinct reference once."""
+    """Predicts namespaces against one World and window."""
 
     def __init__(self, world: World, now: datetime, horizon: datetime) -> None:
         self.world = world
         self.now = now
         self.horizon = horizon
         self._usable = UsableTime(world, now, horizon)
-        self._intervals: dict[tuple[str, str, str | None, str | None], tuple[Interval, ...]] = {}
+        # Most references are usable throughout: they share one value rather than hold a copy each.
+        self._throughout: tuple[Interval, ...] = ((now, horizon),)
 
     def predict(self, namespace: Namespace) -> NamespacePrediction:
         world, now = self.world, self.now
-        # The principal each reference acts as, resolved once for its intervals and its assessments.
-        refs = [(ref, namespace.identity.principal_for(ref.identity)) for ref in namespace.keys]
-        per_ref = [self._intervals_for(ref, principal) for ref, principal in refs]
-        assessments_now = tuple(assess_as(world, ref, principal, now) for ref, principal in refs)
-        if any(a.is_unknown for a in assessments_now):
-            stretches: tuple[Stretch, ...] = ()  # what could not be seen might cover any stretch
-        else:
-            stretches = uncovered_stretches(per_ref, now, self.horizon)
+        identity = namespace.identity
+        principals = []
+        per_ref = []
+        assessments = []
+        blind = False
+        for ref in namespace.keys:
+            # The principal the reference acts as, resolved once for its intervals and its assessments.
+            principal = identity.principal_for(ref.identity)
+            key_id = world.key_id(ref)
+            intervals = self._intervals_for(key_id, ref.version, principal)
+            if intervals and intervals[0][0] == now:
+                # Usable now, as `assess_as` would find it: no reason, nothing unknown (a blind spot yields
+                # no interval), and the effective version is all it would add. Nearly every reference is.
+                version = effective_version(world.key_at(key_id, now), ref.version, now)
+                assessment = Assessment(ref, principal, (), version)
+            else:
+                assessment = assess_as(world, ref, principal, now)
+                blind = blind or assessment.is_unknown
+            principals.append(principal)
+            per_ref.append(intervals)
+            assessments.append(assessment)
+        # What could not be seen might cover any stretch.
+        stretches = () if blind else uncovered_stretches(per_ref, now, self.horizon)
         at_revocation = None
         if stretches:
             first = stretches[0].start
-            at_revocation = tuple(assess_as(world, ref, principal, first) for ref, principal in refs)
+            at_revocation = tuple(
+                assess_as(world, ref, principal, first)
+                for ref, principal in zip(namespace.keys, principals, strict=True)
+            )
         return NamespacePrediction(
             namespace=namespace,
             now=now,
             horizon=self.horizon,
-            assessments_now=assessments_now,
+            assessments_now=tuple(assessments),
             usable_intervals=tuple(per_ref),
             stretches=stretches,
             assessments_at_revocation=at_revocation,
         )
 
-    def _intervals_for(self, ref: KeyRef, principal: str | None) -> tuple[Interval, ...]:
-        # Usability depends on the namespace only through the principal the reference acts as.
-        vault, key = self.world.key_id(ref)
-        cache_key = (vault, key, name_id(ref.version) if ref.version is not None else None, principal)
-        cached = self._intervals.get(cache_key)
-        if cached is None:
-            cached = self._intervals[cache_key] = tuple(self._usable.of(ref, principal))
-        return cached
+    def _intervals_for(self, key_id: KeyId, version: str | None, principal: str | None) -> tuple[Interval, ...]:
+        # Not remembered per (key, version, principal): in a fleet of 100,000 namespaces 9 of 300,000
+        # references repeat one, and keeping them all cost more than computing the repeats again.
+        intervals = tuple(self._usable.of_key(key_id, version, principal))
+        return self._throughout if intervals == self._throughout else intervals
 
 
 def predict_scenario(scenario: Scenario) -> tuple[World, list[NamespacePrediction]]:

@@ -19,7 +19,6 @@ from monitor.domain.model import (
     Change,
     DeleteKey,
     DeleteVault,
-    Key,
     KeyId,
     KeyRef,
     KeyVersion,
@@ -308,11 +307,12 @@ class World:
         # walk every epoch of a busy vault: whether it exists, and each principal's permissions.
         self.existence: dict[str, Timeline[bool]] = {}
         self.access: dict[str, AccessHistory] = {}
-        self.keys: dict[KeyId, Timeline[KeyState]] = {}  # keys some change touched
-        # Keys no change touches, as the snapshot has them: `key()` reads each through a fresh
-        # one-epoch Timeline. Building ~300,000 timelines that would never change added a million
-        # long-lived objects, and the garbage collector's full passes over them cost seconds.
-        self._untouched: dict[KeyId, Key] = {}
+        # Each key's timeline once a change touches it, else its one state: `key()` wraps that in a
+        # fresh one-epoch Timeline when asked. Building ~300,000 timelines that would never change
+        # added a million long-lived objects, and the garbage collector's full passes over them cost
+        # seconds. One map for both, because a fleet's worth of lookups in two maps of this size cost
+        # about a microsecond each (they miss the processor's caches).
+        self._keys: dict[KeyId, Timeline[KeyState] | KeyState] = {}
         # vault URI as spelled -> vault id: a fleet spells each vault's URI a handful of ways, and
         # references and changes name it hundreds of thousands of times.
         self._vault_ids: dict[str, str] = {}
@@ -342,7 +342,7 @@ class World:
         self.key_access: dict[KeyId, dict[str, frozenset[str]]] = {}
         for key in snapshot.keys:
             key_id = (self.vault_id(key.vault), name_id(key.name))
-            self._untouched[key_id] = key
+            self._keys[key_id] = KeyState(True, key.deleted, _sorted_versions(key.versions))
             if key.access:
                 self.key_access[key_id] = {
                     name_id(p): frozenset(x.lower() for x in perms) for p, perms in key.access.items()
@@ -356,9 +356,11 @@ class World:
             elif spot.scope is BlindScope.KEY and "/keys/" in spot.target:
                 vault_uri, _, name = spot.target.rpartition("/keys/")
                 self.blind_keys[(self.vault_id(vault_uri), name_id(name.split("/", 1)[0]))] = spot.reason
-        ordered = sorted(enumerate(changes), key=lambda item: item[1].at)
-        for index, change in ordered:
-            self._apply(index, change)
+        changes = tuple(changes)
+        # In time order, ties as listed: a stable sort on `at` alone, with the index kept for errors.
+        ats = [change.at for change in changes]
+        for index in sorted(range(len(changes)), key=ats.__getitem__):
+            self._apply(index, changes[index])
 
     def vault_id(self, uri: str) -> str:
         """`model.vault_id(uri)`, remembered per spelling."""
@@ -371,25 +373,41 @@ class World:
         """`ref.key_id`, with the vault id remembered."""
         return (self.vault_id(ref.vault), name_id(ref.name))
 
+    def key_permissions(self, key_id: KeyId, principal: str) -> frozenset[str] | None:
+        """`principal`'s permissions granted on the key itself, or None."""
+        granted = self.key_access.get(key_id)
+        return granted.get(principal) if granted is not None else None
+
     def vault(self, uri: str) -> Timeline[VaultState] | None:
         return self.vaults.get(self.vault_id(uri))
 
     def key(self, key_id: KeyId) -> Timeline[KeyState]:
-        timeline = self.keys.get(key_id)
-        if timeline is not None:
-            return timeline
-        key = self._untouched.get(key_id)
-        if key is None:
+        entry = self._keys.get(key_id)
+        if entry is None:
             return _MISSING_TIMELINE
-        return Timeline(KeyState(exists=True, deleted=key.deleted, versions=_sorted_versions(key.versions)))
+        return entry if isinstance(entry, Timeline) else Timeline(entry)
+
+    def key_at(self, key_id: KeyId, t: datetime) -> KeyState:
+        """`key(key_id).at(t)`, without building a timeline for a key no change touches."""
+        entry = self._keys.get(key_id, MISSING_KEY)
+        return entry.at(t) if isinstance(entry, Timeline) else entry
+
+    def key_intervals(self, key_id: KeyId, version: str | None, start: datetime, end: datetime) -> list[Interval]:
+        """`key_intervals(key(key_id), ...)`, without building a timeline for a key no change touches."""
+        entry = self._keys.get(key_id, MISSING_KEY)
+        if isinstance(entry, Timeline):
+            return key_intervals(entry, version, start, end)
+        intervals: list[Interval] = []
+        _append_key_epoch(intervals, entry, version, start, end)
+        return intervals
 
     def _apply(self, index: int, change: Change) -> None:
-        path = f"$.changes[{index}]"
-        vault_timeline = self.vault(change.vault)
+        vault = self.vault_id(change.vault)
+        vault_timeline = self.vaults.get(vault)
         if vault_timeline is None:
-            raise ScenarioError(f"{path}.vault", f"unknown vault {change.vault!r} (not in $.vaults)")
+            raise ScenarioError(f"$.changes[{index}].vault", f"unknown vault {change.vault!r} (not in $.vaults)")
         if isinstance(change, SetAccess):
-            history = self.access[self.vault_id(change.vault)]
+            history = self.access[vault]
             history.set_from(change.at, name_id(change.principal), frozenset(p.lower() for p in change.permissions))
             # A new epoch whose map is the history as of change.at: the state before it keeps its own view.
             vault_timeline.set_from(change.at, replace(vault_timeline.latest, access=AccessAt(history, change.at)))
@@ -397,27 +415,28 @@ class World:
         if isinstance(change, DeleteVault | RecoverVault):
             exists = isinstance(change, RecoverVault)
             vault_timeline.set_from(change.at, replace(vault_timeline.latest, exists=exists))
-            self.existence[self.vault_id(change.vault)].set_from(change.at, exists)
+            self.existence[vault].set_from(change.at, exists)
             return
-        key_id = (self.vault_id(change.vault), name_id(change.key))
-        if key_id in self._untouched:  # the first change to a snapshot key: from now on it has a timeline
-            self.keys[key_id] = self.key(key_id)
-            del self._untouched[key_id]
-        timeline = self.keys.get(key_id)
-        if timeline is None:
-            if not isinstance(change, NewVersion):
-                raise ScenarioError(
-                    f"{path}.key",
-                    f"unknown key {change.key!r} in vault {change.vault!r} "
-                    "(not in $.keys, nor created by an earlier new_version)",
-                )
-            timeline = self.keys[key_id] = Timeline(MISSING_KEY)
-        state: KeyState = timeline.latest
+        key_id = (vault, name_id(change.key))
+        entry = self._keys.get(key_id)
+        if isinstance(entry, Timeline):
+            timeline = entry
+        elif entry is not None:  # the first change to a snapshot key: from now on it has a timeline
+            timeline = self._keys[key_id] = Timeline(entry)
+        elif isinstance(change, NewVersion):
+            timeline = self._keys[key_id] = Timeline(MISSING_KEY)
+        else:
+            raise ScenarioError(
+                f"$.changes[{index}].key",
+                f"unknown key {change.key!r} in vault {change.vault!r} "
+                "(not in $.keys, nor created by an earlier new_version)",
+            )
+        state: KeyState = timeline.states[-1]
         new_state: KeyState
         if isinstance(change, NewVersion):
             if state.exists and state.version(change.version.version) is not None:
                 raise ScenarioError(
-                    f"{path}.version.version",
+                    f"$.changes[{index}].version.version",
                     f"key {change.key!r} already has version {change.version.version!r}",
                 )
             # KeyState(...) rather than dataclasses.replace: the same value, at a third of the cost.
@@ -426,7 +445,7 @@ class World:
             else:
                 new_state = KeyState(exists=True, deleted=False, versions=(change.version,))
         elif isinstance(change, UpdateVersion):
-            new_state = _updated(state, change, path)
+            new_state = _updated(state, change, f"$.changes[{index}]")
         elif isinstance(change, DeleteKey):
             new_state = KeyState(state.exists, True, state.versions)
         elif isinstance(change, RecoverKey):
@@ -460,7 +479,7 @@ def _updated(state: KeyState, change: UpdateVersion, path: str) -> KeyState:
     if change.key_ops is not KEEP:
         updated = replace(updated, key_ops=change.key_ops)
     versions = tuple(updated if v is target else v for v in state.versions)
-    return replace(state, versions=versions)
+    return KeyState(state.exists, state.deleted, versions)
 
 
 _MISSING_TIMELINE: Timeline[KeyState] = Timeline(MISSING_KEY)
@@ -510,21 +529,21 @@ def assess_as(world: World, ref: KeyRef, principal: str | None, t: datetime) -> 
             return Assessment(ref, principal, (Reason.VAULT_MISSING,), None)
         # The same answer as vault_state.grants(principal), without going through the Mapping view.
         if principal is not None and not grants_required(
-            _union(world.access[vault].permissions(principal, t), world.key_access.get(key_id, {}).get(principal))
+            _union(world.access[vault].permissions(principal, t), world.key_permissions(key_id, principal))
         ):
             reasons.append(Reason.ACCESS_DENIED)
     key_blind = world.blind_keys.get(key_id)
     if key_blind is not None:
         unknown.append(key_blind)  # rules 3 to 5 cannot be judged
         return Assessment(ref, principal, tuple(reasons), None, tuple(unknown))
-    key_state = world.key(key_id).at(t)
+    key_state = world.key_at(key_id, t)
     version = None
     if not key_state.exists:
         reasons.append(Reason.KEY_MISSING)
     elif key_state.deleted:
         reasons.append(Reason.KEY_DELETED)
     else:
-        version = _effective_version(key_state, ref, t)
+        version = effective_version(key_state, ref.version, t)
         if version is None:
             reasons.append(Reason.KEY_MISSING)
         else:
@@ -532,10 +551,11 @@ def assess_as(world: World, ref: KeyRef, principal: str | None, t: datetime) -> 
     return Assessment(ref, principal, tuple(reasons), version, tuple(unknown))
 
 
-def _effective_version(key_state: KeyState, ref: KeyRef, t: datetime) -> KeyVersion | None:
-    if ref.version is None:
+def effective_version(key_state: KeyState, version: str | None, t: datetime) -> KeyVersion | None:
+    """Rule 4's version at t: the pinned `version` if it exists by then, else (None) the current one."""
+    if version is None:
         return key_state.current_version(t)
-    pinned = key_state.version(ref.version)
+    pinned = key_state.version(version)
     if pinned is None or pinned.created > t:
         return None
     return pinned
@@ -578,25 +598,32 @@ def key_intervals(timeline: Timeline[KeyState], version: str | None, start: date
     """
     intervals: list[Interval] = []
     for epoch_start, epoch_end, state in timeline.epochs_within(start, end):
-        if not state.exists or state.deleted:
-            continue
-        if version is not None:
-            pinned = state.version(version)
-            if pinned is not None:
-                _append_valid(intervals, pinned, max(epoch_start, pinned.created), epoch_end)
-            continue
-        # versions are sorted by `created`: each is current from its own `created` until the next
-        # one's (ties: the later-listed one wins, and the earlier gets an empty span). Start from the
-        # one current at the epoch's start: those before it are never current within the epoch.
-        versions = state.versions
-        count = len(versions)
-        for index in range(max(bisect_right(versions, epoch_start, key=_CREATED) - 1, 0), count):
-            candidate = versions[index]
-            if candidate.created >= epoch_end:
-                break
-            until = versions[index + 1].created if index + 1 < count else epoch_end
-            _append_valid(intervals, candidate, max(epoch_start, candidate.created), min(until, epoch_end))
+        _append_key_epoch(intervals, state, version, epoch_start, epoch_end)
     return intervals
+
+
+def _append_key_epoch(
+    intervals: list[Interval], state: KeyState, version: str | None, epoch_start: datetime, epoch_end: datetime
+) -> None:
+    """Append the part of one epoch [epoch_start, epoch_end), in which the key is `state`, that passes rules 3 to 5."""
+    if not state.exists or state.deleted:
+        return
+    if version is not None:
+        pinned = state.version(version)
+        if pinned is not None:
+            _append_valid(intervals, pinned, max(epoch_start, pinned.created), epoch_end)
+        return
+    # versions are sorted by `created`: each is current from its own `created` until the next
+    # one's (ties: the later-listed one wins, and the earlier gets an empty span). Start from the
+    # one current at the epoch's start: those before it are never current within the epoch.
+    versions = state.versions
+    count = len(versions)
+    for index in range(max(bisect_right(versions, epoch_start, key=_CREATED) - 1, 0), count):
+        candidate = versions[index]
+        if candidate.created >= epoch_end:
+            break
+        until = versions[index + 1].created if index + 1 < count else epoch_end
+        _append_valid(intervals, candidate, max(epoch_start, candidate.created), min(until, epoch_end))
 
 
 def _append_valid(intervals: list[Interval], version: KeyVersion, start: datetime, end: datetime) -> None:
@@ -617,33 +644,38 @@ class UsableTime:
     (rule 2) and the key passes rules 3 to 5: the intersection of those intervals.
     """
 
-    __slots__ = ("_exists", "end", "start", "world")
+    __slots__ = ("_exists", "_whole", "end", "start", "world")
 
     def __init__(self, world: World, start: datetime, end: datetime) -> None:
         self.world = world
         self.start = start
         self.end = end
+        self._whole = [(start, end)]
         self._exists: dict[str, list[Interval]] = {}  # vault id -> exists_intervals, shared by its keys
 
     def of(self, ref: KeyRef, principal: str | None) -> list[Interval]:
         """The intervals in which `ref`, acting as `principal`, is usable: sorted, disjoint, merged."""
-        world, start, end = self.world, self.start, self.end
-        vault = world.vault_id(ref.vault)
-        key_id = (vault, name_id(ref.name))
+        return self.of_key(self.world.key_id(ref), ref.version, principal)
+
+    def of_key(self, key_id: KeyId, version: str | None, principal: str | None) -> list[Interval]:
+        """`of` for a reference to key `key_id`, pinned to `version` (None: versionless)."""
+        world, start, end, whole = self.world, self.start, self.end, self._whole
+        vault = key_id[0]
         history = world.access.get(vault)
         # Nothing counts as usable that could not be seen (the prediction treats such namespaces apart).
         if principal is None or history is None or vault in world.blind_vaults or key_id in world.blind_keys:
             return []
         exists = self._exists.get(vault)
         if exists is None:
-            exists = self._exists[vault] = exists_intervals(world.existence[vault], start, end)
-        grants = history.grant_intervals(principal, start, end, world.key_access.get(key_id, {}).get(principal))
+            exists = exists_intervals(world.existence[vault], start, end)
+            exists = self._exists[vault] = whole if exists == whole else exists
+        grants = history.grant_intervals(principal, start, end, world.key_permissions(key_id, principal))
         # The usual case skips intersecting: the vault is there and the principal granted throughout.
-        reachable = grants if exists == [(start, end)] else intersect(exists, grants)
+        reachable = grants if exists is whole else intersect(exists, grants)
         if not reachable:
             return []
-        key = key_intervals(world.key(key_id), ref.version, start, end)
-        return key if reachable == [(start, end)] else intersect(reachable, key)
+        key = world.key_intervals(key_id, version, start, end)
+        return key if reachable == whole else intersect(reachable, key)
 
 
 # --- point evaluation helpers, kept for checking the intervals against `assess` -------------------

@@ -1,0 +1,254 @@
+"""The state store port: what polls and event handlers remember between runs, and the values it holds.
+
+Kept apart from monitor.ports only while others edit that module; it belongs there and imports only
+the domain, as ports do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from monitor.domain.model import KeyId, KeyRef, Namespace, name_id, vault_id
+
+__all__ = [
+    "EVENT_DEDUPE_TTL",
+    "Incident",
+    "Lease",
+    "NamespaceState",
+    "StateStore",
+    "StoredSnapshot",
+    "key_ids_of",
+    "namespace_key",
+    "utc",
+]
+
+# Event Grid redelivers for up to 24 hours; remembering ids twice as long absorbs clock skew and late retries.
+EVENT_DEDUPE_TTL = timedelta(hours=48)
+
+
+def namespace_key(namespace_id: str) -> str:
+    """The comparable form of an ARM resource id: ARM ids are case-insensitive."""
+    return namespace_id.strip().rstrip("/").lower()
+
+
+def utc(t: datetime, what: str = "time") -> datetime:
+    """`t` in UTC. Raises ValueError for a naive datetime, whose meaning would depend on the machine's zone."""
+    if t.tzinfo is None or t.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware, got {t.isoformat()}")
+    return t.astimezone(UTC)
+
+
+def key_ids_of(refs: Iterable[KeyRef]) -> frozenset[KeyId]:
+    """The (vault_id, name_id) of each key reference: what the key index is keyed by."""
+    return frozenset(ref.key_id for ref in refs)
+
+
+def _key_id(pair: tuple[str, str]) -> KeyId:
+    vault, name = pair
+    return (vault_id(vault), name_id(name))
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceState:
+    """A namespace's last judgement: its prediction document, when it was made, and the keys it lists.
+
+    `document` is what monitor.render.namespace_document() produced (JSON-ready: id, name, status_now,
+    usable_keys_now, keys_total, revoked_at_earliest, revoked_by, findings, ...). `key_ids` feed the
+    key and vault index; they are normalised to (vault_id, name_id). Raises ValueError when the
+    document has no id or `evaluated_at` is naive.
+    """
+
+    document: Mapping[str, Any]
+    evaluated_at: datetime
+    key_ids: frozenset[KeyId] = frozenset()
+
+    def __post_init__(self) -> None:
+        identifier = self.document.get("id")
+        if not isinstance(identifier, str) or not identifier.strip():
+            raise ValueError("a namespace state's document needs its ARM id under 'id'")
+        # Frozen: normalise through object.__setattr__ so equal states compare equal whatever the spelling.
+        object.__setattr__(self, "evaluated_at", utc(self.evaluated_at, "evaluated_at"))
+        object.__setattr__(self, "key_ids", frozenset(_key_id(pair) for pair in self.key_ids))
+
+    @classmethod
+    def of(cls, namespace: Namespace, document: Mapping[str, Any], *, evaluated_at: datetime) -> NamespaceState:
+        """The state of `namespace`, indexed by the keys it lists."""
+        return cls(document=document, evaluated_at=evaluated_at, key_ids=key_ids_of(namespace.keys))
+
+    @property
+    def id(self) -> str:
+        """The namespace's ARM id, as last written."""
+        return str(self.document["id"])
+
+    @property
+    def key(self) -> str:
+        """The namespace's comparable id (see namespace_key)."""
+        return namespace_key(self.id)
+
+    @property
+    def name(self) -> str | None:
+        value = self.document.get("name")
+        return value if isinstance(value, str) else None
+
+    @property
+    def status_now(self) -> str | None:
+        value = self.document.get("status_now")
+        return value if isinstance(value, str) else None
+
+    @property
+    def findings(self) -> list[Mapping[str, Any]]:
+        value = self.document.get("findings")
+        return [f for f in value if isinstance(f, Mapping)] if isinstance(value, list) else []
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSnapshot:
+    """The scenario document (monitor.domain.scenario.scenario_document) the last poll read, and when."""
+
+    document: Mapping[str, Any]
+    taken_at: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "taken_at", utc(self.taken_at, "taken_at"))
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """An alerting record keyed by (namespace id, condition), with a free JSON body.
+
+    `etag` is the version the store handed out when it was read or written (None for one not yet
+    stored); pass it back as `expected_etag` to update only what was read.
+    """
+
+    namespace_id: str
+    condition: str
+    body: Mapping[str, Any]
+    open: bool = True
+    etag: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.namespace_id.strip() or not self.condition:
+            raise ValueError("an incident needs a namespace id and a condition")
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(comparable namespace id, condition): conditions are compared exactly."""
+        return (namespace_key(self.namespace_id), self.condition)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who holds the named lease, and until when (exclusive: a lease is held while now < expires_at)."""
+
+    name: str
+    holder: str
+    expires_at: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "expires_at", utc(self.expires_at, "expires_at"))
+
+    def held_at(self, now: datetime) -> bool:
+        return utc(now, "now") < self.expires_at
+
+
+class StateStore(Protocol):
+    """What a poll or event handler remembers between runs, shared by every instance of the app.
+
+    Safe for concurrent use by many tasks, processes and (for the Table store) machines. Times are
+    passed in, never read from a clock, so callers and tests decide what "now" is. Every method may
+    raise StateStoreError when the storage itself fails; ValueError marks a naive datetime.
+    """
+
+    # -- namespace states, and the key and vault index they maintain
+
+    async def put_namespace_states(self, states: Iterable[NamespaceState]) -> list[str]:
+        """Store each state, replacing the namespace's previous one, and update the key index.
+
+        A state evaluated earlier than the one stored is not written (a slow writer must not undo a
+        newer judgement); an equal or later one replaces it. Returns the ids left alone that way.
+        Within one batch, the last state of a namespace wins.
+        """
+        ...
+
+    async def get_namespace_state(self, namespace_id: str) -> NamespaceState | None:
+        """The namespace's last state (id compared case-insensitively), or None."""
+        ...
+
+    async def list_namespace_states(self) -> list[NamespaceState]:
+        """Every stored state, sorted by comparable namespace id."""
+        ...
+
+    async def delete_namespace_state(self, namespace_id: str) -> bool:
+        """Forget a namespace that disappeared, and its index entries. True when there was one."""
+        ...
+
+    async def namespaces_for_key(self, vault_uri: str, key_name: str) -> list[str]:
+        """Ids of the namespaces whose stored state lists the key (vault and name compared case-insensitively)."""
+        ...
+
+    async def namespaces_for_vault(self, vault_uri: str) -> list[str]:
+        """Ids of the namespaces whose stored state lists any key of the vault."""
+        ...
+
+    # -- the last snapshot a poll read
+
+    async def put_snapshot(self, document: Mapping[str, Any], *, taken_at: datetime) -> bool:
+        """Store the scenario document a poll read; False (nothing written) when a later one is stored."""
+        ...
+
+    async def get_snapshot(self) -> StoredSnapshot | None:
+        """The last stored snapshot, whole and consistent, or None."""
+        ...
+
+    # -- Event Grid deduplication
+
+    async def mark_event_processed(self, event_id: str, *, at: datetime) -> bool:
+        """Record an event id (compared exactly). True only for the one caller that recorded it first."""
+        ...
+
+    async def purge_processed_events(self, *, before: datetime) -> int:
+        """Forget event ids recorded before `before` (use now - EVENT_DEDUPE_TTL). Returns how many."""
+        ...
+
+    # -- incidents, with optimistic concurrency
+
+    async def get_incident(self, namespace_id: str, condition: str) -> Incident | None:
+        """The incident with its current ETag, or None."""
+        ...
+
+    async def list_incidents(self, *, open_only: bool = False) -> list[Incident]:
+        """Every incident (only open ones with `open_only`), sorted by namespace and condition."""
+        ...
+
+    async def put_incident(self, incident: Incident, *, expected_etag: str | None = None) -> Incident:
+        """Create (expected_etag None) or replace (the ETag last read) an incident; returns it with its new ETag.
+
+        Raises StaleWriteError when creating one that exists, or when the stored one's ETag is not
+        `expected_etag` (changed or deleted since it was read).
+        """
+        ...
+
+    # -- leases: one holder at a time, across processes and machines
+
+    async def acquire_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> bool:
+        """Take the lease until now + duration when it is free, expired, or already `holder`'s."""
+        ...
+
+    async def renew_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> bool:
+        """Extend `holder`'s unexpired lease to now + duration; False when it expired or is someone else's."""
+        ...
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        """Give the lease up; False (and nothing changed) when `holder` does not hold it."""
+        ...
+
+    async def get_lease(self, name: str) -> Lease | None:
+        """The lease's record, expired or not, or None when nobody has it."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the store is not used afterwards."""
+        ...

@@ -1,0 +1,40 @@
+"""Fixtures for the state store tests: one Azurite a session, and a fresh store of each kind a test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.state.support import Azurite, StoreOpener, sqlite_opener, tables_opener
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """A real azurite-table on a free loopback port for the whole session; fails (never skips) when not installed."""
+    running = Azurite(tmp_path_factory.mktemp("azurite"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> StoreOpener:
+    """Opens SQLite stores on one fresh file."""
+    return sqlite_opener(tmp_path / "state.sqlite")
+
+
+@pytest.fixture
+def tables_store(azurite: Azurite) -> StoreOpener:
+    """Opens Table stores on a fresh set of tables in Azurite (a unique prefix a test)."""
+    return tables_opener(azurite, f"t{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture(params=["sqlite", "tables"])
+def open_store(request: pytest.FixtureRequest) -> StoreOpener:
+    """Opens stores of each implementation in turn, all on the same fresh backing within one test."""
+    opener: StoreOpener = request.getfixturevalue(f"{request.param}_store")
+    return opener

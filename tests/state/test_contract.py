@@ -1,0 +1,430 @@
+"""The StateStore contract: every behaviour here holds for the SQLite store and the Table store alike."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from monitor.domain.errors import StaleWriteError
+from monitor.state import Incident, NamespaceState, StateStore
+from tests.state.support import T0, StoreOpener, fleet_states, large_scenario_document, run, state
+
+KV = "https://kv-payments.vault.azure.net"
+KV2 = "https://kv-orders.vault.azure.net"
+MINUTE = timedelta(minutes=1)
+
+
+# -- namespace states
+
+
+def test_namespace_states_round_trip(open_store: StoreOpener):
+    """Every state of a real fleet comes back equal: document, evaluation time and key ids."""
+    states = fleet_states()
+
+    async def check(store: StateStore) -> None:
+        assert await store.put_namespace_states(states) == []
+        for stored in states:
+            assert await store.get_namespace_state(stored.id) == stored
+        assert await store.list_namespace_states() == sorted(states, key=lambda s: s.key)
+
+    run(open_store, check)
+
+
+def test_namespace_ids_compare_case_insensitively(open_store: StoreOpener):
+    """An ARM id in any case finds the same state, and a write in another case replaces it, keeping the new spelling."""
+    first = state("sb-one", (KV, "k1"))
+    upper_id = first.id.upper()
+    second = NamespaceState(
+        document={**first.document, "id": upper_id}, evaluated_at=T0 + MINUTE, key_ids=first.key_ids
+    )
+
+    async def check(store: StateStore) -> None:
+        await store.put_namespace_states([first])
+        assert await store.get_namespace_state(first.id.lower()) == first
+        await store.put_namespace_states([second])
+        assert [s.id for s in await store.list_namespace_states()] == [upper_id]
+        assert await store.namespaces_for_key(KV, "k1") == [upper_id]
+
+    run(open_store, check)
+
+
+def test_missing_namespace_state_is_none(open_store: StoreOpener):
+    """Asking for a namespace never stored answers None, and listing an empty store answers []."""
+
+    async def check(store: StateStore) -> None:
+        assert await store.get_namespace_state("/subscriptions/x/namespaces/none") is None
+        assert await store.list_namespace_states() == []
+
+    run(open_store, check)
+
+
+def test_an_older_state_does_not_replace_a_newer_one(open_store: StoreOpener):
+    """A state evaluated before the stored one is left out and reported; an equal or later one replaces it."""
+    newer = state("sb-one", (KV, "k1"), evaluated_at=T0 + MINUTE, status_now="revoked")
+    older = state("sb-one", (KV, "k2"), evaluated_at=T0)
+    same_time = state("sb-one", (KV, "k3"), evaluated_at=T0 + MINUTE, status_now="degraded")
+
+    async def check(store: StateStore) -> None:
+        await store.put_namespace_states([newer])
+        assert await store.put_namespace_states([older]) == [older.id]
+        assert await store.get_namespace_state(newer.id) == newer
+        assert await store.namespaces_for_key(KV, "k2") == []
+        assert await store.put_namespace_states([same_time]) == []
+        assert await store.get_namespace_state(newer.id) == same_time
+
+    run(open_store, check)
+
+
+def test_the_latest_state_of_a_namespace_in_one_batch_wins(open_store: StoreOpener):
+    """A batch that holds one namespace twice stores the later evaluation."""
+    early = state("sb-one", (KV, "k1"), evaluated_at=T0)
+    late = state("sb-one", (KV, "k2"), evaluated_at=T0 + MINUTE)
+
+    async def check(store: StateStore) -> None:
+        assert await store.put_namespace_states([late, early]) == []
+        assert await store.get_namespace_state(early.id) == late
+
+    run(open_store, check)
+
+
+def test_deleting_a_namespace_state_forgets_it_and_its_index_entries(open_store: StoreOpener):
+    """A deleted namespace is gone from get, list and both indexes; deleting it again answers False."""
+    gone = state("sb-gone", (KV, "shared"))
+    kept = state("sb-kept", (KV, "shared"))
+
+    async def check(store: StateStore) -> None:
+        await store.put_namespace_states([gone, kept])
+        assert await store.delete_namespace_state(gone.id.upper()) is True
+        assert await store.get_namespace_state(gone.id) is None
+        assert [s.id for s in await store.list_namespace_states()] == [kept.id]
+        assert await store.namespaces_for_key(KV, "shared") == [kept.id]
+        assert await store.namespaces_for_vault(KV) == [kept.id]
+        assert await store.delete_namespace_state(gone.id) is False
+
+    run(open_store, check)
+
+
+# -- the key and vault index
+
+
+def test_the_index_finds_the_namespaces_that_list_a_key_or_vault(open_store: StoreOpener):
+    """namespaces_for_key and namespaces_for_vault answer exactly the namespaces whose state lists them."""
+    a = state("sb-a", (KV, "shared"), (KV2, "orders"))
+    b = state("sb-b", (KV, "shared"))
+    c = state("sb-c", (KV, "own"))
+
+    async def check(store: StateStore) -> None:
+        await store.put_namespace_states([a, b, c])
+        assert await store.namespaces_for_key(KV, "shared") == [a.id, b.id]
+        assert await store.namespaces_for_key(KV, "own") == [c.id]
+        assert await store.namespaces_for_key(KV2, "orders") == [a.id]
+        assert await store.namespaces_for_key(KV2, "shared") == []
+        assert await store.namespaces_for_vault(KV) == [a.id, b.id, c.id]
+        assert await store.namespaces_for_vault(KV2) == [a.id]
+        assert await store.namespaces_for_vault("https://kv-none.vault.azure.net") == []
+
+    run(open_store, check)
+
+
+def test_index_lookups_ignore_case_and_trailing_slashes(open_store: StoreOpener):
+    """A vault URI or key name spelt in another case, or with a trailing slash, finds the same namespaces."""
+    a = state("sb-a", ("https://KV-Payments.vault.azure.net/", "Shared-Key"))
+
+    async def check(store: StateStore) -> None:
+        await store.put_namespace_states([a])
+        assert await store.namespaces_for_key("https://kv-payments.VAULT.azure.net", "shared-key") == [a.id]
+        assert await store.namespaces_for_vault("HTTPS://KV-PAYMENTS.VAULT.AZURE.NET/") == [a.id]
+
+    run(open_store, check)
+
+
+def test_the_index_follows_a_namespace_whose_keys_change(open_store: StoreOpener):
+    """When a namespace stops listing a key and starts listing another, the index moves it."""
+    before = state("sb-a", (KV, "old"), (KV, "kept"))
+    after = state("sb-a", (KV2, "new"), (KV, "kept"), evaluated_at=T0 + MINUTE)
+
+    async def check(store: StateStore) -> None:
+        await store.put_namespace_states([before])
+        await store.put_namespace_states([after])
+        assert await store.namespaces_for_key(KV, "old") == []
+        assert await store.namespaces_for_key(KV, "kept") == [after.id]
+        assert await store.namespaces_for_key(KV2, "new") == [after.id]
+        assert await store.namespaces_for_vault(KV2) == [after.id]
+        assert (await store.get_namespace_state(after.id)) == after
+
+    run(open_store, check)
+
+
+def test_the_index_stays_exact_under_concurrent_writers(open_store: StoreOpener):
+    """Two instances rewriting the same namespaces with different keys at once leave the index matching the states."""
+    rounds = [
+        [state(f"sb-{n}", (KV, f"k{(n + r) % 3}"), evaluated_at=T0 + r * MINUTE) for n in range(4)] for r in range(6)
+    ]
+
+    async def check(store: StateStore) -> None:
+        async with open_store() as other:
+            await asyncio.gather(
+                *((store if r % 2 else other).put_namespace_states(batch) for r, batch in enumerate(rounds))
+            )
+        stored = await store.list_namespace_states()
+        assert stored == sorted(rounds[-1], key=lambda s: s.key)  # the latest evaluation of each wins
+        for name in ("k0", "k1", "k2"):
+            expected = sorted((s.id for s in stored if (KV.lower(), name) in s.key_ids), key=str.lower)
+            assert await store.namespaces_for_key(KV, name) == expected
+
+    run(open_store, check)
+
+
+# -- snapshot
+
+
+def test_snapshot_round_trip(open_store: StoreOpener):
+    """A stored snapshot comes back with its document and time; none stored answers None."""
+    document = {"now": "2026-11-22T00:00:00Z", "vaults": [], "keys": [], "namespaces": []}
+
+    async def check(store: StateStore) -> None:
+        assert await store.get_snapshot() is None
+        assert await store.put_snapshot(document, taken_at=T0) is True
+        stored = await store.get_snapshot()
+        assert stored is not None
+        assert (stored.document, stored.taken_at) == (document, T0)
+
+    run(open_store, check)
+
+
+def test_an_older_snapshot_does_not_replace_a_newer_one(open_store: StoreOpener):
+    """put_snapshot with an earlier time stores nothing and answers False; a later one replaces the stored one."""
+
+    async def check(store: StateStore) -> None:
+        await store.put_snapshot({"n": 2}, taken_at=T0 + MINUTE)
+        assert await store.put_snapshot({"n": 1}, taken_at=T0) is False
+        stored = await store.get_snapshot()
+        assert stored is not None and stored.document == {"n": 2}
+        assert await store.put_snapshot({"n": 3}, taken_at=T0 + 2 * MINUTE) is True
+        stored = await store.get_snapshot()
+        assert stored is not None and stored.document == {"n": 3}
+
+    run(open_store, check)
+
+
+def test_a_multi_megabyte_snapshot_round_trips(open_store: StoreOpener):
+    """A 10,000-namespace fleet's scenario document (several MB) is stored, read back and replaced whole."""
+    document = large_scenario_document()
+    smaller = large_scenario_document(namespaces=2_000, seed=8)
+
+    async def check(store: StateStore) -> None:
+        assert await store.put_snapshot(document, taken_at=T0)
+        stored = await store.get_snapshot()
+        assert stored is not None and stored.document == document
+        assert await store.put_snapshot(smaller, taken_at=T0 + MINUTE)
+        stored = await store.get_snapshot()
+        assert stored is not None and stored.document == smaller
+
+    run(open_store, check)
+
+
+# -- event deduplication
+
+
+def test_an_event_is_new_only_the_first_time(open_store: StoreOpener):
+    """mark_event_processed answers True for a new id and False for every repeat."""
+
+    async def check(store: StateStore) -> None:
+        assert await store.mark_event_processed("e-1", at=T0) is True
+        assert await store.mark_event_processed("e-1", at=T0 + MINUTE) is False
+        assert await store.mark_event_processed("E-1", at=T0) is True  # event ids are compared exactly
+
+    run(open_store, check)
+
+
+def test_concurrent_marks_of_one_event_let_exactly_one_caller_win(open_store: StoreOpener):
+    """Of many concurrent mark_event_processed calls for one id, from two store instances, exactly one gets True."""
+
+    async def check(store: StateStore) -> None:
+        async with open_store() as other:
+            results = await asyncio.gather(
+                *((store if n % 2 else other).mark_event_processed("dup", at=T0) for n in range(40))
+            )
+        assert sorted(results) == [False] * 39 + [True]
+
+    run(open_store, check)
+
+
+def test_purging_forgets_only_events_processed_before_the_cutoff(open_store: StoreOpener):
+    """Purging removes older ids (which are then new again), keeps later ones, and counts what it removed."""
+
+    async def check(store: StateStore) -> None:
+        for n in range(5):
+            await store.mark_event_processed(f"e-{n}", at=T0 + n * MINUTE)
+        assert await store.purge_processed_events(before=T0 + 3 * MINUTE) == 3
+        assert await store.mark_event_processed("e-0", at=T0 + 10 * MINUTE) is True
+        assert await store.mark_event_processed("e-3", at=T0 + 10 * MINUTE) is False
+        assert await store.purge_processed_events(before=T0) == 0
+
+    run(open_store, check)
+
+
+# -- incidents
+
+
+def _incident(**fields: object) -> Incident:
+    values: dict[str, object] = {
+        "namespace_id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ServiceBus/namespaces/sb-a",
+        "condition": "revocation-predicted",
+        "body": {"severity": "critical", "opened_at": "2026-11-22T00:00:00Z"},
+    }
+    values.update(fields)
+    return Incident(**values)  # type: ignore[arg-type]
+
+
+def test_incident_create_read_and_update_with_etags(open_store: StoreOpener):
+    """An incident is created without an ETag, read back with one, and replaced only with the ETag last read."""
+
+    async def check(store: StateStore) -> None:
+        created = await store.put_incident(_incident())
+        assert created.etag
+        read = await store.get_incident(created.namespace_id.upper(), created.condition)
+        assert read == created
+        updated = await store.put_incident(_incident(body={"severity": "warning"}), expected_etag=created.etag)
+        assert updated.etag and updated.etag != created.etag
+        assert await store.get_incident(created.namespace_id, created.condition) == updated
+
+    run(open_store, check)
+
+
+def test_incident_writes_with_a_stale_or_missing_etag_are_refused(open_store: StoreOpener):
+    """Creating an existing incident, or updating one with an old ETag or a missing one, raises StaleWriteError."""
+
+    async def check(store: StateStore) -> None:
+        created = await store.put_incident(_incident())
+        with pytest.raises(StaleWriteError) as exists:
+            await store.put_incident(_incident())
+        assert exists.value.expected_etag is None
+        await store.put_incident(_incident(body={"n": 2}), expected_etag=created.etag)
+        with pytest.raises(StaleWriteError) as stale:
+            await store.put_incident(_incident(body={"n": 3}), expected_etag=created.etag)
+        assert stale.value.expected_etag == created.etag
+        with pytest.raises(StaleWriteError):
+            await store.put_incident(_incident(condition="other"), expected_etag=created.etag)
+        current = await store.get_incident(created.namespace_id, created.condition)
+        assert current is not None and current.body == {"n": 2}
+        assert await store.get_incident(created.namespace_id, "other") is None
+
+    run(open_store, check)
+
+
+def test_of_concurrent_updates_from_one_etag_exactly_one_wins(open_store: StoreOpener):
+    """Many instances updating an incident from the same ETag at once: one succeeds, the rest get StaleWriteError."""
+
+    async def check(store: StateStore) -> None:
+        created = await store.put_incident(_incident())
+        async with open_store() as other:
+            outcomes = await asyncio.gather(
+                *(
+                    (store if n % 2 else other).put_incident(_incident(body={"writer": n}), expected_etag=created.etag)
+                    for n in range(10)
+                ),
+                return_exceptions=True,
+            )
+        winners = [o for o in outcomes if isinstance(o, Incident)]
+        assert len(winners) == 1
+        assert all(isinstance(o, StaleWriteError) for o in outcomes if not isinstance(o, Incident))
+        assert await store.get_incident(created.namespace_id, created.condition) == winners[0]
+
+    run(open_store, check)
+
+
+def test_listing_incidents_can_keep_only_open_ones(open_store: StoreOpener):
+    """list_incidents returns every incident sorted by namespace and condition, or only the open ones."""
+    a_open = _incident(namespace_id="/subscriptions/s/namespaces/sb-a", condition="key-expiring")
+    a_closed = _incident(namespace_id="/subscriptions/s/namespaces/sb-a", condition="access-denied", open=False)
+    b_open = _incident(namespace_id="/subscriptions/s/namespaces/SB-B", condition="revocation-predicted")
+
+    async def check(store: StateStore) -> None:
+        for incident in (b_open, a_open, a_closed):
+            await store.put_incident(incident)
+        everything = await store.list_incidents()
+        assert [(i.namespace_id, i.condition, i.open) for i in everything] == [
+            (a_closed.namespace_id, "access-denied", False),
+            (a_open.namespace_id, "key-expiring", True),
+            (b_open.namespace_id, "revocation-predicted", True),
+        ]
+        assert [i.condition for i in await store.list_incidents(open_only=True)] == [
+            "key-expiring",
+            "revocation-predicted",
+        ]
+
+    run(open_store, check)
+
+
+# -- leases
+
+
+def test_a_lease_has_one_holder_until_it_expires(open_store: StoreOpener):
+    """While A holds the lease B cannot take it; once it has expired B can, and A can neither renew nor release it."""
+    ttl = timedelta(seconds=60)
+
+    async def check(store: StateStore) -> None:
+        assert await store.acquire_lease("poll", "A", ttl, now=T0) is True
+        assert await store.acquire_lease("poll", "B", ttl, now=T0 + timedelta(seconds=59)) is False
+        assert await store.acquire_lease("poll", "A", ttl, now=T0 + timedelta(seconds=30)) is True  # A extends
+        assert await store.acquire_lease("poll", "B", ttl, now=T0 + timedelta(seconds=89)) is False
+        assert await store.acquire_lease("poll", "B", ttl, now=T0 + timedelta(seconds=90)) is True  # expired
+        assert await store.renew_lease("poll", "A", ttl, now=T0 + timedelta(seconds=91)) is False
+        assert await store.release_lease("poll", "A") is False
+        lease = await store.get_lease("poll")
+        assert lease is not None and lease.holder == "B" and lease.expires_at == T0 + timedelta(seconds=150)
+
+    run(open_store, check)
+
+
+def test_a_lease_is_renewed_only_before_it_expires(open_store: StoreOpener):
+    """The holder extends its lease by renewing in time; once expired, renewing fails and it must acquire again."""
+    ttl = timedelta(seconds=60)
+
+    async def check(store: StateStore) -> None:
+        assert await store.acquire_lease("poll", "A", ttl, now=T0)
+        assert await store.renew_lease("poll", "A", ttl, now=T0 + timedelta(seconds=50)) is True
+        lease = await store.get_lease("poll")
+        assert lease is not None and lease.expires_at == T0 + timedelta(seconds=110)
+        assert await store.renew_lease("poll", "A", ttl, now=T0 + timedelta(seconds=110)) is False
+        assert await store.renew_lease("poll", "B", ttl, now=T0) is False
+        assert await store.renew_lease("other", "A", ttl, now=T0) is False
+
+    run(open_store, check)
+
+
+def test_a_released_lease_is_free_for_anyone(open_store: StoreOpener):
+    """After its holder releases it the lease has no record and another holder takes it at once."""
+    ttl = timedelta(minutes=5)
+
+    async def check(store: StateStore) -> None:
+        assert await store.acquire_lease("poll", "A", ttl, now=T0)
+        assert await store.release_lease("poll", "A") is True
+        assert await store.get_lease("poll") is None
+        assert await store.acquire_lease("poll", "B", ttl, now=T0 + MINUTE) is True
+        assert await store.acquire_lease("other", "A", ttl, now=T0 + MINUTE) is True  # leases are independent
+
+    run(open_store, check)
+
+
+def test_concurrent_acquirers_get_the_lease_once(open_store: StoreOpener):
+    """Of many holders on two store instances trying to take a free or an expired lease at once, exactly one gets it."""
+    ttl = timedelta(minutes=5)
+
+    async def race(store: StateStore, other: StateStore, now_offset: timedelta) -> list[bool]:
+        now = T0 + now_offset
+        return list(
+            await asyncio.gather(
+                *((store if n % 2 else other).acquire_lease("poll", f"h{n}", ttl, now=now) for n in range(12))
+            )
+        )
+
+    async def check(store: StateStore) -> None:
+        async with open_store() as other:
+            assert (await race(store, other, timedelta(0))).count(True) == 1
+            assert (await race(store, other, ttl)).count(True) == 1  # the first lease has just expired
+
+    run(open_store, check)

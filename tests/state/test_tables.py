@@ -1,0 +1,270 @@
+"""What the Table store adds to the contract, against a real Azurite: entity layout, limits, cleanup, secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from azure.data.tables import TableEntity, UpdateMode
+from azure.data.tables.aio import TableServiceClient
+
+from monitor.adapters import state_tables
+from monitor.adapters.state_tables import TableStateStore
+from monitor.domain.errors import StateStoreError
+from monitor.state import Incident
+from tests.state.support import (
+    AZURITE_KEY,
+    T0,
+    Azurite,
+    free_port,
+    large_scenario_document,
+    state,
+)
+
+KV = "https://kv-payments.vault.azure.net"
+MINUTE = timedelta(minutes=1)
+FORBIDDEN_IN_KEYS = set("/\\#?") | {chr(c) for c in range(0x20)} | {chr(c) for c in range(0x7F, 0xA0)}
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh table prefix: a test's own set of tables in the session's Azurite."""
+    return f"t{uuid.uuid4().hex[:16]}"
+
+
+@asynccontextmanager
+async def opened(azurite: Azurite, prefix: str) -> AsyncIterator[TableStateStore]:
+    async with TableStateStore.from_connection_string(azurite.connection_string, table_prefix=prefix) as store:
+        yield store
+
+
+async def rows(store: TableStateStore, table: str) -> list[dict[str, object]]:
+    return [dict(entity) async for entity in store.entities(table)]
+
+
+def test_the_store_creates_its_tables_when_missing(azurite: Azurite, prefix: str):
+    """The first call on a fresh prefix creates the six tables, named prefix + purpose."""
+
+    async def scenario() -> set[str]:
+        async with opened(azurite, prefix) as store:
+            await store.get_lease("poll")
+        async with TableServiceClient.from_connection_string(azurite.connection_string) as service:
+            return {t.name async for t in service.list_tables() if t.name.startswith(prefix)}
+
+    assert asyncio.run(scenario()) == {
+        f"{prefix}{t}" for t in ("namespaces", "keyindex", "snapshot", "events", "incidents", "leases")
+    }
+
+
+def test_a_large_snapshot_is_split_into_entities_within_azure_limits(azurite: Azurite, prefix: str):
+    """A 10,000-namespace snapshot spans several chunk entities, each property under 64 KiB, each entity under 1 MiB."""
+    document = large_scenario_document()
+
+    async def scenario() -> list[dict[str, object]]:
+        async with opened(azurite, prefix) as store:
+            await store.put_snapshot(document, taken_at=T0)
+            return await rows(store, "snapshot")
+
+    entities = asyncio.run(scenario())
+    chunks = [e for e in entities if e["RowKey"] != "head"]
+    assert len(chunks) >= 2
+    for chunk in chunks:
+        pieces = [value for name, value in chunk.items() if name.startswith("D")]
+        assert all(isinstance(p, bytes) and len(p) <= 64 * 1024 for p in pieces)
+        assert sum(len(p) for p in pieces if isinstance(p, bytes)) < 1024 * 1024 - 64 * 1024
+    head = next(e for e in entities if e["RowKey"] == "head")
+    assert head["Chunks"] == len(chunks)
+
+
+def test_replacing_a_snapshot_removes_the_old_chunks_and_orphans(azurite: Azurite, prefix: str):
+    """After a newer snapshot is stored only its head and chunks remain: the replaced and a dead writer's are gone."""
+
+    async def scenario() -> list[dict[str, object]]:
+        async with opened(azurite, prefix) as store:
+            await store.put_snapshot(large_scenario_document(namespaces=5_000), taken_at=T0)
+            client = TableServiceClient.from_connection_string(azurite.connection_string)
+            async with client, client.get_table_client(store.table_name("snapshot")) as table:
+                # What a writer that died before flipping the head leaves behind.
+                await table.upsert_entity(
+                    {"PartitionKey": "snapshot", "RowKey": "deadbeef-00000", "TakenAt": T0, "D00": b"x"},
+                    mode=UpdateMode.REPLACE,
+                )
+            await store.put_snapshot({"n": 2}, taken_at=T0 + timedelta(minutes=5))
+            return await rows(store, "snapshot")
+
+    entities = asyncio.run(scenario())
+    head = next(e for e in entities if e["RowKey"] == "head")
+    assert sorted(str(e["RowKey"]) for e in entities) == sorted(["head", f"{head['Generation']}-00000"])
+
+
+def test_readers_never_see_a_half_replaced_snapshot(azurite: Azurite, prefix: str, monkeypatch: pytest.MonkeyPatch):
+    """While one instance keeps replacing a many-chunk snapshot, another only ever reads whole documents it wrote."""
+    monkeypatch.setattr(state_tables, "_PIECE", 512)  # small pieces: a small document spans many chunk entities
+    documents = [{"version": n, "padding": [f"{n}-{i}-{i * n:x}" for i in range(2_000)]} for n in range(4)]
+
+    async def scenario() -> list[object]:
+        async with opened(azurite, prefix) as writer, opened(azurite, prefix) as reader:
+            await writer.put_snapshot(documents[0], taken_at=T0)
+
+            async def write() -> None:
+                for n, document in enumerate(documents[1:], start=1):
+                    await writer.put_snapshot(document, taken_at=T0 + timedelta(minutes=n))
+
+            async def read() -> list[object]:
+                seen: list[object] = []
+                for _ in range(12):
+                    stored = await reader.get_snapshot()
+                    assert stored is not None
+                    seen.append(stored.document)
+                return seen
+
+            _, seen = await asyncio.gather(write(), read())
+            return seen
+
+    for document in asyncio.run(scenario()):
+        assert document in documents
+
+
+def test_a_reader_whose_snapshot_is_replaced_mid_read_follows_the_new_head(
+    azurite: Azurite, prefix: str, monkeypatch: pytest.MonkeyPatch
+):
+    """When the chunks a reader was about to read are replaced and removed, it reads the new snapshot instead."""
+    monkeypatch.setattr(state_tables, "_PIECE", 512)
+    old = {"version": 1, "padding": [f"old-{i}" for i in range(3_000)]}
+    new = {"version": 2, "padding": [f"new-{i}" for i in range(3_000)]}
+
+    async def scenario() -> object:
+        async with opened(azurite, prefix) as writer, opened(azurite, prefix) as reader:
+            await writer.put_snapshot(old, taken_at=T0)
+            query = reader._query
+            replaced = False
+
+            async def replace_first(table: str, text: str, **kwargs: Any) -> list[TableEntity]:
+                nonlocal replaced
+                if not replaced:  # between the reader's head read and its chunk read
+                    replaced = True
+                    await writer.put_snapshot(new, taken_at=T0 + timedelta(minutes=5))
+                return await query(table, text, **kwargs)
+
+            monkeypatch.setattr(reader, "_query", replace_first)
+            stored = await reader.get_snapshot()
+            assert replaced and stored is not None
+            return stored.document
+
+    assert asyncio.run(scenario()) == new
+
+
+def test_keys_hold_no_character_azure_forbids(azurite: Azurite, prefix: str):
+    """ARM ids, key names, event ids and conditions full of '/', '#' and '?' never reach a PartitionKey or RowKey."""
+    weird = state("sb-a#1?x", ("https://kv.vault.azure.net/", "key/with#odd?chars"))
+
+    async def scenario() -> list[dict[str, object]]:
+        async with opened(azurite, prefix) as store:
+            await store.put_namespace_states([weird])
+            await store.mark_event_processed("evt/1#2?3\\4", at=T0)
+            await store.put_incident(Incident(namespace_id=weird.id, condition="key/with#odd?chars", body={}))
+            await store.acquire_lease("poll/#?", "A", timedelta(minutes=1), now=T0)
+            await store.put_snapshot({"n": 1}, taken_at=T0)
+            assert await store.namespaces_for_key("https://kv.vault.azure.net", "KEY/with#odd?chars") == [weird.id]
+            everything = []
+            for table in ("namespaces", "keyindex", "snapshot", "events", "incidents", "leases"):
+                everything += await rows(store, table)
+            return everything
+
+    entities = asyncio.run(scenario())
+    assert len(entities) == 7
+    for entity in entities:
+        for key in (str(entity["PartitionKey"]), str(entity["RowKey"])):
+            assert not FORBIDDEN_IN_KEYS & set(key) and len(key) <= 1024
+
+
+def test_an_interrupted_index_update_is_hidden_then_cleaned_up(azurite: Azurite, prefix: str):
+    """An index entry a dead writer left behind (no longer listed) is never answered, and the next write removes it."""
+    current = state("sb-a", (KV, "kept"))
+
+    async def scenario() -> tuple[list[str], list[str], list[str]]:
+        async with opened(azurite, prefix) as store:
+            await store.put_namespace_states([current])
+            # Leave what a writer that died mid-way would: an entry for "dropped", recorded in IndexedKeyIds.
+            client = TableServiceClient.from_connection_string(azurite.connection_string)
+            async with client, client.get_table_client(store.table_name("namespaces")) as table:
+                entity = next(iter(await rows(store, "namespaces")))
+                entity["IndexedKeyIds"] = json.dumps([[KV, "dropped"], [KV, "kept"]])
+                await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+            await store._add_index(current.id, [(KV, "dropped")])
+            left = sorted(str(e["KeyName"]) for e in await rows(store, "keyindex"))
+            answered = await store.namespaces_for_key(KV, "dropped")
+            await store.put_namespace_states([current])
+            return left, answered, sorted(str(e["KeyName"]) for e in await rows(store, "keyindex"))
+
+    assert asyncio.run(scenario()) == (["dropped", "kept"], [], ["kept"])
+
+
+def test_repr_and_failures_never_show_the_account_key(prefix: str):
+    """The store's repr and the StateStoreError of an unreachable account name the endpoint, never the key."""
+    port = free_port()  # nothing listens there
+    connection_string = (
+        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+        f"TableEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+    )
+
+    async def scenario() -> tuple[str, StateStoreError]:
+        async with TableStateStore.from_connection_string(
+            connection_string, table_prefix=prefix, retry_total=0
+        ) as store:
+            try:
+                await store.get_lease("poll")
+            except StateStoreError as error:
+                return repr(store), error
+            raise AssertionError("an unreachable account must raise StateStoreError")
+
+    shown, error = asyncio.run(scenario())
+    assert shown == f"TableStateStore(endpoint='http://127.0.0.1:{port}/devstoreaccount1', table_prefix='{prefix}')"
+    for text in (shown, str(error), repr(error)):
+        assert AZURITE_KEY not in text and AZURITE_KEY[:20] not in text
+    assert "could not connect" in error.reason
+
+
+def test_a_table_prefix_azure_would_reject_is_refused():
+    """A prefix that would make an invalid table name raises ValueError before any request."""
+    with pytest.raises(ValueError, match="table_prefix"):
+        TableStateStore.from_connection_string(
+            "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=a2V5;TableEndpoint=http://127.0.0.1:1/a;",
+            table_prefix="key-health",
+        )
+
+
+def test_concurrent_writers_leave_every_listed_key_in_the_raw_index(azurite: Azurite, prefix: str):
+    """Three instances rewriting namespaces with shifting keys at once leave an index entry for every key listed."""
+    rng = random.Random(3)
+    rounds = [
+        [
+            state(
+                f"sb-{n}",
+                *[(KV, f"k{rng.randrange(4)}") for _ in range(rng.randrange(3))],
+                evaluated_at=T0 + r * MINUTE // 2,
+            )
+            for n in range(4)
+        ]
+        for r in range(9)
+    ]
+
+    async def scenario() -> tuple[set[tuple[str, tuple[str, str]]], set[tuple[str, tuple[str, str]]]]:
+        async with opened(azurite, prefix) as a, opened(azurite, prefix) as b, opened(azurite, prefix) as c:
+            stores = (a, b, c)
+            await asyncio.gather(*(stores[r % 3].put_namespace_states(batch) for r, batch in enumerate(rounds)))
+            listed = {(s.id, key_id) for s in await a.list_namespace_states() for key_id in s.key_ids}
+            indexed = {
+                (str(e["NamespaceId"]), (str(e["VaultId"]), str(e["KeyName"]))) for e in await rows(a, "keyindex")
+            }
+            return listed, indexed
+
+    listed, indexed = asyncio.run(scenario())
+    assert listed <= indexed
