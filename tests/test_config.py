@@ -70,3 +70,14 @@ def test_the_static_token_never_shows():
     assert settings.static_token == "s3cr3t-token"
     assert "s3cr3t-token" not in repr(settings)
     assert "static_token='***'" in repr(settings) or "static_token=***" in repr(settings)
+
+
+def test_the_local_settings_example_lists_every_setting_with_a_valid_value():
+    """local.settings.json.example names every setting, and its values pass validation."""
+    import json
+
+    example = json.loads((Path(__file__).resolve().parent.parent / "local.settings.json.example").read_text())
+    values = example["Values"]
+    assert {spec.name for spec in SETTINGS.values()} <= set(values)
+    Settings.from_environment({k: v for k, v in values.items() if k.startswith("KEYHEALTH_")})
+    assert values["KEYHEALTH_POLL_SCHEDULE"] == "0 */5 * * * *"

@@ -166,7 +166,7 @@ def state(
 
 
 def large_scenario_document(namespaces: int = 10_000, seed: int = 7) -> dict[str, object]:
-    """A scenario document of a fleet of `namespaces` (several MB of JSON, about 1 MB compressed).
+    """A scenario document of a fleet of `namespaces` (10,000: 8.6 MB of JSON, 1.6 MB compressed).
 
     Principal ids and tags are random so it does not compress to nothing: the store must really
     split it across entities.
