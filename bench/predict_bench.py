@@ -13,8 +13,8 @@ Printed: the time to build the scenario; then `evaluate` (`monitor.domain.fleet`
 findings, on one core) as `keyhealth simulate` runs it, inside `monitor.runtime.batch_gc`, timed in
 its two halves (World build + prediction, then findings) and in total, wall and CPU, with the time the
 cyclic garbage collector took (gc callbacks) and the peak RSS. Options: --default-gc evaluates with
-the collector as Python sets it instead; --verify N holds the fast usable intervals of N sampled
-namespaces to the point-by-point reference; --digest prints a hash of every prediction and finding,
+Python's default collector instead; --verify N holds the usable intervals and assessments of N
+sampled namespaces to `assess`, point by point; --digest prints a hash of every prediction and finding,
 to compare runs of two versions of the code; --profile N prints the top N functions of a cProfile run.
 """
 
@@ -56,8 +56,8 @@ from monitor.domain.model import (
     UpdateVersion,
     Vault,
 )
-from monitor.domain.prediction import predict_scenario, usable_intervals, usable_intervals_by_points
-from monitor.domain.usability import World
+from monitor.domain.prediction import Status, predict_scenario, usable_intervals, usable_intervals_by_points
+from monitor.domain.usability import World, assess
 from monitor.runtime import batch_gc
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
@@ -301,21 +301,43 @@ class _GcTimer:
         return f"{sum(self.seconds):.2f} s ({', '.join(parts)})"
 
 
-def _verify(scenario: Scenario, count: int, seed: int) -> int:
-    """Compare the usable intervals of `count` sampled namespaces with point-by-point evaluation."""
+def _verify(scenario: Scenario, report: FleetReport, count: int, seed: int) -> tuple[int, int, int]:
+    """Hold sampled namespaces to point-by-point evaluation with `assess`: each reference's usable
+    intervals, and the assessments the prediction reports now and at the first revocation.
+
+    Samples `count` namespaces at random, and as many among those not healthy or at risk, which take
+    the other paths. Returns (namespaces checked, of them not healthy or at risk, mismatches).
+    """
     world = World(scenario.snapshot, scenario.changes)
     now, horizon = scenario.now, scenario.effective_horizon
     namespaces = scenario.snapshot.namespaces
-    sample = random.Random(seed).sample(range(len(namespaces)), min(count, len(namespaces)))
+    predictions = {item.prediction.namespace.id: item.prediction for item in report.namespaces}
+    rng = random.Random(seed)
+    at_risk = [
+        n for n in namespaces if predictions[n.id].status_now is not Status.HEALTHY or predictions[n.id].stretches
+    ]
+    sample = rng.sample(namespaces, min(count, len(namespaces)))
+    sample += rng.sample(at_risk, min(count, len(at_risk)))
     mismatches = 0
-    for index in sample:
-        namespace = namespaces[index]
-        for ref in namespace.keys:
+    for namespace in sample:
+        prediction = predictions[namespace.id]
+        first = prediction.stretches[0].start if prediction.stretches else None
+        for position, ref in enumerate(namespace.keys):
             fast = usable_intervals(world, namespace, ref, now, horizon)
             if fast != usable_intervals_by_points(world, namespace, ref, now, horizon):
                 mismatches += 1
                 print(f"MISMATCH {namespace.name} {ref.url}: {fast}", file=sys.stderr)
-    return mismatches
+            now_assessment = prediction.assessments_now[position]
+            if now_assessment != assess(world, namespace, ref, now):
+                mismatches += 1
+                print(f"MISMATCH {namespace.name} {ref.url} now: {now_assessment}", file=sys.stderr)
+            at_revocation = prediction.assessments_at_revocation
+            if first is not None and (
+                at_revocation is None or at_revocation[position] != assess(world, namespace, ref, first)
+            ):
+                mismatches += 1
+                print(f"MISMATCH {namespace.name} {ref.url} at {first}: {at_revocation}", file=sys.stderr)
+    return len(sample), min(count, len(at_risk)), mismatches
 
 
 def _digest(report: FleetReport) -> str:
@@ -416,8 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.digest:
         print(f"digest:            {_digest(report)}")
     if args.verify:
-        mismatches = _verify(scenario, args.verify, args.seed)
-        print(f"verify:            {args.verify:,} namespaces against point evaluation: {mismatches} mismatches")
+        checked, risky, mismatches = _verify(scenario, report, args.verify, args.seed)
+        outcome = f"{checked:,} namespaces ({risky:,} not healthy or at risk) against assess: {mismatches} mismatches"
+        print(f"verify:            {outcome}")
         if mismatches:
             return 1
     if profiler is not None:

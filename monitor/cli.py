@@ -107,6 +107,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="colour the table")
 
+    serve = commands.add_parser(
+        "serve",
+        help="run the monitor as a web service: the scheduled poll, the Event Grid webhook, status and health",
+        description=(
+            "Poll on KEYHEALTH_POLL_SCHEDULE (and at start-up), take Key Vault events at POST /api/events, "
+            "serve GET /status and /healthz, until SIGINT or SIGTERM."
+        ),
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+
     sandbox = commands.add_parser(
         "sandbox",
         help="serve a scenario over the real Azure REST APIs on loopback (HTTPS)",
@@ -237,6 +248,19 @@ def demo(args: argparse.Namespace, stdout: TextIO) -> int:
     return run_demo(stdout, scenario_path=args.scenario, pace=pace, colour=_use_colour(args.color, stdout), width=width)
 
 
+def serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from monitor.serve import run_serve
+
+    settings = Settings.from_environment()
+    try:
+        return run_serve(
+            settings, args.host, args.port, lambda url: print(f"keyhealth: serving at {url}", file=stdout, flush=True)
+        )
+    except OSError as error:
+        print(f"keyhealth: error: cannot serve on {args.host}:{args.port}: {error.strerror}", file=stderr)
+        return EXIT_INVALID
+
+
 def sandbox(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from monitor.sandbox.run import run_sandbox
 
@@ -267,6 +291,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
             return check(args, out, err)
         if args.command == "demo":
             return demo(args, out)
+        if args.command == "serve":
+            return serve(args, out, err)
         if args.command == "sandbox":
             return sandbox(args, out, err)
     except KeyhealthError as error:

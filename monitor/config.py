@@ -209,6 +209,13 @@ SETTINGS: dict[str, SettingSpec] = {
         "Key reads in flight at once during a scan.",
         _whole(1, 1024, "a number of requests"),
     ),
+    "webhook_secret": SettingSpec(
+        "KEYHEALTH_WEBHOOK_SECRET",
+        "",
+        "Shared secret `keyhealth serve` requires on its routes (?code= or x-keyhealth-key); a secret.",
+        _text,
+        secret=True,
+    ),
 }
 
 
@@ -232,6 +239,7 @@ class Settings:
     tables_connection_string: str | None = None
     table_prefix: str = "keyhealth"
     concurrency: int = 32
+    webhook_secret: str | None = None
 
     @property
     def thresholds(self) -> Thresholds:

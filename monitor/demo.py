@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from monitor.bootstrap import azure_readers
+import aiohttp
+
+from monitor.bootstrap import build_monitor
 from monitor.config import Settings
-from monitor.domain.findings import Severity, humanize
-from monitor.domain.fleet import FleetReport
+from monitor.domain.findings import humanize
 from monitor.domain.model import (
     KEEP,
     Change,
@@ -28,12 +30,11 @@ from monitor.domain.model import (
     UpdateVersion,
     vault_short_name,
 )
-from monitor.domain.prediction import Status
-from monitor.domain.scenario import format_instant
+from monitor.domain.scenario import format_instant, parse_instant
 from monitor.render import render_table
 from monitor.sandbox import Sandbox
 from monitor.scenario_io import load_scenario
-from monitor.service import check
+from monitor.serve import Server
 
 DEMO_FLEET = "demo-fleet.json"
 
@@ -78,16 +79,25 @@ def describe_change(change: Change) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Row:
-    status: Status
-    earliest: datetime | None
-    worst: Severity | None
+    status: str
+    earliest: str | None
+    worst: str | None
+    top: str  # "; <severity> <code>" of the worst finding, or ""
 
 
-def _rows(report: FleetReport) -> dict[str, _Row]:
-    return {
-        n.prediction.namespace.name: _Row(n.prediction.status_now, n.prediction.revoked_at_earliest, n.worst)
-        for n in report.namespaces
-    }
+def _row(document: Mapping[str, Any]) -> _Row:
+    findings = document.get("findings") or []
+    top = findings[0] if findings else None
+    detail = f"; {top['severity']} {top['code']}" if top else ""
+    return _Row(document["status_now"], document.get("revoked_at_earliest"), top["severity"] if top else None, detail)
+
+
+async def _status_rows(session: aiohttp.ClientSession, serve_url: str) -> dict[str, _Row]:
+    """Every namespace's last judgement, as `GET /status` of `keyhealth serve` reports it."""
+    async with session.get(f"{serve_url}/status") as reply:
+        reply.raise_for_status()
+        body = await reply.json()
+    return {document["name"]: _row(document) for document in body["namespaces"]}
 
 
 def _steps(scenario: Scenario) -> list[datetime]:
@@ -104,67 +114,97 @@ def run_demo(
     width: int = 100,
     steps: int | None = None,
 ) -> int:
-    """Serve the fleet, check it over HTTPS, then step the stand-in's clock through the timeline.
+    """Serve the fleet, run `serve` against it, then step the stand-in's clock through the timeline.
 
     Returns 0: the demo shows problems, it does not have them. Raises ScenarioError for a bad file.
     """
     path = scenario_path or bundled_fleet()
     scenario, _ = load_scenario(path)
-    with Sandbox(scenario) as sandbox:
-        settings = Settings.from_environment(sandbox.environment())
-        print(f"keyhealth demo: a local Azure stand-in serves {path.name} at {sandbox.url}", file=stdout)
-        print(
-            "the real Azure SDK clients read it over HTTPS (ARM + Key Vault), exactly as `keyhealth check` "
-            "reads a subscription\n",
-            file=stdout,
-        )
-        report = asyncio.run(_check(settings, sandbox.clock.now()))
-        stdout.write(render_table(report, colour=colour, width=width))
-        previous = _rows(report)
-        plan = _steps(scenario)[:steps] if steps is not None else _steps(scenario)
-        for instant in plan:
-            if pace:
-                time.sleep(pace)
-            sandbox.clock.set(instant + timedelta(seconds=1))
-            now = sandbox.clock.now()
-            happened = [c for c in scenario.changes if c.at == instant]
-            print(f"\n== {format_instant(now)} ({humanize(now - scenario.now).removeprefix('in ')} later)", file=stdout)
-            for change in happened:
-                print(f"   {describe_change(change)}", file=stdout)
-            report = asyncio.run(_check(settings, now))
-            current = _rows(report)
-            _print_differences(stdout, previous, current, report, now)
-            previous = current
-        print(
-            "\nThat was the timeline. Next: `keyhealth sandbox FILE` serves your own scenario; "
-            "`keyhealth check` reads a real subscription.",
-            file=stdout,
-        )
+    plan = _steps(scenario)[:steps] if steps is not None else _steps(scenario)
+    with tempfile.TemporaryDirectory(prefix="keyhealth-demo-") as state_dir:
+        asyncio.run(_demo(stdout, scenario, path, plan, pace, colour, width, Path(state_dir)))
     return 0
 
 
-async def _check(settings: Settings, now: datetime) -> FleetReport:
-    async with azure_readers(settings) as readers:
-        _, report = await check(readers, now=now, thresholds=settings.thresholds, concurrency=settings.concurrency)
-    return report
-
-
-def _print_differences(
-    stdout: TextIO, previous: dict[str, _Row], current: dict[str, _Row], report: FleetReport, now: datetime
+async def _demo(
+    stdout: TextIO,
+    scenario: Scenario,
+    path: Path,
+    plan: list[datetime],
+    pace: float,
+    colour: bool,
+    width: int,
+    state_dir: Path,
 ) -> None:
+    async with Sandbox(scenario) as sandbox:
+        environment = {**sandbox.environment(), "KEYHEALTH_SQLITE_PATH": str(state_dir / "state.sqlite")}
+        settings = Settings.from_environment(environment)
+        # The demo drives the poll itself as the stand-in's clock jumps (tick: the loop never wakes on its own).
+        server = Server(build_monitor(settings), schedule=settings.poll_schedule, now=sandbox.clock.now, tick=3600)
+        serve_url = await server.start("127.0.0.1", 0)
+        try:
+            print(f"keyhealth demo: a local Azure stand-in serves {path.name} at {sandbox.url}", file=stdout)
+            print(
+                "the real Azure SDK clients read it over HTTPS (ARM + Key Vault), exactly as `keyhealth check` "
+                "reads a subscription",
+                file=stdout,
+            )
+            print(
+                f"`keyhealth serve` runs at {serve_url}: it polls on its schedule and the stand-in delivers "
+                "its Key Vault events to /api/events\n",
+                file=stdout,
+            )
+            await server.poll_if_due()  # the start-up poll
+            first = server.last_poll
+            if first is None or first.result is None or first.result.report is None:
+                raise RuntimeError(f"the start-up poll did not run: {first.error if first else 'no poll'}")
+            stdout.write(render_table(first.result.report, colour=colour, width=width))
+            subscription = await sandbox.deliver_events_to_async(f"{serve_url}/api/events", "eventgrid")
+            async with aiohttp.ClientSession() as session:
+                previous = await _status_rows(session, serve_url)
+                seen = 0
+                for instant in plan:
+                    if pace:
+                        await asyncio.sleep(pace)
+                    sandbox.clock.set(instant + timedelta(seconds=1))
+                    now = sandbox.clock.now()
+                    happened = [c for c in scenario.changes if c.at == instant]
+                    later = humanize(now - scenario.now).removeprefix("in ")
+                    print(f"\n== {format_instant(now)} ({later} later)", file=stdout)
+                    for change in happened:
+                        print(f"   {describe_change(change)}", file=stdout)
+                    await sandbox.flush_events_async()  # Event Grid -> POST /api/events -> re-evaluated
+                    deliveries = subscription.deliveries
+                    for delivery in deliveries[seen:]:
+                        kind = delivery.event.type.rsplit(".", 1)[-1]
+                        answer = "accepted" if delivery.delivered else f"not accepted ({delivery.error})"
+                        print(f"   event {kind} ({delivery.event.subject}) delivered: {answer}", file=stdout)
+                    seen = len(deliveries)
+                    await server.poll_if_due()  # the scheduled poll the clock has passed
+                    current = await _status_rows(session, serve_url)
+                    _print_differences(stdout, previous, current, now)
+                    previous = current
+        finally:
+            await server.stop()
+    print(
+        "\nThat was the timeline. Next: `keyhealth sandbox FILE` serves your own scenario; "
+        "`keyhealth serve` watches a real subscription.",
+        file=stdout,
+    )
+
+
+def _print_differences(stdout: TextIO, previous: dict[str, _Row], current: dict[str, _Row], now: datetime) -> None:
     changed = [name for name, row in current.items() if previous.get(name) != row]
     if not changed:
         print("   no namespace's prediction changed", file=stdout)
         return
-    findings = {n.prediction.namespace.name: n.findings for n in report.namespaces}
     for name in changed:
         before, after = previous.get(name), current[name]
         window = "no revocation predicted"
         if after.earliest is not None:
-            window = f"revoked from {format_instant(after.earliest)} ({humanize(after.earliest - now)})"
-        status = after.status.value
+            earliest = parse_instant(after.earliest, "revoked_at_earliest")
+            window = f"revoked from {format_instant(earliest)} ({humanize(earliest - now)})"
+        status = after.status
         if before is not None and before.status != after.status:
-            status = f"{before.status.value} -> {after.status.value}"
-        top = findings[name][0] if findings[name] else None
-        detail = f"; {top.severity.label} {top.code.value}" if top else ""
-        print(f"   {name:<14} {status:<20} {window}{detail}", file=stdout)
+            status = f"{before.status} -> {after.status}"
+        print(f"   {name:<14} {status:<20} {window}{after.top}", file=stdout)

@@ -12,7 +12,7 @@ import azure.functions as func
 from monitor.bootstrap import build_monitor
 from monitor.config import Settings
 from monitor.events import KeyVaultEvent, RejectedEvent, SubscriptionValidation, parse_event
-from monitor.service import EventOutcome, Monitor, handle_event, poll
+from monitor.service import EventOutcome, Monitor, handle_event, poll, status_document
 
 log = logging.getLogger("keyhealth")
 _monitor: Monitor | None = None
@@ -95,19 +95,5 @@ async def on_timer(timer: func.TimerRequest) -> None:
 
 async def status(namespace: str | None) -> func.HttpResponse:
     """The fleet's last known state as JSON, or one namespace's (by name or ARM id)."""
-    states = await monitor().store.list_namespace_states()
-    if namespace is None:
-        body: object = {
-            "namespaces": [{**dict(state.document), "evaluated_at": state.evaluated_at.isoformat()} for state in states]
-        }
-    else:
-        wanted = namespace.lower()
-        found = next((s for s in states if s.key == wanted or (s.name or "").lower() == wanted), None)
-        if found is None:
-            return func.HttpResponse(
-                json.dumps({"error": f"no namespace {namespace!r} is known"}),
-                status_code=404,
-                mimetype="application/json",
-            )
-        body = {**dict(found.document), "evaluated_at": found.evaluated_at.isoformat()}
-    return func.HttpResponse(json.dumps(body), status_code=200, mimetype="application/json")
+    code, body = await status_document(monitor().store, namespace)
+    return func.HttpResponse(json.dumps(body), status_code=code, mimetype="application/json")

@@ -302,3 +302,20 @@ async def handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime)
     first = await monitor.store.mark_event_processed(event.id, at=now)
     outcome = EventOutcome.EVALUATED if first else EventOutcome.DUPLICATE
     return EventResult(outcome, tuple(n.id for n in namespaces), report)
+
+
+async def status_document(store: StateStore, namespace: str | None) -> tuple[int, dict[str, Any]]:
+    """The fleet's last known state, or one namespace's (by name or ARM id), as (HTTP status, JSON body).
+
+    The one implementation behind the status routes of both hosts (Functions and `keyhealth serve`).
+    """
+    states = await store.list_namespace_states()
+    if namespace is None:
+        return 200, {
+            "namespaces": [{**dict(state.document), "evaluated_at": state.evaluated_at.isoformat()} for state in states]
+        }
+    wanted = namespace.lower()
+    found = next((s for s in states if s.key == wanted or (s.name or "").lower() == wanted), None)
+    if found is None:
+        return 404, {"error": f"no namespace {namespace!r} is known"}
+    return 200, {**dict(found.document), "evaluated_at": found.evaluated_at.isoformat()}

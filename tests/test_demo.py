@@ -1,4 +1,4 @@
-"""`keyhealth demo`: the stand-in, a check over HTTPS and the timeline, in one command."""
+"""`keyhealth demo`: the stand-in, `serve` reading it over HTTPS, and the timeline with its events, in one command."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ from tests.builders import run_cli
 
 
 def test_the_demo_reads_the_fleet_over_https_then_plays_the_timeline():
-    """The demo prints the first check's table, then each step's change and the predictions it moved."""
+    """The demo prints the first poll's table, then each step's change, its delivered events and what /status moved."""
     run = run_cli("demo", "--pace", "0", "--color", "never")
     assert run.status == 0, run.stderr
     out = run.stdout
     assert "a local Azure stand-in serves demo-fleet.json at https://127.0.0.1:" in out
+    assert "`keyhealth serve` runs at http://127.0.0.1:" in out
+    assert "event KeyNewVersionCreated (sb-audit) delivered: accepted" in out
     assert "NAMESPACE" in out and "sb-orders" in out
     assert "key sb-inventory in kv-payments deleted" in out
     assert "sb-inventory   healthy -> revoked" in out
@@ -18,4 +20,4 @@ def test_the_demo_reads_the_fleet_over_https_then_plays_the_timeline():
     assert "rotated to version eccbc87e4b5ce2fe28308fd9f2a7baf3 (disabled!)" in out
     assert "sb-audit       healthy -> revoked" in out
     assert "sb-payments    healthy -> degraded" in out
-    assert out.rstrip().endswith("reads a real subscription.")
+    assert out.rstrip().endswith("watches a real subscription.")

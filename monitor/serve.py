@@ -1,0 +1,401 @@
+"""`keyhealth serve`: the Functions app's work outside Functions, on aiohttp.web.
+
+The poll runs on the Functions timer's NCRONTAB schedule (and once at start-up); Key Vault events arrive
+over an Event Grid webhook (either schema, with both endpoint handshakes); status and health are served
+as JSON. One process, one event loop; SIGINT/SIGTERM stop it gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from monitor.config import Settings
+from monitor.domain.errors import EventBodyError, SettingError
+from monitor.events import KeyVaultEvent, RejectedEvent, SubscriptionValidation, parse_delivery
+from monitor.service import Monitor, PollResult, handle_event, poll, status_document
+
+log = logging.getLogger("keyhealth")
+
+MAX_BODY = 1024 * 1024  # Event Grid delivers at most 1 MB per batch
+EVENT_CONTENT_TYPES = frozenset(
+    {"application/json", "application/cloudevents+json", "application/cloudevents-batch+json"}
+)
+SECRET_HEADER = "x-keyhealth-key"
+HEALTHY_PERIODS = 2  # /healthz fails when no poll succeeded within this many schedule periods
+
+
+# --- NCRONTAB: second minute hour day month weekday ----------------------------------------------------
+
+_FIELDS = (("second", 0, 59), ("minute", 0, 59), ("hour", 0, 23), ("day", 1, 31), ("month", 1, 12), ("weekday", 0, 6))
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A parsed NCRONTAB schedule: the values each field allows (weekday 0 is Sunday)."""
+
+    text: str
+    seconds: frozenset[int]
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]
+
+
+def _field_values(name: str, text: str, low: int, high: int) -> frozenset[int]:
+    values: set[int] = set()
+    for part in text.split(","):
+        span, _, step_text = part.partition("/")
+        try:
+            step = int(step_text) if step_text else 1
+            if span == "*":
+                start, end = low, high
+            elif "-" in span:
+                first, _, last = span.partition("-")
+                start, end = int(first), int(last)
+            else:
+                start = int(span)
+                end = high if step_text else start
+        except ValueError:
+            raise ValueError(f"{name} field {text!r}: {part!r} is not *, a number, a range or a step") from None
+        if name == "weekday" and end == 7:  # 7 is Sunday too
+            values.add(0)
+            end = 6 if start <= 6 else 7
+            if start == 7:
+                continue
+        if step < 1 or not low <= start <= end <= high:
+            raise ValueError(f"{name} field {text!r}: {part!r} is outside {low}-{high}")
+        values.update(range(start, end + 1, step))
+    return frozenset(values)
+
+
+def parse_schedule(text: str) -> Schedule:
+    """Parse a six-field NCRONTAB schedule (`*`, numbers, lists, ranges, `*/n`, `a-b/n`).
+
+    Raises ValueError naming the field that is not understood.
+    """
+    parts = text.split()
+    if len(parts) != len(_FIELDS):
+        raise ValueError(f"{text!r} has {len(parts)} fields; NCRONTAB has 6: second minute hour day month weekday")
+    values = [_field_values(name, part, low, high) for part, (name, low, high) in zip(parts, _FIELDS, strict=True)]
+    return Schedule(" ".join(parts), *values)
+
+
+def next_fire(schedule: Schedule | str, after: datetime) -> datetime:
+    """The first instant strictly after `after` (UTC, whole seconds) that `schedule` fires at.
+
+    Day and weekday must both match when both are restricted. Raises ValueError when the schedule
+    never fires (such as 30 February) within eight years.
+    """
+    cron = parse_schedule(schedule) if isinstance(schedule, str) else schedule
+    t = after.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    limit = t + timedelta(days=366 * 8)
+    while t < limit:
+        if t.month not in cron.months:
+            year, month = (t.year + 1, 1) if t.month == 12 else (t.year, t.month + 1)
+            t = t.replace(year=year, month=month, day=1, hour=0, minute=0, second=0)
+            continue
+        weekday = (t.weekday() + 1) % 7  # Python: Monday 0; cron: Sunday 0
+        if t.day not in cron.days or weekday not in cron.weekdays:
+            t = t.replace(hour=0, minute=0, second=0) + timedelta(days=1)
+            continue
+        if t.hour not in cron.hours:
+            t = t.replace(minute=0, second=0) + timedelta(hours=1)
+            continue
+        if t.minute not in cron.minutes:
+            t = t.replace(second=0) + timedelta(minutes=1)
+            continue
+        later = [s for s in cron.seconds if s >= t.second]
+        if not later:
+            t = t.replace(second=0) + timedelta(minutes=1)
+            continue
+        return t.replace(second=min(later))
+    raise ValueError(f"schedule {cron.text!r} never fires")
+
+
+def schedule_period(schedule: Schedule | str, at: datetime) -> timedelta:
+    """The gap between the schedule's next two firings after `at`."""
+    first = next_fire(schedule, at)
+    return next_fire(schedule, first) - first
+
+
+# --- the service ---------------------------------------------------------------------------------------
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class PollRecord:
+    """How the last poll ended."""
+
+    at: datetime
+    outcome: str  # "ok", "skipped" (another instance holds the lease), "blind" (nothing listable) or "failed"
+    error: str | None = None
+    result: PollResult | None = None
+
+
+class _QuietAccessLogger(AbstractAccessLogger):
+    """One line a request, with the path but never the query string (it may carry the webhook secret)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info("%s %s %s %.3fs", request.method, request.path, response.status, time)
+
+
+def _json(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers)
+
+
+class Server:
+    """The webhook, status and health routes and the poll loop around one Monitor."""
+
+    def __init__(
+        self,
+        monitor: Monitor,
+        *,
+        schedule: str,
+        secret: str | None = None,
+        now: Callable[[], datetime] = _utc_now,
+        tick: float = 1.0,
+    ) -> None:
+        try:
+            self.schedule = parse_schedule(schedule)
+        except ValueError as error:
+            raise SettingError("KEYHEALTH_POLL_SCHEDULE", schedule, str(error)) from None
+        self.monitor = monitor
+        self._secret = secret
+        self._now = now
+        self._tick = tick  # the loop looks at the clock at least this often (a test or demo clock may jump)
+        self._poll_lock = asyncio.Lock()
+        self._next_poll: datetime | None = None  # None: due now (start-up)
+        self._stopping = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._runner: web.AppRunner | None = None
+        self.last_poll: PollRecord | None = None
+        self.last_success: datetime | None = None
+        self.started_at = now()
+        self.events: Counter[str] = Counter()  # outcomes (and "rejected") since start
+        self.url: str | None = None
+        self.app = self._make_app()
+
+    # --- the poll ---------------------------------------------------------------------------------------
+
+    async def poll_if_due(self) -> PollRecord | None:
+        """Run the poll when the schedule says so (always at start-up); returns its record, else None."""
+        async with self._poll_lock:
+            now = self._now()
+            if self._next_poll is not None and now < self._next_poll:
+                return None
+            self._next_poll = next_fire(self.schedule, now)
+            try:
+                result = await poll(self.monitor, now=now)
+            except Exception as error:  # a failed poll must not end the loop; /healthz reports it
+                log.exception("keyhealth: the poll failed")
+                record = PollRecord(now, "failed", f"{type(error).__name__}: {error}")
+            else:
+                fleet_blind = result.report.fleet_blind if result.report is not None else ()
+                if fleet_blind:  # not even the namespaces could be listed: the monitor is blind, not fine
+                    reasons = "; ".join(f"{spot.target}: {spot.reason}" for spot in fleet_blind)
+                    record = PollRecord(now, "blind", f"could not list subscriptions: {reasons}", result=result)
+                else:
+                    record = PollRecord(now, "ok" if result.ran else "skipped", result=result)
+                    self.last_success = now
+                if result.report is not None:
+                    log.info(
+                        "keyhealth: polled %d namespaces; changed %s; removed %s",
+                        len(result.report.namespaces),
+                        list(result.changed),
+                        list(result.removed),
+                    )
+                else:
+                    log.info("keyhealth: another instance holds the poll lease")
+            self.last_poll = record
+            return record
+
+    async def _poll_loop(self) -> None:
+        while not self._stopping.is_set():
+            await self.poll_if_due()
+            wait = self._tick
+            if self._next_poll is not None:
+                wait = min(wait, max((self._next_poll - self._now()).total_seconds(), 0.0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=max(wait, 0.01))
+
+    # --- HTTP -------------------------------------------------------------------------------------------
+
+    def _make_app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._guard])
+        for path in ("/api/events", "/events"):
+            app.router.add_post(path, self.events_route)
+            app.router.add_route("OPTIONS", path, self.options_route)
+        for prefix in ("", "/api"):
+            app.router.add_get(f"{prefix}/status", self.status_route)
+            app.router.add_get(f"{prefix}/status/{{namespace}}", self.status_route)
+        app.router.add_get("/healthz", self.healthz_route)
+        return app
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """The shared secret, when set, on every route but /healthz."""
+        if self._secret and request.path != "/healthz":
+            offered = request.query.get("code") or request.headers.get(SECRET_HEADER) or ""
+            if not hmac.compare_digest(offered.encode(), self._secret.encode()):
+                log.warning("keyhealth: refused %s %s: missing or wrong key", request.method, request.path)
+                return _json(401, {"error": f"a valid key is required (?code= or the {SECRET_HEADER} header)"})
+        return await handler(request)
+
+    async def options_route(self, request: web.Request) -> web.Response:
+        """The CloudEvents abuse-protection handshake (HTTP OPTIONS with WebHook-Request-Origin)."""
+        origin = request.headers.get("WebHook-Request-Origin")
+        if not origin:
+            return _json(400, {"error": "OPTIONS needs a WebHook-Request-Origin header"})
+        return web.Response(status=200, headers={"WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "*"})
+
+    async def events_route(self, request: web.Request) -> web.Response:
+        """An Event Grid delivery: handshake, or a batch of events handled one by one."""
+        if request.content_type not in EVENT_CONTENT_TYPES:
+            return _json(415, {"error": f"content type {request.content_type!r} is not JSON events"})
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            return _json(413, {"error": f"body over {MAX_BODY} bytes"})
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _json(413, {"error": f"body over {MAX_BODY} bytes"})
+        try:
+            entries = parse_delivery(body)
+        except EventBodyError as error:
+            log.warning("keyhealth: unreadable delivery: %s", error)
+            return _json(400, {"error": str(error)})
+        validation = next((e for e in entries if isinstance(e, SubscriptionValidation)), None)
+        if validation is not None:
+            log.info("keyhealth: answered the Event Grid subscription validation %s", validation.id)
+            return _json(200, {"validationResponse": validation.code})
+        outcomes: Counter[str] = Counter()
+        rejected: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        for entry in entries:
+            if isinstance(entry, RejectedEvent):
+                log.warning("keyhealth: rejected event %s (entry %d): %s", entry.id, entry.index, entry.reason)
+                outcomes["rejected"] += 1
+                rejected.append({"index": entry.index, "id": entry.id, "reason": entry.reason})
+                continue
+            assert isinstance(entry, KeyVaultEvent)
+            try:
+                result = await handle_event(self.monitor, entry, now=self._now())
+            except Exception as error:
+                log.exception("keyhealth: event %s %s failed", entry.id, entry.event_type)
+                outcomes["failed"] += 1
+                failed.append({"id": entry.id, "error": f"{type(error).__name__}: {error}"})
+                continue
+            log.info(
+                "keyhealth: event %s %s: %s %s", entry.id, entry.event_type, result.outcome.value, result.namespaces
+            )
+            outcomes[result.outcome.value] += 1
+        self.events.update(outcomes)
+        summary = {"received": len(entries), "outcomes": dict(outcomes), "rejected": rejected, "failed": failed}
+        # A failure is worth Event Grid's retry (handling is idempotent); a rejected entry is not.
+        return _json(500 if failed else 200, summary)
+
+    async def status_route(self, request: web.Request) -> web.Response:
+        """GET /status and /status/{namespace}: the same JSON as the Functions status routes."""
+        code, body = await status_document(self.monitor.store, request.match_info.get("namespace"))
+        return _json(code, body)
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) of /healthz: 503 when the last poll failed or was blind, or none succeeded lately."""
+        now = self._now()
+        window = schedule_period(self.schedule, now) * HEALTHY_PERIODS
+        record = self.last_poll
+        body: dict[str, Any] = {
+            "last_poll": record.at.isoformat() if record else None,
+            "outcome": record.outcome if record else None,
+            "last_success": self.last_success.isoformat() if self.last_success else None,
+            "next_poll": self._next_poll.isoformat() if self._next_poll else None,
+            "events": dict(self.events),
+        }
+        if record is not None and record.error:
+            body["error"] = record.error
+        healthy = record is not None and record.outcome not in {"failed", "blind"}
+        healthy = healthy and self.last_success is not None and now - self.last_success <= window
+        body["healthy"] = healthy
+        return (200 if healthy else 503), body
+
+    async def healthz_route(self, request: web.Request) -> web.Response:
+        code, body = self.health()
+        return _json(code, body)
+
+    # --- lifetime ---------------------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 8080) -> str:
+        """Listen, then start the poll loop (its first poll runs at once). Returns the base URL."""
+        self._runner = web.AppRunner(self.app, access_log_class=_QuietAccessLogger, shutdown_timeout=30.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = self._runner.addresses[0][1] if self._runner.addresses else port
+        self.url = f"http://{host}:{bound}"
+        self._loop_task = asyncio.get_running_loop().create_task(self._poll_loop())
+        return self.url
+
+    async def stop(self) -> None:
+        """Stop accepting, let the running request and poll finish, then close the monitor."""
+        self._stopping.set()
+        if self._runner is not None:
+            await self._runner.cleanup()  # closes the listener, waits for handlers in flight
+        if self._loop_task is not None:
+            await self._loop_task  # the running poll finishes; the loop then sees it is stopping
+        if self.monitor.close is not None:
+            await self.monitor.close()
+
+    async def run_until_signalled(self, host: str, port: int, announce: Callable[[str], None]) -> None:
+        """Serve until SIGINT or SIGTERM, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            announce(await self.start(host, port))
+            await stop.wait()
+            log.info("keyhealth: stopping")
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+            await self.stop()
+
+
+def run_serve(settings: Settings, host: str, port: int, announce: Callable[[str], None]) -> int:
+    """`keyhealth serve`: build the Monitor from settings and serve until a signal. Returns 0.
+
+    Raises SettingError for a schedule it cannot read.
+    """
+    from monitor.bootstrap import build_monitor
+
+    try:
+        parse_schedule(settings.poll_schedule)
+    except ValueError as error:
+        raise SettingError("KEYHEALTH_POLL_SCHEDULE", settings.poll_schedule, str(error)) from None
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    async def main() -> None:
+        server = Server(build_monitor(settings), schedule=settings.poll_schedule, secret=settings.webhook_secret)
+        await server.run_until_signalled(host, port, announce)
+
+    asyncio.run(main())
+    return 0
