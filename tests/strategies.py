@@ -330,7 +330,7 @@ def blip(draw: st.DrawFn, clock: Clock, uris: Sequence[str], key_ids: Sequence[t
 
 def outage(draw: st.DrawFn, clock: Clock, namespace: Namespace) -> list[Change]:
     """Every reference of one namespace broken at one instant and repaired a few minutes later."""
-    start = clock.last_minutes() if chance(draw, 1, 4) else clock.instant()
+    start = clock.last_minutes() if chance(draw, 1, 2) else clock.instant()
     end = start + timedelta(seconds=draw(_BLIP))
     changes: list[Change] = []
     for ref in namespace.keys:

@@ -10,18 +10,33 @@ from itertools import pairwise
 from typing import Any
 
 import yaml
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from monitor.domain.errors import ScenarioError
 from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import evaluate
-from monitor.domain.model import POLL_INTERVAL, Change, KeyVersion, Namespace, NewVersion, Scenario, UpdateVersion
+from monitor.domain.model import (
+    POLL_INTERVAL,
+    Change,
+    DeleteKey,
+    Key,
+    KeyRef,
+    KeyVersion,
+    Namespace,
+    NamespaceIdentity,
+    NewVersion,
+    RecoverKey,
+    Scenario,
+    Snapshot,
+    UpdateVersion,
+    Vault,
+)
 from monitor.domain.prediction import NamespacePrediction, Status, predict_scenario, usable_intervals
 from monitor.domain.scenario import parse_scenario, scenario_document
 from monitor.domain.usability import World, assess
 from monitor.render import prediction_document
-from tests.strategies import all_refs, ref_identity, scenarios, vault_uris
+from tests.strategies import BASE, all_refs, ref_identity, scenarios, vault_uris
 
 SECOND = timedelta(seconds=1)
 MICROSECOND = timedelta(microseconds=1)
@@ -110,6 +125,36 @@ def test_adding_a_reference_never_brings_revocation_earlier(data: st.DataObject)
         assert _not_earlier(old.revoked_by, new.revoked_by)
 
 
+NOW = BASE + timedelta(hours=5)
+HORIZON = NOW + timedelta(hours=2)
+VAULT = "https://kv-a.vault.azure.net"
+
+
+def _one_key_scenario(*outages: tuple[int, int]) -> Scenario:
+    """One namespace on one healthy key, soft-deleted and recovered at the given offsets (seconds) from now."""
+    changes: list[Change] = []
+    for start, end in outages:
+        changes.append(DeleteKey(at=NOW + start * SECOND, vault=VAULT, key="k1"))
+        if NOW + end * SECOND < HORIZON:
+            changes.append(RecoverKey(at=NOW + end * SECOND, vault=VAULT, key="k1"))
+    namespace = Namespace(id="/ns/a", name="a", keys=(KeyRef(vault=VAULT, name="k1"),), identity=NamespaceIdentity("p"))
+    return Scenario(
+        now=NOW,
+        horizon=HORIZON,
+        snapshot=Snapshot(
+            vaults=(Vault(uri=VAULT, access={"p": frozenset({"get", "wrapKey", "unwrapKey"})}),),
+            keys=(Key(vault=VAULT, name="k1", versions=(KeyVersion(version="v0", created=NOW - 3600 * SECOND),)),),
+            namespaces=(namespace,),
+        ),
+        changes=tuple(changes),
+    )
+
+
+# The boundaries random scenarios reach only now and then, always tried first.
+@example(_one_key_scenario((600, 900)))  # exactly 300 s: certain
+@example(_one_key_scenario((600, 899)))  # 299 s: possible, not certain
+@example(_one_key_scenario((600, 899), (1800, 2400)))  # possible first, certain later
+@example(_one_key_scenario((7200 - 100, 7200 + 600)))  # 100 s before the horizon, never ends before it: certain
 @PROPERTY
 @given(scenarios())
 def test_revoked_by_is_five_minutes_after_a_certain_first_stretch(scenario: Scenario) -> None:
