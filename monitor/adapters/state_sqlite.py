@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -164,7 +165,7 @@ class SqliteStateStore:
             try:
                 connection.execute("PRAGMA foreign_keys = ON")
                 if self._path != ":memory:":
-                    connection.execute("PRAGMA journal_mode = WAL")
+                    self._enable_wal(connection)
                     # In WAL mode NORMAL never corrupts the file; a power cut may lose the last commits,
                     # which the next poll rewrites anyway.
                     connection.execute("PRAGMA synchronous = NORMAL")
@@ -174,6 +175,22 @@ class SqliteStateStore:
                 raise
             self._connection = connection
         return self._connection
+
+    def _enable_wal(self, connection: sqlite3.Connection) -> None:
+        # Switching the journal mode does not wait on SQLite's busy handler: when another connection
+        # opens the same new file at that moment it fails at once with "database is locked". Retry,
+        # within the busy timeout; once one connection has switched, the mode is in the file.
+        delay, waited = 0.005, 0.0
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if ("locked" not in str(error) and "busy" not in str(error)) or waited >= self._busy_timeout:
+                    raise
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 0.25)
 
     def _migrate(self, connection: sqlite3.Connection) -> None:
         with _immediate(connection):

@@ -137,3 +137,18 @@ def test_repr_names_the_file():
     assert repr(SqliteStateStore("/var/lib/keyhealth/state.sqlite")) == (
         "SqliteStateStore(path='/var/lib/keyhealth/state.sqlite')"
     )
+
+
+def test_many_stores_opening_one_new_file_at_once_all_succeed(tmp_path: Path):
+    """Switching a new file to WAL races between connections; each store waits instead of failing."""
+
+    async def open_all(path: Path) -> list[bool]:
+        stores = [SqliteStateStore(path) for _ in range(8)]
+        try:
+            return await asyncio.gather(*(s.mark_event_processed(f"e-{n}", at=T0) for n, s in enumerate(stores)))
+        finally:
+            for store in stores:
+                await store.close()
+
+    for attempt in range(10):
+        assert asyncio.run(open_all(tmp_path / f"state-{attempt}.sqlite")) == [True] * 8
