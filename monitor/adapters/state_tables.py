@@ -64,6 +64,16 @@ _PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,40}$")
 _CONFLICTS = (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError)
 _NO_ECHO = {"response_preference": "return-no-content"}  # inserts would otherwise send the entity back
 
+
+async def _create_or_replace(client: TableClient, entity: dict[str, Any], etag: str | None) -> Any:
+    """Insert `entity` (etag None) or replace it only while it is still at `etag`; conflicts raise _CONFLICTS."""
+    if etag is None:
+        return await client.create_entity(entity, **_NO_ECHO)
+    return await client.update_entity(
+        entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+    )
+
+
 NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES = (
     "namespaces",
     "keyindex",
@@ -380,15 +390,7 @@ class TableStateStore:
             entity = self._state_entity(state, indexed)
             with _failures(what):
                 try:
-                    if current is None:
-                        await client.create_entity(entity, **_NO_ECHO)
-                    else:
-                        await client.update_entity(
-                            entity,
-                            mode=UpdateMode.REPLACE,
-                            etag=_etag(current.metadata),
-                            match_condition=MatchConditions.IfNotModified,
-                        )
+                    await _create_or_replace(client, entity, None if current is None else _etag(current.metadata))
                 except _CONFLICTS:
                     continue  # someone wrote this namespace since we read it: judge again
             if old_keys == old_indexed == state.key_ids:
@@ -517,15 +519,7 @@ class TableStateStore:
             await _back_off(attempt)
             with _failures("snapshot"):
                 try:
-                    if head is None:
-                        await client.create_entity(new_head, **_NO_ECHO)
-                    else:
-                        await client.update_entity(
-                            new_head,
-                            mode=UpdateMode.REPLACE,
-                            etag=_etag(head.metadata),
-                            match_condition=MatchConditions.IfNotModified,
-                        )
+                    await _create_or_replace(client, new_head, None if head is None else _etag(head.metadata))
                     break
                 except _CONFLICTS:
                     head = await self._get(SNAPSHOT, _SNAPSHOT_PARTITION, _HEAD, what="snapshot")
@@ -661,15 +655,7 @@ class TableStateStore:
         client = await self._table(INCIDENTS)
         with _failures(what):
             try:
-                if expected_etag is None:
-                    written = await client.create_entity(entity, **_NO_ECHO)
-                else:
-                    written = await client.update_entity(
-                        entity,
-                        mode=UpdateMode.REPLACE,
-                        etag=expected_etag,
-                        match_condition=MatchConditions.IfNotModified,
-                    )
+                written = await _create_or_replace(client, entity, expected_etag)
             except ResourceExistsError:
                 raise StaleWriteError(what, expected_etag, "it exists") from None
             except ResourceModifiedError:
@@ -700,15 +686,7 @@ class TableStateStore:
         }
         with _failures(f"lease {name}"):
             try:
-                if current is None:
-                    await client.create_entity(entity, **_NO_ECHO)
-                else:
-                    await client.update_entity(
-                        entity,
-                        mode=UpdateMode.REPLACE,
-                        etag=_etag(current.metadata),
-                        match_condition=MatchConditions.IfNotModified,
-                    )
+                await _create_or_replace(client, entity, None if current is None else _etag(current.metadata))
             except _CONFLICTS:
                 return False  # another instance changed the lease since we read it: it won
         return True
