@@ -82,15 +82,7 @@ async def on_timer(timer: func.TimerRequest) -> None:
     if timer.past_due:
         log.info("keyhealth: the poll timer is past due; polling now")
     result = await poll(monitor(), now=_now())
-    if not result.ran:
-        log.info("keyhealth: another instance holds the poll lease")
-    elif result.report is not None:
-        log.info(
-            "keyhealth: polled %d namespaces; changed %s; removed %s",
-            len(result.report.namespaces),
-            list(result.changed),
-            list(result.removed),
-        )
+    log.info("%s", result.describe())
 
 
 async def status(namespace: str | None) -> func.HttpResponse:

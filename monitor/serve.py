@@ -213,15 +213,7 @@ class Server:
                 else:
                     record = PollRecord(now, "ok" if result.ran else "skipped", result=result)
                     self.last_success = now
-                if result.report is not None:
-                    log.info(
-                        "keyhealth: polled %d namespaces; changed %s; removed %s",
-                        len(result.report.namespaces),
-                        list(result.changed),
-                        list(result.removed),
-                    )
-                else:
-                    log.info("keyhealth: another instance holds the poll lease")
+                log.info("%s", result.describe())
             self.last_poll = record
             return record
 

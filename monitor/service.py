@@ -203,6 +203,15 @@ class PollResult:
     changed: tuple[str, ...] = ()  # namespace ids whose status, window or worst finding moved
     removed: tuple[str, ...] = ()  # namespaces no longer in the fleet
 
+    def describe(self) -> str:
+        """One log line saying how the poll went."""
+        if not self.ran or self.report is None:
+            return "keyhealth: another instance holds the poll lease"
+        return (
+            f"keyhealth: polled {len(self.report.namespaces)} namespaces; "
+            f"changed {list(self.changed)}; removed {list(self.removed)}"
+        )
+
 
 class EventOutcome(enum.Enum):
     """What became of one event; counted by outcome."""
