@@ -6,7 +6,9 @@ the domain, as ports do.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -18,10 +20,13 @@ __all__ = [
     "Incident",
     "Lease",
     "NamespaceState",
+    "OutboxEntry",
     "StateStore",
     "StoredSnapshot",
+    "check_outbox_of",
     "key_ids_of",
     "namespace_key",
+    "outbox_id",
     "utc",
 ]
 
@@ -139,6 +144,55 @@ class Incident:
         return (namespace_key(self.namespace_id), self.condition)
 
 
+_SINK_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_OUTBOX_TIME = "%Y%m%dT%H%M%S.%fZ"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One notification waiting for one sink. Entries sort by `id`, which is the order they were made in.
+
+    `id` is outbox_id(...): when it was made, the incident, the incident's notice number, the sink.
+    """
+
+    id: str
+    namespace_id: str
+    condition: str
+    sink: str
+    document: Mapping[str, Any]
+    created_at: datetime
+    attempts: int = 0
+    next_attempt_at: datetime | None = None  # None: due at once
+    last_error: str | None = None  # a secret-free reason, for the log and for people
+
+    def __post_init__(self) -> None:
+        if not _SINK_NAME.match(self.sink):
+            raise ValueError(f"a sink name is 1-64 letters, digits, '-' or '_', got {self.sink!r}")
+        object.__setattr__(self, "created_at", utc(self.created_at, "created_at"))
+        if self.next_attempt_at is not None:
+            object.__setattr__(self, "next_attempt_at", utc(self.next_attempt_at, "next_attempt_at"))
+
+    @property
+    def due_at(self) -> datetime:
+        return self.next_attempt_at or self.created_at
+
+
+def outbox_id(created_at: datetime, namespace_id: str, condition: str, notice: int, sink: str) -> str:
+    """An entry id that sorts by creation time, then by the incident's own notice order.
+
+    Only characters Azure Table RowKeys accept; the namespace is a digest (ARM ids hold '/').
+    """
+    digest = hashlib.sha256(namespace_key(namespace_id).encode("utf-8")).hexdigest()[:16]
+    return f"{utc(created_at, 'created_at').strftime(_OUTBOX_TIME)}-{digest}-{condition}-{notice:08d}-{sink}"
+
+
+def check_outbox_of(incident: Incident, outbox: Sequence[OutboxEntry]) -> None:
+    """Raises ValueError unless every entry belongs to `incident` (so one transaction can hold them)."""
+    for entry in outbox:
+        if (namespace_key(entry.namespace_id), entry.condition) != incident.key:
+            raise ValueError(f"outbox entry {entry.id} belongs to another incident than {incident.key}")
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
     """Who holds the named lease, and until when (exclusive: a lease is held while now < expires_at)."""
@@ -223,12 +277,31 @@ class StateStore(Protocol):
         """Every incident (only open ones with `open_only`), sorted by namespace and condition."""
         ...
 
-    async def put_incident(self, incident: Incident, *, expected_etag: str | None = None) -> Incident:
+    async def put_incident(
+        self, incident: Incident, *, expected_etag: str | None = None, outbox: Sequence[OutboxEntry] = ()
+    ) -> Incident:
         """Create (expected_etag None) or replace (the ETag last read) an incident; returns it with its new ETag.
 
-        Raises StaleWriteError when creating one that exists, or when the stored one's ETag is not
-        `expected_etag` (changed or deleted since it was read).
+        The `outbox` entries (the incident's own: same namespace and condition) are added in the same
+        transaction: a notification is queued if and only if the incident change that made it is stored.
+        Raises StaleWriteError, and writes nothing, when creating one that exists, or when the stored
+        one's ETag is not `expected_etag` (changed or deleted since it was read). Raises ValueError for
+        an outbox entry of another incident.
         """
+        ...
+
+    # -- the alert outbox: written with incidents, drained by one deliverer at a time (hold a lease)
+
+    async def list_outbox(self) -> list[OutboxEntry]:
+        """Every queued entry, sorted by id (the order they were made in)."""
+        ...
+
+    async def update_outbox_entry(self, entry: OutboxEntry) -> bool:
+        """Record a failed attempt (attempts, next_attempt_at, last_error). False when the entry is gone."""
+        ...
+
+    async def delete_outbox_entry(self, entry: OutboxEntry) -> bool:
+        """Remove a delivered (or abandoned) entry. False when it was already gone."""
         ...
 
     # -- leases: one holder at a time, across processes and machines

@@ -84,7 +84,8 @@ class KeyVaultKeys:
         except AzureError as error:
             raise ReadError(what, describe_failure(error)) from error
         ordered = sorted(versions.values(), key=lambda v: (v.created, v.version))
-        return Key(vault=vault_uri, name=current.name or name, versions=tuple(ordered))
+        tags = {str(k): str(v) for k, v in (current.properties.tags or {}).items()}
+        return Key(vault=vault_uri, name=current.name or name, versions=tuple(ordered), tags=tags)
 
     async def _deleted(self, vault_uri: str, name: str) -> Key | None:
         client = self._clients.key_client(vault_uri)

@@ -16,14 +16,23 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from monitor.domain.errors import StaleWriteError, StateStoreError
 from monitor.domain.model import KeyId, name_id, vault_id
-from monitor.state import Incident, Lease, NamespaceState, StoredSnapshot, namespace_key, utc
+from monitor.state import (
+    Incident,
+    Lease,
+    NamespaceState,
+    OutboxEntry,
+    StoredSnapshot,
+    check_outbox_of,
+    namespace_key,
+    utc,
+)
 
 __all__ = ["SCHEMA_VERSION", "SqliteStateStore"]
 
@@ -69,6 +78,20 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             name       TEXT PRIMARY KEY,
             holder     TEXT NOT NULL,
             expires_at TEXT NOT NULL
+        )""",
+    ),
+    (
+        """CREATE TABLE outbox (
+            id              TEXT PRIMARY KEY,    -- monitor.state.outbox_id(): sorts in the order entries were made
+            namespace_key   TEXT NOT NULL,
+            namespace_id    TEXT NOT NULL,
+            condition       TEXT NOT NULL,
+            sink            TEXT NOT NULL,
+            created_at      TEXT NOT NULL,
+            attempts        INTEGER NOT NULL,
+            next_attempt_at TEXT,
+            last_error      TEXT,
+            document        TEXT NOT NULL        -- the alert, JSON
         )""",
     ),
 )
@@ -411,7 +434,11 @@ class SqliteStateStore:
         query += " ORDER BY namespace_key, condition"
         return await self._call(lambda c: [self._incident(row) for row in c.execute(query)])
 
-    async def put_incident(self, incident: Incident, *, expected_etag: str | None = None) -> Incident:
+    async def put_incident(
+        self, incident: Incident, *, expected_etag: str | None = None, outbox: Sequence[OutboxEntry] = ()
+    ) -> Incident:
+        check_outbox_of(incident, outbox)
+        queued = [self._outbox_row(entry) for entry in outbox]
         key, condition = incident.key
         body = _json(incident.body)
         etag = _new_etag()
@@ -433,11 +460,68 @@ class SqliteStateStore:
                            body = excluded.body, etag = excluded.etag""",
                     (key, condition, incident.namespace_id, int(incident.open), body, etag),
                 )
+                connection.executemany(
+                    """INSERT INTO outbox (id, namespace_key, namespace_id, condition, sink, created_at, attempts,
+                                           next_attempt_at, last_error, document)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    queued,
+                )
 
         await self._call(put)
         return Incident(
             namespace_id=incident.namespace_id, condition=condition, body=incident.body, open=incident.open, etag=etag
         )
+
+    # -- the alert outbox
+
+    @staticmethod
+    def _outbox_row(entry: OutboxEntry) -> tuple[object, ...]:
+        return (
+            entry.id,
+            namespace_key(entry.namespace_id),
+            entry.namespace_id,
+            entry.condition,
+            entry.sink,
+            _text(entry.created_at, "created_at"),
+            entry.attempts,
+            None if entry.next_attempt_at is None else _text(entry.next_attempt_at, "next_attempt_at"),
+            entry.last_error,
+            _json(entry.document),
+        )
+
+    async def list_outbox(self) -> list[OutboxEntry]:
+        def read(connection: sqlite3.Connection) -> list[OutboxEntry]:
+            rows = connection.execute(
+                """SELECT id, namespace_id, condition, sink, created_at, attempts, next_attempt_at, last_error,
+                          document FROM outbox ORDER BY id"""
+            )
+            return [
+                OutboxEntry(
+                    id=row[0],
+                    namespace_id=row[1],
+                    condition=row[2],
+                    sink=row[3],
+                    created_at=_time(row[4]),
+                    attempts=row[5],
+                    next_attempt_at=None if row[6] is None else _time(row[6]),
+                    last_error=row[7],
+                    document=json.loads(row[8]),
+                )
+                for row in rows
+            ]
+
+        return await self._call(read)
+
+    async def update_outbox_entry(self, entry: OutboxEntry) -> bool:
+        due = None if entry.next_attempt_at is None else _text(entry.next_attempt_at, "next_attempt_at")
+        updated = await self._changed(
+            "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
+            (entry.attempts, due, entry.last_error, entry.id),
+        )
+        return updated == 1
+
+    async def delete_outbox_entry(self, entry: OutboxEntry) -> bool:
+        return await self._changed("DELETE FROM outbox WHERE id = ?", (entry.id,)) == 1
 
     # -- leases
 

@@ -9,7 +9,11 @@ Tables (`prefix` + name, created when missing), as PartitionKey / RowKey: proper
 - snapshot: "snapshot" / "head": Generation, TakenAt, Chunks, Sha256, Bytes; and
   "snapshot" / generation "-" chunk number: TakenAt, D00…D11 (pieces of the zlib-compressed JSON)
 - events: "event" / sha256(event id): EventId, ProcessedAt
-- incidents: sha256(lower-cased ARM id) / sha256(condition): NamespaceId, Condition, Open, Body00… (zlib JSON)
+- incidents: sha256(lower-cased ARM id) / sha256(condition): NamespaceId, Condition, Open, Body00… (zlib JSON);
+  and, in the same partition so one transaction writes both, the alert outbox:
+  sha256(lower-cased ARM id) / "outbox-" + entry id: NamespaceId, Condition, Sink, CreatedAt, Attempts,
+  NextAttemptAt, LastError, Doc00… (zlib JSON). Draining reads the RowKey range of every partition:
+  the table holds only incidents and the few entries not yet delivered.
 - leases: "lease" / sha256(lease name): Name, Holder, ExpiresAt
 
 RowKeys may not hold '/', '\\', '#' or '?', which ARM ids, key URLs and conditions do: keys are
@@ -33,7 +37,7 @@ import random
 import re
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -41,13 +45,22 @@ from urllib.parse import urlsplit, urlunsplit
 from azure.core import MatchConditions
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableEntity, UpdateMode
+from azure.data.tables import TableEntity, TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from monitor.adapters.azure_clients import describe_failure
 from monitor.domain.errors import StaleWriteError, StateStoreError
 from monitor.domain.model import KeyId, name_id, vault_id
-from monitor.state import Incident, Lease, NamespaceState, StoredSnapshot, namespace_key, utc
+from monitor.state import (
+    Incident,
+    Lease,
+    NamespaceState,
+    OutboxEntry,
+    StoredSnapshot,
+    check_outbox_of,
+    namespace_key,
+    utc,
+)
 
 __all__ = ["TableStateStore"]
 
@@ -87,6 +100,7 @@ _SNAPSHOT_PARTITION = "snapshot"
 _HEAD = "head"
 _EVENT_PARTITION = "event"
 _LEASE_PARTITION = "lease"
+_OUTBOX_ROW = "outbox-"
 
 
 def _digest(text: str) -> str:
@@ -635,13 +649,14 @@ class TableStateStore:
     async def list_incidents(self, *, open_only: bool = False) -> list[Incident]:
         if open_only:
             entities = await self._query(INCIDENTS, "Open eq @open", what="list incidents", open=True)
-        else:
-            client = await self._table(INCIDENTS)
-            with _failures("list incidents"):
-                entities = [entity async for entity in client.list_entities()]
+        else:  # incident RowKeys are hex digests: below "g", apart from the outbox's
+            entities = await self._query(INCIDENTS, "RowKey lt @end", what="list incidents", end="g")
         return sorted((self._incident_from(e) for e in entities), key=lambda i: i.key)
 
-    async def put_incident(self, incident: Incident, *, expected_etag: str | None = None) -> Incident:
+    async def put_incident(
+        self, incident: Incident, *, expected_etag: str | None = None, outbox: Sequence[OutboxEntry] = ()
+    ) -> Incident:
+        check_outbox_of(incident, outbox)
         partition, row = self._incident_address(incident.namespace_id, incident.condition)
         what = f"incident {incident.condition!r} of {incident.namespace_id}"
         entity = {
@@ -653,22 +668,117 @@ class TableStateStore:
             **_pieces(_pack(incident.body), "Body", what=what),
         }
         client = await self._table(INCIDENTS)
-        with _failures(what):
-            try:
-                written = await _create_or_replace(client, entity, expected_etag)
-            except ResourceExistsError:
-                raise StaleWriteError(what, expected_etag, "it exists") from None
-            except ResourceModifiedError:
-                raise StaleWriteError(what, expected_etag, "it has changed") from None
-            except ResourceNotFoundError:
-                raise StaleWriteError(what, expected_etag, "there is none") from None
+        if not outbox:
+            with _failures(what):
+                try:
+                    written = await _create_or_replace(client, entity, expected_etag)
+                except ResourceExistsError:
+                    raise StaleWriteError(what, expected_etag, "it exists") from None
+                except ResourceModifiedError:
+                    raise StaleWriteError(what, expected_etag, "it has changed") from None
+                except ResourceNotFoundError:
+                    raise StaleWriteError(what, expected_etag, "there is none") from None
+            etag = _etag(written)
+        else:
+            # One entity-group transaction (same partition): the incident and its notifications, or nothing.
+            first: tuple[str, dict[str, Any], dict[str, Any]] = (
+                ("create", entity, {})
+                if expected_etag is None
+                else (
+                    "update",
+                    entity,
+                    {
+                        "mode": UpdateMode.REPLACE,
+                        "etag": expected_etag,
+                        "match_condition": MatchConditions.IfNotModified,
+                    },
+                )
+            )
+            operations = [first, *(("create", self._outbox_entity(entry), {}) for entry in outbox)]
+            with _failures(what):
+                try:
+                    results = await client.submit_transaction(operations)
+                except TableTransactionError as error:
+                    if error.index == 0 and error.status_code in {404, 409, 412}:
+                        reason = {404: "there is none", 409: "it exists", 412: "it has changed"}[error.status_code]
+                        raise StaleWriteError(what, expected_etag, reason) from None
+                    raise
+            etag = _etag(results[0])
         return Incident(
             namespace_id=incident.namespace_id,
             condition=incident.condition,
             body=incident.body,
             open=incident.open,
-            etag=_etag(written),
+            etag=etag,
         )
+
+    # -- the alert outbox
+
+    def _outbox_address(self, entry: OutboxEntry) -> tuple[str, str]:
+        return _digest(namespace_key(entry.namespace_id)), f"{_OUTBOX_ROW}{entry.id}"
+
+    def _outbox_entity(self, entry: OutboxEntry) -> dict[str, Any]:
+        partition, row = self._outbox_address(entry)
+        return {
+            "PartitionKey": partition,
+            "RowKey": row,
+            "NamespaceId": entry.namespace_id,
+            "Condition": entry.condition,
+            "Sink": entry.sink,
+            "CreatedAt": entry.created_at,
+            "Attempts": entry.attempts,
+            "NextAttemptAt": entry.next_attempt_at,
+            "LastError": entry.last_error,
+            **_pieces(_pack(entry.document), "Doc", what=f"alert {entry.id}"),
+        }
+
+    async def list_outbox(self) -> list[OutboxEntry]:
+        entities = await self._query(
+            INCIDENTS, "RowKey ge @start and RowKey lt @end", what="list outbox", start=_OUTBOX_ROW, end="outbox."
+        )
+        entries = [
+            OutboxEntry(
+                id=str(e["RowKey"]).removeprefix(_OUTBOX_ROW),
+                namespace_id=str(e["NamespaceId"]),
+                condition=str(e["Condition"]),
+                sink=str(e["Sink"]),
+                created_at=_time(e["CreatedAt"]),
+                attempts=int(e.get("Attempts") or 0),
+                next_attempt_at=_time(e["NextAttemptAt"]) if e.get("NextAttemptAt") else None,
+                last_error=str(e["LastError"]) if e.get("LastError") else None,
+                document=_unpack(_joined(e, "Doc"), f"alert {e['RowKey']}"),
+            )
+            for e in entities
+        ]
+        return sorted(entries, key=lambda entry: entry.id)
+
+    async def update_outbox_entry(self, entry: OutboxEntry) -> bool:
+        partition, row = self._outbox_address(entry)
+        patch = {
+            "PartitionKey": partition,
+            "RowKey": row,
+            "Attempts": entry.attempts,
+            "NextAttemptAt": entry.next_attempt_at,
+            "LastError": entry.last_error,
+        }
+        client = await self._table(INCIDENTS)
+        with _failures(f"alert {entry.id}"):
+            try:
+                # An update is sent with If-Match "*": it fails on a missing entity, so a delivered one never returns.
+                await client.update_entity(patch, mode=UpdateMode.MERGE)
+            except ResourceNotFoundError:
+                return False
+        return True
+
+    async def delete_outbox_entry(self, entry: OutboxEntry) -> bool:
+        partition, row = self._outbox_address(entry)
+        client = await self._table(INCIDENTS)
+        with _failures(f"alert {entry.id}"):
+            existing = await self._get(INCIDENTS, partition, row, what=f"alert {entry.id}")
+            if existing is None:
+                return False
+            await client.delete_entity(partition, row)
+        return True
 
     # -- leases
 

@@ -104,6 +104,8 @@ class Key:
     # Extension to the format: permissions granted on this key alone (RBAC role assignments at key
     # scope), on top of the vault's `access`.
     access: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Extension to the format: the current version's tags (e.g. owner, oncall), which alerts route by.
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def id(self) -> KeyId:

@@ -288,8 +288,18 @@ def _key_version(reader: _Reader, value: object, path: str, default_created: dat
     )
 
 
+def _tags(reader: _Reader, item: Mapping[str, object], path: str) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    if item.get("tags") is not None:
+        for tag, tag_value in reader.obj(item["tags"], f"{path}.tags").items():
+            if not isinstance(tag_value, str):
+                raise ScenarioError(f"{path}.tags.{tag}", f"must be a string, got {_describe(tag_value)}")
+            tags[str(tag)] = tag_value
+    return tags
+
+
 def _key(reader: _Reader, value: object, path: str) -> Key:
-    item = reader.obj(value, path, {"vault", "name", "deleted", "rotation_policy", "versions", "access"})
+    item = reader.obj(value, path, {"vault", "name", "deleted", "rotation_policy", "versions", "access", "tags"})
     versions = []
     seen: dict[str, str] = {}
     for index, raw in enumerate(reader.items(item, "versions", path)):
@@ -307,6 +317,7 @@ def _key(reader: _Reader, value: object, path: str) -> Key:
         deleted=reader.flag(item, "deleted", path, False),
         rotation_policy=policy,
         access=reader.access(item, path),
+        tags=_tags(reader, item, path),
     )
 
 
@@ -314,12 +325,7 @@ def _namespace(reader: _Reader, value: object, path: str) -> Namespace:
     item = reader.obj(value, path, {"id", "name", "tags", "identity", "keys"})
     resource_id = reader.text(item, "id", path)
     name = reader.text(item, "name", path) if "name" in item else resource_id.rstrip("/").rsplit("/", 1)[-1]
-    tags: dict[str, str] = {}
-    if item.get("tags") is not None:
-        for tag, tag_value in reader.obj(item["tags"], f"{path}.tags").items():
-            if not isinstance(tag_value, str):
-                raise ScenarioError(f"{path}.tags.{tag}", f"must be a string, got {_describe(tag_value)}")
-            tags[str(tag)] = tag_value
+    tags = _tags(reader, item, path)
     identity = NamespaceIdentity()
     if item.get("identity") is not None:
         raw_identity = reader.obj(item["identity"], f"{path}.identity", {"principal_id", "user_assigned"})
@@ -486,6 +492,7 @@ def scenario_document(scenario: Scenario) -> dict[str, object]:
             "rotation_policy": None if k.rotation_policy is None else dict(k.rotation_policy),
             "versions": [version_document(v) for v in k.versions],
             **({"access": _access_document(k.access)} if k.access else {}),
+            **({"tags": dict(k.tags)} if k.tags else {}),
         }
         for k in snapshot.keys
     ]

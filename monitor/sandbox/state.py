@@ -143,6 +143,8 @@ class SandboxState:
 
         self._tags: dict[tuple[KeyId, str], tuple[dict[str, str], datetime]] = {}
         self._policies: dict[KeyId, RotationPolicy] = {}
+        # A scenario's key tags (an extension) stand for the tags of each of its versions, new ones included.
+        self._key_tags: dict[KeyId, dict[str, str]] = {key.id: dict(key.tags) for key in snapshot.keys if key.tags}
         for key in snapshot.keys:
             if key.rotation_policy is not None:
                 self._policies[key.id] = RotationPolicy(dict(key.rotation_policy), scenario.now, scenario.now)
@@ -249,7 +251,10 @@ class SandboxState:
 
     def tags(self, key_id: KeyId, version: str) -> dict[str, str] | None:
         entry = self._tags.get((key_id, name_id(version)))
-        return dict(entry[0]) if entry else None
+        if entry is None:
+            inherited = self._key_tags.get(key_id)
+            return dict(inherited) if inherited else None
+        return dict(entry[0])
 
     def set_tags(self, key_id: KeyId, version: str, tags: Mapping[str, str], t: datetime) -> None:
         with self._lock:

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from monitor.domain.errors import StaleWriteError
-from monitor.state import Incident, NamespaceState, StateStore
+from monitor.state import Incident, NamespaceState, OutboxEntry, StateStore, outbox_id
 from tests.state.support import T0, StoreOpener, fleet_states, large_scenario_document, run, state
 
 KV = "https://kv-payments.vault.azure.net"
@@ -355,6 +355,110 @@ def test_listing_incidents_can_keep_only_open_ones(open_store: StoreOpener):
             "key-expiring",
             "revocation-predicted",
         ]
+
+    run(open_store, check)
+
+
+# -- the alert outbox
+
+
+def _entry(incident: Incident, notice: int, sink: str, *, at_minute: int = 0, **fields: object) -> OutboxEntry:
+    created = T0 + at_minute * MINUTE
+    values: dict[str, object] = {
+        "id": outbox_id(created, incident.namespace_id, incident.condition, notice, sink),
+        "namespace_id": incident.namespace_id,
+        "condition": incident.condition,
+        "sink": sink,
+        "document": {"kind": "open", "notice": notice, "summary": "sb-a will go Revoked in 6 days"},
+        "created_at": created,
+    }
+    values.update(fields)
+    return OutboxEntry(**values)  # type: ignore[arg-type]
+
+
+def test_outbox_entries_are_written_with_their_incident_and_listed_in_order(open_store: StoreOpener):
+    """Entries queued with incident writes come back whole, sorted by the order they were made in."""
+    first = _incident()
+    other = _incident(namespace_id="/subscriptions/s/resourceGroups/rg/providers/Microsoft.ServiceBus/namespaces/sb-b")
+
+    async def check(store: StateStore) -> None:
+        opened = await store.put_incident(first, outbox=[_entry(first, 1, "pager"), _entry(first, 1, "teams")])
+        await store.put_incident(other, outbox=[_entry(other, 1, "pager", at_minute=1)])
+        await store.put_incident(
+            _incident(body={"level": "critical"}),
+            expected_etag=opened.etag,
+            outbox=[_entry(first, 2, "pager", at_minute=2)],
+        )
+        listed = await store.list_outbox()
+        assert [(e.namespace_id.rsplit("/", 1)[-1], e.document["notice"], e.sink) for e in listed] == [
+            ("sb-a", 1, "pager"),
+            ("sb-a", 1, "teams"),
+            ("sb-b", 1, "pager"),
+            ("sb-a", 2, "pager"),
+        ]
+        assert listed[0] == _entry(first, 1, "pager")
+        # The outbox never shows up as incidents.
+        assert [i.namespace_id.rsplit("/", 1)[-1] for i in await store.list_incidents()] == ["sb-a", "sb-b"]
+
+    run(open_store, check)
+
+
+def test_a_refused_incident_write_queues_nothing(open_store: StoreOpener):
+    """When the incident write is stale, its outbox entries are not written either: all or nothing."""
+    incident = _incident()
+
+    async def check(store: StateStore) -> None:
+        created = await store.put_incident(incident)
+        await store.put_incident(_incident(body={"n": 2}), expected_etag=created.etag)
+        with pytest.raises(StaleWriteError):
+            await store.put_incident(
+                _incident(body={"n": 3}), expected_etag=created.etag, outbox=[_entry(incident, 2, "pager")]
+            )
+        with pytest.raises(StaleWriteError):
+            await store.put_incident(_incident(), outbox=[_entry(incident, 3, "pager")])
+        assert await store.list_outbox() == []
+
+    run(open_store, check)
+
+
+def test_outbox_entries_of_another_incident_are_refused(open_store: StoreOpener):
+    """put_incident refuses (ValueError) an entry of another namespace or condition, writing nothing."""
+    incident = _incident()
+    stranger = _incident(condition="blind")
+
+    async def check(store: StateStore) -> None:
+        with pytest.raises(ValueError, match="another incident"):
+            await store.put_incident(incident, outbox=[_entry(stranger, 1, "pager")])
+        assert await store.get_incident(incident.namespace_id, incident.condition) is None
+        assert await store.list_outbox() == []
+
+    run(open_store, check)
+
+
+def test_outbox_attempts_are_recorded_and_delivered_entries_removed(open_store: StoreOpener):
+    """A failed attempt updates attempts, next attempt and error; a delete removes the entry once."""
+    incident = _incident()
+    entry = _entry(incident, 1, "pager")
+
+    async def check(store: StateStore) -> None:
+        await store.put_incident(incident, outbox=[entry])
+        retried = OutboxEntry(
+            id=entry.id,
+            namespace_id=entry.namespace_id,
+            condition=entry.condition,
+            sink=entry.sink,
+            document=entry.document,
+            created_at=entry.created_at,
+            attempts=1,
+            next_attempt_at=T0 + 2 * MINUTE,
+            last_error="HTTP 500",
+        )
+        assert await store.update_outbox_entry(retried)
+        assert await store.list_outbox() == [retried]
+        assert await store.delete_outbox_entry(retried)
+        assert not await store.delete_outbox_entry(retried)
+        assert not await store.update_outbox_entry(retried)  # a delivered entry never comes back
+        assert await store.list_outbox() == []
 
     run(open_store, check)
 
