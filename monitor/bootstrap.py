@@ -10,9 +10,11 @@ from contextlib import asynccontextmanager
 from azure.core.credentials_async import AsyncTokenCredential
 
 from monitor.adapters.access import VaultAccess
+from monitor.adapters.alerts import SinkSet, build_sinks
 from monitor.adapters.azure_clients import AzureClients, AzureOptions
 from monitor.adapters.keyvault import KeyVaultKeys
 from monitor.adapters.servicebus import ServiceBusInventory
+from monitor.alerting import Alerting
 from monitor.config import Settings
 from monitor.service import Monitor, Readers
 from monitor.state import StateStore
@@ -82,14 +84,30 @@ def instance_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def build_sinks_for(settings: Settings, credential: AsyncTokenCredential) -> SinkSet:
+    """The alert sinks KEYHEALTH_ALERTS configures (Event Grid without a key: the app's identity)."""
+    return build_sinks(
+        settings.alert_config.sinks,
+        ca_bundle=settings.ca_bundle,
+        timeout=settings.alert_policy.send_timeout,
+        credential=lambda: credential,
+    )
+
+
+def build_alerting(settings: Settings, store: StateStore) -> Alerting:
+    return Alerting(store=store, router=settings.alert_config.router, policy=settings.alert_policy)
+
+
 def build_monitor(settings: Settings, *, credential: AsyncTokenCredential | None = None) -> Monitor:
     """A long-lived Monitor: a Functions worker keeps it for its lifetime, on the host's one event loop."""
     active = credential if credential is not None else build_credential(settings)
     clients = AzureClients(active, azure_options(settings))
     store = build_store(settings, active)
+    sinks = build_sinks_for(settings, active)
 
     async def close() -> None:
         await clients.close()
+        await sinks.close()
         await store.close()
         if credential is None:
             await active.close()
@@ -102,4 +120,6 @@ def build_monitor(settings: Settings, *, credential: AsyncTokenCredential | None
         instance=instance_name(),
         subscriptions=settings.subscriptions,
         concurrency=settings.concurrency,
+        alerting=build_alerting(settings, store),
+        sinks=sinks.sinks,
     )

@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from monitor.domain.errors import SettingError
+from monitor.alert_config import AlertConfig, parse_alert_config
+from monitor.alerting import AlertPolicy
+from monitor.domain.errors import AlertConfigError, SettingError
 from monitor.domain.findings import Thresholds
 
 
@@ -216,6 +218,42 @@ SETTINGS: dict[str, SettingSpec] = {
         _text,
         secret=True,
     ),
+    "alerts": SettingSpec(
+        "KEYHEALTH_ALERTS",
+        "",
+        "Alert sinks and routes: JSON, or @ and a JSON file's path (README, Alerts); empty: the log only.",
+        _text,
+    ),
+    "alert_renotify_hours": SettingSpec(
+        "KEYHEALTH_ALERT_RENOTIFY_HOURS",
+        "4",
+        "Re-notify an unresolved critical or revoked incident this often; 0: never.",
+        _number(0, 24 * 30, "a number of hours"),
+    ),
+    "alert_retry_seconds": SettingSpec(
+        "KEYHEALTH_ALERT_RETRY_SECONDS",
+        "30",
+        "First wait before resending an alert a sink refused; it doubles up to 15 minutes.",
+        _number(1, 3600, "a number of seconds"),
+    ),
+    "alert_give_up_hours": SettingSpec(
+        "KEYHEALTH_ALERT_GIVE_UP_HOURS",
+        "24",
+        "Stop resending an alert this long after it was made; it is logged as undeliverable.",
+        _number(0.01, 24 * 30, "a number of hours"),
+    ),
+    "delivery_schedule": SettingSpec(
+        "KEYHEALTH_DELIVERY_SCHEDULE",
+        "*/15 * * * * *",
+        "NCRONTAB schedule on which queued alerts are sent (Functions timer; `serve` also sends at once).",
+        _ncrontab,
+    ),
+    "portal_url": SettingSpec(
+        "KEYHEALTH_PORTAL_URL",
+        "https://portal.azure.com",
+        "Azure portal base URL for links in alerts (another cloud's portal).",
+        _https_url(optional=False),
+    ),
 }
 
 
@@ -240,15 +278,33 @@ class Settings:
     table_prefix: str = "keyhealth"
     concurrency: int = 32
     webhook_secret: str | None = None
+    alerts: str | None = None
+    alert_renotify_hours: float = 4.0
+    alert_retry_seconds: float = 30.0
+    alert_give_up_hours: float = 24.0
+    delivery_schedule: str = "*/15 * * * * *"
+    portal_url: str = "https://portal.azure.com"
+    # The parsed KEYHEALTH_ALERTS, its secrets read from the settings it names (from_environment fills it).
+    alert_config: AlertConfig = field(default_factory=AlertConfig, compare=False)
 
     @property
     def thresholds(self) -> Thresholds:
         return Thresholds(warning=timedelta(days=self.warning_days), critical=timedelta(days=self.critical_days))
 
+    @property
+    def alert_policy(self) -> AlertPolicy:
+        return AlertPolicy(
+            renotify=timedelta(hours=self.alert_renotify_hours) if self.alert_renotify_hours else None,
+            first_retry=timedelta(seconds=self.alert_retry_seconds),
+            give_up_after=timedelta(hours=self.alert_give_up_hours),
+            portal=self.portal_url,
+        )
+
     def __repr__(self) -> str:  # keeps secrets out of logs and tracebacks
         shown = ", ".join(
             f"{f.name}={'***' if SETTINGS[f.name].secret and getattr(self, f.name) else getattr(self, f.name)!r}"
             for f in fields(self)
+            if f.name in SETTINGS
         )
         return f"Settings({shown})"
 
@@ -260,10 +316,16 @@ class Settings:
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for field in fields(cls):
-            spec = SETTINGS[field.name]
+        for item in fields(cls):
+            if item.name not in SETTINGS:
+                continue
+            spec = SETTINGS[item.name]
             raw = env.get(spec.name, "").strip() or spec.default
-            values[field.name] = spec.parse(spec.name, raw)
+            values[item.name] = spec.parse(spec.name, raw)
+        try:
+            values["alert_config"] = parse_alert_config(values["alerts"] or "", env)
+        except AlertConfigError as error:
+            raise SettingError(SETTINGS["alerts"].name, "(not shown)", f"{error.path}: {error.problem}") from None
         settings = cls(**values)
         if settings.state_store == "tables" and not (settings.tables_endpoint or settings.tables_connection_string):
             raise SettingError(

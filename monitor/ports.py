@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from monitor.domain.alert import Alert
 from monitor.domain.model import Key, Namespace, Vault
 
-__all__ = ["AccessReader", "Clock", "InventoryReader", "KeyReader", "VaultReading"]
+__all__ = ["AccessReader", "AlertSink", "Clock", "InventoryReader", "KeyReader", "VaultReading"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,4 +54,26 @@ class AccessReader(Protocol):
 
     async def read_vaults(self, vault_uris: Sequence[str], *, subscriptions: Sequence[str]) -> VaultReading:
         """What ARM says about each vault; unreadable ones land in `blind`, never raise for one vault."""
+        ...
+
+
+class AlertSink(Protocol):
+    """Somewhere alerts go: a webhook, Teams, Slack, PagerDuty, an Event Grid topic."""
+
+    @property
+    def name(self) -> str:
+        """The sink's name in the alert configuration (routes and the outbox refer to it)."""
+        ...
+
+    @property
+    def kind(self) -> str:
+        """webhook, teams, slack, pagerduty or eventgrid."""
+        ...
+
+    async def send(self, alert: Alert, *, now: datetime) -> None:
+        """Deliver one alert, worded as of `now`. Raises DeliveryError (never with a secret in it)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
         ...

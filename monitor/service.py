@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from monitor.alerting import Alerting, AlertPolicy, DeliveryReport, deliver, raise_alerts, resolve_removed
+from monitor.domain.alert import Alert
 from monitor.domain.errors import ReadError
 from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import FleetReport, evaluate
@@ -28,7 +30,7 @@ from monitor.domain.model import (
 )
 from monitor.domain.scenario import parse_scenario, scenario_document
 from monitor.events import KeyVaultEvent, KeyVaultEventType
-from monitor.ports import AccessReader, InventoryReader, KeyReader
+from monitor.ports import AccessReader, AlertSink, InventoryReader, KeyReader
 from monitor.render import namespace_document
 from monitor.state import EVENT_DEDUPE_TTL, NamespaceState, StateStore
 
@@ -192,6 +194,9 @@ class Monitor:
     concurrency: int = 32
     # Releases the SDK clients, the credential and the store (for tests and `serve`; Functions workers never do).
     close: Callable[[], Awaitable[None]] | None = None
+    # Incidents and their notices; None: judged and recorded, never alerted (`keyhealth check`).
+    alerting: Alerting | None = None
+    sinks: Mapping[str, AlertSink] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +207,7 @@ class PollResult:
     report: FleetReport | None = None
     changed: tuple[str, ...] = ()  # namespace ids whose status, window or worst finding moved
     removed: tuple[str, ...] = ()  # namespaces no longer in the fleet
+    alerts: tuple[Alert, ...] = ()  # notices queued by this poll
 
     def describe(self) -> str:
         """One log line saying how the poll went."""
@@ -209,7 +215,7 @@ class PollResult:
             return "keyhealth: another instance holds the poll lease"
         return (
             f"keyhealth: polled {len(self.report.namespaces)} namespaces; "
-            f"changed {list(self.changed)}; removed {list(self.removed)}"
+            f"changed {list(self.changed)}; removed {list(self.removed)}; alerts queued {len(self.alerts)}"
         )
 
 
@@ -227,6 +233,7 @@ class EventResult:
     outcome: EventOutcome
     namespaces: tuple[str, ...] = ()
     report: FleetReport | None = None
+    alerts: tuple[Alert, ...] = ()
 
 
 def _verdict(document: Mapping[str, Any]) -> tuple[object, ...]:
@@ -273,9 +280,16 @@ async def poll(monitor: Monitor, *, now: datetime) -> PollResult:
             for state in await monitor.store.list_namespace_states():
                 if state.key not in seen and await monitor.store.delete_namespace_state(state.id):
                     removed.append(state.id)
+        alerts: list[Alert] = []
+        if monitor.alerting is not None:
+            known = {i.key: i for i in await monitor.store.list_incidents()}
+            alerts += await raise_alerts(
+                monitor.alerting, report.namespaces, key_tags=_key_tags(scenario.snapshot), now=now, known=known
+            )
+            alerts += await resolve_removed(monitor.alerting, removed, now=now)
         await monitor.store.put_snapshot(scenario_document(scenario), taken_at=now)
         await monitor.store.purge_processed_events(before=now - EVENT_DEDUPE_TTL)
-        return PollResult(ran=True, report=report, changed=changed, removed=tuple(removed))
+        return PollResult(ran=True, report=report, changed=changed, removed=tuple(removed), alerts=tuple(alerts))
     finally:
         await monitor.store.release_lease(POLL_LEASE, monitor.instance)
 
@@ -308,9 +322,22 @@ async def handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime)
     )
     report = evaluate(Scenario(now=now, snapshot=snapshot), monitor.thresholds)
     await _record(monitor, report, now=now)
+    alerts: list[Alert] = []
+    if monitor.alerting is not None:
+        alerts = await raise_alerts(monitor.alerting, report.namespaces, key_tags=_key_tags(snapshot), now=now)
     first = await monitor.store.mark_event_processed(event.id, at=now)
     outcome = EventOutcome.EVALUATED if first else EventOutcome.DUPLICATE
-    return EventResult(outcome, tuple(n.id for n in namespaces), report)
+    return EventResult(outcome, tuple(n.id for n in namespaces), report, tuple(alerts))
+
+
+def _key_tags(snapshot: Snapshot) -> dict[KeyId, Mapping[str, str]]:
+    return {key.id: key.tags for key in snapshot.keys if key.tags}
+
+
+async def deliver_alerts(monitor: Monitor, *, now: datetime) -> DeliveryReport:
+    """Send the queued alerts that are due (only one instance at a time does). Raises StateStoreError."""
+    policy = monitor.alerting.policy if monitor.alerting is not None else AlertPolicy()
+    return await deliver(monitor.store, monitor.sinks, now=now, policy=policy, holder=monitor.instance)
 
 
 async def status_document(store: StateStore, namespace: str | None) -> tuple[int, dict[str, Any]]:

@@ -26,6 +26,7 @@ __all__ = [
     "check_outbox_of",
     "key_ids_of",
     "namespace_key",
+    "notice_id",
     "outbox_id",
     "utc",
 ]
@@ -177,13 +178,18 @@ class OutboxEntry:
         return self.next_attempt_at or self.created_at
 
 
-def outbox_id(created_at: datetime, namespace_id: str, condition: str, notice: int, sink: str) -> str:
-    """An entry id that sorts by creation time, then by the incident's own notice order.
+def notice_id(created_at: datetime, namespace_id: str, condition: str, notice: int) -> str:
+    """An id for an incident's notice that sorts by creation time, then by the incident's own notice order.
 
     Only characters Azure Table RowKeys accept; the namespace is a digest (ARM ids hold '/').
     """
     digest = hashlib.sha256(namespace_key(namespace_id).encode("utf-8")).hexdigest()[:16]
-    return f"{utc(created_at, 'created_at').strftime(_OUTBOX_TIME)}-{digest}-{condition}-{notice:08d}-{sink}"
+    return f"{utc(created_at, 'created_at').strftime(_OUTBOX_TIME)}-{digest}-{condition}-{notice:08d}"
+
+
+def outbox_id(created_at: datetime, namespace_id: str, condition: str, notice: int, sink: str) -> str:
+    """The id of a notice's entry for one sink: notice_id(...) then the sink."""
+    return f"{notice_id(created_at, namespace_id, condition, notice)}-{sink}"
 
 
 def check_outbox_of(incident: Incident, outbox: Sequence[OutboxEntry]) -> None:

@@ -101,3 +101,28 @@ class StaleWriteError(KeyhealthError, RuntimeError):
         self.reason = reason
         expected = "no record" if expected_etag is None else f"ETag {expected_etag}"
         super().__init__(f"{what}: expected {expected}, but {reason}")
+
+
+class DeliveryError(KeyhealthError, RuntimeError):
+    """An alert sink did not take an alert. `reason` never holds a secret (no URL, key or token).
+
+    `retryable` is False when sending the same alert again cannot succeed (the sink rejected its
+    content); `retry_after` is the wait, in seconds, the sink asked for.
+    """
+
+    def __init__(self, sink: str, reason: str, *, retryable: bool = True, retry_after: float | None = None) -> None:
+        self.sink = sink
+        self.reason = reason
+        self.retryable = retryable
+        self.retry_after = retry_after
+        super().__init__(f"sink {sink}: {reason}")
+
+
+class AlertConfigError(KeyhealthError, ValueError):
+    """The alert configuration (sinks and routes) is unusable; `path` points into its JSON."""
+
+    def __init__(self, setting: str, path: str, problem: str) -> None:
+        self.setting = setting
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{setting}: {path}: {problem}")

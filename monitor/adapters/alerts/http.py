@@ -1,0 +1,94 @@
+"""One HTTPS client for the webhook-style sinks, and the rules that turn an answer into DeliveryError.
+
+Reasons never carry the URL (Teams and Slack URLs are secrets) and are scrubbed of the sink's secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterable, Mapping
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from monitor.domain.errors import DeliveryError
+
+USER_AGENT = "keyhealth-alerts/0.1"
+_REJECTED = {400, 413, 422}  # the sink refused this alert's content: sending it again cannot help
+_MAX_BODY_IN_REASON = 160
+
+
+def scrub(text: str, secrets: Iterable[str | None]) -> str:
+    """`text` with every secret (and its URL path, which carries webhook tokens) replaced by ***."""
+    for secret in secrets:
+        if not secret:
+            continue
+        text = text.replace(secret, "***")
+        path = urlsplit(secret).path
+        if len(path) > 1:
+            text = text.replace(path, "/***")
+    return text
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: the back-off applies
+
+
+class HttpPoster:
+    """POSTs for every HTTP sink through one aiohttp session, made in the running loop on first use."""
+
+    def __init__(self, *, ca_bundle: str | None = None) -> None:
+        self._ca_bundle = ca_bundle
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            context = ssl.create_default_context(cafile=self._ca_bundle) if self._ca_bundle else None
+            connector = aiohttp.TCPConnector(ssl=context) if context is not None else aiohttp.TCPConnector()
+            self._session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT})
+        return self._session
+
+    async def post(
+        self,
+        sink: str,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        timeout: float = 10.0,
+        secrets: Iterable[str | None] = (),
+    ) -> str:
+        """POST `body`; returns the answer's text on a 2xx. Raises DeliveryError otherwise."""
+        secrets = (url, *secrets)
+        try:
+            async with self._client().post(
+                url,
+                data=body,
+                headers=dict(headers),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,  # a redirect would carry the body (and a signature) somewhere unasked
+            ) as response:
+                text = await response.text(errors="replace")
+                status = response.status
+                retry_after = _retry_after(response.headers)
+        except TimeoutError:
+            raise DeliveryError(sink, f"no answer within {timeout:g} s") from None
+        except aiohttp.ClientSSLError as error:
+            raise DeliveryError(sink, f"TLS failed ({type(error).__name__})") from None
+        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as error:
+            raise DeliveryError(sink, f"could not deliver ({type(error).__name__})") from None
+        if 200 <= status < 300:
+            return text
+        detail = scrub(" ".join(text.split())[:_MAX_BODY_IN_REASON], secrets)
+        reason = f"HTTP {status}" + (f": {detail}" if detail else "")
+        raise DeliveryError(sink, reason, retryable=status not in _REJECTED, retry_after=retry_after)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

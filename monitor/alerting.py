@@ -1,0 +1,446 @@
+"""Alerting: judged namespaces become incident notices queued per sink; the queue is delivered apart.
+
+Raising an alert only writes the state store (the incident and its outbox entries, in one
+transaction), so a sink that is down or slow never holds up a poll or an event. `deliver` drains the
+outbox: one deliverer at a time (a lease), each sink in the order its entries were made, a failed
+entry retried with back-off and holding back the sink's later ones, given up after a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from monitor.domain.alert import Alert, NoticeContext, alert_for
+from monitor.domain.errors import DeliveryError, StaleWriteError
+from monitor.domain.findings import Finding, Severity
+from monitor.domain.fleet import NamespaceReport
+from monitor.domain.incidents import (
+    Condition,
+    Decision,
+    IncidentRecord,
+    Level,
+    Notice,
+    Observation,
+    Observed,
+    decide,
+    observe,
+)
+from monitor.domain.model import KeyId
+from monitor.ports import AlertSink
+from monitor.state import Incident, OutboxEntry, StateStore, namespace_key, notice_id, outbox_id
+
+LOG = logging.getLogger("keyhealth.alerts")
+DELIVERY_LEASE = "alert-delivery"
+_RACE_RETRIES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Send alerts of matching namespaces to `sinks`. Every given matcher must match; none given matches all.
+
+    `tags`: each tag (name compared case-insensitively, value exactly) is on the namespace or on one of
+    its listed keys. `namespaces`: shell patterns matched, case-insensitively, against the namespace's
+    name, or its ARM id when the pattern starts with '/'.
+    """
+
+    sinks: tuple[str, ...]
+    tags: Mapping[str, str] = field(default_factory=dict)
+    namespaces: tuple[str, ...] = ()
+
+    def matches(self, alert: Alert) -> bool:
+        if self.namespaces and not any(_name_matches(pattern, alert) for pattern in self.namespaces):
+            return False
+        if self.tags:
+            present: dict[str, set[str]] = {}
+            for tags in (alert.namespace_tags, *(k.tags for k in alert.keys)):
+                for name, value in tags.items():
+                    present.setdefault(name.lower(), set()).add(value)
+            return all(value in present.get(name.lower(), ()) for name, value in self.tags.items())
+        return True
+
+
+def _name_matches(pattern: str, alert: Alert) -> bool:
+    subject = alert.namespace_id if pattern.startswith("/") else alert.namespace_name
+    return fnmatch.fnmatchcase(subject.lower(), pattern.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class Router:
+    """Which sinks hear of an alert: the sinks of every matching route, else the default ones;
+    each sink only from its minimum level up."""
+
+    routes: tuple[Route, ...] = ()
+    default: tuple[str, ...] = ()
+    min_levels: Mapping[str, Level] = field(default_factory=dict)
+
+    def sinks_for(self, alert: Alert) -> tuple[str, ...]:
+        chosen: list[str] = []
+        for route in self.routes:
+            if route.matches(alert):
+                chosen.extend(s for s in route.sinks if s not in chosen)
+        if not chosen:
+            chosen = list(self.default)
+        return tuple(s for s in chosen if alert.level >= self.min_levels.get(s, Level.WARNING))
+
+
+@dataclass(frozen=True, slots=True)
+class AlertPolicy:
+    """When to re-notify, how to retry delivery, and for how long."""
+
+    renotify: timedelta | None = timedelta(hours=4)  # while critical or revoked; None: never
+    first_retry: timedelta = timedelta(seconds=30)
+    max_retry: timedelta = timedelta(minutes=15)
+    give_up_after: timedelta = timedelta(hours=24)
+    send_timeout: float = 10.0  # seconds for one sink to answer
+    delivery_budget: float = 50.0  # seconds one drain keeps starting new sends
+    portal: str = "https://portal.azure.com"
+
+    def retry_delay(self, attempts: int) -> timedelta:
+        """The wait after the `attempts`-th failure: doubling from first_retry, capped at max_retry."""
+        delay = self.first_retry * (1 << min(attempts - 1, 30))
+        return min(delay, self.max_retry)
+
+
+@dataclass(frozen=True, slots=True)
+class Alerting:
+    """What raising alerts needs: where incidents live, who hears of them, and when."""
+
+    store: StateStore
+    router: Router
+    policy: AlertPolicy = AlertPolicy()
+
+
+def _log_notice(alert: Alert, sinks: Sequence[str], now: datetime) -> None:
+    level = logging.ERROR if alert.level >= Level.CRITICAL and not alert.resolved else logging.WARNING
+    if alert.resolved:
+        level = logging.INFO
+    LOG.log(
+        level,
+        "keyhealth alert %s: %s; sinks %s",
+        alert.notice.value,
+        alert.headline(now),
+        ",".join(sinks) or "none (log only)",
+    )
+
+
+def _alarming(findings: Iterable[Finding]) -> list[Finding]:
+    return [f for f in findings if f.severity >= Severity.WARNING]
+
+
+async def raise_alerts(
+    alerting: Alerting,
+    reports: Iterable[NamespaceReport],
+    *,
+    key_tags: Mapping[KeyId, Mapping[str, str]],
+    now: datetime,
+    known: Mapping[tuple[str, str], Incident] | None = None,
+) -> list[Alert]:
+    """Move each namespace's incidents on and queue their notices; returns the alerts made.
+
+    `known` is every stored incident by Incident.key (a poll reads them all at once); without it
+    each condition's incident is read on its own (an event touches few namespaces).
+    Raises StateStoreError when the store fails.
+    """
+    made: list[Alert] = []
+    for report in reports:
+        namespace_id = report.prediction.namespace.id
+        for condition, observed in observe(report).items():
+            if known is not None:
+                stored = known.get((namespace_key(namespace_id), condition.value))
+            else:
+                stored = await alerting.store.get_incident(namespace_id, condition.value)
+            if stored is None and not isinstance(observed, Observation):
+                continue  # nothing stored and nothing to open: most namespaces, most of the time
+            alert = await _advance(alerting, report, condition, observed, stored, key_tags, now)
+            if alert is not None:
+                made.append(alert)
+    return made
+
+
+async def _advance(
+    alerting: Alerting,
+    report: NamespaceReport,
+    condition: Condition,
+    observed: Observed,
+    stored: Incident | None,
+    key_tags: Mapping[KeyId, Mapping[str, str]],
+    now: datetime,
+) -> Alert | None:
+    namespace_id = report.prediction.namespace.id
+    for _ in range(_RACE_RETRIES):
+        previous = _record_of(stored)
+        decision = decide(previous, observed, now=now, renotify=alerting.policy.renotify)
+        if decision.record is None:
+            return None
+        findings = observed.findings if isinstance(observed, Observation) else tuple(_alarming(report.findings))
+        alert, sinks, record = _notice(
+            alerting, decision, previous, condition, namespace_id, now, report, findings, key_tags
+        )
+        try:
+            await _commit(alerting.store, namespace_id, condition, record, stored, alert, sinks, now)
+        except StaleWriteError:
+            stored = await alerting.store.get_incident(namespace_id, condition.value)  # someone moved it: judge again
+            continue
+        if alert is not None:
+            _log_notice(alert, sinks, now)
+        return alert
+    LOG.warning(
+        "keyhealth: incident %s of %s kept changing under this instance; left to the next run",
+        condition.value,
+        namespace_id,
+    )
+    return None
+
+
+def _record_of(stored: Incident | None) -> IncidentRecord | None:
+    if stored is None:
+        return None
+    try:
+        return IncidentRecord.from_document(stored.body)
+    except (KeyError, TypeError, ValueError):
+        LOG.warning(
+            "keyhealth: incident %s of %s has an unreadable body; starting it afresh",
+            stored.condition,
+            stored.namespace_id,
+        )
+        return None
+
+
+def _notice(
+    alerting: Alerting,
+    decision: Decision,
+    previous: IncidentRecord | None,
+    condition: Condition,
+    namespace_id: str,
+    now: datetime,
+    report: NamespaceReport,
+    findings: Sequence[Finding],
+    key_tags: Mapping[KeyId, Mapping[str, str]],
+) -> tuple[Alert | None, tuple[str, ...], IncidentRecord]:
+    record = decision.record
+    assert record is not None
+    if decision.notice is None:
+        return None, (), record
+    context = NoticeContext(
+        id=notice_id(now, namespace_id, condition.value, record.notices),
+        notice=decision.notice,
+        condition=condition,
+        level=record.level,
+        previous_level=decision.previous_level,
+        incident_number=record.number,
+        opened_at=record.opened_at,
+    )
+    alert = alert_for(report, context, findings=findings, key_tags=key_tags, portal=alerting.policy.portal, now=now)
+    sinks = _sinks_for(alerting.router, alert, decision.notice, previous)
+    told = sinks if decision.notice is Notice.OPEN else tuple(dict.fromkeys((*record.sinks, *sinks)))
+    return alert, sinks, replace(record, sinks=told)
+
+
+def _sinks_for(router: Router, alert: Alert, notice: Notice, previous: IncidentRecord | None) -> tuple[str, ...]:
+    if notice is Notice.RESOLVE:
+        return previous.sinks if previous is not None else ()  # whoever heard it opened hears it close
+    return router.sinks_for(alert)
+
+
+async def _commit(
+    store: StateStore,
+    namespace_id: str,
+    condition: Condition,
+    record: IncidentRecord,
+    stored: Incident | None,
+    alert: Alert | None,
+    sinks: Sequence[str],
+    now: datetime,
+) -> None:
+    entries = []
+    if alert is not None:
+        document = alert.document()
+        entries = [
+            OutboxEntry(
+                id=outbox_id(now, namespace_id, condition.value, record.notices, sink),
+                namespace_id=namespace_id,
+                condition=condition.value,
+                sink=sink,
+                document=document,
+                created_at=now,
+            )
+            for sink in sinks
+        ]
+    incident = Incident(namespace_id=namespace_id, condition=condition.value, body=record.document(), open=record.open)
+    await store.put_incident(incident, expected_etag=None if stored is None else stored.etag, outbox=entries)
+
+
+async def resolve_removed(alerting: Alerting, namespace_ids: Iterable[str], *, now: datetime) -> list[Alert]:
+    """Resolve the open incidents of namespaces that left the fleet (deleted, or no longer on a customer key)."""
+    wanted = {namespace_key(n) for n in namespace_ids}
+    if not wanted:
+        return []
+    made = []
+    for incident in await alerting.store.list_incidents(open_only=True):
+        if namespace_key(incident.namespace_id) not in wanted:
+            continue
+        alert = await _resolve_gone(alerting, incident, now)
+        if alert is not None:
+            made.append(alert)
+    return made
+
+
+async def _resolve_gone(alerting: Alerting, stored: Incident, now: datetime) -> Alert | None:
+    condition = Condition(stored.condition)
+    previous = _record_of(stored)
+    if previous is None:
+        return None
+    decision = decide(previous, None, now=now, renotify=alerting.policy.renotify)
+    if decision.record is None or decision.notice is None:
+        return None
+    record = decision.record
+    name = stored.namespace_id.rstrip("/").rsplit("/", 1)[-1]
+    alert = Alert(
+        id=notice_id(now, stored.namespace_id, condition.value, record.notices),
+        notice=Notice.RESOLVE,
+        condition=condition,
+        level=record.level,
+        previous_level=previous.level,
+        incident_number=record.number,
+        opened_at=record.opened_at,
+        namespace_id=stored.namespace_id,
+        namespace_name=name,
+        portal_url="",
+        status_now="removed",
+        usable_keys_now=0,
+        keys_total=0,
+        revoked_at_earliest=None,
+        revoked_by=None,
+        revocation_certain=None,
+        keys=(),
+        findings=(),
+        evaluated_at=now,
+    )
+    try:
+        await _commit(alerting.store, stored.namespace_id, condition, record, stored, alert, previous.sinks, now)
+    except StaleWriteError:
+        return None  # another instance moved it; the next poll sees the namespace gone again
+    _log_notice(alert, previous.sinks, now)
+    return alert
+
+
+# -- delivery
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """One drain of the outbox."""
+
+    ran: bool  # False: another instance is delivering
+    delivered: int = 0
+    retried: int = 0  # failed this time, due again later
+    abandoned: int = 0  # given up: logged as undeliverable
+    waiting: int = 0  # left queued behind a failure, or not yet due
+
+    def describe(self) -> str:
+        if not self.ran:
+            return "keyhealth: another instance is delivering alerts"
+        return (
+            f"keyhealth: alerts delivered {self.delivered}, retrying {self.retried}, "
+            f"undeliverable {self.abandoned}, waiting {self.waiting}"
+        )
+
+
+async def deliver(
+    store: StateStore,
+    sinks: Mapping[str, AlertSink],
+    *,
+    now: datetime,
+    policy: AlertPolicy,
+    holder: str,
+) -> DeliveryReport:
+    """Send what the outbox holds that is due at `now`: each sink in order, the sinks side by side.
+
+    Raises StateStoreError when the store fails (entries stay queued and are sent by a later run).
+    """
+    lease = timedelta(seconds=policy.delivery_budget + 2 * policy.send_timeout + 30)
+    if not await store.acquire_lease(DELIVERY_LEASE, holder, lease, now=now):
+        return DeliveryReport(ran=False)
+    try:
+        queues: dict[str, list[OutboxEntry]] = {}
+        for entry in await store.list_outbox():
+            queues.setdefault(entry.sink, []).append(entry)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + policy.delivery_budget
+        counts = await asyncio.gather(
+            *(_drain(store, sinks.get(name), name, queue, now, policy, deadline) for name, queue in queues.items())
+        )
+    finally:
+        await store.release_lease(DELIVERY_LEASE, holder)
+    delivered, retried, abandoned, waiting = (sum(c[i] for c in counts) for i in range(4))
+    return DeliveryReport(ran=True, delivered=delivered, retried=retried, abandoned=abandoned, waiting=waiting)
+
+
+async def _abandon(store: StateStore, entry: OutboxEntry, attempts: int, reason: str) -> None:
+    LOG.error(
+        "keyhealth: alert %s for sink %s is undeliverable after %d attempt(s): %s; it is dropped",
+        entry.id,
+        entry.sink,
+        attempts,
+        reason,
+    )
+    await store.delete_outbox_entry(entry)
+
+
+async def _drain(
+    store: StateStore,
+    sink: AlertSink | None,
+    name: str,
+    queue: list[OutboxEntry],
+    now: datetime,
+    policy: AlertPolicy,
+    deadline: float,
+) -> tuple[int, int, int, int]:
+    delivered = retried = abandoned = 0
+    loop = asyncio.get_running_loop()
+    for position, entry in enumerate(queue):
+        if entry.due_at > now or loop.time() >= deadline:
+            return delivered, retried, abandoned, len(queue) - position  # later entries wait: order per sink
+        if sink is None:
+            await _abandon(store, entry, entry.attempts, f"no sink named {name} is configured any more")
+            abandoned += 1
+            continue
+        try:
+            alert = Alert.from_document(entry.document)
+        except (KeyError, TypeError, ValueError) as error:
+            await _abandon(store, entry, entry.attempts, f"the queued alert is unreadable ({error})")
+            abandoned += 1
+            continue
+        try:
+            await asyncio.wait_for(sink.send(alert, now=now), policy.send_timeout)
+        except (DeliveryError, TimeoutError) as failure:
+            attempts = entry.attempts + 1
+            if isinstance(failure, DeliveryError):
+                reason, retryable, asked = failure.reason, failure.retryable, failure.retry_after
+            else:
+                reason, retryable, asked = f"no answer within {policy.send_timeout:g} s", True, None
+            if not retryable or now - entry.created_at >= policy.give_up_after:
+                await _abandon(store, entry, attempts, reason)
+                abandoned += 1
+                continue
+            delay = max(policy.retry_delay(attempts), timedelta(seconds=asked or 0))
+            await store.update_outbox_entry(
+                replace(entry, attempts=attempts, next_attempt_at=now + delay, last_error=reason)
+            )
+            LOG.warning(
+                "keyhealth: sink %s failed alert %s (attempt %d): %s; retrying at %s",
+                name,
+                entry.id,
+                attempts,
+                reason,
+                (now + delay).isoformat(),
+            )
+            return delivered, retried + 1, abandoned, len(queue) - position - 1
+        await store.delete_outbox_entry(entry)
+        delivered += 1
+    return delivered, retried, abandoned, 0
