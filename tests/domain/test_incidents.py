@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ HOUR = timedelta(hours=1)
 RENOTIFY = timedelta(hours=4)
 
 
-def _report(document: dict) -> NamespaceReport:
+def _report(document: dict[str, Any]) -> NamespaceReport:
     parsed, _ = parse_scenario(document)
     (report,) = evaluate(parsed, Thresholds()).namespaces
     return report
