@@ -136,8 +136,8 @@ def _sink(name: str, value: object, path: str, environ: Mapping[str, str]) -> Si
     values["endpoint"] = None if item.get("endpoint") is None else _string(item["endpoint"], f"{path}.endpoint")
     for needed in required:
         if values[needed] is None:
-            hint = f"{needed}_setting" if f"{needed}_setting" in allowed else needed
-            raise _fail(f"{path}.{hint}", "is required")
+            ways = [w for w in (needed, f"{needed}_setting") if w in allowed]
+            raise _fail(path, f"needs {' or '.join(ways)}")
     return SinkSpec(
         name=name,
         kind=kind,

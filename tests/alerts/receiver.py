@@ -39,6 +39,7 @@ class AlertReceiver:
     reply: str = ""
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    echo: bool = False  # a failure's body repeats the request's path and body, as careless services do
     script: deque[int] = field(default_factory=deque)
     hits: list[Hit] = field(default_factory=list)
     port: int = 0
@@ -62,7 +63,10 @@ class AlertReceiver:
             await asyncio.sleep(self.delay)
         status = self.script.popleft() if self.script else self.status
         self.hits.append(Hit(request.path_qs, dict(request.headers), raw, status))
-        return web.Response(status=status, text=self.reply, content_type="text/plain", headers=self.headers)
+        reply = (
+            f"rejected {request.path_qs}: {raw.decode(errors='replace')}" if self.echo and status >= 300 else self.reply
+        )
+        return web.Response(status=status, text=reply, content_type="text/plain", headers=self.headers)
 
     def __enter__(self) -> AlertReceiver:
         ready = threading.Event()

@@ -20,14 +20,18 @@ _MAX_BODY_IN_REASON = 160
 
 
 def scrub(text: str, secrets: Iterable[str | None]) -> str:
-    """`text` with every secret (and its URL path, which carries webhook tokens) replaced by ***."""
+    """`text` with every secret replaced by ***; of a URL also its path and query, where webhook tokens
+    live (Slack puts them in the path, Teams Workflows in a `sig` query parameter)."""
     for secret in secrets:
         if not secret:
             continue
         text = text.replace(secret, "***")
-        path = urlsplit(secret).path
-        if len(path) > 1:
-            text = text.replace(path, "/***")
+        parts = urlsplit(secret)
+        pieces = [parts.query, *(value for _, _, value in (p.partition("=") for p in parts.query.split("&")))]
+        if len(parts.path) > 1:
+            pieces.append(parts.path)
+        for piece in sorted((p for p in pieces if len(p) >= 4), key=len, reverse=True):
+            text = text.replace(piece, "***")
     return text
 
 
