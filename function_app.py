@@ -1,4 +1,4 @@
-"""Azure Functions app (Python v2 model): Key Vault events, the 5-minute poll, and status over HTTP."""
+"""Azure Functions app (Python v2 model): Key Vault events, the 5-minute poll, alert delivery, and status over HTTP."""
 
 import azure.functions as func
 
@@ -17,6 +17,12 @@ async def keyvault_events(event: func.EventGridEvent) -> None:
 @app.timer_trigger(schedule="%KEYHEALTH_POLL_SCHEDULE%", arg_name="timer", run_on_startup=False)
 async def poll(timer: func.TimerRequest) -> None:
     await host.on_timer(timer)
+
+
+@app.function_name("deliver_alerts")
+@app.timer_trigger(schedule="%KEYHEALTH_DELIVERY_SCHEDULE%", arg_name="timer", run_on_startup=False)
+async def deliver_alerts(timer: func.TimerRequest) -> None:
+    await host.on_delivery_timer(timer)
 
 
 @app.function_name("fleet_status")

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from monitor.domain.alert import Alert, NoticeContext, alert_for
+from monitor.domain.alert import Alert, NoticeContext, alert_for, sample_alert
 from monitor.domain.errors import DeliveryError, StaleWriteError
 from monitor.domain.findings import Finding, Severity
 from monitor.domain.fleet import NamespaceReport
@@ -444,3 +444,43 @@ async def _drain(
         await store.delete_outbox_entry(entry)
         delivered += 1
     return delivered, retried, abandoned, 0
+
+
+# -- checking the wiring
+
+
+@dataclass(frozen=True, slots=True)
+class SinkCheck:
+    sink: str
+    kind: str
+    error: str | None = None  # None: the sink took it
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+async def send_test_alerts(
+    sinks: Mapping[str, AlertSink], names: Sequence[str], *, now: datetime, policy: AlertPolicy
+) -> list[SinkCheck]:
+    """Send the sample alert (marked as a test) straight to each named sink, bypassing incidents and the outbox.
+
+    Raises KeyError naming a sink that is not configured.
+    """
+    chosen = list(names) or sorted(sinks)
+    for name in chosen:
+        if name not in sinks:
+            raise KeyError(name)
+    alert = sample_alert(now, portal=policy.portal)
+    results = []
+    for name in chosen:
+        sink = sinks[name]
+        try:
+            await asyncio.wait_for(sink.send(alert, now=now), policy.send_timeout)
+        except DeliveryError as failure:
+            results.append(SinkCheck(name, sink.kind, failure.reason))
+        except TimeoutError:
+            results.append(SinkCheck(name, sink.kind, f"no answer within {policy.send_timeout:g} s"))
+        else:
+            results.append(SinkCheck(name, sink.kind))
+    return results

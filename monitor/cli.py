@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from monitor import __version__
 from monitor.config import Settings
@@ -117,6 +117,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+
+    alerts = commands.add_parser(
+        "alerts",
+        help="check alert wiring: send a test alert to the configured sinks",
+        description="Alert sinks come from KEYHEALTH_ALERTS (see the README, Alerts).",
+    )
+    alert_commands = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
+    alert_test = alert_commands.add_parser(
+        "test",
+        help="send a sample alert, marked as a test, straight to sinks (not through incidents or the outbox)",
+        epilog="exit status: 0 every sink took it, 1 some sink did not, 2 no such sink or a bad configuration",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    alert_test.add_argument(
+        "--sink", action="append", default=[], metavar="NAME", help="a sink's name (repeat; default: every sink)"
+    )
 
     sandbox = commands.add_parser(
         "sandbox",
@@ -281,6 +297,36 @@ def sandbox(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         return EXIT_INVALID
 
 
+def alerts_test(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from monitor.alerting import send_test_alerts
+    from monitor.bootstrap import build_credential, build_sinks_for
+
+    settings = Settings.from_environment()
+    if not settings.alert_config.sinks:
+        print("keyhealth: error: no alert sinks are configured (KEYHEALTH_ALERTS is empty)", file=stderr)
+        return EXIT_INVALID
+
+    async def send() -> list[Any]:
+        credential = build_credential(settings)
+        sinks = build_sinks_for(settings, credential)
+        try:
+            return await send_test_alerts(sinks.sinks, args.sink, now=datetime.now(UTC), policy=settings.alert_policy)
+        finally:
+            await sinks.close()
+            await credential.close()
+
+    try:
+        results = asyncio.run(send())
+    except KeyError as missing:
+        known = ", ".join(s.name for s in settings.alert_config.sinks)
+        print(f"keyhealth: error: no sink is named {missing.args[0]!r}; configured: {known}", file=stderr)
+        return EXIT_INVALID
+    for result in results:
+        outcome = "sent" if result.ok else f"FAILED: {result.error}"
+        print(f"{result.sink} ({result.kind}): {outcome}", file=stdout)
+    return EXIT_HEALTHY if all(r.ok for r in results) else EXIT_WARNING
+
+
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run the command line; returns the exit status."""
     out = stdout or sys.stdout
@@ -297,6 +343,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
             return serve(args, out, err)
         if args.command == "sandbox":
             return sandbox(args, out, err)
+        if args.command == "alerts":
+            return alerts_test(args, out, err)
     except KeyhealthError as error:
         print(f"keyhealth: error: {error}", file=err)
         return EXIT_INVALID

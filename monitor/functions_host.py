@@ -12,7 +12,7 @@ import azure.functions as func
 from monitor.bootstrap import build_monitor
 from monitor.config import Settings
 from monitor.events import KeyVaultEvent, RejectedEvent, SubscriptionValidation, parse_event
-from monitor.service import EventOutcome, Monitor, handle_event, poll, status_document
+from monitor.service import EventOutcome, Monitor, deliver_alerts, handle_event, poll, status_document
 
 log = logging.getLogger("keyhealth")
 _monitor: Monitor | None = None
@@ -83,6 +83,14 @@ async def on_timer(timer: func.TimerRequest) -> None:
         log.info("keyhealth: the poll timer is past due; polling now")
     result = await poll(monitor(), now=_now())
     log.info("%s", result.describe())
+
+
+async def on_delivery_timer(timer: func.TimerRequest) -> None:
+    """Send the queued alerts that are due (only one instance at a time does)."""
+    del timer
+    report = await deliver_alerts(monitor(), now=_now())
+    if report.delivered or report.retried or report.abandoned or report.waiting:
+        log.info("%s", report.describe())
 
 
 async def status(namespace: str | None) -> func.HttpResponse:

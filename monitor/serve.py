@@ -21,10 +21,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from monitor.alerting import DeliveryReport
 from monitor.config import Settings
 from monitor.domain.errors import EventBodyError, SettingError
 from monitor.events import KeyVaultEvent, RejectedEvent, SubscriptionValidation, parse_delivery
-from monitor.service import Monitor, PollResult, handle_event, poll, status_document
+from monitor.service import Monitor, PollResult, deliver_alerts, handle_event, poll, status_document
 
 log = logging.getLogger("keyhealth")
 
@@ -170,11 +171,19 @@ class Server:
         secret: str | None = None,
         now: Callable[[], datetime] = _utc_now,
         tick: float = 1.0,
+        delivery_schedule: str = "*/15 * * * * *",
     ) -> None:
         try:
             self.schedule = parse_schedule(schedule)
         except ValueError as error:
             raise SettingError("KEYHEALTH_POLL_SCHEDULE", schedule, str(error)) from None
+        try:
+            self.delivery_schedule = parse_schedule(delivery_schedule)
+        except ValueError as error:
+            raise SettingError("KEYHEALTH_DELIVERY_SCHEDULE", delivery_schedule, str(error)) from None
+        self._alerts_queued = asyncio.Event()  # a poll or event queued alerts: deliver now, not at the next tick
+        self._delivery_task: asyncio.Task[None] | None = None
+        self.deliveries: Counter[str] = Counter()  # alerts delivered, retried, undeliverable since start
         self.monitor = monitor
         self._secret = secret
         self._now = now
@@ -214,6 +223,8 @@ class Server:
                     record = PollRecord(now, "ok" if result.ran else "skipped", result=result)
                     self.last_success = now
                 log.info("%s", result.describe())
+                if result.alerts:
+                    self._alerts_queued.set()
             self.last_poll = record
             return record
 
@@ -225,6 +236,35 @@ class Server:
                 wait = min(wait, max((self._next_poll - self._now()).total_seconds(), 0.0))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=max(wait, 0.01))
+
+    # --- alert delivery: apart from the poll and the events, so a slow sink holds up neither ----------------
+
+    async def deliver_now(self) -> DeliveryReport | None:
+        """Send the queued alerts that are due; None when delivery itself failed (logged)."""
+        try:
+            report = await deliver_alerts(self.monitor, now=self._now())
+        except Exception:
+            log.exception("keyhealth: alert delivery failed")
+            return None
+        self.deliveries.update(
+            {"delivered": report.delivered, "retrying": report.retried, "undeliverable": report.abandoned}
+        )
+        if report.delivered or report.retried or report.abandoned:
+            log.info("%s", report.describe())
+        return report
+
+    async def _delivery_loop(self) -> None:
+        while not self._stopping.is_set():
+            await self.deliver_now()
+            wait = (next_fire(self.delivery_schedule, self._now()) - self._now()).total_seconds()
+            woken = asyncio.ensure_future(self._alerts_queued.wait())
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait(
+                {woken, stopping}, timeout=min(max(wait, 0.01), self._tick * 60), return_when=asyncio.FIRST_COMPLETED
+            )
+            woken.cancel()
+            stopping.cancel()
+            self._alerts_queued.clear()
 
     # --- HTTP -------------------------------------------------------------------------------------------
 
@@ -298,6 +338,8 @@ class Server:
                 "keyhealth: event %s %s: %s %s", entry.id, entry.event_type, result.outcome.value, result.namespaces
             )
             outcomes[result.outcome.value] += 1
+            if result.alerts:
+                self._alerts_queued.set()
         self.events.update(outcomes)
         summary = {"received": len(entries), "outcomes": dict(outcomes), "rejected": rejected, "failed": failed}
         # A failure is worth Event Grid's retry (handling is idempotent); a rejected entry is not.
@@ -319,6 +361,7 @@ class Server:
             "last_success": self.last_success.isoformat() if self.last_success else None,
             "next_poll": self._next_poll.isoformat() if self._next_poll else None,
             "events": dict(self.events),
+            "alerts": dict(self.deliveries),
         }
         if record is not None and record.error:
             body["error"] = record.error
@@ -342,6 +385,7 @@ class Server:
         bound = self._runner.addresses[0][1] if self._runner.addresses else port
         self.url = f"http://{host}:{bound}"
         self._loop_task = asyncio.get_running_loop().create_task(self._poll_loop())
+        self._delivery_task = asyncio.get_running_loop().create_task(self._delivery_loop())
         return self.url
 
     async def stop(self) -> None:
@@ -351,6 +395,8 @@ class Server:
             await self._runner.cleanup()  # closes the listener, waits for handlers in flight
         if self._loop_task is not None:
             await self._loop_task  # the running poll finishes; the loop then sees it is stopping
+        if self._delivery_task is not None:
+            await self._delivery_task  # a drain in progress finishes; what is left stays queued
         if self.monitor.close is not None:
             await self.monitor.close()
 
@@ -386,7 +432,12 @@ def run_serve(settings: Settings, host: str, port: int, announce: Callable[[str]
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     async def main() -> None:
-        server = Server(build_monitor(settings), schedule=settings.poll_schedule, secret=settings.webhook_secret)
+        server = Server(
+            build_monitor(settings),
+            schedule=settings.poll_schedule,
+            secret=settings.webhook_secret,
+            delivery_schedule=settings.delivery_schedule,
+        )
         await server.run_until_signalled(host, port, announce)
 
     asyncio.run(main())

@@ -112,13 +112,16 @@ def _event(event_type: str, vault_uri: str, key_name: str | None, event_id: str 
     )
 
 
-def test_the_app_declares_its_four_functions():
-    """An Event Grid trigger, a timer on the schedule setting, and two status routes."""
+def test_the_app_declares_its_five_functions():
+    """An Event Grid trigger, the poll and alert-delivery timers on their schedule settings, two status routes."""
     functions = _functions()
-    assert set(functions) == {"keyvault_events", "poll", "fleet_status", "namespace_status"}
+    assert set(functions) == {"keyvault_events", "poll", "deliver_alerts", "fleet_status", "namespace_status"}
     timer_binding = functions["poll"].get_bindings()[0].get_dict_repr()
     assert timer_binding["type"] == "timerTrigger"
     assert timer_binding["schedule"] == "%KEYHEALTH_POLL_SCHEDULE%"
+    delivery_binding = functions["deliver_alerts"].get_bindings()[0].get_dict_repr()
+    assert delivery_binding["type"] == "timerTrigger"
+    assert delivery_binding["schedule"] == "%KEYHEALTH_DELIVERY_SCHEDULE%"
     assert functions["keyvault_events"].get_bindings()[0].get_dict_repr()["type"] == "eventGridTrigger"
 
 
