@@ -190,3 +190,22 @@ def test_an_entry_for_a_sink_no_longer_configured_is_dropped_with_a_log(
         report = asyncio.run(run())
     assert report.abandoned == 1 and receiver.hits == []
     assert "no sink named ops is configured any more" in caplog.text
+
+
+def test_two_instances_judging_the_same_change_queue_one_notice(tmp_path: Path, receivers: Receivers, ca_bundle: str):
+    """A poll and an event on two instances see the same warning at once: one incident, one notice per sink."""
+    receiver = receivers()
+
+    async def run() -> Any:
+        one = Harness(tmp_path / "s.sqlite", _config(receiver), ca_bundle)
+        two = Harness(tmp_path / "s.sqlite", _config(receiver), ca_bundle)
+        expiry = {"sb-a": T0 + timedelta(days=20)}
+        made = await asyncio.gather(*(h.raise_at(T0, expiry) for h in (one, two, one, two)))
+        queued = await one.store.list_outbox()
+        await one.close()
+        await two.close()
+        return made, queued
+
+    made, queued = asyncio.run(run())
+    assert sum(len(m) for m in made) == 1
+    assert [(e.sink, e.document["notice"]) for e in queued] == [("ops", "open")]

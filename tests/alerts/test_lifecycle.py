@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -128,7 +129,11 @@ def _near_expiry_event(name: str, vault_uri: str, at: datetime) -> Any:
 
 
 def _run_lifecycle(
-    mode: str, tmp_path: Path, receivers: Callable[..., AlertReceiver], ca_bundle: str
+    mode: str,
+    tmp_path: Path,
+    receivers: Callable[..., AlertReceiver],
+    ca_bundle: str,
+    store: dict[str, str] | None = None,
 ) -> dict[str, AlertReceiver]:
     hooks = {
         "webhook": receivers(),
@@ -140,7 +145,8 @@ def _run_lifecycle(
 
     async def scenario_run() -> None:
         with Sandbox(_fleet()) as sandbox:
-            settings = Settings.from_environment(_environment(sandbox, tmp_path / "state.sqlite", hooks, ca_bundle))
+            environment = {**_environment(sandbox, tmp_path / "state.sqlite", hooks, ca_bundle), **(store or {})}
+            settings = Settings.from_environment(environment)
             monitor: Monitor = build_monitor(settings)
             try:
                 for step, at in STEPS.items():
@@ -177,10 +183,24 @@ def _run_lifecycle(
     return hooks
 
 
-@pytest.mark.parametrize("mode", ["plain", "duplicate-events", "restart"])
-def test_each_sink_gets_one_open_two_escalations_and_one_resolve(mode: str, tmp_path: Path, receivers, ca_bundle):
-    """The revocation incident of sb-pay, as each sink sees it, whatever the delivery or process history."""
-    hooks = _run_lifecycle(mode, tmp_path, receivers, ca_bundle)
+@pytest.mark.parametrize(
+    ("mode", "store_kind"),
+    [("plain", "sqlite"), ("duplicate-events", "sqlite"), ("restart", "sqlite"), ("restart", "tables")],
+)
+def test_each_sink_gets_one_open_two_escalations_and_one_resolve(
+    mode: str, store_kind: str, tmp_path: Path, receivers, ca_bundle, request: pytest.FixtureRequest
+):
+    """The revocation incident of sb-pay, as each sink sees it, whatever the delivery or process history,
+    with incidents and the outbox in either store."""
+    store = None
+    if store_kind == "tables":
+        azurite = request.getfixturevalue("azurite")
+        store = {
+            "KEYHEALTH_STATE_STORE": "tables",
+            "KEYHEALTH_TABLES_CONNECTION_STRING": azurite.connection_string,
+            "KEYHEALTH_TABLE_PREFIX": f"t{uuid.uuid4().hex[:16]}",
+        }
+    hooks = _run_lifecycle(mode, tmp_path, receivers, ca_bundle, store)
 
     webhook = [h.body for h in hooks["webhook"].hits]
     assert [(b["notice"], b["level"], b["previous_level"]) for b in webhook] == [

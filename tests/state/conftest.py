@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.state.support import Azurite, StoreOpener, sqlite_opener, tables_opener
-
-
-@pytest.fixture(scope="session")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    """A real azurite-table on a free loopback port for the whole session; fails (never skips) when not installed."""
-    running = Azurite(tmp_path_factory.mktemp("azurite"))
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture
