@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import socket
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
+from aiohttp import web
 
 from monitor.bootstrap import build_monitor
 from monitor.config import Settings
@@ -100,6 +104,38 @@ async def _status_rows(session: aiohttp.ClientSession, serve_url: str) -> dict[s
     return {document["name"]: _row(document) for document in body["namespaces"]}
 
 
+class _OnCallWebhook:
+    """The on-call team's webhook for the demo: a real local HTTP endpoint that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.pages: list[dict[str, Any]] = []
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _take(self, request: web.Request) -> web.Response:
+        self.pages.append(await request.json())
+        return web.Response(status=204)
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/oncall", self._take)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        await web.SockSite(self._runner, sock).start()
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}/oncall"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def take_new(self, seen: int) -> list[dict[str, Any]]:
+        return self.pages[seen:]
+
+
 def _steps(scenario: Scenario) -> list[datetime]:
     """The instants worth stopping at: just after each future change."""
     return sorted({c.at for c in scenario.changes if c.at > scenario.now})
@@ -136,8 +172,18 @@ async def _demo(
     width: int,
     state_dir: Path,
 ) -> None:
+    oncall = _OnCallWebhook()
+    # The demo prints each page as the on-call webhook receives it; the log sink's lines would repeat them.
+    quiet = logging.NullHandler()
+    alert_log = logging.getLogger("keyhealth.alerts")
+    alert_log.addHandler(quiet)
+    alert_log.propagate = False
     async with Sandbox(scenario) as sandbox:
-        environment = {**sandbox.environment(), "KEYHEALTH_SQLITE_PATH": str(state_dir / "state.sqlite")}
+        environment = {
+            **sandbox.environment(),
+            "KEYHEALTH_SQLITE_PATH": str(state_dir / "state.sqlite"),
+            "KEYHEALTH_ALERTS": json.dumps({"sinks": {"oncall": {"type": "webhook", "url": await oncall.start()}}}),
+        }
         settings = Settings.from_environment(environment)
         # The demo drives the poll itself as the stand-in's clock jumps (tick: the loop never wakes on its own).
         server = Server(build_monitor(settings), schedule=settings.poll_schedule, now=sandbox.clock.now, tick=3600)
@@ -159,6 +205,8 @@ async def _demo(
             if first is None or first.result is None or first.result.report is None:
                 raise RuntimeError(f"the start-up poll did not run: {first.error if first else 'no poll'}")
             stdout.write(render_table(first.result.report, colour=colour, width=width))
+            await server.deliver_now()
+            paged = _print_pages(stdout, oncall, 0, sandbox.clock.now())
             subscription = await sandbox.deliver_events_to_async(f"{serve_url}/api/events", "eventgrid")
             async with aiohttp.ClientSession() as session:
                 previous = await _status_rows(session, serve_url)
@@ -184,13 +232,25 @@ async def _demo(
                     current = await _status_rows(session, serve_url)
                     _print_differences(stdout, previous, current, now)
                     previous = current
+                    await server.deliver_now()
+                    paged = _print_pages(stdout, oncall, paged, now)
         finally:
             await server.stop()
+            await oncall.stop()
+            alert_log.removeHandler(quiet)
+            alert_log.propagate = True
     print(
         "\nThat was the timeline. Next: `keyhealth sandbox FILE` serves your own scenario; "
         "`keyhealth serve` watches a real subscription.",
         file=stdout,
     )
+
+
+def _print_pages(stdout: TextIO, oncall: _OnCallWebhook, seen: int, now: datetime) -> int:
+    """Print the pages the on-call webhook received since `seen`; returns how many it has now."""
+    for page in oncall.take_new(seen):
+        print(f"   page -> on-call webhook: {page['headline']}", file=stdout)
+    return len(oncall.pages)
 
 
 def _print_differences(stdout: TextIO, previous: dict[str, _Row], current: dict[str, _Row], now: datetime) -> None:

@@ -183,6 +183,7 @@ class Server:
             raise SettingError("KEYHEALTH_DELIVERY_SCHEDULE", delivery_schedule, str(error)) from None
         self._alerts_queued = asyncio.Event()  # a poll or event queued alerts: deliver now, not at the next tick
         self._delivery_task: asyncio.Task[None] | None = None
+        self._delivery_lock = asyncio.Lock()
         self.deliveries: Counter[str] = Counter()  # alerts delivered, retried, undeliverable since start
         self.monitor = monitor
         self._secret = secret
@@ -242,7 +243,8 @@ class Server:
     async def deliver_now(self) -> DeliveryReport | None:
         """Send the queued alerts that are due; None when delivery itself failed (logged)."""
         try:
-            report = await deliver_alerts(self.monitor, now=self._now())
+            async with self._delivery_lock:  # the loop and a caller (the demo) take turns, not the lease
+                report = await deliver_alerts(self.monitor, now=self._now())
         except Exception:
             log.exception("keyhealth: alert delivery failed")
             return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -337,7 +338,9 @@ def _key_tags(snapshot: Snapshot) -> dict[KeyId, Mapping[str, str]]:
 async def deliver_alerts(monitor: Monitor, *, now: datetime) -> DeliveryReport:
     """Send the queued alerts that are due (only one instance at a time does). Raises StateStoreError."""
     policy = monitor.alerting.policy if monitor.alerting is not None else AlertPolicy()
-    return await deliver(monitor.store, monitor.sinks, now=now, policy=policy, holder=monitor.instance)
+    # A holder of its own per drain: two drains in one process (a timer and a wake-up) must exclude each other too.
+    holder = f"{monitor.instance}:{uuid.uuid4().hex[:12]}"
+    return await deliver(monitor.store, monitor.sinks, now=now, policy=policy, holder=holder)
 
 
 async def status_document(store: StateStore, namespace: str | None) -> tuple[int, dict[str, Any]]:

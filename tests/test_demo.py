@@ -20,4 +20,9 @@ def test_the_demo_reads_the_fleet_over_https_then_plays_the_timeline():
     assert "rotated to version eccbc87e4b5ce2fe28308fd9f2a7baf3 (disabled!)" in out
     assert "sb-audit       healthy -> revoked" in out
     assert "sb-payments    healthy -> degraded" in out
+    # The on-call webhook hears each incident change once: the deletion pages, the recovery resolves.
+    assert out.count("page -> on-call webhook: [REVOKED] sb-inventory REVOKED: no listed key is usable") == 1
+    assert out.count("page -> on-call webhook: [RESOLVED] sb-inventory: revocation cleared") == 1
+    assert out.count("page -> on-call webhook: [CRITICAL] (was warning) sb-billing would go Revoked") == 1
+    assert "keyhealth alert" not in run.stderr  # the log sink's lines are not repeated on the terminal
     assert out.rstrip().endswith("watches a real subscription.")

@@ -209,3 +209,29 @@ def test_two_instances_judging_the_same_change_queue_one_notice(tmp_path: Path, 
     made, queued = asyncio.run(run())
     assert sum(len(m) for m in made) == 1
     assert [(e.sink, e.document["notice"]) for e in queued] == [("ops", "open")]
+
+
+def test_two_drains_in_one_process_deliver_each_alert_once(tmp_path: Path, receivers: Receivers, ca_bundle: str):
+    """A delivery timer and a wake-up in the same process at once: each alert still goes once."""
+    from monitor.service import Monitor, Readers, deliver_alerts
+
+    receiver = receivers(delay=0.2)
+
+    async def run() -> Any:
+        harness = Harness(tmp_path / "s.sqlite", _config(receiver), ca_bundle)
+        await harness.raise_at(T0, {"sb-a": T0 + timedelta(days=3), "sb-b": T0 + timedelta(days=4)})
+        monitor = Monitor(
+            readers=Readers(None, None, None),  # type: ignore[arg-type]  # delivery reads no Azure
+            store=harness.store,
+            thresholds=Thresholds(),
+            instance="one-process",
+            alerting=harness.alerting,
+            sinks=harness.sinks.sinks,
+        )
+        reports = await asyncio.gather(*(deliver_alerts(monitor, now=T0) for _ in range(3)))
+        await harness.close()
+        return reports
+
+    reports = asyncio.run(run())
+    assert sorted(r.ran for r in reports) == [False, False, True]
+    assert len(receiver.hits) == 2
