@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from monitor.domain.alert import Alert, NoticeContext, alert_for, sample_alert
+from monitor.domain.alert import Alert, NoticeContext, alert_for, alert_for_removed, sample_alert
 from monitor.domain.errors import DeliveryError, StaleWriteError
 from monitor.domain.findings import Finding, Severity
 from monitor.domain.fleet import NamespaceReport
@@ -226,7 +226,17 @@ def _notice(
     assert record is not None
     if decision.notice is None:
         return None, (), record
-    context = NoticeContext(
+    context = _context(namespace_id, condition, decision, now)
+    alert = alert_for(report, context, findings=findings, key_tags=key_tags, portal=alerting.policy.portal, now=now)
+    sinks = _sinks_for(alerting.router, alert, decision.notice, previous)
+    told = sinks if decision.notice is Notice.OPEN else tuple(dict.fromkeys((*record.sinks, *sinks)))
+    return alert, sinks, replace(record, sinks=told)
+
+
+def _context(namespace_id: str, condition: Condition, decision: Decision, now: datetime) -> NoticeContext:
+    record = decision.record
+    assert record is not None and decision.notice is not None
+    return NoticeContext(
         id=notice_id(now, namespace_id, condition.value, record.notices),
         notice=decision.notice,
         condition=condition,
@@ -235,10 +245,6 @@ def _notice(
         incident_number=record.number,
         opened_at=record.opened_at,
     )
-    alert = alert_for(report, context, findings=findings, key_tags=key_tags, portal=alerting.policy.portal, now=now)
-    sinks = _sinks_for(alerting.router, alert, decision.notice, previous)
-    told = sinks if decision.notice is Notice.OPEN else tuple(dict.fromkeys((*record.sinks, *sinks)))
-    return alert, sinks, replace(record, sinks=told)
 
 
 def _sinks_for(router: Router, alert: Alert, notice: Notice, previous: IncidentRecord | None) -> tuple[str, ...]:
@@ -299,28 +305,7 @@ async def _resolve_gone(alerting: Alerting, stored: Incident, now: datetime) -> 
     if decision.record is None or decision.notice is None:
         return None
     record = decision.record
-    name = stored.namespace_id.rstrip("/").rsplit("/", 1)[-1]
-    alert = Alert(
-        id=notice_id(now, stored.namespace_id, condition.value, record.notices),
-        notice=Notice.RESOLVE,
-        condition=condition,
-        level=record.level,
-        previous_level=previous.level,
-        incident_number=record.number,
-        opened_at=record.opened_at,
-        namespace_id=stored.namespace_id,
-        namespace_name=name,
-        portal_url="",
-        status_now="removed",
-        usable_keys_now=0,
-        keys_total=0,
-        revoked_at_earliest=None,
-        revoked_by=None,
-        revocation_certain=None,
-        keys=(),
-        findings=(),
-        evaluated_at=now,
-    )
+    alert = alert_for_removed(_context(stored.namespace_id, condition, decision, now), stored.namespace_id, now=now)
     try:
         await _commit(alerting.store, stored.namespace_id, condition, record, stored, alert, previous.sinks, now)
     except StaleWriteError:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -275,6 +275,10 @@ class NoticeContext:
     incident_number: int
     opened_at: datetime
 
+    def alert_fields(self) -> dict[str, Any]:
+        """The Alert fields this context decides."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
 
 def alert_for(
     report: NamespaceReport,
@@ -290,13 +294,7 @@ def alert_for(
     namespace = prediction.namespace
     first = prediction.stretches[0] if prediction.stretches else None
     return Alert(
-        id=context.id,
-        notice=context.notice,
-        condition=context.condition,
-        level=context.level,
-        previous_level=context.previous_level,
-        incident_number=context.incident_number,
-        opened_at=context.opened_at,
+        **context.alert_fields(),
         namespace_id=namespace.id,
         namespace_name=namespace.name,
         portal_url=portal_url(portal, namespace.id),
@@ -319,6 +317,25 @@ def alert_for(
             for a in prediction.assessments_now
         ),
         findings=tuple(_finding(f) for f in findings),
+        evaluated_at=now,
+    )
+
+
+def alert_for_removed(context: NoticeContext, namespace_id: str, *, now: datetime) -> Alert:
+    """The resolve of an incident whose namespace left the fleet (deleted, or no longer on a customer key)."""
+    return Alert(
+        **context.alert_fields(),
+        namespace_id=namespace_id,
+        namespace_name=namespace_id.rstrip("/").rsplit("/", 1)[-1],
+        portal_url="",
+        status_now="removed",
+        usable_keys_now=0,
+        keys_total=0,
+        revoked_at_earliest=None,
+        revoked_by=None,
+        revocation_certain=None,
+        keys=(),
+        findings=(),
         evaluated_at=now,
     )
 

@@ -235,3 +235,26 @@ def test_two_drains_in_one_process_deliver_each_alert_once(tmp_path: Path, recei
     reports = asyncio.run(run())
     assert sorted(r.ran for r in reports) == [False, False, True]
     assert len(receiver.hits) == 2
+
+
+def test_a_namespace_that_leaves_the_fleet_resolves_its_incidents(tmp_path: Path, receivers: Receivers, ca_bundle: str):
+    """Deleted (or no longer on a customer key): its open incident resolves, to the sinks that heard it open."""
+    from monitor.alerting import resolve_removed
+
+    receiver = receivers()
+
+    async def run() -> Any:
+        harness = Harness(tmp_path / "s.sqlite", _config(receiver), ca_bundle)
+        (opened,) = await harness.raise_at(T0, {"sb-gone": T0 + timedelta(days=3)})
+        resolved = await resolve_removed(harness.alerting, [opened.namespace_id.upper()], now=T0 + timedelta(hours=1))
+        again = await resolve_removed(harness.alerting, [opened.namespace_id], now=T0 + timedelta(hours=2))
+        await harness.deliver(T0 + timedelta(hours=2))
+        await harness.close()
+        return resolved, again
+
+    resolved, again = asyncio.run(run())
+    assert [a.notice.value for a in resolved] == ["resolve"] and again == []
+    assert [h.body["notice"] for h in receiver.accepted] == ["open", "resolve"]
+    assert receiver.accepted[1].body["headline"] == (
+        "[RESOLVED] sb-gone: no longer in the fleet (deleted, or no longer on a customer-managed key)"
+    )

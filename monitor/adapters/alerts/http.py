@@ -6,12 +6,16 @@ Reasons never carry the URL (Teams and Slack URLs are secrets) and are scrubbed 
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from monitor.domain.alert import Alert
 from monitor.domain.errors import DeliveryError
 
 USER_AGENT = "keyhealth-alerts/0.1"
@@ -96,3 +100,30 @@ class HttpPoster:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class JsonWebhookSink:
+    """A sink that POSTs one JSON document to a URL that is itself the secret (Teams, Slack)."""
+
+    kind = "json"
+
+    def __init__(self, name: str, url: str, poster: HttpPoster, *, timeout: float = 10.0) -> None:
+        self.name = name
+        self._url = url
+        self._poster = poster
+        self._timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"  # never the URL
+
+    def message(self, alert: Alert, now: datetime) -> dict[str, Any]:
+        """The JSON body for `alert`, worded as of `now`."""
+        raise NotImplementedError
+
+    async def send(self, alert: Alert, *, now: datetime) -> None:
+        body = json.dumps(self.message(alert, now), ensure_ascii=False).encode("utf-8")
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        await self._poster.post(self.name, self._url, body, headers, timeout=self._timeout)
+
+    async def close(self) -> None:
+        """The shared poster is closed by whoever made it."""

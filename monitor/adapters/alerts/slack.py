@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
 from monitor.adapters.alerts.common import facts, remedies, unusable_keys
-from monitor.adapters.alerts.http import HttpPoster
+from monitor.adapters.alerts.http import JsonWebhookSink
 from monitor.domain.alert import Alert
 
 # Block Kit limits: a header's plain text 150 characters, a section's text 3000, a field 2000, 10 fields.
@@ -65,22 +64,8 @@ def slack_message(alert: Alert, now: datetime) -> dict[str, Any]:
     return {"text": headline, "blocks": blocks}
 
 
-class SlackSink:
+class SlackSink(JsonWebhookSink):
     kind = "slack"
 
-    def __init__(self, name: str, url: str, poster: HttpPoster, *, timeout: float = 10.0):
-        self.name = name
-        self._url = url
-        self._poster = poster
-        self._timeout = timeout
-
-    def __repr__(self) -> str:
-        return f"SlackSink(name={self.name!r})"
-
-    async def send(self, alert: Alert, *, now: datetime) -> None:
-        body = json.dumps(slack_message(alert, now), ensure_ascii=False).encode("utf-8")
-        headers = {"Content-Type": "application/json; charset=utf-8"}
-        await self._poster.post(self.name, self._url, body, headers, timeout=self._timeout)
-
-    async def close(self) -> None:
-        """The shared poster is closed by whoever made it."""
+    def message(self, alert: Alert, now: datetime) -> dict[str, Any]:
+        return slack_message(alert, now)

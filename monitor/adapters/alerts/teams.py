@@ -3,12 +3,11 @@ or incoming-webhook URL, wrapped as a message with one card attachment."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
 from monitor.adapters.alerts.common import facts, is_urgent, remedies, unusable_keys
-from monitor.adapters.alerts.http import HttpPoster
+from monitor.adapters.alerts.http import JsonWebhookSink
 from monitor.domain.alert import Alert
 
 CARD_VERSION = "1.4"  # what Teams renders on every client, webhooks and Workflows included
@@ -53,22 +52,8 @@ def teams_message(alert: Alert, now: datetime) -> dict[str, Any]:
     }
 
 
-class TeamsSink:
+class TeamsSink(JsonWebhookSink):
     kind = "teams"
 
-    def __init__(self, name: str, url: str, poster: HttpPoster, *, timeout: float = 10.0):
-        self.name = name
-        self._url = url
-        self._poster = poster
-        self._timeout = timeout
-
-    def __repr__(self) -> str:
-        return f"TeamsSink(name={self.name!r})"
-
-    async def send(self, alert: Alert, *, now: datetime) -> None:
-        body = json.dumps(teams_message(alert, now), ensure_ascii=False).encode("utf-8")
-        headers = {"Content-Type": "application/json; charset=utf-8"}
-        await self._poster.post(self.name, self._url, body, headers, timeout=self._timeout)
-
-    async def close(self) -> None:
-        """The shared poster is closed by whoever made it."""
+    def message(self, alert: Alert, now: datetime) -> dict[str, Any]:
+        return teams_message(alert, now)
