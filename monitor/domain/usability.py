@@ -96,7 +96,7 @@ class KeyState:
     def version(self, version: str) -> KeyVersion | None:
         wanted = name_id(version)
         for candidate in self.versions:
-            if name_id(candidate.version) == wanted:
+            if candidate.version.strip().lower() == wanted:  # name_id, inline: each new version checks them all
                 return candidate
         return None
 
@@ -280,6 +280,8 @@ def intersect(first: Sequence[Interval], second: Sequence[Interval]) -> list[Int
 
 def _sorted_versions(versions: Iterable[KeyVersion]) -> tuple[KeyVersion, ...]:
     if isinstance(versions, tuple):
+        if len(versions) < 2:  # most keys: nothing to compare
+            return versions
         for earlier, later in pairwise(versions):
             if earlier.created > later.created:
                 break
@@ -340,9 +342,13 @@ class World:
             )
         # Permissions granted at a key's own scope (RBAC), per key id and principal; they never change.
         self.key_access: dict[KeyId, dict[str, frozenset[str]]] = {}
+        keys, vault_ids = self._keys, self._vault_ids
         for key in snapshot.keys:
-            key_id = (self.vault_id(key.vault), name_id(key.name))
-            self._keys[key_id] = KeyState(True, key.deleted, _sorted_versions(key.versions))
+            key_vault = vault_ids.get(key.vault)
+            if key_vault is None:
+                key_vault = self.vault_id(key.vault)
+            key_id = (key_vault, name_id(key.name))
+            keys[key_id] = KeyState(True, key.deleted, _sorted_versions(key.versions))
             if key.access:
                 self.key_access[key_id] = {
                     name_id(p): frozenset(x.lower() for x in perms) for p, perms in key.access.items()
@@ -597,8 +603,15 @@ def key_intervals(timeline: Timeline[KeyState], version: str | None, start: date
     `version` is the pinned version, or None to follow the current one.
     """
     intervals: list[Interval] = []
-    for epoch_start, epoch_end, state in timeline.epochs_within(start, end):
-        _append_key_epoch(intervals, state, version, epoch_start, epoch_end)
+    # Timeline.epochs_within, without a generator: most keys with a timeline have two or three epochs.
+    starts, states = timeline.starts, timeline.states
+    last = len(starts) - 1
+    for index in range(bisect_right(starts, start) - 1, last + 1):
+        epoch_start = starts[index]
+        if epoch_start >= end:
+            break
+        epoch_end = starts[index + 1] if index < last and starts[index + 1] < end else end
+        _append_key_epoch(intervals, states[index], version, max(epoch_start, start), epoch_end)
     return intervals
 
 
@@ -618,23 +631,34 @@ def _append_key_epoch(
     # one current at the epoch's start: those before it are never current within the epoch.
     versions = state.versions
     count = len(versions)
-    for index in range(max(bisect_right(versions, epoch_start, key=_CREATED) - 1, 0), count):
+    # Most keys have one version: it is the first to look at, without a search.
+    first = max(bisect_right(versions, epoch_start, key=_CREATED) - 1, 0) if count > 1 else 0
+    for index in range(first, count):
         candidate = versions[index]
-        if candidate.created >= epoch_end:
+        created = candidate.created
+        if created >= epoch_end:
             break
         until = versions[index + 1].created if index + 1 < count else epoch_end
-        _append_valid(intervals, candidate, max(epoch_start, candidate.created), min(until, epoch_end))
+        _append_valid(intervals, candidate, created if created > epoch_start else epoch_start, min(until, epoch_end))
 
 
 def _append_valid(intervals: list[Interval], version: KeyVersion, start: datetime, end: datetime) -> None:
     """Append the part of [start, end) in which `version` passes rules 4 and 5 (see version_reasons)."""
-    if not version.enabled or not version.has_required_ops:
+    # has_required_ops holds for any version that lists no key_ops: most do, and skip the property.
+    if not version.enabled or (version.key_ops is not None and not version.has_required_ops):
         return
-    if version.nbf is not None and version.nbf > start:
-        start = version.nbf
-    if version.exp is not None and version.exp < end:
-        end = version.exp
-    merge_append(intervals, start, end)
+    nbf, exp = version.nbf, version.exp
+    if nbf is not None and nbf > start:
+        start = nbf
+    if exp is not None and exp < end:
+        end = exp
+    # merge_append, inline: this runs for nearly every reference of a fleet.
+    if start >= end:
+        return
+    if intervals and intervals[-1][1] == start:
+        intervals[-1] = (intervals[-1][0], end)
+    else:
+        intervals.append((start, end))
 
 
 class UsableTime:
@@ -669,13 +693,18 @@ class UsableTime:
         if exists is None:
             exists = exists_intervals(world.existence[vault], start, end)
             exists = self._exists[vault] = whole if exists == whole else exists
-        grants = history.grant_intervals(principal, start, end, world.key_permissions(key_id, principal))
-        # The usual case skips intersecting: the vault is there and the principal granted throughout.
-        reachable = grants if exists is whole else intersect(exists, grants)
+        extra = world.key_permissions(key_id, principal) if world.key_access else None
+        if extra is None and principal not in history.changed:
+            # The usual case: permissions no change touches, so granted throughout or never.
+            reachable = exists if grants_required(history.initial.get(principal)) else []
+        else:
+            grants = history.grant_intervals(principal, start, end, extra)
+            # Skip intersecting when the vault is there throughout.
+            reachable = grants if exists is whole else intersect(exists, grants)
         if not reachable:
             return []
         key = world.intervals_of_key(key_id, version, start, end)
-        return key if reachable == whole else intersect(reachable, key)
+        return key if reachable is whole or reachable == whole else intersect(reachable, key)
 
 
 # --- point evaluation helpers, kept for checking the intervals against `assess` -------------------
