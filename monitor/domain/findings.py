@@ -144,51 +144,88 @@ class _Commands:
 
 def findings_for(prediction: NamespacePrediction, world: World, thresholds: Thresholds) -> list[Finding]:
     """Every finding for one namespace, worst first."""
-    namespace = prediction.namespace
-    now = prediction.now
-    findings: list[Finding] = []
-    status = prediction.status_now
-    revocation = _revocation_finding(prediction, status, thresholds)
-    if revocation is not None:
-        findings.append(revocation)
-    # A broken reference costs redundancy while another still works; it is the outage when none does.
-    impact = Severity.CRITICAL if status is Status.REVOKED else Severity.WARNING
-    horizon = prediction.horizon
-    for index, (ref, assessment) in enumerate(zip(namespace.keys, prediction.assessments_now, strict=True)):
-        if assessment.unknown:
-            findings.append(_blind_finding(namespace, ref, assessment))
-        vault = world.vault_id(ref.vault)
+    return FindingsJudge(world, thresholds).findings(prediction)
+
+
+class FindingsJudge:
+    """Findings for predictions against one World: what every namespace asks of a vault is looked up once."""
+
+    def __init__(self, world: World, thresholds: Thresholds) -> None:
+        self.world = world
+        self.thresholds = thresholds
+        # Vault URI as a reference spells it -> the vault's state at `_vaults_at` (None: no such vault), and
+        # whether its configuration deserves findings. A fleet names each vault tens of thousands of times.
+        self._vaults: dict[str, tuple[VaultState | None, bool]] = {}
+        self._vaults_at: datetime | None = None
+
+    def _vault_at(self, uri: str, now: datetime) -> tuple[VaultState | None, bool]:
+        """What `_vaults` holds for `uri`, once `_vaults_at` is `now`."""
+        world = self.world
+        vault = world.vault_id(uri)
         vault_timeline = world.vaults.get(vault)
-        vault_state = vault_timeline.at(now) if vault_timeline is not None else None
-        if (
-            vault_state is not None
-            and vault_state.exists
-            and not (vault_state.soft_delete and vault_state.purge_protection)
+        state = vault_timeline.at(now) if vault_timeline is not None else None
+        misconfigured = (
+            state is not None
+            and state.exists
+            and not (state.soft_delete and state.purge_protection)
             and vault not in world.blind_vaults
-        ):
-            findings.extend(_vault_config_findings(ref, vault_state))
-        # The commands are spelled out only for a reference that has something to report: most have nothing.
-        if assessment.reasons:
-            commands = _Commands(namespace, ref)
-            for reason in assessment.reasons:
-                findings.append(_reason_finding(reason, impact, assessment, vault_state, commands, now))
-            broken_rotation = _broken_rotation(world, ref, assessment, impact, commands, now)
-            if broken_rotation is not None:
-                findings.append(broken_rotation)
-        if ref.version is not None:
-            findings.append(_pinned_finding(world, ref, assessment, _Commands(namespace, ref), now))
-        # Most usable references stay usable to the horizon: nothing of theirs expires.
-        intervals = prediction.usable_intervals[index]
-        if assessment.usable and intervals and intervals[0][1] < horizon:
-            expiring = _expiring_finding(prediction, world, index, thresholds)
-            if expiring is not None:
-                findings.append(expiring)
-    if status is not Status.UNKNOWN and prediction.usable_keys_now == 1:
-        findings.append(_no_redundancy(prediction))
-    if len(findings) > 1:
-        # Worst first; within a severity the causes come before the namespace-level consequence.
-        findings.sort(key=_finding_order)
-    return findings
+        )
+        found = self._vaults[uri] = (state, misconfigured)
+        return found
+
+    def findings(self, prediction: NamespacePrediction) -> list[Finding]:
+        """Every finding for one namespace, worst first."""
+        world, thresholds = self.world, self.thresholds
+        namespace = prediction.namespace
+        now = prediction.now
+        findings: list[Finding] = []
+        status = prediction.status_now
+        revocation = _revocation_finding(prediction, status, thresholds)
+        if revocation is not None:
+            findings.append(revocation)
+        # A broken reference costs redundancy while another still works; it is the outage when none does.
+        impact = Severity.CRITICAL if status is Status.REVOKED else Severity.WARNING
+        horizon = prediction.horizon
+        warning = thresholds.warning
+        if now != self._vaults_at:
+            self._vaults.clear()
+            self._vaults_at = now
+        vaults = self._vaults
+        for index, (ref, assessment) in enumerate(zip(namespace.keys, prediction.assessments_now, strict=True)):
+            if assessment.unknown:
+                findings.append(_blind_finding(namespace, ref, assessment))
+            vault_state, misconfigured = vaults.get(ref.vault) or self._vault_at(ref.vault, now)
+            if misconfigured:
+                assert vault_state is not None
+                findings.extend(_vault_config_findings(ref, vault_state))
+            # The commands are spelled out only for a reference that has something to report: most have nothing.
+            if assessment.reasons:
+                commands = _Commands(namespace, ref)
+                for reason in assessment.reasons:
+                    findings.append(_reason_finding(reason, impact, assessment, vault_state, commands, now))
+                broken_rotation = _broken_rotation(world, ref, assessment, impact, commands, now)
+                if broken_rotation is not None:
+                    findings.append(broken_rotation)
+            if ref.version is not None:
+                findings.append(_pinned_finding(world, ref, assessment, _Commands(namespace, ref), now))
+            # Most usable references stay usable to the horizon, or past the warning threshold: nothing to say.
+            intervals = prediction.usable_intervals[index]
+            if intervals and intervals[0][1] < horizon and intervals[0][1] - now <= warning and assessment.usable:
+                expiring = _expiring_finding(prediction, world, index, thresholds)
+                if expiring is not None:
+                    findings.append(expiring)
+        if status is Status.HEALTHY:
+            usable_now = prediction.keys_total  # every listed reference is usable
+        elif status is Status.DEGRADED:
+            usable_now = prediction.usable_keys_now
+        else:
+            usable_now = 0  # revoked, or unknown: nothing to say about redundancy
+        if usable_now == 1:
+            findings.append(_no_redundancy(prediction))
+        if len(findings) > 1:
+            # Worst first; within a severity the causes come before the namespace-level consequence.
+            findings.sort(key=_finding_order)
+        return findings
 
 
 def _finding_order(finding: Finding) -> tuple[int, bool, str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from monitor.domain.findings import Finding, Severity, Thresholds, findings_for
+from monitor.domain.findings import Finding, FindingsJudge, Severity, Thresholds
 from monitor.domain.model import BlindScope, BlindSpot, Scenario
 from monitor.domain.prediction import NamespacePrediction, Status, predict_scenario
 from monitor.domain.usability import World
@@ -61,7 +61,8 @@ def judge(
     scenario: Scenario, world: World, predictions: list[NamespacePrediction], thresholds: Thresholds
 ) -> FleetReport:
     """`evaluate` after prediction: the findings for what `predict_scenario(scenario)` returned."""
-    reports = tuple(NamespaceReport(p, tuple(findings_for(p, world, thresholds))) for p in predictions)
+    findings_for = FindingsJudge(world, thresholds).findings
+    reports = tuple([NamespaceReport(p, tuple(findings_for(p))) for p in predictions])
     return FleetReport(
         now=scenario.now, horizon=scenario.effective_horizon, namespaces=reports, blind=scenario.snapshot.blind
     )

@@ -14,6 +14,7 @@ from typing import Generic, TypeVar
 from monitor.domain.errors import ScenarioError
 from monitor.domain.model import (
     KEEP,
+    KEY_CHANGES,
     REQUIRED_PERMISSIONS,
     BlindScope,
     Change,
@@ -96,7 +97,7 @@ class KeyState:
     def version(self, version: str) -> KeyVersion | None:
         wanted = name_id(version)
         for candidate in self.versions:
-            if name_id(candidate.version) == wanted:
+            if candidate.version.strip().lower() == wanted:  # name_id, inline: each new version checks them all
                 return candidate
         return None
 
@@ -280,6 +281,8 @@ def intersect(first: Sequence[Interval], second: Sequence[Interval]) -> list[Int
 
 def _sorted_versions(versions: Iterable[KeyVersion]) -> tuple[KeyVersion, ...]:
     if isinstance(versions, tuple):
+        if len(versions) < 2:  # most keys: nothing to compare
+            return versions
         for earlier, later in pairwise(versions):
             if earlier.created > later.created:
                 break
@@ -302,6 +305,18 @@ class World:
     """
 
     def __init__(self, snapshot: Snapshot, changes: Iterable[Change] = ()) -> None:
+        self._load(snapshot)
+        changes = tuple(changes)
+        try:
+            self._apply_by_target(changes)
+        except ScenarioError:
+            # Report the change that fails first in time order: apply them again, in that order.
+            self._load(snapshot)
+            self._apply_in_time_order(changes)
+            raise  # pragma: no cover - the same change fails either way, so the line above raises
+
+    def _load(self, snapshot: Snapshot) -> None:
+        """Every vault's and key's state from the snapshot, before any change."""
         self.vaults: dict[str, Timeline[VaultState]] = {}
         # Rules 1 and 2 over time, per vault id, apart from the VaultStates so that intervals need not
         # walk every epoch of a busy vault: whether it exists, and each principal's permissions.
@@ -340,9 +355,13 @@ class World:
             )
         # Permissions granted at a key's own scope (RBAC), per key id and principal; they never change.
         self.key_access: dict[KeyId, dict[str, frozenset[str]]] = {}
+        keys, vault_ids = self._keys, self._vault_ids
         for key in snapshot.keys:
-            key_id = (self.vault_id(key.vault), name_id(key.name))
-            self._keys[key_id] = KeyState(True, key.deleted, _sorted_versions(key.versions))
+            key_vault = vault_ids.get(key.vault)
+            if key_vault is None:
+                key_vault = self.vault_id(key.vault)
+            key_id = (key_vault, name_id(key.name))
+            keys[key_id] = KeyState(True, key.deleted, _sorted_versions(key.versions))
             if key.access:
                 self.key_access[key_id] = {
                     name_id(p): frozenset(x.lower() for x in perms) for p, perms in key.access.items()
@@ -356,11 +375,38 @@ class World:
             elif spot.scope is BlindScope.KEY and "/keys/" in spot.target:
                 vault_uri, _, name = spot.target.rpartition("/keys/")
                 self.blind_keys[(self.vault_id(vault_uri), name_id(name.split("/", 1)[0]))] = spot.reason
-        changes = tuple(changes)
-        # In time order, ties as listed: a stable sort on `at` alone, with the index kept for errors.
+
+    def _apply_in_time_order(self, changes: tuple[Change, ...]) -> None:
+        # Ties as listed: a stable sort on `at` alone, with the index kept for errors.
         ats = [change.at for change in changes]
         for index in sorted(range(len(changes)), key=ats.__getitem__):
             self._apply(index, changes[index])
+
+    def _apply_by_target(self, changes: tuple[Change, ...]) -> None:
+        """The same World as `_apply_in_time_order`, applying each key's and each vault's changes together.
+
+        A change bears only on its own key, or on its own vault (its existence and access), so each
+        target's changes in time order (ties as listed) are all that matter. Target by target, in the
+        order the changes first name them, each key's state is still in the processor's caches for its
+        next change, and its timeline lies near those of the keys listed beside it, which prediction
+        visits next: one pass in time order hops across the fleet at every change.
+        """
+        by_target: dict[str | KeyId, list[int]] = {}
+        for index, change in enumerate(changes):
+            vault = self.vault_id(change.vault)
+            target = (vault, name_id(change.key)) if isinstance(change, KEY_CHANGES) else vault
+            indices = by_target.get(target)
+            if indices is None:
+                by_target[target] = [index]
+            else:
+                indices.append(index)
+        for indices in by_target.values():
+            if len(indices) > 1:
+                ats = [changes[index].at for index in indices]
+                if any(later < earlier for earlier, later in pairwise(ats)):
+                    indices.sort(key=lambda index: changes[index].at)  # stable: ties stay as listed
+            for index in indices:
+                self._apply(index, changes[index])
 
     def vault_id(self, uri: str) -> str:
         """`model.vault_id(uri)`, remembered per spelling."""
@@ -412,7 +458,7 @@ class World:
             # A new epoch whose map is the history as of change.at: the state before it keeps its own view.
             vault_timeline.set_from(change.at, replace(vault_timeline.latest, access=AccessAt(history, change.at)))
             return
-        if isinstance(change, DeleteVault | RecoverVault):
+        if isinstance(change, (DeleteVault, RecoverVault)):  # a tuple: isinstance of a union costs more
             exists = isinstance(change, RecoverVault)
             vault_timeline.set_from(change.at, replace(vault_timeline.latest, exists=exists))
             self.existence[vault].set_from(change.at, exists)
@@ -597,8 +643,15 @@ def key_intervals(timeline: Timeline[KeyState], version: str | None, start: date
     `version` is the pinned version, or None to follow the current one.
     """
     intervals: list[Interval] = []
-    for epoch_start, epoch_end, state in timeline.epochs_within(start, end):
-        _append_key_epoch(intervals, state, version, epoch_start, epoch_end)
+    # Timeline.epochs_within, without a generator: most keys with a timeline have two or three epochs.
+    starts, states = timeline.starts, timeline.states
+    last = len(starts) - 1
+    for index in range(bisect_right(starts, start) - 1, last + 1):
+        epoch_start = starts[index]
+        if epoch_start >= end:
+            break
+        epoch_end = starts[index + 1] if index < last and starts[index + 1] < end else end
+        _append_key_epoch(intervals, states[index], version, max(epoch_start, start), epoch_end)
     return intervals
 
 
@@ -618,23 +671,34 @@ def _append_key_epoch(
     # one current at the epoch's start: those before it are never current within the epoch.
     versions = state.versions
     count = len(versions)
-    for index in range(max(bisect_right(versions, epoch_start, key=_CREATED) - 1, 0), count):
+    # Most keys have one version: it is the first to look at, without a search.
+    first = max(bisect_right(versions, epoch_start, key=_CREATED) - 1, 0) if count > 1 else 0
+    for index in range(first, count):
         candidate = versions[index]
-        if candidate.created >= epoch_end:
+        created = candidate.created
+        if created >= epoch_end:
             break
         until = versions[index + 1].created if index + 1 < count else epoch_end
-        _append_valid(intervals, candidate, max(epoch_start, candidate.created), min(until, epoch_end))
+        _append_valid(intervals, candidate, created if created > epoch_start else epoch_start, min(until, epoch_end))
 
 
 def _append_valid(intervals: list[Interval], version: KeyVersion, start: datetime, end: datetime) -> None:
     """Append the part of [start, end) in which `version` passes rules 4 and 5 (see version_reasons)."""
-    if not version.enabled or not version.has_required_ops:
+    # has_required_ops holds for any version that lists no key_ops: most do, and skip the property.
+    if not version.enabled or (version.key_ops is not None and not version.has_required_ops):
         return
-    if version.nbf is not None and version.nbf > start:
-        start = version.nbf
-    if version.exp is not None and version.exp < end:
-        end = version.exp
-    merge_append(intervals, start, end)
+    nbf, exp = version.nbf, version.exp
+    if nbf is not None and nbf > start:
+        start = nbf
+    if exp is not None and exp < end:
+        end = exp
+    # merge_append, inline: this runs for nearly every reference of a fleet.
+    if start >= end:
+        return
+    if intervals and intervals[-1][1] == start:
+        intervals[-1] = (intervals[-1][0], end)
+    else:
+        intervals.append((start, end))
 
 
 class UsableTime:
@@ -669,13 +733,18 @@ class UsableTime:
         if exists is None:
             exists = exists_intervals(world.existence[vault], start, end)
             exists = self._exists[vault] = whole if exists == whole else exists
-        grants = history.grant_intervals(principal, start, end, world.key_permissions(key_id, principal))
-        # The usual case skips intersecting: the vault is there and the principal granted throughout.
-        reachable = grants if exists is whole else intersect(exists, grants)
+        extra = world.key_permissions(key_id, principal) if world.key_access else None
+        if extra is None and principal not in history.changed:
+            # The usual case: permissions no change touches, so granted throughout or never.
+            reachable = exists if grants_required(history.initial.get(principal)) else []
+        else:
+            grants = history.grant_intervals(principal, start, end, extra)
+            # Skip intersecting when the vault is there throughout.
+            reachable = grants if exists is whole else intersect(exists, grants)
         if not reachable:
             return []
         key = world.intervals_of_key(key_id, version, start, end)
-        return key if reachable == whole else intersect(reachable, key)
+        return key if reachable is whole or reachable == whole else intersect(reachable, key)
 
 
 # --- point evaluation helpers, kept for checking the intervals against `assess` -------------------
