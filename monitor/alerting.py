@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from monitor.domain.alert import Alert, NoticeContext, alert_for, alert_for_removed, sample_alert
+from monitor.domain.alert import Alert, AlertAction, NoticeContext, alert_for, alert_for_removed, sample_alert
 from monitor.domain.errors import DeliveryError, StaleWriteError
 from monitor.domain.findings import Finding, Severity
 from monitor.domain.fleet import NamespaceReport
@@ -312,6 +312,58 @@ async def _resolve_gone(alerting: Alerting, stored: Incident, now: datetime) -> 
         return None  # another instance moved it; the next poll sees the namespace gone again
     _log_notice(alert, previous.sinks, now)
     return alert
+
+
+# -- remediation notices
+
+
+async def queue_action_notice(
+    alerting: Alerting, report: NamespaceReport, action: AlertAction, *, level: Level, now: datetime
+) -> Alert | None:
+    """Tell the namespace's people what remediation did, would do, or could not do.
+
+    It goes to whoever heard of the namespace's revocation incident (else the routes), through the
+    outbox, carried by the namespace's never-opened `remediation` record. Raises StateStoreError.
+    """
+    namespace_id = report.prediction.namespace.id
+    for _ in range(_RACE_RETRIES):
+        carrier = await alerting.store.get_incident(namespace_id, Condition.REMEDIATION.value)
+        previous = _record_of(carrier)
+        record = IncidentRecord(
+            level=level,
+            open=False,
+            number=0,
+            opened_at=now,
+            updated_at=now,
+            last_notified_at=now,
+            notices=(previous.notices if previous else 0) + 1,
+            peak=level,
+        )
+        context = NoticeContext(
+            id=notice_id(now, namespace_id, Condition.REMEDIATION.value, record.notices),
+            notice=Notice.ACTION,
+            condition=Condition.REMEDIATION,
+            level=level,
+            previous_level=None,
+            incident_number=0,
+            opened_at=now,
+        )
+        alert = replace(
+            alert_for(report, context, findings=(), key_tags={}, portal=alerting.policy.portal, now=now),
+            action=action,
+        )
+        revocation = _record_of(await alerting.store.get_incident(namespace_id, Condition.REVOCATION.value))
+        sinks = revocation.sinks if revocation is not None and revocation.open else alerting.router.sinks_for(alert)
+        try:
+            await _commit(alerting.store, namespace_id, Condition.REMEDIATION, record, carrier, alert, sinks, now)
+        except StaleWriteError:
+            continue
+        log = LOG.error if action.outcome == "failed" else LOG.warning
+        log(
+            "keyhealth remediation %s: %s; sinks %s", action.outcome, alert.headline(now), ",".join(sinks) or "log only"
+        )
+        return alert
+    return None
 
 
 # -- delivery

@@ -13,9 +13,11 @@ from monitor.adapters.access import VaultAccess
 from monitor.adapters.alerts import SinkSet, build_sinks
 from monitor.adapters.azure_clients import AzureClients, AzureOptions
 from monitor.adapters.keyvault import KeyVaultKeys
+from monitor.adapters.rotation import AzureRemediator
 from monitor.adapters.servicebus import ServiceBusInventory
 from monitor.alerting import Alerting
 from monitor.config import Settings
+from monitor.remediation import Remediation
 from monitor.service import Monitor, Readers
 from monitor.state import StateStore
 
@@ -122,4 +124,5 @@ def build_monitor(settings: Settings, *, credential: AsyncTokenCredential | None
         concurrency=settings.concurrency,
         alerting=build_alerting(settings, store),
         sinks=sinks.sinks,
+        remediation=Remediation(AzureRemediator(clients), KeyVaultKeys(clients), settings.remediation_policy),
     )

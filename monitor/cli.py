@@ -134,6 +134,21 @@ def _parser() -> argparse.ArgumentParser:
         "--sink", action="append", default=[], metavar="NAME", help="a sink's name (repeat; default: every sink)"
     )
 
+    remediate = commands.add_parser(
+        "remediate",
+        help="plan rotations, recoveries and unpins for the live fleet, then act as the settings allow",
+        description=(
+            "Read the fleet once, show the remediation plan (each item with why, or why not), then act as "
+            "KEYHEALTH_REMEDIATION and its allow-lists permit. Nothing is written with --dry-run, or when "
+            "KEYHEALTH_REMEDIATION is off (the default)."
+        ),
+        epilog="exit status: 0 nothing failed, 1 some action failed, 2 bad settings",
+    )
+    remediate.add_argument("--dry-run", action="store_true", help="plan and report only; write nothing")
+    remediate.add_argument(
+        "--namespace", action="append", default=[], metavar="NAME", help="only this namespace (name or ARM id; repeat)"
+    )
+
     sandbox = commands.add_parser(
         "sandbox",
         help="serve a scenario over the real Azure REST APIs on loopback (HTTPS)",
@@ -327,6 +342,37 @@ def alerts_test(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
     return EXIT_HEALTHY if all(r.ok for r in results) else EXIT_WARNING
 
 
+def remediate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from monitor.bootstrap import build_monitor
+    from monitor.service import remediate_once
+
+    settings = Settings.from_environment()
+    now = datetime.now(UTC)
+
+    async def run() -> tuple[FleetReport, list[Any]]:
+        monitor = build_monitor(settings)
+        try:
+            return await remediate_once(monitor, now=now, dry_run=args.dry_run, namespaces=args.namespace)
+        finally:
+            assert monitor.close is not None
+            await monitor.close()
+
+    report, outcomes = asyncio.run(run())
+    mode = "dry run (--dry-run)" if args.dry_run else settings.remediation
+    print(
+        f"keyhealth remediation at {now:%Y-%m-%dT%H:%M:%SZ}, mode {mode}: {len(report.namespaces)} namespaces read",
+        file=stdout,
+    )
+    if not outcomes:
+        print("nothing to do: no key to rotate or recover, no namespace to unpin", file=stdout)
+    for outcome in outcomes:
+        proposal = outcome.proposal
+        print(f"- {proposal.action.value} {proposal.target} [{outcome.status}]", file=stdout)
+        print(f"    why: {proposal.reason}; namespaces: {', '.join(proposal.namespaces)}", file=stdout)
+        print(f"    {outcome.detail}", file=stdout)
+    return EXIT_WARNING if any(o.status == "failed" for o in outcomes) else EXIT_HEALTHY
+
+
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run the command line; returns the exit status."""
     out = stdout or sys.stdout
@@ -345,6 +391,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
             return sandbox(args, out, err)
         if args.command == "alerts":
             return alerts_test(args, out, err)
+        if args.command == "remediate":
+            return remediate(args, out, err)
     except KeyhealthError as error:
         print(f"keyhealth: error: {error}", file=err)
         return EXIT_INVALID

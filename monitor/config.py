@@ -15,6 +15,7 @@ from monitor.alert_config import AlertConfig, parse_alert_config
 from monitor.alerting import AlertPolicy
 from monitor.domain.errors import AlertConfigError, SettingError
 from monitor.domain.findings import Thresholds
+from monitor.domain.remediation import Action, Mode, RemediationPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,19 @@ def _ncrontab(name: str, raw: str) -> str:
     if len(fields) != 6:
         raise SettingError(name, raw, "expected an NCRONTAB schedule of 6 fields: second minute hour day month weekday")
     return " ".join(fields)
+
+
+def _patterns(name: str, raw: str) -> tuple[str, ...]:
+    del name
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _actions(name: str, raw: str) -> frozenset[str]:
+    chosen = frozenset(part.strip().lower() for part in raw.split(",") if part.strip())
+    unknown = sorted(chosen - {"rotate", "recover", "unpin"})
+    if unknown:
+        raise SettingError(name, raw, f"unknown action {unknown[0]!r}: expected rotate, recover or unpin")
+    return chosen
 
 
 def _table_prefix(name: str, raw: str) -> str:
@@ -254,6 +268,48 @@ SETTINGS: dict[str, SettingSpec] = {
         "Azure portal base URL for links in alerts (another cloud's portal).",
         _https_url(optional=False),
     ),
+    "remediation": SettingSpec(
+        "KEYHEALTH_REMEDIATION",
+        "off",
+        "Remediation: off, dry-run (plan, log and alert what would be done) or on (act).",
+        _choice("off", "dry-run", "on"),
+    ),
+    "remediation_actions": SettingSpec(
+        "KEYHEALTH_REMEDIATION_ACTIONS",
+        "rotate,recover",
+        "Actions remediation may take: rotate, recover, unpin (unpin only when listed).",
+        _actions,
+    ),
+    "remediation_keys": SettingSpec(
+        "KEYHEALTH_REMEDIATION_KEYS",
+        "",
+        "Keys remediation may touch: comma-separated patterns on vault-name/key-name or the key URL; empty: none.",
+        _patterns,
+    ),
+    "remediation_namespaces": SettingSpec(
+        "KEYHEALTH_REMEDIATION_NAMESPACES",
+        "",
+        "Namespaces remediation may unpin: comma-separated patterns on namespace names; empty: none.",
+        _patterns,
+    ),
+    "remediation_rotate_days": SettingSpec(
+        "KEYHEALTH_REMEDIATION_ROTATE_DAYS",
+        "7",
+        "Rotate a key when its expiry would revoke a namespace within this many days.",
+        _number(0.01, 365, "a number of days"),
+    ),
+    "remediation_key_lifetime_days": SettingSpec(
+        "KEYHEALTH_REMEDIATION_KEY_LIFETIME_DAYS",
+        "365",
+        "Expiry of a version remediation creates when the key has no rotation policy expiry.",
+        _number(1, 3650, "a number of days"),
+    ),
+    "remediation_max_per_hour": SettingSpec(
+        "KEYHEALTH_REMEDIATION_MAX_PER_HOUR",
+        "10",
+        "At most this many remediation writes an hour, across instances.",
+        _whole(1, 1000, "a number of actions"),
+    ),
 }
 
 
@@ -284,12 +340,31 @@ class Settings:
     alert_give_up_hours: float = 24.0
     delivery_schedule: str = "*/15 * * * * *"
     portal_url: str = "https://portal.azure.com"
+    remediation: str = "off"
+    remediation_actions: frozenset[str] = frozenset({"rotate", "recover"})
+    remediation_keys: tuple[str, ...] = ()
+    remediation_namespaces: tuple[str, ...] = ()
+    remediation_rotate_days: float = 7.0
+    remediation_key_lifetime_days: float = 365.0
+    remediation_max_per_hour: int = 10
     # The parsed KEYHEALTH_ALERTS, its secrets read from the settings it names (from_environment fills it).
     alert_config: AlertConfig = field(default_factory=AlertConfig, compare=False)
 
     @property
     def thresholds(self) -> Thresholds:
         return Thresholds(warning=timedelta(days=self.warning_days), critical=timedelta(days=self.critical_days))
+
+    @property
+    def remediation_policy(self) -> RemediationPolicy:
+        return RemediationPolicy(
+            mode=Mode(self.remediation),
+            actions=frozenset(Action(a) for a in self.remediation_actions),
+            keys=self.remediation_keys,
+            namespaces=self.remediation_namespaces,
+            rotate_within=timedelta(days=self.remediation_rotate_days),
+            new_key_lifetime=timedelta(days=self.remediation_key_lifetime_days),
+            max_per_hour=self.remediation_max_per_hour,
+        )
 
     @property
     def alert_policy(self) -> AlertPolicy:

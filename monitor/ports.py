@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from monitor.domain.alert import Alert
-from monitor.domain.model import Key, Namespace, Vault
+from monitor.domain.model import Key, KeyRef, KeyVersion, Namespace, Vault
 
-__all__ = ["AccessReader", "AlertSink", "Clock", "InventoryReader", "KeyReader", "VaultReading"]
+__all__ = ["AccessReader", "AlertSink", "Clock", "InventoryReader", "KeyReader", "KeyRemediator", "VaultReading"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,4 +76,36 @@ class AlertSink(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+        ...
+
+
+class KeyRemediator(Protocol):
+    """The writes remediation may make: rotate or recover a key, make a namespace's reference versionless.
+
+    Nothing here disables, deletes or purges. Every method raises RemediationError (with `denied` set
+    when the monitor's identity lacks the permission) and never with a secret in it.
+    """
+
+    async def get_rotation_policy(self, vault_uri: str, name: str) -> Mapping[str, object] | None:
+        """The key's rotation policy as Key Vault returns it (lifetimeActions, attributes.expiryTime)."""
+        ...
+
+    async def rotate_key(self, vault_uri: str, name: str) -> str:
+        """Key Vault's own rotation (the policy decides the new version's expiry). Returns the new version."""
+        ...
+
+    async def create_key_version(self, vault_uri: str, name: str, *, like: KeyVersion, expires_on: datetime) -> str:
+        """A new version of the same type, size and operations, expiring at `expires_on`. Returns it."""
+        ...
+
+    async def recover_key(self, vault_uri: str, name: str) -> None:
+        """Recover the soft-deleted key (it comes back with all its versions)."""
+        ...
+
+    async def get_key_references(self, namespace_id: str) -> list[KeyRef]:
+        """The namespace's encryption.keyVaultProperties as ARM has them now."""
+        ...
+
+    async def unpin(self, namespace_id: str, vault_uri: str, name: str) -> None:
+        """Make the namespace's reference to that key versionless, keeping its other references as they are."""
         ...

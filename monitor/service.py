@@ -29,9 +29,12 @@ from monitor.domain.model import (
     name_id,
     vault_id,
 )
+from monitor.domain.remediation import Mode
 from monitor.domain.scenario import parse_scenario, scenario_document
+from monitor.domain.usability import World
 from monitor.events import KeyVaultEvent, KeyVaultEventType
 from monitor.ports import AccessReader, AlertSink, InventoryReader, KeyReader
+from monitor.remediation import Outcome, Remediation, remediate
 from monitor.render import namespace_document
 from monitor.state import EVENT_DEDUPE_TTL, NamespaceState, StateStore
 
@@ -198,6 +201,8 @@ class Monitor:
     # Incidents and their notices; None: judged and recorded, never alerted (`keyhealth check`).
     alerting: Alerting | None = None
     sinks: Mapping[str, AlertSink] = dataclasses.field(default_factory=dict)
+    # Rotate / recover / unpin behind guard rails; acts only when its policy's mode is not off.
+    remediation: Remediation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +214,7 @@ class PollResult:
     changed: tuple[str, ...] = ()  # namespace ids whose status, window or worst finding moved
     removed: tuple[str, ...] = ()  # namespaces no longer in the fleet
     alerts: tuple[Alert, ...] = ()  # notices queued by this poll
+    remediation: tuple[Outcome, ...] = ()  # what remediation decided, when it is on or dry-running
 
     def describe(self) -> str:
         """One log line saying how the poll went."""
@@ -235,6 +241,7 @@ class EventResult:
     namespaces: tuple[str, ...] = ()
     report: FleetReport | None = None
     alerts: tuple[Alert, ...] = ()
+    remediation: tuple[Outcome, ...] = ()
 
 
 def _verdict(document: Mapping[str, Any]) -> tuple[object, ...]:
@@ -288,9 +295,17 @@ async def poll(monitor: Monitor, *, now: datetime) -> PollResult:
                 monitor.alerting, report.namespaces, key_tags=_key_tags(scenario.snapshot), now=now, known=known
             )
             alerts += await resolve_removed(monitor.alerting, removed, now=now)
+        outcomes = await _remediate(monitor, report, scenario.snapshot, now=now)
         await monitor.store.put_snapshot(scenario_document(scenario), taken_at=now)
         await monitor.store.purge_processed_events(before=now - EVENT_DEDUPE_TTL)
-        return PollResult(ran=True, report=report, changed=changed, removed=tuple(removed), alerts=tuple(alerts))
+        return PollResult(
+            ran=True,
+            report=report,
+            changed=changed,
+            removed=tuple(removed),
+            alerts=tuple(alerts),
+            remediation=tuple(outcomes),
+        )
     finally:
         await monitor.store.release_lease(POLL_LEASE, monitor.instance)
 
@@ -326,9 +341,59 @@ async def handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime)
     alerts: list[Alert] = []
     if monitor.alerting is not None:
         alerts = await raise_alerts(monitor.alerting, report.namespaces, key_tags=_key_tags(snapshot), now=now)
+    outcomes = await _remediate(monitor, report, snapshot, now=now)
     first = await monitor.store.mark_event_processed(event.id, at=now)
     outcome = EventOutcome.EVALUATED if first else EventOutcome.DUPLICATE
-    return EventResult(outcome, tuple(n.id for n in namespaces), report, tuple(alerts))
+    return EventResult(outcome, tuple(n.id for n in namespaces), report, tuple(alerts), tuple(outcomes))
+
+
+async def _remediate(monitor: Monitor, report: FleetReport, snapshot: Snapshot, *, now: datetime) -> list[Outcome]:
+    if monitor.remediation is None or monitor.remediation.policy.mode is Mode.OFF:
+        return []
+    return await remediate(
+        monitor.remediation,
+        monitor.store,
+        monitor.alerting,
+        report.namespaces,
+        World(snapshot),
+        now=now,
+        holder=monitor.instance,
+    )
+
+
+async def remediate_once(
+    monitor: Monitor, *, now: datetime, dry_run: bool, namespaces: Sequence[str] = ()
+) -> tuple[FleetReport, list[Outcome]]:
+    """`keyhealth remediate`: read the fleet, plan, and act as the settings allow (nothing with dry_run).
+
+    `namespaces` (names or ARM ids, any case) narrows it. Raises StateStoreError.
+    """
+    if monitor.remediation is None:
+        raise ValueError("this monitor has no remediation configured")
+    scenario, report = await check(
+        monitor.readers,
+        now=now,
+        thresholds=monitor.thresholds,
+        subscriptions=monitor.subscriptions,
+        concurrency=monitor.concurrency,
+    )
+    wanted = {n.lower() for n in namespaces}
+    chosen = [
+        n
+        for n in report.namespaces
+        if not wanted or n.prediction.namespace.name.lower() in wanted or n.prediction.namespace.id.lower() in wanted
+    ]
+    outcomes = await remediate(
+        monitor.remediation,
+        monitor.store,
+        monitor.alerting,
+        chosen,
+        World(scenario.snapshot),
+        now=now,
+        holder=monitor.instance,
+        dry_run=dry_run,
+    )
+    return report, outcomes
 
 
 def _key_tags(snapshot: Snapshot) -> dict[KeyId, Mapping[str, str]]:

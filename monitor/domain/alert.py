@@ -48,6 +48,16 @@ class AlertFinding:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertAction:
+    """What remediation did (outcome done), would do (dry-run) or could not do (failed)."""
+
+    action: str  # rotate, recover, unpin
+    outcome: str  # done, dry-run, failed
+    target: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class Alert:
     """One notice about one incident (namespace, condition)."""
 
@@ -72,6 +82,7 @@ class Alert:
     evaluated_at: datetime
     namespace_tags: Mapping[str, str] = field(default_factory=dict)
     test: bool = False  # sent by `keyhealth alerts test`: about no real namespace
+    action: AlertAction | None = None  # with notice ACTION: what remediation did
 
     @property
     def resolved(self) -> bool:
@@ -107,6 +118,9 @@ class Alert:
 
     def _headline(self, now: datetime) -> str:
         name = self.namespace_name
+        if self.action is not None:
+            tag = {"done": "[ACTION]", "dry-run": "[DRY RUN]"}.get(self.action.outcome, "[ACTION FAILED]")
+            return f"{tag} {self.action.detail}"
         if self.resolved:
             if self.status_now == "removed":
                 return f"[RESOLVED] {name}: no longer in the fleet (deleted, or no longer on a customer-managed key)"
@@ -184,6 +198,14 @@ class Alert:
                 for f in self.findings
             ],
             "evaluated_at": format_instant(self.evaluated_at),
+            "action": None
+            if self.action is None
+            else {
+                "action": self.action.action,
+                "outcome": self.action.outcome,
+                "target": self.action.target,
+                "detail": self.action.detail,
+            },
         }
 
     @classmethod
@@ -236,6 +258,14 @@ class Alert:
             ),
             evaluated_at=parse_instant(document["evaluated_at"], "$.evaluated_at"),
             test=bool(document.get("test", False)),
+            action=None
+            if not document.get("action")
+            else AlertAction(
+                action=str(document["action"]["action"]),
+                outcome=str(document["action"]["outcome"]),
+                target=str(document["action"]["target"]),
+                detail=str(document["action"]["detail"]),
+            ),
         )
 
 

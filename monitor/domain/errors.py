@@ -126,3 +126,14 @@ class AlertConfigError(KeyhealthError, ValueError):
         self.path = path
         self.problem = problem
         super().__init__(f"{setting}: {path}: {problem}")
+
+
+class RemediationError(KeyhealthError, RuntimeError):
+    """A remediation write failed. `denied`: the monitor's identity lacks the permission (retrying cannot help)."""
+
+    def __init__(self, action: str, target: str, reason: str, *, denied: bool = False) -> None:
+        self.action = action
+        self.target = target
+        self.reason = reason
+        self.denied = denied
+        super().__init__(f"could not {action} {target}: {reason}")

@@ -26,6 +26,7 @@ class Condition(enum.Enum):
     REDUNDANCY = "redundancy"  # a listed key is unusable now or soon while another still covers
     CONFIGURATION = "configuration"  # vault soft delete or purge protection off, a pinned version
     BLIND = "blind"  # the monitor cannot read what decides a listed key
+    REMEDIATION = "remediation"  # never opens: carries the notices of what remediation did or would do
 
 
 class Level(enum.IntEnum):
@@ -55,6 +56,7 @@ class Notice(enum.Enum):
     ESCALATE = "escalate"
     RENOTIFY = "renotify"
     RESOLVE = "resolve"
+    ACTION = "action"  # remediation did (or, in a dry run, would do) something, or failed to
 
 
 _CONFIGURATION_CODES = frozenset({Code.VAULT_SOFT_DELETE_OFF, Code.VAULT_PURGE_PROTECTION_OFF, Code.VERSION_PINNED})

@@ -1,9 +1,10 @@
 """Azure Event Grid sink: CloudEvents on a custom topic, so automation can subscribe to what keyhealth sees.
 
 Types: KeyHealth.NamespaceAtRisk (an incident opened, escalated or re-notified, short of Revoked),
-KeyHealth.NamespaceRevoked (level revoked), KeyHealth.NamespaceRecovered (resolved). The subject is the
-namespace's ARM id (subscriptions filter by prefix); the data is the alert document; the event id is
-the alert id, the same on every retry.
+KeyHealth.NamespaceRevoked (level revoked), KeyHealth.NamespaceRecovered (resolved); and for remediation
+KeyHealth.RemediationPerformed, KeyHealth.RemediationPlanned (a dry run), KeyHealth.RemediationFailed.
+The subject is the namespace's ARM id (subscriptions filter by prefix); the data is the alert document;
+the event id is the alert id, the same on every retry.
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ SOURCE = "keyhealth"
 AT_RISK, REVOKED, RECOVERED = "KeyHealth.NamespaceAtRisk", "KeyHealth.NamespaceRevoked", "KeyHealth.NamespaceRecovered"
 
 
+REMEDIATION = {
+    "done": "KeyHealth.RemediationPerformed",
+    "dry-run": "KeyHealth.RemediationPlanned",
+    "failed": "KeyHealth.RemediationFailed",
+}
+
+
 def event_type(alert: Alert) -> str:
+    if alert.action is not None:
+        return REMEDIATION.get(alert.action.outcome, REMEDIATION["failed"])
     if alert.resolved:
         return RECOVERED
     return REVOKED if alert.level is Level.REVOKED else AT_RISK

@@ -18,7 +18,27 @@ _SUMMARY = 1024  # PagerDuty truncates a longer summary
 _SEVERITY = {Level.WARNING: "warning", Level.CRITICAL: "critical", Level.REVOKED: "critical"}
 
 
-def pagerduty_event(alert: Alert, routing_key: str, now: datetime) -> dict[str, Any]:
+def pagerduty_event(alert: Alert, routing_key: str, now: datetime) -> dict[str, Any] | None:
+    """The Events API v2 event for `alert`; None for what PagerDuty should not hear (remediation that
+    worked, or a dry run: PagerDuty is for what needs a person)."""
+    if alert.action is not None:
+        if alert.action.outcome != "failed":
+            return None
+        return {
+            "routing_key": routing_key,
+            "event_action": "trigger",
+            "dedup_key": f"keyhealth:remediation:{alert.action.action}:{alert.action.target}"[:255],
+            "payload": {
+                "summary": alert.headline(now)[:_SUMMARY],
+                "source": f"{alert.namespace_name}.servicebus.windows.net",
+                "severity": "error",
+                "timestamp": format_instant(alert.evaluated_at),
+                "component": alert.namespace_name,
+                "class": "remediation",
+                "custom_details": {"action": alert.action.action, "target": alert.action.target},
+            },
+            "client": "keyhealth",
+        }
     if alert.resolved:
         return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": alert.dedup_key}
     summary = alert.headline(now)
@@ -69,7 +89,10 @@ class PagerDutySink:
         return f"PagerDutySink(name={self.name!r})"  # never the routing key
 
     async def send(self, alert: Alert, *, now: datetime) -> None:
-        body = json.dumps(pagerduty_event(alert, self._routing_key, now), ensure_ascii=False).encode("utf-8")
+        event = pagerduty_event(alert, self._routing_key, now)
+        if event is None:
+            return
+        body = json.dumps(event, ensure_ascii=False).encode("utf-8")
         headers = {"Content-Type": "application/json"}
         await self._poster.post(
             self.name, self._url, body, headers, timeout=self._timeout, secrets=(self._routing_key,)
