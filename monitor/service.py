@@ -265,6 +265,16 @@ async def _record(monitor: Monitor, report: FleetReport, *, now: datetime) -> tu
     return tuple(changed)
 
 
+async def _read_fleet(monitor: Monitor, *, now: datetime) -> tuple[Scenario, FleetReport]:
+    return await check(
+        monitor.readers,
+        now=now,
+        thresholds=monitor.thresholds,
+        subscriptions=monitor.subscriptions,
+        concurrency=monitor.concurrency,
+    )
+
+
 async def poll(monitor: Monitor, *, now: datetime) -> PollResult:
     """Mirror Service Bus's 5-minute poll: read the whole fleet, judge it, record it.
 
@@ -274,13 +284,7 @@ async def poll(monitor: Monitor, *, now: datetime) -> PollResult:
     if not await monitor.store.acquire_lease(POLL_LEASE, monitor.instance, POLL_LEASE_DURATION, now=now):
         return PollResult(ran=False)
     try:
-        scenario, report = await check(
-            monitor.readers,
-            now=now,
-            thresholds=monitor.thresholds,
-            subscriptions=monitor.subscriptions,
-            concurrency=monitor.concurrency,
-        )
+        scenario, report = await _read_fleet(monitor, now=now)
         changed = await _record(monitor, report, now=now)
         removed: list[str] = []
         if not report.fleet_blind:
@@ -370,13 +374,7 @@ async def remediate_once(
     """
     if monitor.remediation is None:
         raise ValueError("this monitor has no remediation configured")
-    scenario, report = await check(
-        monitor.readers,
-        now=now,
-        thresholds=monitor.thresholds,
-        subscriptions=monitor.subscriptions,
-        concurrency=monitor.concurrency,
-    )
+    scenario, report = await _read_fleet(monitor, now=now)
     wanted = {n.lower() for n in namespaces}
     chosen = [
         n
