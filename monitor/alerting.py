@@ -33,6 +33,7 @@ from monitor.domain.incidents import (
 from monitor.domain.model import KeyId
 from monitor.ports import AlertSink
 from monitor.state import Incident, OutboxEntry, StateStore, namespace_key, notice_id, outbox_id
+from monitor.telemetry import count_delivery
 
 LOG = logging.getLogger("keyhealth.alerts")
 DELIVERY_LEASE = "alert-delivery"
@@ -419,6 +420,7 @@ async def deliver(
 
 
 async def _abandon(store: StateStore, entry: OutboxEntry, attempts: int, reason: str) -> None:
+    count_delivery(entry.sink, "undeliverable")
     LOG.error(
         "keyhealth: alert %s for sink %s is undeliverable after %d attempt(s): %s; it is dropped",
         entry.id,
@@ -466,6 +468,7 @@ async def _drain(
                 abandoned += 1
                 continue
             delay = max(policy.retry_delay(attempts), timedelta(seconds=asked or 0))
+            count_delivery(name, "retried")
             await store.update_outbox_entry(
                 replace(entry, attempts=attempts, next_attempt_at=now + delay, last_error=reason)
             )
@@ -478,6 +481,7 @@ async def _drain(
                 (now + delay).isoformat(),
             )
             return delivered, retried + 1, abandoned, len(queue) - position - 1
+        count_delivery(name, "delivered")
         await store.delete_outbox_entry(entry)
         delivered += 1
     return delivered, retried, abandoned, 0

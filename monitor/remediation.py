@@ -35,6 +35,7 @@ from monitor.domain.scenario import format_instant
 from monitor.domain.usability import World
 from monitor.ports import KeyReader, KeyRemediator
 from monitor.state import StateStore
+from monitor.telemetry import count_remediation
 
 LOG = logging.getLogger("keyhealth.remediation")
 ACTION_LEASE = timedelta(minutes=5)
@@ -105,6 +106,7 @@ async def remediate(
 
 
 def _audit(outcome: Outcome) -> None:
+    count_remediation(outcome.proposal.action.value, outcome.status)
     level = {"failed": logging.ERROR, "done": logging.WARNING, "blocked": logging.DEBUG}.get(
         outcome.status, logging.INFO
     )

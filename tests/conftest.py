@@ -1,12 +1,44 @@
-"""Fixtures shared across test packages: one real Azurite for the whole session."""
+"""Fixtures shared across test packages: one real Azurite for the whole session, and the metrics the code emits."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 from tests.state.support import Azurite
+
+# One provider for the test process (OpenTelemetry allows setting it once), read in memory.
+_READER = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[_READER]))
+
+
+class Metrics:
+    """Reads what the code emitted: a counter's cumulative value for some attributes."""
+
+    def value(self, name: str, **attributes: str) -> float:
+        data = _READER.get_metrics_data()
+        total = 0.0
+        for resource in data.resource_metrics if data else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name != name:
+                        continue
+                    for point in metric.data.data_points:
+                        labels = point.attributes or {}
+                        if isinstance(point, NumberDataPoint) and all(
+                            labels.get(k) == v for k, v in attributes.items()
+                        ):
+                            total += point.value
+        return total
+
+
+@pytest.fixture
+def emitted() -> Metrics:
+    return Metrics()
 
 
 @pytest.fixture(scope="session")

@@ -65,8 +65,11 @@ class Harness:
         await self.store.close()
 
 
-def test_a_sink_down_for_a_while_gets_every_alert_once_in_order(tmp_path: Path, receivers: Receivers, ca_bundle: str):
+def test_a_sink_down_for_a_while_gets_every_alert_once_in_order(
+    tmp_path: Path, receivers: Receivers, ca_bundle: str, emitted
+):
     """500s for the first five tries, then 200: each alert arrives exactly once, in the order they were made."""
+    before = {o: emitted.value("keyhealth.alerts.deliveries", sink="ops", outcome=o) for o in ("delivered", "retried")}
     receiver = receivers()
     receiver.fail_next(*([500] * 5))
     hour = timedelta(hours=1)
@@ -95,6 +98,8 @@ def test_a_sink_down_for_a_while_gets_every_alert_once_in_order(tmp_path: Path, 
     assert delivered == sorted(made)  # ids sort by when they were made (then by namespace and notice)
     assert [h.body["notice"] for h in receiver.accepted] == ["open", "open", "open", "escalate"]
     assert len(receiver.hits) == 4 + 5
+    counted = {o: emitted.value("keyhealth.alerts.deliveries", sink="ops", outcome=o) - before[o] for o in before}
+    assert counted == {"delivered": 4, "retried": 5}
     assert all(h.body["id"] == delivered[0] for h in receiver.hits[:6])  # retries never let a later one overtake
 
 

@@ -108,8 +108,9 @@ def _document(result: Any, name: str) -> dict[str, Any]:
     return next(namespace_document(n) for n in result.report.namespaces if n.prediction.namespace.name == name)
 
 
-def test_an_expiring_key_is_rotated_once_and_versionless_namespaces_recover(tmp_path: Path):
+def test_an_expiring_key_is_rotated_once_and_versionless_namespaces_recover(tmp_path: Path, emitted):
     """Rotated by the first poll (create: no rotation policy); not again by the next poll or a triple event."""
+    rotations_before = emitted.value("keyhealth.remediation.actions", action="rotate", outcome="done")
 
     async def body(running: Running) -> Any:
         monitor, sandbox = running.monitor(), running.sandbox
@@ -149,6 +150,8 @@ def test_an_expiring_key_is_rotated_once_and_versionless_namespaces_recover(tmp_
         and "(expires 2027-11-22T00:00:00Z)" in done["kv-test/k-rot"].detail
     )
     assert len(creates_after_first) == 1 and creates == creates_after_first  # once, whatever came after
+    rotations = emitted.value("keyhealth.remediation.actions", action="rotate", outcome="done") - rotations_before
+    assert rotations == 1  # the metric counts it too
     assert [o.proposal.target for o in second.remediation if o.proposal.action.value == "rotate"] == ["kv-test/k-other"]
     assert _document(second, "sb-vless")["status_now"] == "healthy"
     # The new version lasts the configured year: the next revocation is a year out, not in 3 days.
