@@ -25,7 +25,6 @@ from monitor.domain.usability import (
     assess,
     assess_as,
     change_instants,
-    effective_version,
 )
 
 
@@ -164,12 +163,10 @@ class Predictor:
         self.now = now
         self.horizon = horizon
         self._usable = UsableTime(world, now, horizon)
-        # Most references are usable throughout: they share one value rather than hold a copy each.
-        self._throughout: tuple[Interval, ...] = ((now, horizon),)
         self._vault_ids: dict[str, str] = {}  # vault URI as spelled -> vault id
 
     def predict(self, namespace: Namespace) -> NamespacePrediction:
-        world, now, horizon, usable, throughout = self.world, self.now, self.horizon, self._usable, self._throughout
+        world, now, horizon, usable = self.world, self.now, self.horizon, self._usable
         vault_ids = self._vault_ids
         identity = namespace.identity
         system_principal: str | None = None  # what references without an identity act as, resolved once
@@ -191,14 +188,10 @@ class Predictor:
             key_id = (vault, name_id(ref.name))  # world.key_id(ref), without two calls
             # Not remembered per (key, version, principal): in a fleet of 100,000 namespaces 9 of 300,000
             # references repeat one, and keeping them all cost more than computing the repeats again.
-            intervals = tuple(usable.of_key(key_id, ref.version, principal))
-            if intervals == throughout:
-                # Most references are usable throughout: they share one value rather than hold a copy each.
-                intervals = throughout
+            intervals, version = usable.of_key_from_start(key_id, ref.version, principal)
             if intervals and intervals[0][0] == now:
                 # Usable now, as `assess_as` would find it: no reason, nothing unknown (a blind spot yields
                 # no interval), and the effective version is all it would add. Nearly every reference is.
-                version = effective_version(world.key_at(key_id, now), ref.version, now)
                 assessment = Assessment(ref, principal, (), version)
             else:
                 assessment = assess_as(world, ref, principal, now)
