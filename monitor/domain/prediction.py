@@ -76,12 +76,15 @@ class NamespacePrediction:
     def status_now(self) -> Status:
         usable = 0
         for assessment in self.assessments_now:  # blind and usable_keys_now, in one pass
-            if assessment.is_unknown:
+            # is_unknown and usable, read off the fields: every finding asks this of every namespace.
+            if assessment.reasons:
+                continue  # neither unknown nor usable
+            if assessment.unknown:
                 return Status.UNKNOWN
-            usable += assessment.usable
+            usable += 1
         if usable == 0:
             return Status.REVOKED
-        return Status.HEALTHY if usable == self.keys_total else Status.DEGRADED
+        return Status.HEALTHY if usable == len(self.namespace.keys) else Status.DEGRADED
 
     @property
     def blind(self) -> bool:
