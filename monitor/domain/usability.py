@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import pairwise
 from operator import attrgetter
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from monitor.domain.errors import ScenarioError
 from monitor.domain.model import (
@@ -81,9 +81,12 @@ class VaultState:
         return tuple(spelled[p] for p in sorted(REQUIRED_PERMISSIONS - permissions))
 
 
-@dataclass(frozen=True, slots=True)
-class KeyState:
-    """A key as it is during one epoch of the timeline; versions are sorted by `created`."""
+class KeyState(NamedTuple):
+    """A key as it is during one epoch of the timeline; versions are sorted by `created`.
+
+    A NamedTuple rather than a frozen dataclass: a World builds one for every key of the snapshot and
+    every key change, 400,000 for a fleet of 100,000 namespaces, at half the cost each.
+    """
 
     exists: bool
     deleted: bool
