@@ -180,9 +180,10 @@ class FindingsJudge:
         now = prediction.now
         findings: list[Finding] = []
         status = prediction.status_now
-        revocation = _revocation_finding(prediction, status, thresholds)
-        if revocation is not None:
-            findings.append(revocation)
+        if prediction.stretches:  # most namespaces have none, and no revocation finding
+            revocation = _revocation_finding(prediction, status, thresholds)
+            if revocation is not None:
+                findings.append(revocation)
         # A broken reference costs redundancy while another still works; it is the outage when none does.
         impact = Severity.CRITICAL if status is Status.REVOKED else Severity.WARNING
         horizon = prediction.horizon
@@ -191,6 +192,7 @@ class FindingsJudge:
             self._vaults.clear()
             self._vaults_at = now
         vaults = self._vaults
+        usable_intervals = prediction.usable_intervals
         for index, (ref, assessment) in enumerate(zip(namespace.keys, prediction.assessments_now, strict=True)):
             if assessment.unknown:
                 findings.append(_blind_finding(namespace, ref, assessment))
@@ -209,13 +211,13 @@ class FindingsJudge:
             if ref.version is not None:
                 findings.append(_pinned_finding(world, ref, assessment, _Commands(namespace, ref), now))
             # Most usable references stay usable to the horizon, or past the warning threshold: nothing to say.
-            intervals = prediction.usable_intervals[index]
+            intervals = usable_intervals[index]
             if intervals and intervals[0][1] < horizon and intervals[0][1] - now <= warning and assessment.usable:
                 expiring = _expiring_finding(prediction, world, index, thresholds)
                 if expiring is not None:
                     findings.append(expiring)
         if status is Status.HEALTHY:
-            usable_now = prediction.keys_total  # every listed reference is usable
+            usable_now = len(namespace.keys)  # every listed reference is usable
         elif status is Status.DEGRADED:
             usable_now = prediction.usable_keys_now
         else:
