@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from monitor.ports import AccessReader, AlertSink, InventoryReader, KeyReader
 from monitor.remediation import Outcome, Remediation, remediate
 from monitor.render import namespace_document
 from monitor.state import EVENT_DEDUPE_TTL, NamespaceState, StateStore
+from monitor.telemetry import READINGS, count_event, count_poll
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -276,6 +278,22 @@ async def _read_fleet(monitor: Monitor, *, now: datetime) -> tuple[Scenario, Fle
 
 
 async def poll(monitor: Monitor, *, now: datetime) -> PollResult:
+    """`_poll`, counted and timed (keyhealth.polls, keyhealth.poll.duration); updates the fleet gauges."""
+    started = time.monotonic()
+    try:
+        result = await _poll(monitor, now=now)
+    except Exception:
+        count_poll("failed", time.monotonic() - started)
+        raise
+    if not result.ran or result.report is None:
+        count_poll("skipped")
+        return result
+    READINGS.record(result.report, whole_fleet=not result.report.fleet_blind)
+    count_poll("blind" if result.report.fleet_blind else "ok", time.monotonic() - started)
+    return result
+
+
+async def _poll(monitor: Monitor, *, now: datetime) -> PollResult:
     """Mirror Service Bus's 5-minute poll: read the whole fleet, judge it, record it.
 
     Only the instance holding the poll lease runs it; the others return at once (ran=False).
@@ -315,6 +333,21 @@ async def poll(monitor: Monitor, *, now: datetime) -> PollResult:
 
 
 async def handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime) -> EventResult:
+    """`_handle_event`, counted and timed (keyhealth.events, keyhealth.event.duration); updates the gauges."""
+    started = time.monotonic()
+    kind = event.kind.value if event.kind is not None else "other"  # bounded: never the raw type text
+    try:
+        result = await _handle_event(monitor, event, now=now)
+    except Exception:
+        count_event(kind, "failed", time.monotonic() - started)
+        raise
+    if result.report is not None:
+        READINGS.record(result.report, whole_fleet=False)
+    count_event(kind, result.outcome.value, time.monotonic() - started)
+    return result
+
+
+async def _handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime) -> EventResult:
     """React to one Key Vault event: re-read and re-judge the namespaces that list its key (or vault).
 
     The event's own payload is never trusted for state (Event Grid delivers at least once and out of

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry import metrics
@@ -18,6 +19,27 @@ metrics.set_meter_provider(MeterProvider(metric_readers=[_READER]))
 
 class Metrics:
     """Reads what the code emitted: a counter's cumulative value for some attributes."""
+
+    def _points(self, name: str, attributes: dict[str, str]) -> list[Any]:
+        data = _READER.get_metrics_data()
+        found = []
+        for resource in data.resource_metrics if data else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        for point in metric.data.data_points:
+                            labels = point.attributes or {}
+                            if all(labels.get(k) == v for k, v in attributes.items()):
+                                found.append(point)
+        return found
+
+    def points(self, name: str, **attributes: str) -> int:
+        """How many series of `name` match the attributes."""
+        return len(self._points(name, attributes))
+
+    def count(self, name: str, **attributes: str) -> int:
+        """How many values a histogram has recorded."""
+        return sum(int(getattr(p, "count", 0)) for p in self._points(name, attributes))
 
     def value(self, name: str, **attributes: str) -> float:
         data = _READER.get_metrics_data()

@@ -1,0 +1,99 @@
+"""The instruments after a poll and an event against the stand-in, read through an in-memory reader."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.keyvault.keys._shared import http_challenge_cache
+
+from monitor.bootstrap import build_monitor
+from monitor.config import Settings
+from monitor.domain.scenario import format_instant, parse_scenario
+from monitor.events import KeyVaultEvent, parse_event
+from monitor.sandbox import Sandbox
+from monitor.service import handle_event, poll
+from tests.builders import VAULT, key, namespace, ref, scenario, version
+
+NOW = datetime(2026, 11, 22, tzinfo=UTC)
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+
+
+@pytest.fixture(autouse=True)
+def clear_challenge_cache() -> Iterator[None]:
+    http_challenge_cache.clear()
+    yield
+    http_challenge_cache.clear()
+
+
+def test_a_poll_and_an_event_set_every_instrument(tmp_path: Path, emitted):
+    document = scenario(
+        [
+            namespace("sb-ok", ref("k-ok")),
+            namespace("sb-soon", ref("k-soon")),
+            namespace("sb-two", ref("k-ok"), ref("k-off")),
+        ],
+        [
+            key("k-ok"),
+            key("k-soon", version("v1", exp=format_instant(NOW + timedelta(days=3)))),
+            key("k-off", version("v1", enabled=False)),
+        ],
+        now=format_instant(NOW),
+    )
+    parsed, _ = parse_scenario(document)
+    polls_before = emitted.value("keyhealth.polls", outcome="ok")
+    near = "Microsoft.KeyVault.KeyNearExpiry"
+    events_before = emitted.value("keyhealth.events", event_type=near, outcome="evaluated")
+
+    async def run() -> None:
+        with Sandbox(parsed) as sandbox:
+            environment = {**sandbox.environment(), "KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite")}
+            monitor = build_monitor(Settings.from_environment(environment))
+            try:
+                await poll(monitor, now=NOW)
+                event = parse_event(
+                    {
+                        "id": "e-1",
+                        "topic": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv-test",
+                        "subject": "k-soon",
+                        "eventType": near,
+                        "eventTime": NOW.isoformat(),
+                        "data": {
+                            "Id": f"{VAULT}/keys/k-soon/v1",
+                            "VaultName": "kv-test",
+                            "ObjectType": "Key",
+                            "ObjectName": "k-soon",
+                        },
+                        "dataVersion": "1",
+                        "metadataVersion": "1",
+                    }
+                )
+                assert isinstance(event, KeyVaultEvent)
+                await handle_event(monitor, event, now=NOW + timedelta(hours=1))
+            finally:
+                assert monitor.close is not None
+                await monitor.close()
+
+    asyncio.run(run())
+
+    def gauge(name: str, **attributes: Any) -> float:
+        return float(emitted.value(name, **attributes))
+
+    assert emitted.value("keyhealth.polls", outcome="ok") - polls_before == 1
+    assert emitted.value("keyhealth.events", event_type=near, outcome="evaluated") - events_before == 1
+    assert emitted.count("keyhealth.poll.duration") >= 1 and emitted.count("keyhealth.event.duration") >= 1
+    labels = {"subscription": SUBSCRIPTION}
+    # sb-soon was re-judged by the event an hour later: 3 days less one hour to go.
+    assert gauge("keyhealth.namespace.revocation.seconds", namespace="sb-soon", **labels) == 3 * 86400 - 3600
+    assert emitted.points("keyhealth.namespace.revocation.seconds", namespace="sb-ok") == 0  # none predicted
+    assert gauge("keyhealth.namespace.usable_keys", namespace="sb-two") == 1
+    assert gauge("keyhealth.namespace.listed_keys", namespace="sb-two") == 2
+    assert gauge("keyhealth.namespace.status", namespace="sb-two", status="degraded") == 1
+    assert gauge("keyhealth.namespace.status", namespace="sb-two", status="healthy") == 0
+    assert gauge("keyhealth.namespace.status", namespace="sb-ok", status="healthy") == 1
+    assert gauge("keyhealth.key.expiry.seconds", vault="kv-test", key="k-soon") == 3 * 86400 - 3600
+    assert gauge("keyhealth.monitor.blind") == 0
