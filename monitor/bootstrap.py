@@ -126,3 +126,22 @@ def build_monitor(settings: Settings, *, credential: AsyncTokenCredential | None
         sinks=sinks.sinks,
         remediation=Remediation(AzureRemediator(clients), KeyVaultKeys(clients), settings.remediation_policy),
     )
+
+
+def configure_metrics(*, prometheus: bool) -> bool:
+    """Install this process's meter provider once: a Prometheus reader (for `serve`'s /metrics) when asked.
+
+    Returns False, changing nothing, when a provider is already installed (a host or a test set one).
+    """
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    if isinstance(metrics.get_meter_provider(), MeterProvider):
+        return False
+    readers = []
+    if prometheus:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+        readers.append(PrometheusMetricReader())
+    metrics.set_meter_provider(MeterProvider(metric_readers=readers))
+    return True

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import prometheus_client
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
@@ -279,6 +280,7 @@ class Server:
             app.router.add_get(f"{prefix}/status", self.status_route)
             app.router.add_get(f"{prefix}/status/{{namespace}}", self.status_route)
         app.router.add_get("/healthz", self.healthz_route)
+        app.router.add_get("/metrics", self.metrics_route)
         return app
 
     @web.middleware
@@ -372,6 +374,11 @@ class Server:
         body["healthy"] = healthy
         return (200 if healthy else 503), body
 
+    async def metrics_route(self, request: web.Request) -> web.Response:
+        """GET /metrics: every instrument in the Prometheus text format (for a scraper, behind the secret)."""
+        body = prometheus_client.generate_latest()
+        return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
     async def healthz_route(self, request: web.Request) -> web.Response:
         code, body = self.health()
         return _json(code, body)
@@ -423,7 +430,7 @@ def run_serve(settings: Settings, host: str, port: int, announce: Callable[[str]
 
     Raises SettingError for a schedule it cannot read.
     """
-    from monitor.bootstrap import build_monitor
+    from monitor.bootstrap import build_monitor, configure_metrics
 
     try:
         parse_schedule(settings.poll_schedule)
@@ -432,6 +439,8 @@ def run_serve(settings: Settings, host: str, port: int, announce: Callable[[str]
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    configure_metrics(prometheus=True)
 
     async def main() -> None:
         server = Server(

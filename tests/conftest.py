@@ -7,14 +7,16 @@ from typing import Any
 
 import pytest
 from opentelemetry import metrics
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 from tests.state.support import Azurite
 
-# One provider for the test process (OpenTelemetry allows setting it once), read in memory.
+# One provider for the test process (OpenTelemetry allows setting it once): read in memory, and through
+# Prometheus as `serve` installs it, so its /metrics route can be scraped.
 _READER = InMemoryMetricReader()
-metrics.set_meter_provider(MeterProvider(metric_readers=[_READER]))
+metrics.set_meter_provider(MeterProvider(metric_readers=[_READER, PrometheusMetricReader()]))
 
 
 class Metrics:

@@ -338,3 +338,23 @@ def test_bad_and_impossible_schedules_are_refused():
     with pytest.raises(ValueError, match="never fires"):
         next_fire("0 0 0 30 2 *", datetime(2026, 1, 1, tzinfo=UTC))
     assert schedule_period("0 */5 * * * *", datetime(2026, 1, 1, tzinfo=UTC)) == timedelta(minutes=5)
+
+
+def test_metrics_are_scraped_in_the_prometheus_format(tmp_path):
+    """GET /metrics after the start-up poll: the fleet gauges, per namespace, and the poll counter."""
+
+    async def scenario_() -> str:
+        async with serving(tmp_path) as run:
+            async with run.session.get(run.url + "/metrics") as reply:
+                assert reply.status == 200
+                assert reply.headers["Content-Type"].startswith("text/plain")
+                return await reply.text()
+
+    text = asyncio.run(scenario_())
+    lines = text.splitlines()
+    assert any(
+        line.startswith("keyhealth_namespace_usable_keys{") and 'namespace="sb-two"' in line and line.endswith(" 2.0")
+        for line in lines
+    )
+    assert any(line.startswith("keyhealth_namespace_status{") and 'status="healthy"' in line for line in lines)
+    assert any(line.startswith("keyhealth_polls_total{") and 'outcome="ok"' in line for line in lines)
