@@ -344,11 +344,10 @@ def test_metrics_are_scraped_in_the_prometheus_format(tmp_path):
     """GET /metrics after the start-up poll: the fleet gauges, per namespace, and the poll counter."""
 
     async def scenario_() -> str:
-        async with serving(tmp_path) as run:
-            async with run.session.get(run.url + "/metrics") as reply:
-                assert reply.status == 200
-                assert reply.headers["Content-Type"].startswith("text/plain")
-                return await reply.text()
+        async with serving(tmp_path) as run, run.session.get(run.url + "/metrics") as reply:
+            assert reply.status == 200
+            assert reply.headers["Content-Type"].startswith("text/plain")
+            return await reply.text()
 
     text = asyncio.run(scenario_())
     lines = text.splitlines()
