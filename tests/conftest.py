@@ -35,6 +35,16 @@ class Metrics:
                                 found.append(point)
         return found
 
+    def names(self) -> set[str]:
+        """Every instrument that has recorded something in this process."""
+        data = _READER.get_metrics_data()
+        return {
+            metric.name
+            for resource in (data.resource_metrics if data else ())
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+        }
+
     def points(self, name: str, **attributes: str) -> int:
         """How many series of `name` match the attributes."""
         return len(self._points(name, attributes))
