@@ -102,6 +102,10 @@ def build_alerting(settings: Settings, store: StateStore) -> Alerting:
 
 def build_monitor(settings: Settings, *, credential: AsyncTokenCredential | None = None) -> Monitor:
     """A long-lived Monitor: a Functions worker keeps it for its lifetime, on the host's one event loop."""
+    from azure.core.settings import settings as azure_settings
+
+    # Each Azure SDK call becomes a span under the poll's or event's (a no-op without a tracer provider).
+    azure_settings.tracing_enabled = True
     active = credential if credential is not None else build_credential(settings)
     clients = AzureClients(active, azure_options(settings))
     store = build_store(settings, active)

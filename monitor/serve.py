@@ -27,6 +27,7 @@ from monitor.config import Settings
 from monitor.domain.errors import EventBodyError, SettingError
 from monitor.events import KeyVaultEvent, RejectedEvent, SubscriptionValidation, parse_delivery
 from monitor.service import Monitor, PollResult, deliver_alerts, handle_event, poll, status_document
+from monitor.telemetry import TraceContextFilter
 
 log = logging.getLogger("keyhealth")
 
@@ -438,7 +439,9 @@ def run_serve(settings: Settings, host: str, port: int, announce: Callable[[str]
         raise SettingError("KEYHEALTH_POLL_SCHEDULE", settings.poll_schedule, str(error)) from None
 
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [trace %(trace_id)s] %(message)s")
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(TraceContextFilter())
 
     configure_metrics(prometheus=True)
 

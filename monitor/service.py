@@ -38,7 +38,7 @@ from monitor.ports import AccessReader, AlertSink, InventoryReader, KeyReader
 from monitor.remediation import Outcome, Remediation, remediate
 from monitor.render import namespace_document
 from monitor.state import EVENT_DEDUPE_TTL, NamespaceState, StateStore
-from monitor.telemetry import READINGS, count_event, count_poll
+from monitor.telemetry import READINGS, TRACER, count_event, count_poll
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -280,17 +280,29 @@ async def _read_fleet(monitor: Monitor, *, now: datetime) -> tuple[Scenario, Fle
 async def poll(monitor: Monitor, *, now: datetime) -> PollResult:
     """`_poll`, counted and timed (keyhealth.polls, keyhealth.poll.duration); updates the fleet gauges."""
     started = time.monotonic()
-    try:
-        result = await _poll(monitor, now=now)
-    except Exception:
-        count_poll("failed", time.monotonic() - started)
-        raise
-    if not result.ran or result.report is None:
-        count_poll("skipped")
+    # The Azure SDK calls inside become child spans (azure-core tracing, enabled at the composition root).
+    with TRACER.start_as_current_span("keyhealth.poll") as span:
+        try:
+            result = await _poll(monitor, now=now)
+        except Exception:
+            count_poll("failed", time.monotonic() - started)
+            span.set_attribute("keyhealth.outcome", "failed")
+            raise
+        if not result.ran or result.report is None:
+            count_poll("skipped")
+            span.set_attribute("keyhealth.outcome", "skipped")
+            return result
+        READINGS.record(result.report, whole_fleet=not result.report.fleet_blind)
+        outcome = "blind" if result.report.fleet_blind else "ok"
+        count_poll(outcome, time.monotonic() - started)
+        span.set_attributes(
+            {
+                "keyhealth.outcome": outcome,
+                "keyhealth.namespaces": len(result.report.namespaces),
+                "keyhealth.alerts": len(result.alerts),
+            }
+        )
         return result
-    READINGS.record(result.report, whole_fleet=not result.report.fleet_blind)
-    count_poll("blind" if result.report.fleet_blind else "ok", time.monotonic() - started)
-    return result
 
 
 async def _poll(monitor: Monitor, *, now: datetime) -> PollResult:
@@ -336,15 +348,18 @@ async def handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime)
     """`_handle_event`, counted and timed (keyhealth.events, keyhealth.event.duration); updates the gauges."""
     started = time.monotonic()
     kind = event.kind.value if event.kind is not None else "other"  # bounded: never the raw type text
-    try:
-        result = await _handle_event(monitor, event, now=now)
-    except Exception:
-        count_event(kind, "failed", time.monotonic() - started)
-        raise
-    if result.report is not None:
-        READINGS.record(result.report, whole_fleet=False)
-    count_event(kind, result.outcome.value, time.monotonic() - started)
-    return result
+    with TRACER.start_as_current_span("keyhealth.event", attributes={"keyhealth.event_type": kind}) as span:
+        try:
+            result = await _handle_event(monitor, event, now=now)
+        except Exception:
+            count_event(kind, "failed", time.monotonic() - started)
+            span.set_attribute("keyhealth.outcome", "failed")
+            raise
+        if result.report is not None:
+            READINGS.record(result.report, whole_fleet=False)
+        count_event(kind, result.outcome.value, time.monotonic() - started)
+        span.set_attributes({"keyhealth.outcome": result.outcome.value, "keyhealth.namespaces": len(result.namespaces)})
+        return result
 
 
 async def _handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime) -> EventResult:

@@ -6,12 +6,13 @@ stay bounded (action, outcome, sink): never a version id, a URL or a secret.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from opentelemetry import metrics
+from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from monitor import __version__
@@ -20,6 +21,19 @@ from monitor.domain.model import vault_short_name
 from monitor.domain.prediction import Status
 
 _meter = metrics.get_meter("keyhealth", __version__)
+TRACER = trace.get_tracer("keyhealth", __version__)
+
+
+class TraceContextFilter(logging.Filter):
+    """Adds the current trace and span ids to each record (`trace_id`, `span_id`; "-" outside a span),
+    so a log line can be found from its trace and back."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = trace.get_current_span().get_span_context()
+        record.trace_id = f"{context.trace_id:032x}" if context.is_valid else "-"
+        record.span_id = f"{context.span_id:016x}" if context.is_valid else "-"
+        return True
+
 
 REMEDIATION_ACTIONS = _meter.create_counter(
     "keyhealth.remediation.actions",

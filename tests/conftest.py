@@ -6,10 +6,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from opentelemetry import metrics
+from opentelemetry import metrics, trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.state.support import Azurite
 
@@ -17,6 +20,10 @@ from tests.state.support import Azurite
 # Prometheus as `serve` installs it, so its /metrics route can be scraped.
 _READER = InMemoryMetricReader()
 metrics.set_meter_provider(MeterProvider(metric_readers=[_READER, PrometheusMetricReader()]))
+SPANS = InMemorySpanExporter()
+_TRACER_PROVIDER = TracerProvider()
+_TRACER_PROVIDER.add_span_processor(SimpleSpanProcessor(SPANS))
+trace.set_tracer_provider(_TRACER_PROVIDER)
 
 
 class Metrics:

@@ -97,3 +97,36 @@ def test_a_poll_and_an_event_set_every_instrument(tmp_path: Path, emitted):
     assert gauge("keyhealth.namespace.status", namespace="sb-ok", status="healthy") == 1
     assert gauge("keyhealth.key.expiry.seconds", vault="kv-test", key="k-soon") == 3 * 86400 - 3600
     assert gauge("keyhealth.monitor.blind") == 0
+
+
+def test_a_poll_is_a_span_with_its_azure_calls_as_children_and_logs_carry_its_trace(tmp_path: Path):
+    import logging
+
+    from monitor.telemetry import TRACER, TraceContextFilter
+    from tests.conftest import SPANS
+
+    parsed, _ = parse_scenario(scenario([namespace("sb-one", ref("k1"))], [key("k1")], now=format_instant(NOW)))
+    SPANS.clear()
+
+    async def run() -> None:
+        with Sandbox(parsed) as sandbox:
+            environment = {**sandbox.environment(), "KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite")}
+            monitor = build_monitor(Settings.from_environment(environment))
+            try:
+                await poll(monitor, now=NOW)
+            finally:
+                assert monitor.close is not None
+                await monitor.close()
+
+    asyncio.run(run())
+    spans = SPANS.get_finished_spans()
+    (polled,) = [s for s in spans if s.name == "keyhealth.poll"]
+    assert polled.attributes is not None and polled.attributes["keyhealth.outcome"] == "ok"
+    assert polled.attributes["keyhealth.namespaces"] == 1
+    children = [s for s in spans if s.parent is not None and s.context.trace_id == polled.context.trace_id]
+    assert any("get_key" in s.name.lower() or "getkey" in s.name.lower() for s in children), [s.name for s in spans]
+
+    record = logging.LogRecord("keyhealth", logging.INFO, __file__, 1, "inside", None, None)
+    with TRACER.start_as_current_span("probe") as probe:
+        TraceContextFilter().filter(record)
+    assert record.trace_id == f"{probe.get_span_context().trace_id:032x}"  # type: ignore[attr-defined]
