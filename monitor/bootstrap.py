@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 from azure.core.credentials_async import AsyncTokenCredential
 
@@ -20,6 +21,10 @@ from monitor.config import Settings
 from monitor.remediation import Remediation
 from monitor.service import Monitor, Readers
 from monitor.state import StateStore
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
 
 
 def azure_options(settings: Settings) -> AzureOptions:
@@ -132,20 +137,43 @@ def build_monitor(settings: Settings, *, credential: AsyncTokenCredential | None
     )
 
 
-def configure_metrics(*, prometheus: bool) -> bool:
-    """Install this process's meter provider once: a Prometheus reader (for `serve`'s /metrics) when asked.
-
-    Returns False, changing nothing, when a provider is already installed (a host or a test set one).
-    """
-    from opentelemetry import metrics
+def telemetry_providers(environ: Mapping[str, str], *, prometheus: bool) -> tuple[MeterProvider, TracerProvider]:
+    """A meter and a tracer provider from the standard settings: OTLP (http/protobuf) when
+    OTEL_EXPORTER_OTLP_ENDPOINT is set, a Prometheus reader for `serve`'s /metrics when asked."""
     from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
 
-    if isinstance(metrics.get_meter_provider(), MeterProvider):
-        return False
-    readers = []
+    readers: list[Any] = []
+    tracer_provider = TracerProvider()
     if prometheus:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
         readers.append(PrometheusMetricReader())
-    metrics.set_meter_provider(MeterProvider(metric_readers=readers))
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip().rstrip("/")
+    if endpoint:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics")))
+        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")))
+    return MeterProvider(metric_readers=readers), tracer_provider
+
+
+def configure_telemetry(*, prometheus: bool, environ: Mapping[str, str] | None = None) -> bool:
+    """Install this process's meter and tracer providers once (see telemetry_providers).
+
+    Returns False, changing nothing, when providers are already installed (a host or a test set them).
+    """
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    if isinstance(metrics.get_meter_provider(), MeterProvider):
+        return False
+    meter_provider, tracer_provider = telemetry_providers(
+        os.environ if environ is None else environ, prometheus=prometheus
+    )
+    metrics.set_meter_provider(meter_provider)
+    trace.set_tracer_provider(tracer_provider)
     return True

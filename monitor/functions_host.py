@@ -9,7 +9,7 @@ from typing import Any
 
 import azure.functions as func
 
-from monitor.bootstrap import build_monitor
+from monitor.bootstrap import build_monitor, configure_telemetry
 from monitor.config import Settings
 from monitor.events import KeyVaultEvent, RejectedEvent, SubscriptionValidation, parse_event
 from monitor.service import EventOutcome, Monitor, deliver_alerts, handle_event, poll, status_document
@@ -22,6 +22,7 @@ def monitor() -> Monitor:
     """The worker's Monitor, built on first use from the app settings (and kept: workers are long-lived)."""
     global _monitor  # noqa: PLW0603 - one per worker process, as the Functions host expects
     if _monitor is None:
+        configure_telemetry(prometheus=False)  # OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set
         _monitor = build_monitor(Settings.from_environment())
     return _monitor
 

@@ -431,7 +431,7 @@ def run_serve(settings: Settings, host: str, port: int, announce: Callable[[str]
 
     Raises SettingError for a schedule it cannot read.
     """
-    from monitor.bootstrap import build_monitor, configure_metrics
+    from monitor.bootstrap import build_monitor, configure_telemetry
 
     try:
         parse_schedule(settings.poll_schedule)
@@ -443,7 +443,7 @@ def run_serve(settings: Settings, host: str, port: int, announce: Callable[[str]
         for handler in logging.getLogger().handlers:
             handler.addFilter(TraceContextFilter())
 
-    configure_metrics(prometheus=True)
+    configure_telemetry(prometheus=True)
 
     async def main() -> None:
         server = Server(

@@ -90,3 +90,16 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def receivers_http() -> Iterator[Any]:
+    """A plain-HTTP local receiver (an OTLP collector stand-in) that records what is POSTed."""
+    import ssl
+
+    from tests.alerts.receiver import AlertReceiver
+
+    receiver = AlertReceiver(ssl.create_default_context(), plain_http=True)
+    receiver.__enter__()
+    yield receiver
+    receiver.__exit__(None, None, None)

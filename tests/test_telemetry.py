@@ -130,3 +130,28 @@ def test_a_poll_is_a_span_with_its_azure_calls_as_children_and_logs_carry_its_tr
     with TRACER.start_as_current_span("probe") as probe:
         TraceContextFilter().filter(record)
     assert record.trace_id == f"{probe.get_span_context().trace_id:032x}"  # type: ignore[attr-defined]
+
+
+def test_otlp_export_goes_to_the_configured_endpoint(receivers_http):
+    """With OTEL_EXPORTER_OTLP_ENDPOINT set, metrics and spans are POSTed there as OTLP/protobuf."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from monitor.bootstrap import telemetry_providers
+
+    meter_provider, tracer_provider = telemetry_providers(
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": receivers_http.url("")}, prometheus=False
+    )
+    meter_provider.get_meter("keyhealth").create_counter("keyhealth.polls").add(1, {"outcome": "ok"})
+    with tracer_provider.get_tracer("keyhealth").start_as_current_span("keyhealth.poll"):
+        pass
+    meter_provider.force_flush()
+    tracer_provider.force_flush()
+    meter_provider.shutdown()
+    tracer_provider.shutdown()
+    by_path = {hit.path: hit.raw for hit in receivers_http.hits}
+    sent_metrics = ExportMetricsServiceRequest.FromString(by_path["/v1/metrics"])
+    names = {m.name for r in sent_metrics.resource_metrics for s in r.scope_metrics for m in s.metrics}
+    assert "keyhealth.polls" in names
+    sent_spans = ExportTraceServiceRequest.FromString(by_path["/v1/traces"])
+    assert [s.name for r in sent_spans.resource_spans for ss in r.scope_spans for s in ss.spans] == ["keyhealth.poll"]

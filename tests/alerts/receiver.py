@@ -40,6 +40,7 @@ class AlertReceiver:
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
     echo: bool = False  # a failure's body repeats the request's path and body, as careless services do
+    plain_http: bool = False  # no TLS (an OTLP collector on loopback)
     script: deque[int] = field(default_factory=deque)
     hits: list[Hit] = field(default_factory=list)
     port: int = 0
@@ -48,7 +49,7 @@ class AlertReceiver:
     _runner: web.AppRunner | None = None
 
     def url(self, path: str = "/hook") -> str:
-        return f"https://127.0.0.1:{self.port}{path}"
+        return f"{'http' if self.plain_http else 'https'}://127.0.0.1:{self.port}{path}"
 
     @property
     def accepted(self) -> list[Hit]:
@@ -84,7 +85,9 @@ class AlertReceiver:
                 sock.bind(("127.0.0.1", 0))
                 sock.listen()
                 self.port = sock.getsockname()[1]
-                await web.SockSite(self._runner, sock, ssl_context=self.ssl_context).start()
+                await web.SockSite(
+                    self._runner, sock, ssl_context=None if self.plain_http else self.ssl_context
+                ).start()
 
             loop.run_until_complete(start())
             ready.set()
