@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from monitor.state import StateStore
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricReader
     from opentelemetry.sdk.trace import TracerProvider
 
 
@@ -137,13 +138,16 @@ def build_monitor(settings: Settings, *, credential: AsyncTokenCredential | None
     )
 
 
-def telemetry_providers(environ: Mapping[str, str], *, prometheus: bool) -> tuple[MeterProvider, TracerProvider]:
+def telemetry_providers(
+    environ: Mapping[str, str], *, prometheus: bool, extra_readers: Sequence[MetricReader] = ()
+) -> tuple[MeterProvider, TracerProvider]:
     """A meter and a tracer provider from the standard settings: OTLP (http/protobuf) when
-    OTEL_EXPORTER_OTLP_ENDPOINT is set, a Prometheus reader for `serve`'s /metrics when asked."""
+    OTEL_EXPORTER_OTLP_ENDPOINT is set, a Prometheus reader for `serve`'s /metrics when asked, and
+    `extra_readers` (the demo's in-memory one)."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
 
-    readers: list[Any] = []
+    readers: list[Any] = list(extra_readers)
     tracer_provider = TracerProvider()
     if prometheus:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -161,7 +165,9 @@ def telemetry_providers(environ: Mapping[str, str], *, prometheus: bool) -> tupl
     return MeterProvider(metric_readers=readers), tracer_provider
 
 
-def configure_telemetry(*, prometheus: bool, environ: Mapping[str, str] | None = None) -> bool:
+def configure_telemetry(
+    *, prometheus: bool, environ: Mapping[str, str] | None = None, extra_readers: Sequence[MetricReader] = ()
+) -> bool:
     """Install this process's meter and tracer providers once (see telemetry_providers).
 
     Returns False, changing nothing, when providers are already installed (a host or a test set them).
@@ -172,7 +178,7 @@ def configure_telemetry(*, prometheus: bool, environ: Mapping[str, str] | None =
     if isinstance(metrics.get_meter_provider(), MeterProvider):
         return False
     meter_provider, tracer_provider = telemetry_providers(
-        os.environ if environ is None else environ, prometheus=prometheus
+        os.environ if environ is None else environ, prometheus=prometheus, extra_readers=extra_readers
     )
     metrics.set_meter_provider(meter_provider)
     trace.set_tracer_provider(tracer_provider)

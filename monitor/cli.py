@@ -106,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
         "--pace", type=float, help="seconds to pause between timeline steps (default: 1 on a terminal, else 0)"
     )
     demo.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="colour the table")
+    demo.add_argument(
+        "--metrics", action="store_true", help="print the metrics the run emitted (as an exporter would see them)"
+    )
 
     serve = commands.add_parser(
         "serve",
@@ -278,7 +281,22 @@ def demo(args: argparse.Namespace, stdout: TextIO) -> int:
     if pace < 0:
         raise ScenarioError("--pace", "must be 0 or more seconds")
     width = shutil.get_terminal_size((100, 24)).columns
-    return run_demo(stdout, scenario_path=args.scenario, pace=pace, colour=_use_colour(args.color, stdout), width=width)
+    reader = None
+    if args.metrics:
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        from monitor.bootstrap import configure_telemetry
+
+        reader = InMemoryMetricReader()
+        configure_telemetry(prometheus=False, extra_readers=[reader])
+    status = run_demo(
+        stdout, scenario_path=args.scenario, pace=pace, colour=_use_colour(args.color, stdout), width=width
+    )
+    if reader is not None:
+        from monitor.render import render_metrics
+
+        stdout.write(render_metrics(reader.get_metrics_data()))
+    return status
 
 
 def serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from datetime import datetime
+from typing import Any
 
 from monitor.domain.findings import Finding, Severity, humanize
 from monitor.domain.fleet import FleetReport, NamespaceReport
@@ -158,4 +159,19 @@ def render_table(report: FleetReport, *, colour: bool = False, width: int = 100)
     info = sum(1 for n in report.namespaces for f in n.findings if f.severity is Severity.INFO)
     if info:
         lines += ["", f"{info} info finding(s) not shown; --format json lists every finding."]
+    return "\n".join(lines) + "\n"
+
+
+def render_metrics(data: Any) -> str:
+    """One line per series of the metrics an exporter would receive: `name{attributes} value`."""
+    lines = ["\nMetrics (as an exporter receives them):"]
+    for resource in data.resource_metrics if data is not None else ():
+        for scope in resource.scope_metrics:
+            for metric in sorted(scope.metrics, key=lambda m: m.name):
+                for point in metric.data.data_points:
+                    labels = ",".join(f"{k}={v}" for k, v in sorted((point.attributes or {}).items()))
+                    value = getattr(point, "value", None)
+                    if value is None:  # a histogram: its count and sum
+                        value = f"count={point.count} sum={point.sum:.3f}"
+                    lines.append(f"  {metric.name}{{{labels}}} {value}")
     return "\n".join(lines) + "\n"

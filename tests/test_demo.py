@@ -26,3 +26,25 @@ def test_the_demo_reads_the_fleet_over_https_then_plays_the_timeline():
     assert out.count("page -> on-call webhook: [CRITICAL] (was warning) sb-billing would go Revoked") == 1
     assert "keyhealth alert" not in run.stderr  # the log sink's lines are not repeated on the terminal
     assert out.rstrip().endswith("watches a real subscription.")
+
+
+def test_the_demo_prints_the_metrics_it_emitted_when_asked():
+    """`--metrics` in a fresh process (its own meter provider): the gauges and counters as an exporter sees them."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", "demo", "--pace", "0", "--metrics"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    metrics = done.stdout.split("Metrics (as an exporter receives them):", 1)[1].splitlines()
+    assert any(
+        line.startswith("  keyhealth.namespace.status{namespace=sb-billing,status=revoked") and line.endswith(" 1")
+        for line in metrics
+    )
+    assert "  keyhealth.alerts.deliveries{outcome=delivered,sink=oncall} 15" in metrics
+    assert any(line.startswith("  keyhealth.polls{outcome=ok} ") for line in metrics)
