@@ -68,6 +68,18 @@ EVENT_DURATION = _meter.create_histogram(
 )
 
 
+AZURE_REQUEST_DURATION = _meter.create_histogram(
+    "keyhealth.azure.request.duration",
+    unit="s",
+    description="Latency of each Azure request attempt, by API (keyvault, arm.servicebus, ...), method and status "
+    "class (2xx, 4xx, 5xx, error).",
+)
+
+
+def record_azure_request(api: str, method: str, outcome: str, seconds: float) -> None:
+    AZURE_REQUEST_DURATION.record(seconds, {"api": api, "method": method, "status": outcome})
+
+
 def count_poll(outcome: str, seconds: float | None = None) -> None:
     POLLS.add(1, {"outcome": outcome})
     if seconds is not None:

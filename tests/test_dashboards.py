@@ -23,6 +23,7 @@ def _emit_everything() -> None:
     telemetry.count_event("Microsoft.KeyVault.KeyNearExpiry", "evaluated", 0.2)
     telemetry.count_delivery("ops", "delivered")
     telemetry.count_remediation("rotate", "done")
+    telemetry.record_azure_request("keyvault", "GET", "2xx", 0.05)
     parsed, _ = parse_scenario(
         scenario([namespace("sb-dash", ref("k1"))], [key("k1", version("v1", exp="2026-12-01T00:00:00Z"))])
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,6 +17,9 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.core.pipeline import PipelineRequest, PipelineResponse
+from azure.core.pipeline.policies import AsyncHTTPPolicy
+from azure.core.rest import AsyncHttpResponse, HttpRequest
 from azure.keyvault.keys.aio import KeyClient
 from azure.mgmt.authorization.aio import AuthorizationManagementClient
 from azure.mgmt.keyvault.aio import KeyVaultManagementClient
@@ -23,6 +27,7 @@ from azure.mgmt.resource.subscriptions.aio import SubscriptionClient
 from azure.mgmt.servicebus.aio import ServiceBusManagementClient
 
 from monitor.domain.model import vault_id
+from monitor.telemetry import record_azure_request
 
 DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 _MAX_REASON = 300
@@ -48,8 +53,8 @@ class AzureOptions:
         host = urlsplit(vault_uri.strip()).hostname or vault_uri.strip().rstrip("/")
         return f"{self.keyvault_endpoint.rstrip('/')}/{host}"
 
-    def client_kwargs(self) -> dict[str, Any]:
-        """Transport settings every SDK client gets.
+    def client_kwargs(self, api: str | None = None) -> dict[str, Any]:
+        """Transport settings every SDK client gets; with `api`, each attempt's latency is measured under it.
 
         azure-core's RetryPolicy honours Retry-After on 429 and 503 and backs off exponentially otherwise.
         """
@@ -62,7 +67,27 @@ class AzureOptions:
         }
         if self.ca_bundle:
             kwargs["connection_verify"] = self.ca_bundle
+        if api is not None:
+            kwargs["per_retry_policies"] = [RequestLatencyPolicy(api)]
         return kwargs
+
+
+class RequestLatencyPolicy(AsyncHTTPPolicy[HttpRequest, AsyncHttpResponse]):
+    """Records each attempt's latency in keyhealth.azure.request.duration (api, method, status class)."""
+
+    def __init__(self, api: str) -> None:
+        super().__init__()
+        self._api = api
+
+    async def send(self, request: PipelineRequest[HttpRequest]) -> PipelineResponse[HttpRequest, AsyncHttpResponse]:
+        started = time.monotonic()
+        outcome = "error"  # no answer: connection failure or timeout
+        try:
+            response = await self.next.send(request)
+            outcome = f"{response.http_response.status_code // 100}xx"
+            return response
+        finally:
+            record_azure_request(self._api, request.http_request.method, outcome, time.monotonic() - started)
 
 
 def describe_failure(error: BaseException) -> str:
@@ -116,7 +141,7 @@ class AzureClients:
                 self.options.vault_url(vault_uri),
                 self.credential,
                 verify_challenge_resource=verify_resource,
-                **self.options.client_kwargs(),
+                **self.options.client_kwargs("keyvault"),
             ),
         )
 
@@ -125,7 +150,10 @@ class AzureClients:
             "servicebus",
             subscription,
             lambda: ServiceBusManagementClient(
-                self.credential, subscription, base_url=self.options.arm_endpoint, **self.options.client_kwargs()
+                self.credential,
+                subscription,
+                base_url=self.options.arm_endpoint,
+                **self.options.client_kwargs("arm.servicebus"),
             ),
         )
 
@@ -134,7 +162,10 @@ class AzureClients:
             "keyvault-mgmt",
             subscription,
             lambda: KeyVaultManagementClient(
-                self.credential, subscription, base_url=self.options.arm_endpoint, **self.options.client_kwargs()
+                self.credential,
+                subscription,
+                base_url=self.options.arm_endpoint,
+                **self.options.client_kwargs("arm.keyvault"),
             ),
         )
 
@@ -143,7 +174,10 @@ class AzureClients:
             "authorization",
             subscription,
             lambda: AuthorizationManagementClient(
-                self.credential, subscription, base_url=self.options.arm_endpoint, **self.options.client_kwargs()
+                self.credential,
+                subscription,
+                base_url=self.options.arm_endpoint,
+                **self.options.client_kwargs("arm.authorization"),
             ),
         )
 
@@ -152,7 +186,7 @@ class AzureClients:
             "subscriptions",
             "",
             lambda: SubscriptionClient(
-                self.credential, base_url=self.options.arm_endpoint, **self.options.client_kwargs()
+                self.credential, base_url=self.options.arm_endpoint, **self.options.client_kwargs("arm.subscriptions")
             ),
         )
 
