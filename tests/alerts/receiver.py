@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import ssl
-import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.threaded_server import ThreadedServer
 
 
 @dataclass
@@ -44,9 +44,7 @@ class AlertReceiver:
     script: deque[int] = field(default_factory=deque)
     hits: list[Hit] = field(default_factory=list)
     port: int = 0
-    _loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = None
-    _runner: web.AppRunner | None = None
+    _server: ThreadedServer | None = None
 
     def url(self, path: str = "/hook") -> str:
         return f"{'http' if self.plain_http else 'https'}://127.0.0.1:{self.port}{path}"
@@ -70,40 +68,10 @@ class AlertReceiver:
         return web.Response(status=status, text=reply, content_type="text/plain", headers=self.headers)
 
     def __enter__(self) -> AlertReceiver:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-
-            async def start() -> None:
-                app = web.Application()
-                app.router.add_route("*", "/{tail:.*}", self._handle)
-                self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-                await self._runner.setup()
-                sock = socket.socket()
-                sock.bind(("127.0.0.1", 0))
-                sock.listen()
-                self.port = sock.getsockname()[1]
-                await web.SockSite(
-                    self._runner, sock, ssl_context=None if self.plain_http else self.ssl_context
-                ).start()
-
-            loop.run_until_complete(start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup() if self._runner else asyncio.sleep(0))
-            loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        ready.wait(10)
+        self._server = ThreadedServer(self._handle, None if self.plain_http else self.ssl_context)
+        self.port = self._server.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        loop, thread = self._loop, self._thread
-        self._loop = self._thread = None
-        if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
-        if thread is not None:
-            thread.join(10)
+        if self._server is not None:
+            self._server.stop()
