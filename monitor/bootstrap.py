@@ -6,7 +6,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from azure.core.credentials_async import AsyncTokenCredential
 
@@ -25,7 +25,8 @@ from monitor.state import StateStore
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricReader
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 
 def azure_options(settings: Settings) -> AzureOptions:
@@ -138,17 +139,14 @@ def build_monitor(settings: Settings, *, credential: AsyncTokenCredential | None
     )
 
 
-def telemetry_providers(
+def telemetry_exports(
     environ: Mapping[str, str], *, prometheus: bool, extra_readers: Sequence[MetricReader] = ()
-) -> tuple[MeterProvider, TracerProvider]:
-    """A meter and a tracer provider from the standard settings: OTLP (http/protobuf) when
+) -> tuple[list[MetricReader], list[SpanProcessor]]:
+    """The metric readers and span processors the standard settings ask for: OTLP (http/protobuf) when
     OTEL_EXPORTER_OTLP_ENDPOINT is set, a Prometheus reader for `serve`'s /metrics when asked, and
     `extra_readers` (the demo's in-memory one)."""
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.trace import TracerProvider
-
-    readers: list[Any] = list(extra_readers)
-    tracer_provider = TracerProvider()
+    readers: list[MetricReader] = list(extra_readers)
+    processors: list[SpanProcessor] = []
     if prometheus:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
@@ -161,25 +159,67 @@ def telemetry_providers(
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics")))
-        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")))
-    return MeterProvider(metric_readers=readers), tracer_provider
+        processors.append(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")))
+    return readers, processors
+
+
+def telemetry_resource(environ: Mapping[str, str]) -> Resource:
+    """service.name is `keyhealth` unless OTEL_SERVICE_NAME says otherwise (several monitors, one backend)."""
+    from opentelemetry.sdk.resources import Resource
+
+    return Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", "").strip() or "keyhealth"})
+
+
+def telemetry_providers(
+    environ: Mapping[str, str], *, prometheus: bool, extra_readers: Sequence[MetricReader] = ()
+) -> tuple[MeterProvider, TracerProvider]:
+    """A meter and a tracer provider exporting what telemetry_exports sets up."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    readers, processors = telemetry_exports(environ, prometheus=prometheus, extra_readers=extra_readers)
+    resource = telemetry_resource(environ)
+    tracer_provider = TracerProvider(resource=resource)
+    for processor in processors:
+        tracer_provider.add_span_processor(processor)
+    return MeterProvider(metric_readers=readers, resource=resource), tracer_provider
 
 
 def configure_telemetry(
     *, prometheus: bool, environ: Mapping[str, str] | None = None, extra_readers: Sequence[MetricReader] = ()
 ) -> bool:
-    """Install this process's meter and tracer providers once (see telemetry_providers).
+    """Install this process's meter and tracer providers once.
 
-    Returns False, changing nothing, when providers are already installed (a host or a test set them).
+    With APPLICATIONINSIGHTS_CONNECTION_STRING set, the Azure Monitor distro installs them (metrics, spans
+    and log records to Application Insights) with the other exports added; otherwise the SDK's own
+    providers (see telemetry_providers). Returns False, changing nothing, when providers are already
+    installed (the Functions worker, a host or a test set them).
     """
     from opentelemetry import metrics, trace
     from opentelemetry.sdk.metrics import MeterProvider
 
     if isinstance(metrics.get_meter_provider(), MeterProvider):
         return False
-    meter_provider, tracer_provider = telemetry_providers(
-        os.environ if environ is None else environ, prometheus=prometheus, extra_readers=extra_readers
-    )
+    environ = os.environ if environ is None else environ
+    connection_string = environ.get("APPLICATIONINSIGHTS_CONNECTION_STRING", "").strip()
+    if connection_string:
+        from azure.monitor.opentelemetry import configure_azure_monitor
+
+        readers, processors = telemetry_exports(environ, prometheus=prometheus, extra_readers=extra_readers)
+        configure_azure_monitor(
+            connection_string=connection_string,
+            resource=telemetry_resource(environ),
+            metric_readers=readers,
+            span_processors=processors,
+            # Our own log lines only: the SDKs' HTTP chatter would cost ingestion and bury them.
+            logger_name="keyhealth",
+            # The portal's live view and process counters: the Functions host reports its own, and outside
+            # Azure both only retry unreachable endpoints in the background.
+            enable_live_metrics=False,
+            enable_performance_counters=False,
+        )
+        return True
+    meter_provider, tracer_provider = telemetry_providers(environ, prometheus=prometheus, extra_readers=extra_readers)
     metrics.set_meter_provider(meter_provider)
     trace.set_tracer_provider(tracer_provider)
     return True

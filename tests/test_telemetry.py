@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -158,3 +159,90 @@ def test_otlp_export_goes_to_the_configured_endpoint(receivers_http):
     assert "keyhealth.polls" in names
     sent_spans = ExportTraceServiceRequest.FromString(by_path["/v1/traces"])
     assert [s.name for r in sent_spans.resource_spans for ss in r.scope_spans for s in ss.spans] == ["keyhealth.poll"]
+
+
+def _app_insights_environ(receiver: Any) -> dict[str, str]:
+    import os
+
+    receiver.reply = json.dumps({"itemsReceived": 0, "itemsAccepted": 0, "errors": []})
+    environ = {
+        **os.environ,
+        "APPLICATIONINSIGHTS_CONNECTION_STRING": (
+            f"InstrumentationKey=00000000-0000-0000-0000-000000000001;IngestionEndpoint={receiver.url('/')}"
+        ),
+        # No calls home to Microsoft from a test; every span kept (the distro's default sampler is rate-limited).
+        "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+        "OTEL_TRACES_SAMPLER": "always_on",
+    }
+    environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    return environ
+
+
+def _envelopes(receiver: Any) -> list[dict[str, Any]]:
+    import gzip
+
+    envelopes = []
+    for hit in receiver.hits:
+        assert hit.path.endswith("/v2.1/track"), hit.path
+        body = gzip.decompress(hit.raw) if hit.headers.get("Content-Encoding") == "gzip" else hit.raw
+        envelopes.extend(json.loads(body))
+    return envelopes
+
+
+def _run_python(args: list[str], environ: dict[str, str]) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=120, check=False, env=environ
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_azure_monitor_export_when_a_connection_string_is_set(receivers_http):
+    """The demo in a fresh process with APPLICATIONINSIGHTS_CONNECTION_STRING pointing at a local ingestion
+    stand-in: the distro sends our metrics (with their attributes) and the poll spans as Application Insights
+    envelopes."""
+    _run_python(["-m", "monitor", "demo", "--pace", "0", "--metrics"], _app_insights_environ(receivers_http))
+    envelopes = _envelopes(receivers_http)
+    metrics = {
+        (metric["name"], tuple(sorted(e["data"]["baseData"].get("properties", {}).items())))
+        for e in envelopes
+        if e["data"]["baseType"] == "MetricData"
+        for metric in e["data"]["baseData"]["metrics"]
+    }
+    assert ("keyhealth.polls", (("outcome", "ok"),)) in metrics
+    assert ("keyhealth.namespace.status", (("namespace", "sb-billing"), ("status", "revoked"))) in {
+        (name, tuple(p for p in props if p[0] in {"namespace", "status"})) for name, props in metrics
+    }
+    assert {"keyhealth.poll", "keyhealth.event"} <= {
+        e["data"]["baseData"]["name"] for e in envelopes if e["data"]["baseType"] == "RemoteDependencyData"
+    }
+    ours = [e for e in envelopes if "keyhealth." in json.dumps(e["data"]["baseData"])]
+    assert {e["tags"]["ai.cloud.role"] for e in ours} == {"keyhealth"}  # service.name; the distro's own stats aside
+
+
+def test_azure_monitor_gets_our_log_records_tied_to_their_trace(receivers_http):
+    """A `keyhealth` log record written inside a span arrives as a trace message carrying that span's operation id;
+    other libraries' records stay out."""
+    script = """
+import logging
+from monitor.bootstrap import configure_telemetry
+from monitor.telemetry import TRACER
+assert configure_telemetry(prometheus=False)
+logging.getLogger("keyhealth.service").warning("poll could not list subscription s-1")
+with TRACER.start_as_current_span("keyhealth.poll") as span:
+    logging.getLogger("keyhealth").warning("trace=%032x", span.get_span_context().trace_id)
+    logging.getLogger("azure.core").warning("not ours")
+"""
+    _run_python(["-c", script], _app_insights_environ(receivers_http))
+    messages = {
+        e["data"]["baseData"]["message"]: e["tags"].get("ai.operation.id")
+        for e in _envelopes(receivers_http)
+        if e["data"]["baseType"] == "MessageData"
+    }
+    assert "not ours" not in messages
+    assert "poll could not list subscription s-1" in messages
+    (traced,) = [m for m in messages if m.startswith("trace=")]
+    assert messages[traced] == traced.removeprefix("trace=")
