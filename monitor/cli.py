@@ -152,6 +152,27 @@ def _parser() -> argparse.ArgumentParser:
         "--namespace", action="append", default=[], metavar="NAME", help="only this namespace (name or ARM id; repeat)"
     )
 
+    report = commands.add_parser(
+        "report",
+        help="write a self-contained HTML timeline per namespace (and a PNG)",
+        description="Write one HTML file, viewable offline, with a timeline per namespace (most urgent first): each "
+        "listed key's usable stretches and why it stops, the predicted revocation window, the scenario's changes, "
+        "and the findings with their remedies.",
+    )
+    report.add_argument("scenario", type=Path, nargs="?", help="scenario file (or --live)")
+    report.add_argument("--live", action="store_true", help="read the subscriptions as `check` does, instead of a file")
+    report.add_argument(
+        "--out", type=Path, default=Path("report.html"), help="HTML file to write (default: report.html)"
+    )
+    report.add_argument("--png", action="store_true", help="also write the timelines as an image beside it (.png)")
+    report.add_argument("--at", metavar="DATE", help="judge as if now were DATE; ISO 8601, UTC")
+    report.add_argument(
+        "--horizon", metavar="DATE", help="predict up to DATE (a scenario file's default: now + 1 year)"
+    )
+    report.add_argument(
+        "--subscription", action="append", metavar="ID", help="with --live: subscription to read (repeatable)"
+    )
+
     sandbox = commands.add_parser(
         "sandbox",
         help="serve a scenario over the real Azure REST APIs on loopback (HTTPS)",
@@ -185,16 +206,7 @@ def simulate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     scenario, warnings = load_scenario(args.file)
     for warning in warnings:
         print(f"keyhealth: warning: {args.file}: {warning}", file=stderr)
-    if args.at is not None:
-        now = parse_instant(args.at, "--at")
-        if scenario.horizon is not None and scenario.horizon <= now and args.horizon is None:
-            raise ScenarioError("--at", "is not before the file's horizon; give --horizon too")
-        scenario = dataclasses.replace(scenario, now=now)
-    if args.horizon is not None:
-        horizon = parse_instant(args.horizon, "--horizon")
-        if horizon <= scenario.now:
-            raise ScenarioError("--horizon", "must be after now")
-        scenario = dataclasses.replace(scenario, horizon=horizon)
+    scenario = _judged_window(scenario, args.at, args.horizon)
     # Printing too: rendering 100,000 namespaces builds millions of objects, and with the collector
     # walking them (and the report) as they pile up, printing took twice as long.
     with batch_gc():
@@ -204,6 +216,21 @@ def simulate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             raise error.with_source(str(args.file)) from None
         _print_report(report, args, stdout)
     return exit_status(report)
+
+
+def _judged_window(scenario: Scenario, at: str | None, horizon: str | None) -> Scenario:
+    """The scenario judged at --at and predicted to --horizon, where given."""
+    if at is not None:
+        now = parse_instant(at, "--at")
+        if scenario.horizon is not None and scenario.horizon <= now and horizon is None:
+            raise ScenarioError("--at", "is not before the file's horizon; give --horizon too")
+        scenario = dataclasses.replace(scenario, now=now)
+    if horizon is not None:
+        until = parse_instant(horizon, "--horizon")
+        if until <= scenario.now:
+            raise ScenarioError("--horizon", "must be after now")
+        scenario = dataclasses.replace(scenario, horizon=until)
+    return scenario
 
 
 def _print_report(report: FleetReport, args: argparse.Namespace, stdout: TextIO) -> None:
@@ -239,15 +266,12 @@ class _Progress:
             self._stream.flush()
 
 
-def check(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+def _scan(
+    settings: Settings, subscriptions: Sequence[str] | None, now: datetime, progress: _Progress
+) -> tuple[Scenario, FleetReport]:
+    """Read the live fleet once (Azure, or the stand-in the settings point at) and judge it."""
     from monitor.bootstrap import azure_readers
-    from monitor.scenario_io import save_scenario
     from monitor.service import check as check_fleet
-
-    settings = Settings.from_environment()
-    subscriptions = args.subscription or settings.subscriptions
-    now = parse_instant(args.at, "--at") if args.at is not None else datetime.now(UTC)
-    progress = _Progress(stderr, enabled=not args.no_progress and stderr.isatty())
 
     async def scan() -> tuple[Scenario, FleetReport]:
         async with azure_readers(settings) as readers:
@@ -261,9 +285,19 @@ def check(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             )
 
     try:
-        scenario, report = asyncio.run(scan())
+        return asyncio.run(scan())
     finally:
         progress.finish()
+
+
+def check(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from monitor.scenario_io import save_scenario
+
+    settings = Settings.from_environment()
+    subscriptions = args.subscription or settings.subscriptions
+    now = parse_instant(args.at, "--at") if args.at is not None else datetime.now(UTC)
+    progress = _Progress(stderr, enabled=not args.no_progress and stderr.isatty())
+    scenario, report = _scan(settings, subscriptions, now, progress)
     if args.save is not None:
         try:
             save_scenario(scenario, args.save)
@@ -272,6 +306,41 @@ def check(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         print(f"keyhealth: saved what was read to {args.save}", file=stderr)
     _print_report(report, args, stdout)
     return exit_status(report)
+
+
+def report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from monitor.report import build_timeline, render_html, render_png
+
+    settings = Settings.from_environment()
+    if args.live == (args.scenario is not None):
+        raise ScenarioError("report", "give a scenario file or --live (one of them)")
+    if args.live:
+        now = parse_instant(args.at, "--at") if args.at is not None else datetime.now(UTC)
+        progress = _Progress(stderr, enabled=stderr.isatty())
+        scenario, _ = _scan(settings, args.subscription or settings.subscriptions, now, progress)
+        scenario = _judged_window(scenario, None, args.horizon)
+        source = "live fleet"
+    else:
+        scenario, warnings = load_scenario(args.scenario)
+        for warning in warnings:
+            print(f"keyhealth: warning: {args.scenario}: {warning}", file=stderr)
+        scenario = _judged_window(scenario, args.at, args.horizon)
+        source = f"scenario {args.scenario.name}"
+    try:
+        fleet = build_timeline(scenario, settings.thresholds)
+    except ScenarioError as error:
+        raise error.with_source(str(args.scenario or "live fleet")) from None
+    written = [args.out]
+    try:
+        args.out.write_text(render_html(fleet, source=source, generated=datetime.now(UTC)), encoding="utf-8")
+        if args.png:
+            png = args.out.with_suffix(".png")
+            render_png(fleet, png)
+            written.append(png)
+    except OSError as error:
+        raise ScenarioError("--out", f"cannot write: {error.strerror}", source=str(error.filename)) from None
+    print(f"keyhealth: wrote {' and '.join(str(p) for p in written)} ({len(fleet.namespaces)} namespaces)", file=stdout)
+    return EXIT_HEALTHY
 
 
 def demo(args: argparse.Namespace, stdout: TextIO) -> int:
@@ -405,6 +474,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
             return demo(args, out)
         if args.command == "serve":
             return serve(args, out, err)
+        if args.command == "report":
+            return report(args, out, err)
         if args.command == "sandbox":
             return sandbox(args, out, err)
         if args.command == "alerts":

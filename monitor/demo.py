@@ -21,20 +21,10 @@ from monitor.bootstrap import build_monitor
 from monitor.config import Settings
 from monitor.domain.findings import humanize
 from monitor.domain.model import (
-    KEEP,
-    Change,
-    DeleteKey,
-    DeleteVault,
-    NewVersion,
-    PurgeKey,
-    RecoverKey,
-    RecoverVault,
     Scenario,
-    SetAccess,
-    UpdateVersion,
-    vault_short_name,
 )
 from monitor.domain.scenario import format_instant, parse_instant
+from monitor.domain.timeline import describe_change
 from monitor.render import render_table
 from monitor.sandbox import Sandbox
 from monitor.scenario_io import load_scenario
@@ -46,39 +36,6 @@ DEMO_FLEET = "demo-fleet.json"
 def bundled_fleet() -> Path:
     """The demo's scenario file, shipped inside the package."""
     return Path(str(resources.files("monitor.data").joinpath(DEMO_FLEET)))
-
-
-def describe_change(change: Change) -> str:
-    """One change in words an on-call engineer uses."""
-    vault = vault_short_name(change.vault)
-    if isinstance(change, NewVersion):
-        state = "" if change.version.enabled else " (disabled!)"
-        return f"key {change.key} in {vault} rotated to version {change.version.version}{state}"
-    if isinstance(change, UpdateVersion):
-        parts = []
-        if change.enabled is not KEEP:
-            parts.append("enabled" if change.enabled else "disabled")
-        if change.exp is not KEEP:
-            parts.append(f"expiry set to {format_instant(change.exp)}" if change.exp else "expiry removed")
-        if change.nbf is not KEEP:
-            parts.append(f"not-before set to {format_instant(change.nbf)}" if change.nbf else "not-before removed")
-        if change.key_ops is not KEEP:
-            parts.append(f"operations set to {', '.join(change.key_ops or ()) or 'none'}")
-        which = f"version {change.version}" if change.version else "current version"
-        return f"key {change.key} in {vault} ({which}): {', '.join(parts)}"
-    if isinstance(change, DeleteKey):
-        return f"key {change.key} in {vault} deleted"
-    if isinstance(change, RecoverKey):
-        return f"key {change.key} in {vault} recovered"
-    if isinstance(change, PurgeKey):
-        return f"key {change.key} in {vault} purged"
-    if isinstance(change, SetAccess):
-        granted = ", ".join(sorted(change.permissions)) or "nothing"
-        return f"principal {change.principal[:8]}… now holds {granted} on {vault}"
-    if isinstance(change, DeleteVault):
-        return f"vault {vault} deleted"
-    assert isinstance(change, RecoverVault)
-    return f"vault {vault} recovered"
 
 
 @dataclass(frozen=True, slots=True)
