@@ -14,6 +14,7 @@ from monitor.adapters.access import VaultAccess
 from monitor.adapters.alerts import SinkSet, build_sinks
 from monitor.adapters.azure_clients import AzureClients, AzureOptions
 from monitor.adapters.keyvault import KeyVaultKeys
+from monitor.adapters.resourcegraph import ResourceGraphInventory
 from monitor.adapters.rotation import AzureRemediator
 from monitor.adapters.servicebus import ServiceBusInventory
 from monitor.alerting import Alerting
@@ -37,6 +38,7 @@ def azure_options(settings: Settings) -> AzureOptions:
         ca_bundle=settings.ca_bundle,
         retries=settings.http_retries,
         timeout_seconds=settings.http_timeout_seconds,
+        keyvault_share=settings.keyvault_share / 100,
     )
 
 
@@ -60,16 +62,18 @@ async def azure_readers(
     active = credential if credential is not None else build_credential(settings)
     clients = AzureClients(active, azure_options(settings))
     try:
-        yield build_readers(clients)
+        yield build_readers(clients, settings)
     finally:
         await clients.close()
         if own_credential:
             await active.close()
 
 
-def build_readers(clients: AzureClients) -> Readers:
+def build_readers(clients: AzureClients, settings: Settings) -> Readers:
     """The Azure readers over one set of SDK clients."""
-    return Readers(inventory=ServiceBusInventory(clients), keys=KeyVaultKeys(clients), access=VaultAccess(clients))
+    arm = ServiceBusInventory(clients)
+    inventory = ResourceGraphInventory(clients, arm) if settings.inventory == "resource-graph" else arm
+    return Readers(inventory=inventory, keys=KeyVaultKeys(clients), access=VaultAccess(clients))
 
 
 def build_store(settings: Settings, credential: AsyncTokenCredential) -> StateStore:
@@ -126,7 +130,7 @@ def build_monitor(settings: Settings, *, credential: AsyncTokenCredential | None
             await active.close()
 
     return Monitor(
-        readers=build_readers(clients),
+        readers=build_readers(clients, settings),
         store=store,
         close=close,
         thresholds=settings.thresholds,

@@ -225,6 +225,20 @@ SETTINGS: dict[str, SettingSpec] = {
         "Key reads in flight at once during a scan.",
         _whole(1, 1024, "a number of requests"),
     ),
+    "keyvault_share": SettingSpec(
+        "KEYHEALTH_KEYVAULT_SHARE",
+        "50",
+        "Percent of each vault's published request limit (4,000 per 10 s for software keys, 2,000 for HSM keys) "
+        "the key reads may use; the rest is left to the vault's other users.",
+        _number(1, 100, "a percentage"),
+    ),
+    "inventory": SettingSpec(
+        "KEYHEALTH_INVENTORY",
+        "resource-graph",
+        "How namespaces are found: `resource-graph` (one paged query for every subscription, ARM listing when it "
+        "is refused) or `arm` (a listing per subscription).",
+        _choice("resource-graph", "arm"),
+    ),
     "webhook_secret": SettingSpec(
         "KEYHEALTH_WEBHOOK_SECRET",
         "",
@@ -333,6 +347,8 @@ class Settings:
     tables_connection_string: str | None = None
     table_prefix: str = "keyhealth"
     concurrency: int = 32
+    keyvault_share: float = 50.0
+    inventory: str = "resource-graph"
     webhook_secret: str | None = None
     alerts: str | None = None
     alert_renotify_hours: float = 4.0

@@ -10,7 +10,16 @@ from typing import Protocol
 from monitor.domain.alert import Alert
 from monitor.domain.model import Key, KeyRef, KeyVersion, Namespace, Vault
 
-__all__ = ["AccessReader", "AlertSink", "Clock", "InventoryReader", "KeyReader", "KeyRemediator", "VaultReading"]
+__all__ = [
+    "AccessReader",
+    "AlertSink",
+    "Clock",
+    "FleetListing",
+    "InventoryReader",
+    "KeyReader",
+    "KeyRemediator",
+    "VaultReading",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +30,15 @@ class VaultReading:
     # vault_id -> key name_id -> principal -> permissions granted at that key's own scope (RBAC)
     key_access: dict[str, dict[str, dict[str, frozenset[str]]]] = field(default_factory=dict)
     blind: dict[str, str] = field(default_factory=dict)  # vault_id -> why it could not be read
+
+
+@dataclass(frozen=True, slots=True)
+class FleetListing:
+    """The CMK namespaces of some subscriptions, and the subscriptions that could not be listed."""
+
+    namespaces: list[Namespace] = field(default_factory=list)
+    blind: dict[str, str] = field(default_factory=dict)  # subscription -> why it could not be listed
+    source: str = "arm"  # "arm" (a listing per subscription) or "resource-graph" (one paged query)
 
 
 class Clock(Protocol):
@@ -38,6 +56,10 @@ class InventoryReader(Protocol):
 
     async def list_namespaces(self, subscription: str) -> list[Namespace]:
         """Premium namespaces with keySource Microsoft.KeyVault. Raises ReadError."""
+        ...
+
+    async def list_namespaces_in(self, subscriptions: Sequence[str]) -> FleetListing:
+        """Those of every subscription given; one that cannot be listed lands in `blind`, never raises."""
         ...
 
 

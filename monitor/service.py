@@ -73,19 +73,9 @@ async def list_fleet(
             subscriptions = await readers.inventory.list_subscriptions()
         except ReadError as failure:
             return [], [], [BlindSpot(BlindScope.SUBSCRIPTION, "*", failure.reason)]
-    listings = await asyncio.gather(
-        *(readers.inventory.list_namespaces(sub) for sub in subscriptions), return_exceptions=True
-    )
-    namespaces: list[Namespace] = []
-    blind: list[BlindSpot] = []
-    for subscription, listing in zip(subscriptions, listings, strict=True):
-        if isinstance(listing, ReadError):
-            blind.append(BlindSpot(BlindScope.SUBSCRIPTION, subscription, listing.reason))
-        elif isinstance(listing, BaseException):
-            raise listing
-        else:
-            namespaces.extend(listing)
-    return namespaces, list(subscriptions), blind
+    listing = await readers.inventory.list_namespaces_in(subscriptions)
+    blind = [BlindSpot(BlindScope.SUBSCRIPTION, sub, reason) for sub, reason in listing.blind.items()]
+    return listing.namespaces, list(subscriptions), blind
 
 
 async def read_snapshot(

@@ -231,8 +231,9 @@ def test_persistent_server_errors_make_the_key_unknown(sandbox: Sandbox):
     assert by_name["sb-expiring"]["status_now"] == "unknown"
 
 
-def test_an_unlistable_subscription_is_reported_and_fails_the_run(sandbox: Sandbox):
+def test_an_unlistable_subscription_is_reported_and_fails_the_run(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch):
     """When ARM refuses to list a subscription's namespaces, the run says so and exits non-zero."""
+    monkeypatch.setenv("KEYHEALTH_INVENTORY", "arm")
     sandbox.faults.respond(
         403, service="arm", path="/providers/Microsoft.ServiceBus/namespaces", code="AuthorizationFailed"
     )
@@ -241,6 +242,51 @@ def test_an_unlistable_subscription_is_reported_and_fails_the_run(sandbox: Sandb
     assert run.json["blind"][0]["scope"] == "subscription"
     assert "AuthorizationFailed" in run.json["blind"][0]["reason"]
     assert run.status == 3
+
+
+RESOURCE_GRAPH = "/providers/Microsoft.ResourceGraph/resources"
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+
+
+def test_the_inventory_is_one_resource_graph_query_not_a_listing_per_subscription(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+):
+    """By default the namespaces come from Resource Graph; ARM's namespace listing is not asked."""
+    resource_graph = run_cli("check", "--format", "json", "--at", NOW)
+    assert [r.method for r in sandbox.requests.select(service="arm", path=RESOURCE_GRAPH)] == ["POST"]
+    assert sandbox.requests.select(service="arm", path="/providers/Microsoft.ServiceBus/namespaces") == []
+    monkeypatch.setenv("KEYHEALTH_INVENTORY", "arm")
+    listed = run_cli("check", "--format", "json", "--at", NOW)
+    assert len(sandbox.requests.select(service="arm", path="/providers/Microsoft.ServiceBus/namespaces")) == 1
+    assert _core(resource_graph) == _core(listed)
+
+
+def test_resource_graph_refused_falls_back_to_arm_listing(sandbox: Sandbox):
+    """A 403 from Resource Graph (no permission there) costs nothing but the fallback: same predictions."""
+    sandbox.faults.respond(403, service="arm", path=RESOURCE_GRAPH, code="AuthorizationFailed")
+    run = _check()
+    assert "blind" not in run.json  # present only when something could not be read
+    assert len(run.json["namespaces"]) == 8
+    assert len(sandbox.requests.select(service="arm", path="/providers/Microsoft.ServiceBus/namespaces")) == 1
+
+
+def test_resource_graph_and_arm_both_failing_leave_the_subscription_blind(sandbox: Sandbox):
+    sandbox.faults.respond(503, service="arm", path=RESOURCE_GRAPH, code="ServiceUnavailable")
+    sandbox.faults.respond(
+        403, service="arm", path="/providers/Microsoft.ServiceBus/namespaces", code="AuthorizationFailed"
+    )
+    run = _check()
+    assert run.json["namespaces"] == [] and run.status == 3
+    assert [b["scope"] for b in run.json["blind"]] == ["subscription"]
+
+
+def test_a_subscription_the_identity_cannot_see_is_blind_not_empty(sandbox: Sandbox):
+    """Resource Graph says nothing of a subscription it cannot read: the monitor must not call it empty."""
+    run = _check("--subscription", "11111111-1111-1111-1111-111111111111", "--subscription", SUBSCRIPTION)
+    assert len(run.json["namespaces"]) == 8
+    (blind,) = run.json["blind"]
+    assert blind["target"] == "11111111-1111-1111-1111-111111111111"
+    assert "not visible" in blind["reason"] and run.status == 3
 
 
 def test_each_shared_key_is_read_once(sandbox: Sandbox):

@@ -24,8 +24,10 @@ from azure.keyvault.keys.aio import KeyClient
 from azure.mgmt.authorization.aio import AuthorizationManagementClient
 from azure.mgmt.keyvault.aio import KeyVaultManagementClient
 from azure.mgmt.resource.subscriptions.aio import SubscriptionClient
+from azure.mgmt.resourcegraph.aio import ResourceGraphClient
 from azure.mgmt.servicebus.aio import ServiceBusManagementClient
 
+from monitor.adapters.throttle import VaultRateLimiter, VaultThrottlePolicy
 from monitor.domain.model import vault_id
 from monitor.telemetry import record_azure_request
 
@@ -45,6 +47,7 @@ class AzureOptions:
     ca_bundle: str | None = None
     retries: int = 3
     timeout_seconds: float = 30.0
+    keyvault_share: float = 0.5  # of each vault's published request limit, for this monitor's reads
 
     def vault_url(self, vault_uri: str) -> str:
         """The URL a KeyClient uses for `vault_uri`."""
@@ -123,6 +126,7 @@ class AzureClients:
         self.credential = credential
         self.options = options
         self._clients: dict[tuple[str, str], Any] = {}
+        self.limiter = VaultRateLimiter(options.keyvault_share)
 
     def _cached(self, kind: str, scope: str, build: Callable[[], Client]) -> Client:
         key = (kind, scope.lower())
@@ -134,16 +138,17 @@ class AzureClients:
     def key_client(self, vault_uri: str) -> KeyClient:
         # The stand-in answers the Key Vault challenge for vault.azure.net from a loopback host.
         verify_resource = self.options.keyvault_endpoint is None
-        return self._cached(
-            "keyvault",
-            vault_id(vault_uri),
-            lambda: KeyClient(
-                self.options.vault_url(vault_uri),
-                self.credential,
-                verify_challenge_resource=verify_resource,
-                **self.options.client_kwargs("keyvault"),
-            ),
-        )
+        vault = vault_id(vault_uri)
+
+        def build() -> KeyClient:
+            kwargs = self.options.client_kwargs("keyvault")
+            # Paced before the latency is measured: time spent waiting for the vault's share is not the vault's.
+            kwargs["per_retry_policies"] = [VaultThrottlePolicy(self.limiter, vault), *kwargs["per_retry_policies"]]
+            return KeyClient(
+                self.options.vault_url(vault_uri), self.credential, verify_challenge_resource=verify_resource, **kwargs
+            )
+
+        return self._cached("keyvault", vault, build)
 
     def servicebus(self, subscription: str) -> ServiceBusManagementClient:
         return self._cached(
@@ -178,6 +183,15 @@ class AzureClients:
                 subscription,
                 base_url=self.options.arm_endpoint,
                 **self.options.client_kwargs("arm.authorization"),
+            ),
+        )
+
+    def resource_graph(self) -> ResourceGraphClient:
+        return self._cached(
+            "resourcegraph",
+            "",
+            lambda: ResourceGraphClient(
+                self.credential, base_url=self.options.arm_endpoint, **self.options.client_kwargs("arm.resourcegraph")
             ),
         )
 

@@ -10,7 +10,8 @@ from azure.keyvault.keys import DeletedKey, KeyProperties, KeyVaultKey
 
 from monitor.adapters.azure_clients import AzureClients, describe_failure
 from monitor.domain.errors import ReadError
-from monitor.domain.model import Key, KeyVersion, key_url, name_id
+from monitor.domain.model import Key, KeyVersion, key_url, name_id, vault_id
+from monitor.domain.usability import version_reasons
 
 # A version whose creation time Key Vault did not report has existed for as long as we can tell.
 _UNKNOWN_CREATION = datetime(1970, 1, 1, tzinfo=UTC)
@@ -48,10 +49,12 @@ def _from_key(key: KeyVaultKey | DeletedKey) -> KeyVersion:
 
 
 class KeyVaultKeys:
-    """KeyReader: the current version, every version's attributes, and pinned versions in full.
+    """KeyReader: the current version and pinned versions in full; every version's attributes when the
+    current one is unusable (to tell whether an older one would do).
 
     Only the current and pinned versions carry `key_ops` (listing versions does not return them);
-    older versions are read from their attributes alone.
+    older versions are read from their attributes alone. Each read learns the vault's key type, which
+    sizes its request limiter.
     """
 
     def __init__(self, clients: AzureClients) -> None:
@@ -70,10 +73,14 @@ class KeyVaultKeys:
             return await self._deleted(vault_uri, name)
         except AzureError as error:
             raise ReadError(what, describe_failure(error)) from error
-        versions: dict[str, KeyVersion] = {name_id(current.properties.version or ""): _from_key(current)}
+        latest = _from_key(current)
+        self._clients.limiter.saw_key_type(vault_id(vault_uri), latest.kty)
+        versions: dict[str, KeyVersion] = {name_id(latest.version): latest}
         try:
-            async for properties in client.list_properties_of_key_versions(name):
-                versions.setdefault(name_id(properties.version or ""), _from_properties(properties))
+            if version_reasons(latest, datetime.now(UTC)):
+                # Only then do older versions matter (would one of them do?): a request saved per healthy key.
+                async for properties in client.list_properties_of_key_versions(name):
+                    versions.setdefault(name_id(properties.version or ""), _from_properties(properties))
             for pinned in pinned_versions:
                 if versions.get(name_id(pinned)) is None or versions[name_id(pinned)].key_ops is None:
                     try:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 from azure.core.exceptions import AzureError
 from azure.mgmt.servicebus.models import SBNamespace
 
 from monitor.adapters.azure_clients import AzureClients, describe_failure
 from monitor.domain.errors import ReadError
 from monitor.domain.model import KeyRef, Namespace, NamespaceIdentity
+from monitor.ports import FleetListing
 
 KEY_VAULT_SOURCE = "microsoft.keyvault"
 
@@ -82,3 +86,16 @@ class ServiceBusInventory:
                 f"Service Bus namespaces in subscription {subscription}", describe_failure(error)
             ) from error
         return [namespace for resource in resources if (namespace := namespace_from_arm(resource)) is not None]
+
+    async def list_namespaces_in(self, subscriptions: Sequence[str]) -> FleetListing:
+        """Each subscription listed over ARM, concurrently."""
+        listings = await asyncio.gather(*(self.list_namespaces(sub) for sub in subscriptions), return_exceptions=True)
+        found = FleetListing(source="arm")
+        for subscription, listing in zip(subscriptions, listings, strict=True):
+            if isinstance(listing, ReadError):
+                found.blind[subscription] = listing.reason
+            elif isinstance(listing, BaseException):
+                raise listing
+            else:
+                found.namespaces.extend(listing)
+        return found

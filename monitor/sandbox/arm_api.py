@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+from monitor.sandbox import resource_graph
 from monitor.sandbox.rbac import Rbac
 from monitor.sandbox.resources import (
     NAMESPACE_TYPE,
@@ -70,6 +71,7 @@ class ArmApi:
         router.add("GET", rf"{_SUB}{_RG}{_VAULTS}/?", self._list_vaults)
         router.add("GET", rf"{_SUB}{_RG}{_VAULTS}/(?P<name>[^/]+)/?", self._get_vault)
         router.add("GET", rf"{_SUB}/providers/Microsoft\.KeyVault/deletedVaults/?", self._list_deleted_vaults)
+        router.add("POST", r"/providers/Microsoft\.ResourceGraph/resources/?", self._resource_graph)
         rbac.add_routes(router)
         self.router = router
 
@@ -282,6 +284,16 @@ class ArmApi:
         if document is None:
             return not_found("Microsoft.KeyVault/vaults", match["name"], match["rg"])
         return ApiResponse(200, document)
+
+    # --- Resource Graph ---------------------------------------------------------------------------------
+
+    def _resource_graph(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
+        rows = [resource_graph.with_scope_columns(document) for document in self.state.namespaces()]
+        for info in self.state.vaults:
+            document = None if info.managed_hsm else self._vault_document(info, request)
+            if document is not None:
+                rows.append(resource_graph.with_scope_columns(document))
+        return resource_graph.answer(request.body, rows)
 
     def _list_deleted_vaults(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
         """Soft-deleted vaults of a subscription, shaped as Vaults_ListDeleted answers."""

@@ -67,7 +67,10 @@ def _writes(sandbox: Sandbox, path: str | None = None) -> list[str]:
     return [
         f"{r.method} {r.path}"
         for r in sandbox.requests.records
-        if r.method not in {"GET", "HEAD"} and (path is None or path in r.path)
+        # A Resource Graph query is a POST that reads.
+        if r.method not in {"GET", "HEAD"}
+        and "/Microsoft.ResourceGraph/" not in r.path
+        and (path is None or path in r.path)
     ]
 
 

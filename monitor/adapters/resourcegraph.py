@@ -1,0 +1,109 @@
+"""The fleet's namespaces from Azure Resource Graph: one paged query across every subscription, instead of one
+ARM listing per subscription; ARM listing when Resource Graph is not permitted or fails."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from azure.core.exceptions import AzureError, HttpResponseError
+from azure.mgmt.resourcegraph.aio import ResourceGraphClient
+from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions
+from azure.mgmt.servicebus.models import SBNamespace
+
+from monitor.adapters.azure_clients import AzureClients, describe_failure
+from monitor.adapters.servicebus import ServiceBusInventory, namespace_from_arm
+from monitor.domain.errors import ReadError
+from monitor.domain.model import Namespace, name_id
+from monitor.ports import FleetListing
+
+log = logging.getLogger("keyhealth.inventory")
+
+# Premium namespaces whose keys come from Key Vault, with what namespace_from_arm reads. The filter is
+# repeated client-side (namespace_from_arm), so a looser answer cannot add a namespace that is not CMK.
+NAMESPACE_QUERY = (
+    "resources"
+    " | where type =~ 'microsoft.servicebus/namespaces'"
+    " | where sku.tier =~ 'Premium' and properties.encryption.keySource =~ 'Microsoft.KeyVault'"
+    " | project id, name, type, location, subscriptionId, sku, identity, tags, properties"
+)
+PAGE_SIZE = 1000  # Resource Graph's largest page
+# Resource Graph takes at most this many subscriptions in one request.
+SUBSCRIPTIONS_PER_QUERY = 1000
+
+
+def _denied(error: AzureError) -> bool:
+    return isinstance(error, HttpResponseError) and error.status_code in {401, 403}
+
+
+class ResourceGraphInventory:
+    """InventoryReader: Resource Graph first, ARM listing per subscription as the fallback.
+
+    Resource Graph answers only for subscriptions the identity can read and says nothing of the others,
+    so the subscriptions are first checked against those ARM lists as visible: a requested one that is
+    not visible is reported blind rather than silently empty.
+    """
+
+    def __init__(self, clients: AzureClients, arm: ServiceBusInventory | None = None) -> None:
+        self._clients = clients
+        self._arm = arm or ServiceBusInventory(clients)
+        self._denied = False  # once Resource Graph refused the identity, stop asking (logged once)
+
+    async def list_subscriptions(self) -> list[str]:
+        return await self._arm.list_subscriptions()
+
+    async def list_namespaces(self, subscription: str) -> list[Namespace]:
+        return await self._arm.list_namespaces(subscription)
+
+    async def list_namespaces_in(self, subscriptions: Sequence[str]) -> FleetListing:
+        if self._denied or not subscriptions:
+            return await self._arm.list_namespaces_in(subscriptions)
+        try:
+            visible = {name_id(s) for s in await self._arm.list_subscriptions()}
+        except ReadError:
+            return await self._arm.list_namespaces_in(subscriptions)
+        readable = [s for s in subscriptions if name_id(s) in visible]
+        blind = {
+            s: f"subscription {s} is not visible to the monitor's identity: give it Reader there"
+            for s in subscriptions
+            if name_id(s) not in visible
+        }
+        try:
+            rows = await self._query(readable)
+        except AzureError as error:
+            if _denied(error):
+                self._denied = True
+                log.warning(
+                    "Resource Graph refused the monitor (%s); listing namespaces per subscription over ARM from now on",
+                    describe_failure(error),
+                )
+            else:
+                log.warning("Resource Graph query failed (%s); listing over ARM this time", describe_failure(error))
+            return await self._arm.list_namespaces_in(subscriptions)
+        namespaces = [namespace for row in rows if (namespace := namespace_from_arm(SBNamespace(row))) is not None]
+        return FleetListing(namespaces=namespaces, blind=blind, source="resource-graph")
+
+    async def _query(self, subscriptions: Sequence[str]) -> list[dict[str, Any]]:
+        client = self._graph()
+        rows: list[dict[str, Any]] = []
+        for first in range(0, len(subscriptions), SUBSCRIPTIONS_PER_QUERY):
+            chunk = list(subscriptions[first : first + SUBSCRIPTIONS_PER_QUERY])
+            skip_token: str | None = None
+            while True:
+                response = await client.resources(
+                    QueryRequest(
+                        subscriptions=chunk,
+                        query=NAMESPACE_QUERY,
+                        options=QueryRequestOptions(top=PAGE_SIZE, skip_token=skip_token, result_format="objectArray"),
+                    )
+                )
+                if isinstance(response.data, list):
+                    rows.extend(row for row in response.data if isinstance(row, dict))
+                skip_token = response.skip_token
+                if not skip_token:
+                    break
+        return rows
+
+    def _graph(self) -> ResourceGraphClient:
+        return self._clients.resource_graph()

@@ -1,0 +1,148 @@
+"""Key Vault pacing: a vault's share of its limit is never exceeded in any window, Retry-After holds the whole
+vault back, and against the stand-in's enforced limit a scan at a share below 100 % sees no 429."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from azure.keyvault.keys._shared import http_challenge_cache
+
+from monitor.adapters.throttle import VaultRateLimiter
+from monitor.domain.scenario import parse_scenario
+from monitor.sandbox import RateLimit, Sandbox
+from tests.builders import key, namespace, ref, scenario, version
+
+
+class FakeTime:
+    """A clock that only moves when someone sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+
+
+def _admitted(limiter: VaultRateLimiter, time: FakeTime, requests: int, vault: str = "kv-a") -> list[float]:
+    stamps = []
+
+    async def run() -> None:
+        for _ in range(requests):
+            await limiter.acquire(vault)
+            stamps.append(time.now)
+
+    asyncio.run(run())
+    return stamps
+
+
+def _busiest_window(stamps: list[float], window: float) -> int:
+    busiest, start = 0, 0
+    for end, stamp in enumerate(stamps):
+        while stamp - stamps[start] >= window:
+            start += 1
+        busiest = max(busiest, end - start + 1)
+    return busiest
+
+
+def test_no_ten_second_window_gets_more_than_the_share():
+    time = FakeTime()
+    limiter = VaultRateLimiter(0.5, clock=time.clock, sleep=time.sleep)
+    stamps = _admitted(limiter, time, 3000)
+    # Unknown key type: the HSM limit (2,000 per 10 s), half of it.
+    assert _busiest_window(stamps, 10.0) <= 1000
+    # ...and it is used: a 100-request burst, then 90 a second (the share less the burst, spread): 32.2 s.
+    assert 32.0 <= stamps[-1] <= 32.5
+
+
+def test_a_vault_of_software_keys_gets_the_software_limit():
+    time = FakeTime()
+    limiter = VaultRateLimiter(0.5, clock=time.clock, sleep=time.sleep)
+    limiter.saw_key_type("kv-a", "RSA")
+    assert limiter.limit("kv-a") == 4000 and limiter.allowed_per_second("kv-a") == 200
+    stamps = _admitted(limiter, time, 4000)
+    assert _busiest_window(stamps, 10.0) <= 2000
+    limiter.saw_key_type("kv-a", "RSA-HSM")  # one HSM key: the vault's lower limit applies
+    assert limiter.limit("kv-a") == 2000
+
+
+def test_retry_after_holds_back_every_request_to_that_vault_only():
+    time = FakeTime()
+    limiter = VaultRateLimiter(1.0, clock=time.clock, sleep=time.sleep)
+    for _ in range(100):  # what the vault answered before it said 429: the pace it is cut to
+        limiter.answered("kv-a")
+    limiter.pause("kv-a", 3.0)
+    assert _admitted(limiter, time, 1, "kv-b") == [0.0]
+    (first,) = _admitted(limiter, time, 1, "kv-a")
+    assert 3.0 <= first <= 3.5
+    assert limiter.allowed_per_second("kv-a") == pytest.approx(0.9 * 100 / 10)  # cut to what it answered
+    limiter.pause("kv-a", 3600)  # an absurd hint is capped: the poll must end inside its period
+    (later,) = _admitted(limiter, time, 1, "kv-a")
+    assert later - first <= 61.0
+
+
+VAULTS = [f"https://kv-{n}.vault.azure.net" for n in range(2)]
+
+
+@pytest.fixture
+def crowded_fleet(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
+    """30 keys in each of two vaults, and a stand-in that allows 40 requests per vault per second."""
+    http_challenge_cache.clear()
+    keys = [key(f"k{n}", version(f"v{n}"), vault_uri=vault) for vault in VAULTS for n in range(30)]
+    namespaces = [
+        namespace(f"sb-{v}-{n}", ref(f"k{n}", vault_uri=vault)) for v, vault in enumerate(VAULTS) for n in range(30)
+    ]
+    document = scenario(namespaces, keys, vaults=[{"uri": v, "access": {}} for v in VAULTS])
+    for entry in document["vaults"]:
+        entry["access"] = {"00000000-0000-0000-0000-00000000aaaa": ["get", "wrapKey", "unwrapKey"]}
+    parsed, _ = parse_scenario(document)
+    with Sandbox(parsed, rate_limit=RateLimit(40, 1.0)) as running:
+        for name, value in running.environment().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("KEYHEALTH_CONCURRENCY", "64")
+        yield running
+    http_challenge_cache.clear()
+
+
+def _scan(limiter: VaultRateLimiter | None, sandbox: Sandbox) -> dict[str, str]:
+    from monitor.bootstrap import azure_readers
+    from monitor.config import Settings
+    from monitor.service import check
+
+    settings = Settings.from_environment()
+
+    async def run() -> dict[str, str]:
+        async with azure_readers(settings) as readers:
+            if limiter is not None:
+                readers.keys._clients.limiter = limiter  # type: ignore[attr-defined]
+            _, report = await check(
+                readers, now=datetime(2026, 11, 22, tzinfo=UTC), thresholds=settings.thresholds, concurrency=64
+            )
+        return {n.prediction.namespace.name: n.prediction.status_now.value for n in report.namespaces}
+
+    return asyncio.run(run())
+
+
+def test_below_the_share_the_stand_in_never_throttles(crowded_fleet: Sandbox):
+    """Sized for the stand-in's limit (40 a second) at a 90 % share: 60 key reads, not one 429."""
+    limiter = VaultRateLimiter(0.9, software_limit=40, hsm_limit=40, window=1.0)
+    statuses = _scan(limiter, crowded_fleet)
+    assert set(statuses.values()) == {"healthy"} and len(statuses) == 60
+    assert crowded_fleet.requests.count(service="keyvault", status=429) == 0
+    assert crowded_fleet.requests.count(service="keyvault", status=200) >= 60
+
+
+def test_when_the_vault_throttles_anyway_the_scan_waits_and_still_sees_everything(crowded_fleet: Sandbox):
+    """A limiter that believes the vault allows 20 times more (someone else is using it): 429s come back
+    with Retry-After; the vault is held back, its pace cut to what it answers, and every key is still read."""
+    crowded_fleet.faults.rate_limit = RateLimit(10, 1.0)
+    limiter = VaultRateLimiter(1.0, software_limit=200, hsm_limit=200, window=1.0)
+    statuses = _scan(limiter, crowded_fleet)
+    assert set(statuses.values()) == {"healthy"}
+    assert crowded_fleet.requests.count(service="keyvault", status=429) > 0
+    assert limiter.throttled > 0
