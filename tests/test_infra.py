@@ -11,6 +11,7 @@ import ast
 import json
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -549,3 +550,17 @@ def test_azure_yaml_hooks_exist_and_wire_event_grid_after_deploy():
     assert "azd env set EVENT_GRID_WIRED true" in posix and "azd provision" in posix
     parameters = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
     assert parameters["wireEventGrid"]["value"].startswith("${EVENT_GRID_WIRED")
+
+
+def test_azd_down_is_refused_unless_the_operator_allows_it():
+    """The predown hook stops azd down (which deletes whole resource groups, the vaults' too on older azd) unless
+    ALLOW_AZD_DOWN is true."""
+    hooks = yaml.safe_load((ROOT / "azure.yaml").read_text())["hooks"]
+    guard = ROOT / hooks["predown"]["posix"]["run"]
+    environment = {k: v for k, v in os.environ.items() if k != "ALLOW_AZD_DOWN"}
+    refused = subprocess.run(["sh", str(guard)], env=environment, capture_output=True, text=True, check=False)
+    assert refused.returncode != 0 and "azd down is blocked" in refused.stderr
+    allowed = subprocess.run(
+        ["sh", str(guard)], env={**environment, "ALLOW_AZD_DOWN": "true"}, capture_output=True, check=False
+    )
+    assert allowed.returncode == 0
