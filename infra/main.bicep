@@ -10,7 +10,11 @@ param environmentName string
 
 @minLength(1)
 @description('Region of the resource group and the app; it must offer the Flex Consumption plan.')
-@metadata({ azd: { type: 'location' } })
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
 param location string
 
 @description('Resource group to create; empty: rg-<environmentName>.')
@@ -100,7 +104,7 @@ var remediationNamespaces = idList(remediationNamespaceIds)
 var remediationActionList = idList(remediationActions)
 var unpinNamespaces = remediationMode == 'on' && contains(remediationActionList, 'unpin') ? remediationNamespaces : []
 var givenSubscriptions = idList(monitoredSubscriptionIds)
-var namespaceSubscriptions = empty(givenSubscriptions) ? [toLower(subscription().subscriptionId)] : givenSubscriptions
+var namespaceSubscriptions = empty(givenSubscriptions) ? array(toLower(subscription().subscriptionId)) : givenSubscriptions
 // The monitor finds a vault by listing its subscription, so the vaults' subscriptions are read too.
 var readerSubscriptions = union(
   namespaceSubscriptions,
@@ -111,7 +115,7 @@ var unpinResourceGroups = union(map(unpinNamespaces, id => join(take(split(id, '
 var secretsVaultName = empty(secretsVaultId) ? '' : nameOf(secretsVaultId)
 var alertSecretPairs = map(nameList(alertSecretSettings), pair => split(pair, '='))
 var secretNames = union(
-  empty(webhookSecretName) ? [] : [webhookSecretName],
+  empty(webhookSecretName) ? [] : array(webhookSecretName),
   map(alertSecretPairs, pair => trim(pair[1]))
 )
 
@@ -155,7 +159,7 @@ module storage 'app/storage.bicep' = {
 }
 
 module secretAccess 'app/secret-access.bicep' = if (!empty(secretsVaultId) && !empty(secretNames)) {
-  name: 'secret-access'
+  name: 'keyhealth-${resourceToken}-secrets'
   scope: resourceGroup(subscriptionOf(secretsVaultId), resourceGroupOf(secretsVaultId))
   params: {
     vaultName: secretsVaultName
@@ -198,7 +202,7 @@ module functionApp 'app/function.bicep' = {
 
 module subscriptionReader 'app/subscription-reader.bicep' = [
   for subscriptionId in readerSubscriptions: {
-    name: 'reader-${subscriptionId}'
+    name: take('keyhealth-${resourceToken}-reader-${subscriptionId}', 64)
     scope: subscription(subscriptionId)
     params: {
       principalId: identities.outputs.appPrincipalId
@@ -208,7 +212,7 @@ module subscriptionReader 'app/subscription-reader.bicep' = [
 
 module vaultAccess 'app/vault-access.bicep' = [
   for (vaultId, index) in vaultIds: {
-    name: take('vault-access-${index}-${nameOf(vaultId)}', 64)
+    name: take('keyhealth-${resourceToken}-access-${index}-${nameOf(vaultId)}', 64)
     scope: resourceGroup(subscriptionOf(vaultId), resourceGroupOf(vaultId))
     params: {
       vaultName: nameOf(vaultId)
@@ -221,7 +225,7 @@ module vaultAccess 'app/vault-access.bicep' = [
 
 module vaultEvents 'app/vault-events.bicep' = [
   for (vaultId, index) in vaultIds: {
-    name: take('vault-events-${index}-${nameOf(vaultId)}', 64)
+    name: take('keyhealth-${resourceToken}-events-${index}-${nameOf(vaultId)}', 64)
     scope: resourceGroup(subscriptionOf(vaultId), resourceGroupOf(vaultId))
     params: {
       vaultName: nameOf(vaultId)
@@ -237,7 +241,7 @@ module vaultEvents 'app/vault-events.bicep' = [
 
 module unpinRole 'app/unpin-role.bicep' = [
   for (groupId, index) in unpinResourceGroups: {
-    name: take('unpin-role-${index}-${split(groupId, '/')[4]}', 64)
+    name: take('keyhealth-${resourceToken}-unpin-${index}-${split(groupId, '/')[4]}', 64)
     scope: resourceGroup(split(groupId, '/')[2], split(groupId, '/')[4])
     params: {
       namespaceIds: unpinNamespaces
