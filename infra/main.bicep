@@ -158,9 +158,14 @@ module storage 'app/storage.bicep' = {
   }
 }
 
+// ARM evaluates a module's scope even when its condition is false, so without a secrets vault it points at the
+// app's own group (and deploys nothing).
 module secretAccess 'app/secret-access.bicep' = if (!empty(secretsVaultId) && !empty(secretNames)) {
   name: 'keyhealth-${resourceToken}-secrets'
-  scope: resourceGroup(subscriptionOf(secretsVaultId), resourceGroupOf(secretsVaultId))
+  scope: resourceGroup(
+    empty(secretsVaultId) ? subscription().subscriptionId : subscriptionOf(secretsVaultId),
+    empty(secretsVaultId) ? rg.name : resourceGroupOf(secretsVaultId)
+  )
   params: {
     vaultName: secretsVaultName
     secretNames: secretNames
