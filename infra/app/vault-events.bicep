@@ -1,0 +1,78 @@
+// Key Vault events of one vault to the monitor: an Event Grid system topic on the vault and, once the function is
+// deployed (subscribe), a subscription to its Event Grid trigger. Deployed into the vault's resource group.
+// A vault has at most one system topic: if it already has one, see infra/README.md.
+param vaultName string
+param tags object
+param functionAppId string
+
+@description('Create the subscription: the function must be deployed already, or Event Grid refuses it.')
+param subscribe bool
+param deadLetterIdentityId string
+param deadLetterAccountId string
+param deadLetterContainerName string
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
+  name: vaultName
+}
+
+resource topic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
+  name: 'keyhealth-${vaultName}'
+  location: vault.location
+  tags: tags
+  // The identity Event Grid writes dead letters with.
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${deadLetterIdentityId}': {}
+    }
+  }
+  properties: {
+    source: vault.id
+    topicType: 'Microsoft.KeyVault.vaults'
+  }
+}
+
+resource toMonitor 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = if (subscribe) {
+  parent: topic
+  name: 'keyhealth-monitor'
+  properties: {
+    destination: {
+      endpointType: 'AzureFunction'
+      properties: {
+        resourceId: '${functionAppId}/functions/keyvault_events'
+        maxEventsPerBatch: 1
+        preferredBatchSizeInKilobytes: 64
+      }
+    }
+    eventDeliverySchema: 'EventGridSchema'
+    // Exactly the events monitor/events.py acts on; delete, disable, purge and RBAC changes send none (the poll
+    // finds those).
+    filter: {
+      includedEventTypes: [
+        'Microsoft.KeyVault.KeyNearExpiry'
+        'Microsoft.KeyVault.KeyExpired'
+        'Microsoft.KeyVault.KeyNewVersionCreated'
+        'Microsoft.KeyVault.VaultAccessPolicyChanged'
+      ]
+    }
+    // The handler re-reads live state, so a late delivery is still useful: retry for the full day Event Grid
+    // allows, then keep the event in the dead-letter container for inspection.
+    retryPolicy: {
+      maxDeliveryAttempts: 30
+      eventTimeToLiveInMinutes: 1440
+    }
+    deadLetterWithResourceIdentity: {
+      identity: {
+        type: 'UserAssigned'
+        userAssignedIdentity: deadLetterIdentityId
+      }
+      deadLetterDestination: {
+        endpointType: 'StorageBlob'
+        properties: {
+          resourceId: deadLetterAccountId
+          blobContainerName: deadLetterContainerName
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,3 @@
+# postdown: the app is gone, so the next provision must again start without Event Grid subscriptions.
+$ErrorActionPreference = 'Stop'
+azd env set EVENT_GRID_WIRED false
