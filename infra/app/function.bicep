@@ -130,6 +130,10 @@ var keyhealthSettings = {
   KEYHEALTH_TABLES_CONNECTION_STRING: ''
   KEYHEALTH_TABLE_PREFIX: 'keyhealth'
   KEYHEALTH_CONCURRENCY: '32'
+  // Half of each vault's published request limit: the vault's other users (Service Bus among them) keep the rest.
+  KEYHEALTH_KEYVAULT_SHARE: '50'
+  // One Resource Graph query finds every namespace; Reader on the subscriptions is all it needs.
+  KEYHEALTH_INVENTORY: 'resource-graph'
   // Read only by `keyhealth serve`; the Functions HTTP routes are guarded by function keys.
   KEYHEALTH_WEBHOOK_SECRET: empty(webhookSecretName) ? '' : keyVaultReference(secretsVaultName, webhookSecretName)
   KEYHEALTH_ALERTS: alertsConfig
