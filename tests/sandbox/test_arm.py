@@ -259,7 +259,7 @@ def _graph_query(sandbox: Sandbox, query: str, subscriptions: list[str], top: in
     from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions
 
     async def pages() -> list[list[dict[str, Any]]]:
-        found = []
+        found: list[list[dict[str, Any]]] = []
         async with ResourceGraphClient(
             AsyncStaticTokenCredential(), base_url=sandbox.url, connection_verify=str(sandbox.ca_path)
         ) as client:
@@ -272,7 +272,7 @@ def _graph_query(sandbox: Sandbox, query: str, subscriptions: list[str], top: in
                         options=QueryRequestOptions(top=top, skip_token=token, result_format="objectArray"),
                     )
                 )
-                found.append(list(response.data))
+                found.append([row for row in response.data if isinstance(row, dict)])
                 token = response.skip_token
                 if not token:
                     return found
