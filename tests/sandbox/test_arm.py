@@ -272,7 +272,8 @@ def _graph_query(sandbox: Sandbox, query: str, subscriptions: list[str], top: in
                         options=QueryRequestOptions(top=top, skip_token=token, result_format="objectArray"),
                     )
                 )
-                found.append([row for row in response.data if isinstance(row, dict)])
+                data: Any = response.data  # objectArray: a list of row objects
+                found.append(list(data))
                 token = response.skip_token
                 if not token:
                     return found
