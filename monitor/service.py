@@ -243,14 +243,24 @@ def _verdict(document: Mapping[str, Any]) -> tuple[object, ...]:
     return (document.get("status_now"), document.get("revoked_at_earliest"), document.get("revoked_by"), worst)
 
 
-async def _record(monitor: Monitor, report: FleetReport, *, now: datetime) -> tuple[str, ...]:
-    """Store each namespace's judgement; returns the ids whose verdict changed."""
+async def _record(
+    monitor: Monitor,
+    report: FleetReport,
+    *,
+    now: datetime,
+    stored: Mapping[str, NamespaceState] | None = None,
+) -> tuple[str, ...]:
+    """Store each namespace's judgement; returns the ids whose verdict changed.
+
+    `stored` is every stored state by NamespaceState.key (a poll reads them all in one go); without it
+    each namespace's is read on its own (an event touches few).
+    """
     states = [
         NamespaceState.of(n.prediction.namespace, namespace_document(n), evaluated_at=now) for n in report.namespaces
     ]
     changed = []
     for state in states:
-        before = await monitor.store.get_namespace_state(state.id)
+        before = stored.get(state.key) if stored is not None else await monitor.store.get_namespace_state(state.id)
         if before is None or _verdict(before.document) != _verdict(state.document):
             changed.append(state.id)
     await monitor.store.put_namespace_states(states)
@@ -305,12 +315,13 @@ async def _poll(monitor: Monitor, *, now: datetime) -> PollResult:
         return PollResult(ran=False)
     try:
         scenario, report = await _read_fleet(monitor, now=now)
-        changed = await _record(monitor, report, now=now)
+        stored = {state.key: state for state in await monitor.store.list_namespace_states()}
+        changed = await _record(monitor, report, now=now, stored=stored)
         removed: list[str] = []
         if not report.fleet_blind:
             seen = {n.prediction.namespace.id.lower() for n in report.namespaces}
-            for state in await monitor.store.list_namespace_states():
-                if state.key not in seen and await monitor.store.delete_namespace_state(state.id):
+            for key, state in stored.items():
+                if key not in seen and await monitor.store.delete_namespace_state(state.id):
                     removed.append(state.id)
         alerts: list[Alert] = []
         if monitor.alerting is not None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import (
     AzureError,
@@ -19,6 +21,7 @@ from azure.core.exceptions import (
 )
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import AsyncHTTPPolicy
+from azure.core.pipeline.transport import AioHttpTransport
 from azure.core.rest import AsyncHttpResponse, HttpRequest
 from azure.keyvault.keys.aio import KeyClient
 from azure.mgmt.authorization.aio import AuthorizationManagementClient
@@ -127,6 +130,30 @@ class AzureClients:
         self.options = options
         self._clients: dict[tuple[str, str], Any] = {}
         self.limiter = VaultRateLimiter(options.keyvault_share)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _kwargs(self, api: str) -> dict[str, Any]:
+        """client_kwargs, every client on one aiohttp session: one connection pool, reused across clients.
+
+        With a CA bundle given as a path, azure-core builds an SSL context per request, which defeats
+        connection reuse (a TLS handshake per request); one context on the shared connector keeps it.
+        """
+        kwargs = self.options.client_kwargs(api)
+        kwargs.pop("connection_verify", None)
+        if self._session is None:
+            ssl_context: ssl.SSLContext | bool = (
+                ssl.create_default_context(cafile=self.options.ca_bundle) if self.options.ca_bundle else True
+            )
+            # No pool limit of its own: the scan's concurrency bound and the vault limiter decide.
+            connector = aiohttp.TCPConnector(ssl=ssl_context, limit=0)
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=True)
+        kwargs["transport"] = AioHttpTransport(
+            session=self._session,
+            session_owner=False,
+            connection_timeout=kwargs.pop("connection_timeout"),
+            read_timeout=kwargs.pop("read_timeout"),
+        )
+        return kwargs
 
     def _cached(self, kind: str, scope: str, build: Callable[[], Client]) -> Client:
         key = (kind, scope.lower())
@@ -141,7 +168,7 @@ class AzureClients:
         vault = vault_id(vault_uri)
 
         def build() -> KeyClient:
-            kwargs = self.options.client_kwargs("keyvault")
+            kwargs = self._kwargs("keyvault")
             # Paced before the latency is measured: time spent waiting for the vault's share is not the vault's.
             kwargs["per_retry_policies"] = [VaultThrottlePolicy(self.limiter, vault), *kwargs["per_retry_policies"]]
             return KeyClient(
@@ -158,7 +185,7 @@ class AzureClients:
                 self.credential,
                 subscription,
                 base_url=self.options.arm_endpoint,
-                **self.options.client_kwargs("arm.servicebus"),
+                **self._kwargs("arm.servicebus"),
             ),
         )
 
@@ -170,7 +197,7 @@ class AzureClients:
                 self.credential,
                 subscription,
                 base_url=self.options.arm_endpoint,
-                **self.options.client_kwargs("arm.keyvault"),
+                **self._kwargs("arm.keyvault"),
             ),
         )
 
@@ -182,7 +209,7 @@ class AzureClients:
                 self.credential,
                 subscription,
                 base_url=self.options.arm_endpoint,
-                **self.options.client_kwargs("arm.authorization"),
+                **self._kwargs("arm.authorization"),
             ),
         )
 
@@ -191,7 +218,7 @@ class AzureClients:
             "resourcegraph",
             "",
             lambda: ResourceGraphClient(
-                self.credential, base_url=self.options.arm_endpoint, **self.options.client_kwargs("arm.resourcegraph")
+                self.credential, base_url=self.options.arm_endpoint, **self._kwargs("arm.resourcegraph")
             ),
         )
 
@@ -200,7 +227,7 @@ class AzureClients:
             "subscriptions",
             "",
             lambda: SubscriptionClient(
-                self.credential, base_url=self.options.arm_endpoint, **self.options.client_kwargs("arm.subscriptions")
+                self.credential, base_url=self.options.arm_endpoint, **self._kwargs("arm.subscriptions")
             ),
         )
 
@@ -208,3 +235,6 @@ class AzureClients:
         clients = list(self._clients.values())
         self._clients.clear()
         await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

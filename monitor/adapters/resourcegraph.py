@@ -10,18 +10,17 @@ from typing import Any
 from azure.core.exceptions import AzureError, HttpResponseError
 from azure.mgmt.resourcegraph.aio import ResourceGraphClient
 from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions
-from azure.mgmt.servicebus.models import SBNamespace
 
 from monitor.adapters.azure_clients import AzureClients, describe_failure
-from monitor.adapters.servicebus import ServiceBusInventory, namespace_from_arm
+from monitor.adapters.servicebus import ServiceBusInventory, namespace_from_document
 from monitor.domain.errors import ReadError
 from monitor.domain.model import Namespace, name_id
 from monitor.ports import FleetListing
 
 log = logging.getLogger("keyhealth.inventory")
 
-# Premium namespaces whose keys come from Key Vault, with what namespace_from_arm reads. The filter is
-# repeated client-side (namespace_from_arm), so a looser answer cannot add a namespace that is not CMK.
+# Premium namespaces whose keys come from Key Vault, with what namespace_from_document reads. The filter is
+# repeated client-side (namespace_from_document), so a looser answer cannot add a namespace that is not CMK.
 NAMESPACE_QUERY = (
     "resources"
     " | where type =~ 'microsoft.servicebus/namespaces'"
@@ -81,7 +80,7 @@ class ResourceGraphInventory:
             else:
                 log.warning("Resource Graph query failed (%s); listing over ARM this time", describe_failure(error))
             return await self._arm.list_namespaces_in(subscriptions)
-        namespaces = [namespace for row in rows if (namespace := namespace_from_arm(SBNamespace(row))) is not None]
+        namespaces = [namespace for row in rows if (namespace := namespace_from_document(row)) is not None]
         return FleetListing(namespaces=namespaces, blind=blind, source="resource-graph")
 
     async def _query(self, subscriptions: Sequence[str]) -> list[dict[str, Any]]:
