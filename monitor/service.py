@@ -386,9 +386,7 @@ async def _handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime
     wanted = {namespace_id.lower() for namespace_id in affected}
     namespaces = [n for n in known.snapshot.namespaces if n.id.lower() in wanted]
     subscriptions = sorted({n.id.split("/")[2] for n in known.snapshot.namespaces if n.id.count("/") > 2})
-    snapshot = await read_keys_of(
-        monitor.readers, namespaces, subscriptions=subscriptions, concurrency=monitor.concurrency
-    )
+    snapshot = await _reread_for_event(monitor, known.snapshot, namespaces, event, subscriptions)
     report = evaluate(Scenario(now=now, snapshot=snapshot), monitor.thresholds)
     await _record(monitor, report, now=now)
     alerts: list[Alert] = []
@@ -398,6 +396,68 @@ async def _handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime
     first = await monitor.store.mark_event_processed(event.id, at=now)
     outcome = EventOutcome.EVALUATED if first else EventOutcome.DUPLICATE
     return EventResult(outcome, tuple(n.id for n in namespaces), report, tuple(alerts), tuple(outcomes))
+
+
+async def _reread_for_event(
+    monitor: Monitor,
+    known: Snapshot,
+    namespaces: Sequence[Namespace],
+    event: KeyVaultEvent,
+    subscriptions: Sequence[str],
+) -> Snapshot:
+    """The snapshot `namespaces` are judged on after `event`: what the event names read now (the key, or the
+    vault's access for an access-policy change), everything else as the last poll read it.
+
+    One read however many namespaces share the key: a thousand namespaces of one key cost one request,
+    not a thousand keys' worth. The rest is at most one poll period old, which is Service Bus's own pace.
+    """
+    assert event.vault_uri is not None
+    vault = vault_id(event.vault_uri)
+    needed_vaults = {vault_id(ref.vault) for n in namespaces for ref in n.keys}
+    needed_keys = {ref.key_id for n in namespaces for ref in n.keys}
+    vaults = {vault_id(v.uri): v for v in known.vaults if vault_id(v.uri) in needed_vaults}
+    keys = {(vault_id(k.vault), name_id(k.name)): k for k in known.keys}
+    keys = {key_id: k for key_id, k in keys.items() if key_id in needed_keys}
+    blind = [
+        b
+        for b in known.blind
+        if (b.scope is BlindScope.VAULT and vault_id(b.target) in needed_vaults)
+        or (b.scope is BlindScope.KEY and _key_of_url(b.target) in needed_keys)
+    ]
+    if event.kind is KeyVaultEventType.VAULT_ACCESS_POLICY_CHANGED or not event.object_name:
+        reading = await monitor.readers.access.read_vaults([event.vault_uri], subscriptions=subscriptions)
+        blind = [b for b in blind if not (b.scope is BlindScope.VAULT and vault_id(b.target) == vault)]
+        if vault in reading.found:
+            vaults[vault] = reading.found[vault]
+            key_access = reading.key_access.get(vault, {})
+            for key_id, key in list(keys.items()):
+                if key_id[0] == vault:
+                    keys[key_id] = dataclasses.replace(key, access=key_access.get(key_id[1], {}))
+        else:
+            blind.append(BlindSpot(BlindScope.VAULT, event.vault_uri, reading.blind.get(vault, "not read")))
+    else:
+        key_id = (vault, name_id(event.object_name))
+        pinned = sorted({ref.version for n in namespaces for ref in n.keys if ref.key_id == key_id and ref.version})
+        url = key_url(event.vault_uri, event.object_name)
+        blind = [b for b in blind if not (b.scope is BlindScope.KEY and _key_of_url(b.target) == key_id)]
+        previous = keys.pop(key_id, None)
+        try:
+            fresh = await monitor.readers.keys.get_key(event.vault_uri, event.object_name, pinned_versions=pinned)
+        except ReadError as failure:
+            blind.append(BlindSpot(BlindScope.KEY, url, failure.reason))
+        else:
+            if fresh is not None:  # None: it no longer exists, which the judgement reports
+                # Who may use it at the key's own scope (RBAC) did not change with the key.
+                keys[key_id] = dataclasses.replace(fresh, access=previous.access) if previous else fresh
+    return Snapshot(
+        vaults=tuple(vaults.values()), keys=tuple(keys.values()), namespaces=tuple(namespaces), blind=tuple(blind)
+    )
+
+
+def _key_of_url(url: str) -> KeyId | None:
+    """(vault_id, name_id) of a key URL (vault URI + /keys/ + name), as blind spots name keys."""
+    vault, marker, name = url.partition("/keys/")
+    return (vault_id(vault), name_id(name.split("/", 1)[0])) if marker else None
 
 
 async def _remediate(monitor: Monitor, report: FleetReport, snapshot: Snapshot, *, now: datetime) -> list[Outcome]:

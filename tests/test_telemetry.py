@@ -100,7 +100,7 @@ def test_a_poll_and_an_event_set_every_instrument(tmp_path: Path, emitted):
     assert gauge("keyhealth.monitor.blind") == 0
     # Every Azure request attempt is timed, by API, method and status class.
     assert emitted.count("keyhealth.azure.request.duration", api="keyvault", method="GET", status="2xx") >= 3
-    assert emitted.count("keyhealth.azure.request.duration", api="arm.servicebus", status="2xx") >= 1
+    assert emitted.count("keyhealth.azure.request.duration", api="arm.resourcegraph", status="2xx") >= 1
 
 
 def test_a_poll_is_a_span_with_its_azure_calls_as_children_and_logs_carry_its_trace(tmp_path: Path):

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from azure.core.exceptions import AzureError, HttpResponseError
+from azure.core.rest import HttpRequest
 from azure.mgmt.resourcegraph.aio import ResourceGraphClient
-from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions
 
 from monitor.adapters.azure_clients import AzureClients, describe_failure
 from monitor.adapters.servicebus import ServiceBusInventory, namespace_from_document
@@ -28,6 +28,8 @@ NAMESPACE_QUERY = (
     " | project id, name, type, location, subscriptionId, sku, identity, tags, properties"
 )
 PAGE_SIZE = 1000  # Resource Graph's largest page
+QUERY_PATH = "/providers/Microsoft.ResourceGraph/resources"
+API_VERSION = "2021-03-01"  # the stable version the SDK client speaks
 # Resource Graph takes at most this many subscriptions in one request.
 SUBSCRIPTIONS_PER_QUERY = 1000
 
@@ -84,24 +86,32 @@ class ResourceGraphInventory:
         return FleetListing(namespaces=namespaces, blind=blind, source="resource-graph")
 
     async def _query(self, subscriptions: Sequence[str]) -> list[dict[str, Any]]:
+        """Every row, page by page. Sent raw through the SDK client's pipeline (auth, retries, telemetry):
+        its model would turn each row into objects only to be turned back (a second per 10,000 rows)."""
         client = self._graph()
         rows: list[dict[str, Any]] = []
         for first in range(0, len(subscriptions), SUBSCRIPTIONS_PER_QUERY):
-            chunk = list(subscriptions[first : first + SUBSCRIPTIONS_PER_QUERY])
-            skip_token: str | None = None
+            options: dict[str, Any] = {"$top": PAGE_SIZE, "resultFormat": "objectArray"}
+            body = {
+                "subscriptions": list(subscriptions[first : first + SUBSCRIPTIONS_PER_QUERY]),
+                "query": NAMESPACE_QUERY,
+            }
             while True:
-                response = await client.resources(
-                    QueryRequest(
-                        subscriptions=chunk,
-                        query=NAMESPACE_QUERY,
-                        options=QueryRequestOptions(top=PAGE_SIZE, skip_token=skip_token, result_format="objectArray"),
-                    )
+                request = HttpRequest(
+                    "POST", QUERY_PATH, params={"api-version": API_VERSION}, json={**body, "options": options}
                 )
-                if isinstance(response.data, list):
-                    rows.extend(row for row in response.data if isinstance(row, dict))
-                skip_token = response.skip_token
-                if not skip_token:
+                # The generator's raw-request entry point (this client's name for send_request).
+                response = await client._send_request(request)
+                await response.read()
+                response.raise_for_status()
+                page = response.json()
+                data = page.get("data") if isinstance(page, dict) else None
+                if isinstance(data, list):
+                    rows.extend(row for row in data if isinstance(row, dict))
+                token = page.get("$skipToken") if isinstance(page, dict) else None
+                if not token:
                     break
+                options = {**options, "$skipToken": token}
         return rows
 
     def _graph(self) -> ResourceGraphClient:
