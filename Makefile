@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit browser bench clean
+.PHONY: demo test lint typecheck unit browser bench bench-fleet clean
 
 $(STAMP): pyproject.toml requirements.txt $(wildcard package.json package-lock.json)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "keyhealth needs Python 3.11 or newer: set PYTHON=python3.11")'
@@ -42,6 +42,9 @@ test: lint typecheck unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/predict_bench.py
+
+bench-fleet: $(STAMP)
+	$(BIN)/python -m bench.fleet_bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
