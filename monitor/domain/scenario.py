@@ -398,7 +398,7 @@ def _change(reader: _Reader, value: object, path: str) -> Change:
     op = item.get("op")
     if op not in _CHANGE_FIELDS:
         raise ScenarioError(f"{path}.op", f"unknown op {op!r}; expected one of: {', '.join(CHANGE_OPS)}")
-    assert isinstance(op, str)
+    assert isinstance(op, str)  # noqa: S101 - narrows the type; holds by construction
     known = {"at", "op", "vault"} | _CHANGE_FIELDS[op] | (set() if op in _VAULT_ONLY_OPS else {"key"})
     reader.obj(item, path, known)
     if "at" not in item:

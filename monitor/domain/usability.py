@@ -484,7 +484,7 @@ class World:
         elif isinstance(change, NewVersion):
             timeline = self._keys[key_id] = Timeline(MISSING_KEY)
         else:
-            assert isinstance(change, KEY_CHANGES)
+            assert isinstance(change, KEY_CHANGES)  # noqa: S101 - narrows the type; holds by construction
             raise ScenarioError(
                 f"$.changes[{index}].key",
                 f"unknown key {change.key!r} in vault {change.vault!r} "
