@@ -174,8 +174,9 @@ def _instant(value: object) -> datetime | None:
     # Event Grid writes seven fractional digits (2019-07-25T01:08:33.1036736Z); Python reads six.
     if "." in text:
         head, _, tail = text.partition(".")
-        digits = "".join(c for c in tail if c.isdigit())
-        zone = tail[len(digits) :]
+        # Only the digits right after the point: an offset's digits (+02:00) are not part of the fraction.
+        count = next((i for i, c in enumerate(tail) if not c.isdigit()), len(tail))
+        digits, zone = tail[:count], tail[count:]
         text = f"{head}.{digits[:6]}{zone}"
     try:
         parsed = datetime.fromisoformat(text)

@@ -1,0 +1,28 @@
+"""Event entries that once were misread or raised: each is now read right, or rejected with a clear reason."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from monitor.events import KeyVaultEvent, parse_delivery
+
+
+def _key_event(**overrides: object) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "id": "e-1",
+        "eventType": "Microsoft.KeyVault.KeyExpired",
+        "eventTime": "2026-11-22T00:00:00Z",
+        "data": {"Id": "https://kv-prod.vault.azure.net/keys/sb-cmk/abc", "VaultName": "kv-prod"},
+    }
+    event.update(overrides)
+    return event
+
+
+def test_a_time_with_a_fraction_and_an_offset_keeps_its_offset():
+    """02:00:00.5+02:00 is midnight UTC: the offset's digits are not read as more fractional digits."""
+    for written in ("2026-11-22T02:00:00.5+02:00", "2026-11-22T02:00:00.1234567+02:00", "2026-11-21T19:00:00.5-05:00"):
+        (event,) = parse_delivery(json.dumps([_key_event(eventTime=written)]))
+        assert isinstance(event, KeyVaultEvent)
+        assert event.time.replace(microsecond=0) == datetime(2026, 11, 22, tzinfo=UTC), written
