@@ -86,8 +86,11 @@ def parse_delivery(body: bytes | str | object) -> list[ParsedEvent]:
     if isinstance(body, bytes | str):
         try:
             document = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise EventBodyError(f"body is not JSON: {error}") from None
+        except RecursionError:
+            # Thousands of nested brackets exhaust the decoder's stack: hostile, never Event Grid.
+            raise EventBodyError("body is not JSON events: nested too deeply") from None
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, and integers past Python's digit limit
+            raise EventBodyError(f"body is not JSON: {_clip(str(error))}") from None
     entries = document if isinstance(document, list) else [document]
     if not entries:
         raise EventBodyError("body is an empty list of events")
@@ -158,6 +161,11 @@ def parse_event(entry: object, index: int = 0) -> ParsedEvent:
 def _normalised(mapping: Mapping[Any, Any]) -> dict[str, Any]:
     """Keys case-folded and stripped: the published samples spell them `VaultName`, `vaultName`, `ObjectName `."""
     return {str(key).strip().lower(): value for key, value in mapping.items()}
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """`text` cut to `limit` characters: a reason repeats a hostile value only in part."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _text(value: object) -> str | None:

@@ -6,6 +6,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
+from monitor.domain.errors import EventBodyError
 from monitor.events import KeyVaultEvent, parse_delivery
 
 
@@ -26,3 +29,18 @@ def test_a_time_with_a_fraction_and_an_offset_keeps_its_offset():
         (event,) = parse_delivery(json.dumps([_key_event(eventTime=written)]))
         assert isinstance(event, KeyVaultEvent)
         assert event.time.replace(microsecond=0) == datetime(2026, 11, 22, tzinfo=UTC), written
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b"[" + b"1" * 5000 + b"]", "body is not JSON: Exceeds the limit (4300 digits)"),
+    ],
+    ids=["nested-100000-deep", "integer-of-5000-digits"],
+)
+def test_a_body_the_decoder_cannot_take_is_refused_as_a_whole(body: bytes, problem: str):
+    """Deep nesting (RecursionError) and huge integers (ValueError) are EventBodyError: 400, not a crash."""
+    with pytest.raises(EventBodyError) as refused:
+        parse_delivery(body)
+    assert problem in str(refused.value) and len(str(refused.value)) < 300
