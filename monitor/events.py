@@ -135,8 +135,11 @@ def parse_event(entry: object, index: int = 0) -> ParsedEvent:
     kind = next((k for k in KeyVaultEventType if k.value.lower() == event_type.lower()), None)
     object_id = _text(payload.get("id"))
     vault_name = _text(payload.get("vaultname"))
-    if kind is not None and not (object_id or vault_name):
-        return RejectedEvent(index, event_id, f"{event_type} event names no vault (data.Id and data.VaultName)")
+    vault_uri = _vault_uri(object_id, vault_name)
+    if kind is not None and vault_uri is None:
+        return RejectedEvent(
+            index, event_id, f"{event_type} event names no vault (data.Id is no vault URL, data.VaultName is missing)"
+        )
     nbf, exp = _unix(payload.get("nbf")), _unix(payload.get("exp"))
     for name in ("nbf", "exp"):
         if payload.get(name) not in (None, "") and _unix(payload.get(name)) is None:
@@ -149,7 +152,7 @@ def parse_event(entry: object, index: int = 0) -> ParsedEvent:
         time=time,
         topic=topic,
         subject=_text(fields.get("subject")),
-        vault_uri=_vault_uri(object_id, vault_name),
+        vault_uri=vault_uri,
         object_type=_text(payload.get("objecttype")),
         object_name=_text(payload.get("objectname")),
         version=_text(payload.get("version")),
@@ -188,9 +191,9 @@ def _instant(value: object) -> datetime | None:
         text = f"{head}.{digits[:6]}{zone}"
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: an offset that moves it past year 1 or 9999 in UTC
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _unix(value: object) -> datetime | None:
@@ -207,8 +210,11 @@ def _unix(value: object) -> datetime | None:
 
 def _vault_uri(object_id: str | None, vault_name: str | None) -> str | None:
     if object_id:
-        parts = urlsplit(object_id)
-        if parts.scheme and parts.hostname:
+        try:
+            parts = urlsplit(object_id)
+        except ValueError:  # such as an unclosed IPv6 bracket: not a URL, so it names no vault
+            parts = None
+        if parts is not None and parts.scheme and parts.hostname:
             return f"{parts.scheme}://{parts.hostname}"
     # Without an object id only the public cloud's naming can be assumed.
     return f"https://{vault_name}.vault.azure.net" if vault_name else None

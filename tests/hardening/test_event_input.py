@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from monitor.domain.errors import EventBodyError
-from monitor.events import KeyVaultEvent, parse_delivery
+from monitor.events import KeyVaultEvent, RejectedEvent, parse_delivery
 
 
 def _key_event(**overrides: object) -> dict[str, Any]:
@@ -44,3 +45,22 @@ def test_a_body_the_decoder_cannot_take_is_refused_as_a_whole(body: bytes, probl
     with pytest.raises(EventBodyError) as refused:
         parse_delivery(body)
     assert problem in str(refused.value) and len(str(refused.value)) < 300
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda e: e.update(eventTime="0001-01-01T00:00:00+01:00"), "is not an ISO 8601 time"),
+        (lambda e: e.update(eventTime="9999-12-31T23:59:59-01:00"), "is not an ISO 8601 time"),
+        (lambda e: e["data"].update(Id="https://[::1/keys/sb-cmk", VaultName=None), "names no vault"),
+        (lambda e: e["data"].update(Id="sb-cmk", VaultName=None), "names no vault"),
+    ],
+    ids=["year-1-with-offset", "year-9999-with-offset", "unclosed-ipv6-id", "id-that-is-no-url"],
+)
+def test_an_entry_with_an_impossible_time_or_vault_is_rejected(edit: Callable[[dict[str, Any]], None], reason: str):
+    """Times an offset moves out of range (OverflowError) and ids that are no URL (ValueError) are rejected."""
+    event = _key_event()
+    edit(event)
+    (parsed,) = parse_delivery(json.dumps([event]))
+    assert isinstance(parsed, RejectedEvent), parsed
+    assert reason in parsed.reason
