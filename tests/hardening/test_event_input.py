@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from monitor.adapters.state_sqlite import SqliteStateStore
 from monitor.domain.errors import EventBodyError
 from monitor.events import KeyVaultEvent, RejectedEvent, parse_delivery
 
@@ -64,3 +66,37 @@ def test_an_entry_with_an_impossible_time_or_vault_is_rejected(edit: Callable[[d
     (parsed,) = parse_delivery(json.dumps([event]))
     assert isinstance(parsed, RejectedEvent), parsed
     assert reason in parsed.reason
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda e: e.update(id="e-\ud800"), "event id is not valid Unicode text"),
+        (lambda e: e.update(eventType="Microsoft.KeyVault.KeyExpired\udfff"), "event type is not valid Unicode text"),
+        (lambda e: e["data"].update(ObjectName="sb-\udfff"), "event object_name is not valid Unicode text"),
+        (lambda e: e.update(subject="\ud83d"), "event subject is not valid Unicode text"),
+    ],
+    ids=["id", "type", "object-name", "subject"],
+)
+def test_an_entry_with_a_lone_surrogate_is_rejected(edit: Callable[[dict[str, Any]], None], reason: str):
+    """JSON's \\ud800 escapes decode to text no store or UTF-8 log can write: rejected, not accepted to fail later."""
+    event = _key_event()
+    edit(event)
+    (parsed,) = parse_delivery(json.dumps([event]))  # json.dumps writes the surrogate as an escape, as a sender would
+    assert isinstance(parsed, RejectedEvent), parsed
+    assert reason in parsed.reason
+    assert parsed.reason.encode("utf-8") and (parsed.id is None or parsed.id.encode("utf-8"))
+
+
+def test_a_lone_surrogate_is_what_the_state_store_cannot_write(tmp_path):
+    """Why the rejection matters: the SQLite store fails on such an id, so the event could never be handled."""
+
+    async def mark() -> None:
+        store = SqliteStateStore(tmp_path / "state.sqlite")
+        try:
+            await store.mark_event_processed("e-\ud800", at=datetime(2026, 11, 22, tzinfo=UTC))
+        finally:
+            await store.close()
+
+    with pytest.raises(UnicodeEncodeError):
+        asyncio.run(mark())
