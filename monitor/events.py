@@ -133,7 +133,7 @@ def parse_event(entry: object, index: int = 0) -> ParsedEvent:
         return SubscriptionValidation(event_id, code, url if url is None or _utf8(url) else None)
     time = _instant(time_text)
     if time is None:
-        return RejectedEvent(index, event_id, f"event time {time_text!r} is not an ISO 8601 time")
+        return RejectedEvent(index, event_id, f"event time {_shown(time_text)} is not an ISO 8601 time")
     if data is not None and not isinstance(data, Mapping):
         return RejectedEvent(index, event_id, "event data is not a JSON object")
     payload = _normalised(data) if isinstance(data, Mapping) else {}
@@ -148,7 +148,7 @@ def parse_event(entry: object, index: int = 0) -> ParsedEvent:
     nbf, exp = _unix(payload.get("nbf")), _unix(payload.get("exp"))
     for name in ("nbf", "exp"):
         if payload.get(name) not in (None, "") and _unix(payload.get(name)) is None:
-            return RejectedEvent(index, event_id, f"data.{name.upper()} {payload.get(name)!r} is not a Unix time")
+            return RejectedEvent(index, event_id, f"data.{name.upper()} {_shown(payload.get(name))} is not a Unix time")
     texts = {
         "topic": topic,
         "subject": _text(fields.get("subject")),
@@ -184,6 +184,11 @@ def _utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _shown(value: object) -> str:
+    """A value as a reason quotes it: repr, clipped (a 1 MB field must not become a 1 MB log line)."""
+    return _clip(repr(value), 80)
 
 
 def _text(value: object) -> str | None:

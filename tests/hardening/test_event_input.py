@@ -100,3 +100,21 @@ def test_a_lone_surrogate_is_what_the_state_store_cannot_write(tmp_path):
 
     with pytest.raises(UnicodeEncodeError):
         asyncio.run(mark())
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda e: e.update(eventTime="x" * 100_000),
+        lambda e: e["data"].update(EXP="9" * 3000 + "x"),
+        lambda e: e.update(eventTime={"nested": ["y" * 50_000]}),
+    ],
+    ids=["time", "exp", "time-object"],
+)
+def test_a_rejection_reason_quotes_a_huge_value_only_in_part(edit: Callable[[dict[str, Any]], None]):
+    """Each rejection is logged: a reason repeats at most a clipped part of a hostile value."""
+    event = _key_event()
+    edit(event)
+    (parsed,) = parse_delivery(json.dumps([event]))
+    assert isinstance(parsed, RejectedEvent), parsed
+    assert len(parsed.reason) < 400, len(parsed.reason)
