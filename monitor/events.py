@@ -234,7 +234,8 @@ def _vault_uri(object_id: str | None, vault_name: str | None) -> str | None:
             parts = urlsplit(object_id)
         except ValueError:  # such as an unclosed IPv6 bracket: not a URL, so it names no vault
             parts = None
-        if parts is not None and parts.scheme and parts.hostname:
-            return f"{parts.scheme}://{parts.hostname}"
+        # Key Vault object ids are https URLs; any other scheme is not one, and the vault name decides.
+        if parts is not None and parts.scheme.lower() == "https" and parts.hostname:
+            return f"https://{parts.hostname}"
     # Without an object id only the public cloud's naming can be assumed.
     return f"https://{vault_name}.vault.azure.net" if vault_name else None

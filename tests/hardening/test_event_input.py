@@ -118,3 +118,17 @@ def test_a_rejection_reason_quotes_a_huge_value_only_in_part(edit: Callable[[dic
     (parsed,) = parse_delivery(json.dumps([event]))
     assert isinstance(parsed, RejectedEvent), parsed
     assert len(parsed.reason) < 400, len(parsed.reason)
+
+
+@pytest.mark.parametrize(
+    "written", ["h+ttps://kv-prod.vault.azure.net/keys/sb-cmk/abc", "ftp://kv-prod.vault.azure.net/k"]
+)
+def test_a_data_id_that_is_not_an_https_url_does_not_name_the_vault(written: str):
+    """Only an https data.Id names the vault; otherwise VaultName does, or the entry is rejected."""
+    event = _key_event()
+    event["data"]["Id"] = written
+    (named,) = parse_delivery(json.dumps([event]))
+    assert isinstance(named, KeyVaultEvent) and named.vault_uri == "https://kv-prod.vault.azure.net"
+    event["data"]["VaultName"] = None
+    (nameless,) = parse_delivery(json.dumps([event]))
+    assert isinstance(nameless, RejectedEvent) and "names no vault" in nameless.reason
