@@ -112,7 +112,10 @@ def _url(value: str | None, path: str) -> str | None:
     The error never repeats the URL: it may carry a token."""
     if value is None:
         return None
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # such as an unclosed IPv6 bracket: not a URL
+        raise _fail(path, "expected an https:// URL (plain http only to localhost)") from None
     if parts.scheme == "https" and parts.hostname:
         return value
     if parts.scheme == "http" and parts.hostname in _LOOPBACK:

@@ -61,8 +61,11 @@ def _https_url(optional: bool) -> Callable[[str, str], str | None]:
             if optional:
                 return None
             raise SettingError(name, raw, "is required")
-        parts = urlsplit(raw)
-        if parts.scheme != "https" or not parts.hostname:
+        try:
+            parts = urlsplit(raw)
+        except ValueError:  # such as an unclosed IPv6 bracket
+            parts = None
+        if parts is None or parts.scheme != "https" or not parts.hostname:
             raise SettingError(name, raw, "expected an https:// URL")
         return raw.rstrip("/")
 
