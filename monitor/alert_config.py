@@ -63,9 +63,12 @@ def _fail(path: str, problem: str) -> AlertConfigError:
     return AlertConfigError(SETTING, path, problem)
 
 
-def _object(value: object, path: str, known: set[str]) -> Mapping[str, Any]:
+def _object(value: object, path: str, known: set[str] | None = None) -> Mapping[str, Any]:
+    """`value` as an object; with `known`, any other field is an error. Checked before anything iterates it."""
     if not isinstance(value, Mapping):
         raise _fail(path, f"expected an object, got {type(value).__name__}")
+    if known is None:
+        return value
     unknown = sorted(set(value) - known)
     if unknown:
         raise _fail(f"{path}.{unknown[0]}", f"unknown field; expected one of: {', '.join(sorted(known))}")
@@ -125,14 +128,15 @@ def _url(value: str | None, path: str) -> str | None:
 
 def _sink(name: str, value: object, path: str, environ: Mapping[str, str]) -> SinkSpec:
     kind = value.get("type") if isinstance(value, Mapping) else None
-    if kind not in _FIELDS:
+    if not isinstance(kind, str) or kind not in _FIELDS:  # a list or an object is no type (nor hashable)
         raise _fail(f"{path}.type", f"expected one of: {', '.join(KINDS)}")
     allowed, required = _FIELDS[kind]
     item = _object(value, path, {"type", "min_level", *allowed})
     level = Level.WARNING
     if item.get("min_level") is not None:
+        written = _string(item["min_level"], f"{path}.min_level")
         try:
-            level = Level.parse(_string(item["min_level"], f"{path}.min_level"))
+            level = Level.parse(written)
         except ValueError as error:
             raise _fail(f"{path}.min_level", str(error)) from None
     values = {f: _from_setting(item, f, path, environ) for f in ("url", "secret", "routing_key", "key")}
@@ -174,7 +178,7 @@ def parse_alert_config(raw: str, environ: Mapping[str, str]) -> AlertConfig:
     except json.JSONDecodeError as error:
         raise _fail(source, f"not JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
     root = _object(document, source, {"sinks", "routes", "default"})
-    raw_sinks = _object(root.get("sinks") or {}, f"{source}.sinks", set(root.get("sinks") or {}))
+    raw_sinks = _object(root.get("sinks") or {}, f"{source}.sinks")
     sinks = []
     for name, value in raw_sinks.items():
         if not _NAME.match(name):
@@ -188,7 +192,7 @@ def parse_alert_config(raw: str, environ: Mapping[str, str]) -> AlertConfig:
     for index, value in enumerate(raw_routes):
         path = f"{source}.routes[{index}]"
         item = _object(value, path, {"sinks", "tags", "namespaces"})
-        tags = _object(item.get("tags") or {}, f"{path}.tags", set(item.get("tags") or {}))
+        tags = _object(item.get("tags") or {}, f"{path}.tags")
         patterns = item.get("namespaces") or []
         if not isinstance(patterns, list):
             raise _fail(f"{path}.namespaces", "expected a list of name patterns")

@@ -28,3 +28,24 @@ def test_a_sink_url_with_an_unclosed_ipv6_bracket_is_refused_with_its_path():
     config = {"sinks": {"hook": {"type": "webhook", "url": "https://[::1/hooks/t0ken"}}}
     refused = _refused({"KEYHEALTH_ALERTS": json.dumps(config)})
     assert "$.sinks.hook.url: expected an https:// URL" in str(refused) and "t0ken" not in str(refused)
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ({"sinks": 5}, "$.sinks: expected an object, got int"),
+        ({"sinks": [[1]]}, "$.sinks: expected an object, got list"),
+        ({"sinks": {"a": {"type": ["webhook"]}}}, "$.sinks.a.type: expected one of"),
+        ({"sinks": {"a": {"type": "webhook", "url": "https://x"}}, "routes": [{"sinks": ["a"], "tags": 7}]}, "tags"),
+        (
+            {"sinks": {"a": {"type": "webhook", "url": "https://x", "min_level": ["x"]}}},
+            "setting KEYHEALTH_ALERTS='(not shown)': $.sinks.a.min_level: expected a non-empty string",
+        ),
+    ],
+    ids=["sinks-a-number", "sinks-a-list-of-lists", "type-a-list", "tags-a-number", "min-level-a-list"],
+)
+def test_an_alert_configuration_of_the_wrong_shape_is_refused_with_its_path(config: object, problem: str):
+    """Wrong JSON shapes raised TypeError (not iterable, unhashable); now each names its JSON path once."""
+    refused = str(_refused({"KEYHEALTH_ALERTS": json.dumps(config)}))
+    assert problem in refused
+    assert refused.count("KEYHEALTH_ALERTS") == 1, refused
