@@ -172,11 +172,17 @@ def parse_alert_config(raw: str, environ: Mapping[str, str]) -> AlertConfig:
             text = file.read_text(encoding="utf-8")
         except OSError as error:
             raise _fail("$", f"cannot read {file}: {error.strerror or error}") from None
+        except UnicodeDecodeError as error:
+            raise _fail("$", f"cannot read {file}: not UTF-8 text ({error.reason} at byte {error.start})") from None
         source = f"{file}: $"
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         raise _fail(source, f"not JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    except RecursionError:
+        raise _fail(source, "not JSON that can be read: nested too deeply") from None
+    except ValueError as error:  # an integer past Python's 4,300-digit limit
+        raise _fail(source, f"not JSON that can be read: {str(error)[:100]}") from None
     root = _object(document, source, {"sinks", "routes", "default"})
     raw_sinks = _object(root.get("sinks") or {}, f"{source}.sinks")
     sinks = []

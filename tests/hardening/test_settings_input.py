@@ -49,3 +49,25 @@ def test_an_alert_configuration_of_the_wrong_shape_is_refused_with_its_path(conf
     refused = str(_refused({"KEYHEALTH_ALERTS": json.dumps(config)}))
     assert problem in refused
     assert refused.count("KEYHEALTH_ALERTS") == 1, refused
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("[" * 100_000, "nested too deeply"),
+        ("1" * 5000, "not JSON that can be read: Exceeds the limit"),
+    ],
+    ids=["nested-100000-deep", "integer-of-5000-digits"],
+)
+def test_an_alert_configuration_the_decoder_cannot_take_is_refused(raw: str, problem: str):
+    """RecursionError and the integer digit limit's ValueError became SettingError naming KEYHEALTH_ALERTS."""
+    refused = _refused({"KEYHEALTH_ALERTS": raw})
+    assert refused.setting == "KEYHEALTH_ALERTS" and problem in str(refused) and len(str(refused)) < 300
+
+
+def test_an_alert_configuration_file_that_is_not_utf8_is_refused(tmp_path):
+    """@file with bytes that are not UTF-8 raised UnicodeDecodeError; now the file and the byte are named."""
+    path = tmp_path / "alerts.json"
+    path.write_bytes(b'{"sinks": {}}\xff')
+    refused = _refused({"KEYHEALTH_ALERTS": f"@{path}"})
+    assert f"cannot read {path}: not UTF-8 text" in str(refused)
