@@ -75,7 +75,11 @@ def _https_url(optional: bool) -> Callable[[str, str], str | None]:
 def _existing_file(name: str, raw: str) -> str | None:
     if not raw:
         return None
-    if not Path(raw).is_file():
+    try:
+        found = Path(raw).is_file()
+    except OSError as error:  # such as a name too long for the file system, which is_file does not swallow
+        raise SettingError(name, raw, f"cannot be read: {error.strerror or error}") from None
+    if not found:
         raise SettingError(name, raw, "no such file")
     return raw
 

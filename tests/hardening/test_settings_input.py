@@ -71,3 +71,9 @@ def test_an_alert_configuration_file_that_is_not_utf8_is_refused(tmp_path):
     path.write_bytes(b'{"sinks": {}}\xff')
     refused = _refused({"KEYHEALTH_ALERTS": f"@{path}"})
     assert f"cannot read {path}: not UTF-8 text" in str(refused)
+
+
+def test_a_ca_bundle_path_too_long_for_the_file_system_is_refused_by_name():
+    """Path.is_file raised OSError (file name too long) out of Settings; now the setting is named."""
+    refused = _refused({"KEYHEALTH_CA_BUNDLE": "a" * 5000})
+    assert refused.setting == "KEYHEALTH_CA_BUNDLE" and "cannot be read: File name too long" in str(refused)
