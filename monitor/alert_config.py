@@ -101,6 +101,10 @@ def _from_setting(item: Mapping[str, Any], field_name: str, path: str, environ: 
         value = environ.get(name, "").strip()
         if not value:
             raise _fail(f"{path}.{field_name}_setting", f"the app setting {name} is not set or empty")
+        try:
+            value.encode("utf-8")  # bytes that are not UTF-8 reach os.environ as lone surrogates
+        except UnicodeEncodeError:
+            raise _fail(f"{path}.{field_name}_setting", f"the app setting {name} is not valid UTF-8 text") from None
         return value
     literal = item.get(field_name)
     return None if literal is None else _string(literal, f"{path}.{field_name}")

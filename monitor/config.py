@@ -29,6 +29,14 @@ class SettingSpec:
     secret: bool = False
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _number(low: float, high: float, what: str) -> Callable[[str, str], float]:
     def parse(name: str, raw: str) -> float:
         try:
@@ -403,6 +411,10 @@ class Settings:
                 continue
             spec = SETTINGS[item.name]
             raw = env.get(spec.name, "").strip() or spec.default
+            if not _utf8(raw):
+                # Bytes that are not UTF-8 reach os.environ as lone surrogates, which fail much later (a webhook
+                # secret on every request). Refused here (the message's repr escapes them); a secret is not shown.
+                raise SettingError(spec.name, "(not shown)" if spec.secret else raw, "is not valid UTF-8 text")
             values[item.name] = spec.parse(spec.name, raw)
         try:
             values["alert_config"] = parse_alert_config(values["alerts"] or "", env)

@@ -77,3 +77,27 @@ def test_a_ca_bundle_path_too_long_for_the_file_system_is_refused_by_name():
     """Path.is_file raised OSError (file name too long) out of Settings; now the setting is named."""
     refused = _refused({"KEYHEALTH_CA_BUNDLE": "a" * 5000})
     assert refused.setting == "KEYHEALTH_CA_BUNDLE" and "cannot be read: File name too long" in str(refused)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "shown"),
+    [
+        ("KEYHEALTH_WEBHOOK_SECRET", "s3cr\udcffet", "(not shown)"),
+        ("KEYHEALTH_STATIC_TOKEN", "t0k\udcffen", "(not shown)"),
+        ("KEYHEALTH_SQLITE_PATH", "state\udcff.sqlite", "state\udcff.sqlite"),
+    ],
+    ids=["webhook-secret", "static-token", "sqlite-path"],
+)
+def test_a_setting_that_is_not_utf8_is_refused_and_a_secret_not_shown(setting: str, value: str, shown: str):
+    """Bytes that are not UTF-8 reach os.environ as lone surrogates (a webhook secret then failed every request
+    with UnicodeEncodeError): refused by name at start-up, a secret's value never shown."""
+    message = str(_refused({setting: value}))
+    assert f"setting {setting}={shown!r}: is not valid UTF-8 text" in message
+    assert message.encode("utf-8")  # the message itself can be printed and logged
+
+
+def test_a_sink_secret_that_is_not_utf8_is_refused_by_its_settings_name():
+    """A PagerDuty routing key with such bytes is named by its app setting, never by its value."""
+    config = {"sinks": {"pager": {"type": "pagerduty", "routing_key_setting": "PD_KEY"}}}
+    refused = str(_refused({"KEYHEALTH_ALERTS": json.dumps(config), "PD_KEY": "PDk3y\udcff"}))
+    assert "the app setting PD_KEY is not valid UTF-8 text" in refused and "PDk3y" not in refused
