@@ -32,7 +32,9 @@ class SettingError(KeyhealthError, ValueError):
         self.setting = setting
         self.value = value
         self.problem = problem
-        super().__init__(f"setting {setting}={value!r}: {problem}")
+        # A value pasted by mistake can be huge: the message quotes its start, enough to recognise it.
+        shown = value if len(value) <= 100 else value[:99] + "…"
+        super().__init__(f"setting {setting}={shown!r}: {problem}")
 
 
 class ReadError(KeyhealthError, RuntimeError):

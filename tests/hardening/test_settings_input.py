@@ -101,3 +101,10 @@ def test_a_sink_secret_that_is_not_utf8_is_refused_by_its_settings_name():
     config = {"sinks": {"pager": {"type": "pagerduty", "routing_key_setting": "PD_KEY"}}}
     refused = str(_refused({"KEYHEALTH_ALERTS": json.dumps(config), "PD_KEY": "PDk3y\udcff"}))
     assert "the app setting PD_KEY is not valid UTF-8 text" in refused and "PDk3y" not in refused
+
+
+def test_a_huge_setting_value_is_quoted_only_in_part():
+    """A 5,000-digit retry count was repeated whole in the error; the message now quotes its first 99 characters."""
+    refused = _refused({"KEYHEALTH_HTTP_RETRIES": "9" * 5000})
+    assert str(refused).startswith("setting KEYHEALTH_HTTP_RETRIES='999") and len(str(refused)) < 200
+    assert refused.value == "9" * 5000  # the whole value stays on the error for code that needs it
