@@ -136,7 +136,8 @@ def _actions(name: str, raw: str) -> frozenset[str]:
 
 
 def _table_prefix(name: str, raw: str) -> str:
-    if not (raw[:1].isalpha() and raw.isalnum() and len(raw) <= 41):
+    # Table names are ASCII letters and digits; str.isalnum alone would pass 'é' or '٣', which Azure refuses.
+    if not (raw.isascii() and raw[:1].isalpha() and raw.isalnum() and len(raw) <= 41):
         raise SettingError(name, raw, "expected a letter then up to 40 letters or digits")
     return raw
 

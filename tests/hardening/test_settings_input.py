@@ -108,3 +108,10 @@ def test_a_huge_setting_value_is_quoted_only_in_part():
     refused = _refused({"KEYHEALTH_HTTP_RETRIES": "9" * 5000})
     assert str(refused).startswith("setting KEYHEALTH_HTTP_RETRIES='999") and len(str(refused)) < 200
     assert refused.value == "9" * 5000  # the whole value stays on the error for code that needs it
+
+
+@pytest.mark.parametrize("prefix", ["kéyhealth", "keyhealth٣", "ǅ"])
+def test_a_table_prefix_beyond_ascii_letters_and_digits_is_refused(prefix: str):
+    """Azure table names are ASCII letters and digits; Unicode letters passed str.isalnum and failed at first use."""
+    refused = _refused({"KEYHEALTH_TABLE_PREFIX": prefix})
+    assert refused.setting == "KEYHEALTH_TABLE_PREFIX"
