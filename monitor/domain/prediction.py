@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from monitor.domain.errors import ScenarioError
 from monitor.domain.model import POLL_INTERVAL, KeyRef, Namespace, Scenario, name_id
@@ -26,6 +26,11 @@ from monitor.domain.usability import (
     assess_as,
     change_instants,
 )
+
+# `now` and the horizon must come before this: nothing needs the far future, and near year 9999 the window's
+# arithmetic (a year's default horizon, 5-minute polls, thresholds of up to ten years) overflows.
+JUDGED_UNTIL = datetime(9000, 1, 1, tzinfo=UTC)
+TOO_LATE = "after the year 8999, the last keyhealth judges"
 
 
 class Status(enum.Enum):
@@ -223,7 +228,13 @@ def predict_scenario(scenario: Scenario) -> tuple[World, list[NamespacePredictio
 
     Raises ScenarioError when a change cannot apply, or the horizon is not after `now`.
     """
+    # The window is where arithmetic happens (a year's default horizon, poll intervals, thresholds of up to ten
+    # years): near year 9999 it overflows. Times of keys and changes are only compared, so any year is fine.
+    if scenario.now >= JUDGED_UNTIL:
+        raise ScenarioError("$.now", f"{scenario.now.isoformat()} is {TOO_LATE}")
     horizon = scenario.effective_horizon
+    if horizon >= JUDGED_UNTIL:
+        raise ScenarioError("$.horizon", f"{horizon.isoformat()} is {TOO_LATE}")
     if horizon <= scenario.now:
         raise ScenarioError("$.horizon", f"horizon {horizon.isoformat()} is not after now {scenario.now.isoformat()}")
     world = World(scenario.snapshot, scenario.changes)

@@ -77,7 +77,10 @@ def parse_instant(value: object, path: str) -> datetime:
         raise ScenarioError(path, f"expected an ISO 8601 time such as 2026-11-22T00:00:00Z, got {_describe(value)}")
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # an offset that moves it before year 1 or past 9999 in UTC
+        raise ScenarioError(path, f"{value!r} lies outside the years 1 to 9999 in UTC") from None
 
 
 def _describe(value: object) -> str:

@@ -1,0 +1,50 @@
+"""Scenario files that once raised something other than ScenarioError: each is now refused with its JSON path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.builders import key, namespace, ref, scenario, simulate
+
+
+def _fleet(**top: Any) -> dict[str, Any]:
+    document = scenario([namespace("sb-one", ref("k1"))], [key("k1")])
+    document.update(top)
+    return document
+
+
+@pytest.mark.parametrize(
+    ("top", "where"),
+    [
+        ({"now": "0001-01-01T00:00:00+01:00"}, "$.now: '0001-01-01T00:00:00+01:00' lies outside the years 1 to 9999"),
+        ({"now": "9999-12-31T00:00:00Z"}, "$.now: 9999-12-31T00:00:00+00:00 is after the year 8999"),
+        ({"now": "8999-12-31T00:00:00Z"}, "$.horizon: 9000-12-31T00:00:00+00:00 is after the year 8999"),
+    ],
+    ids=["offset-before-year-1", "now-in-9999", "default-horizon-past-8999"],
+)
+def test_a_time_that_overflowed_is_refused_with_exit_2(tmp_path: Path, top: dict[str, Any], where: str):
+    """now in year 9999 overflowed the one-year default horizon (OverflowError, a traceback); now exit 2, named."""
+    run = simulate(tmp_path, _fleet(**top))
+    assert run.status == 2, run.stderr
+    assert where in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_what_if_date_in_year_9999_is_refused_with_exit_2(tmp_path: Path):
+    """--at 9999-12-31 went through the same overflow."""
+    run = simulate(tmp_path, _fleet(), "--at", "9999-12-31T00:00:00Z")
+    assert run.status == 2 and "is after the year 8999, the last keyhealth judges" in run.stderr
+
+
+def test_key_times_far_out_are_still_judged(tmp_path: Path):
+    """Only now and the horizon are bounded: a version that expires in 9999 is a plain fact."""
+    document = scenario(
+        [namespace("sb-one", ref("k1"))],
+        [key("k1", {"version": "v1", "created": "0001-01-01T00:00:00Z", "exp": "9999-12-31T23:59:59Z"})],
+    )
+    run = simulate(tmp_path, document)
+    assert run.status == 0, run.stderr
+    assert json.loads(run.stdout)["namespaces"][0]["status_now"] == "healthy"
