@@ -239,8 +239,11 @@ def parse_scenario(document: object) -> tuple[Scenario, list[str]]:
 def _vault(reader: _Reader, value: object, path: str) -> Vault:
     item = reader.obj(value, path, {"uri", "soft_delete", "purge_protection", "rbac", "access", "deleted"})
     uri = reader.text(item, "uri", path)
-    parts = urlsplit(uri)
-    if parts.scheme.lower() != "https" or not parts.hostname:
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # such as an unclosed IPv6 bracket
+        parts = None
+    if parts is None or parts.scheme.lower() != "https" or not parts.hostname:
         raise ScenarioError(f"{path}.uri", f"{uri!r} is not an https vault URI such as https://kv-prod.vault.azure.net")
     access = reader.access(item, path)
     # Service Bus refuses CMK on a vault without soft delete and purge protection, and neither

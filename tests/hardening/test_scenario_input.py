@@ -48,3 +48,11 @@ def test_key_times_far_out_are_still_judged(tmp_path: Path):
     run = simulate(tmp_path, document)
     assert run.status == 0, run.stderr
     assert json.loads(run.stdout)["namespaces"][0]["status_now"] == "healthy"
+
+
+def test_a_vault_uri_with_an_unclosed_ipv6_bracket_is_refused_with_its_path(tmp_path: Path):
+    """urlsplit raised ValueError out of the parser; the vault's path is named instead."""
+    document = _fleet()
+    document["vaults"][0]["uri"] = "https://[::1"
+    run = simulate(tmp_path, document)
+    assert run.status == 2 and "$.vaults[0].uri: 'https://[::1' is not an https vault URI" in run.stderr
