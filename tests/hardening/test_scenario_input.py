@@ -56,3 +56,21 @@ def test_a_vault_uri_with_an_unclosed_ipv6_bracket_is_refused_with_its_path(tmp_
     document["vaults"][0]["uri"] = "https://[::1"
     run = simulate(tmp_path, document)
     assert run.status == 2 and "$.vaults[0].uri: 'https://[::1' is not an https vault URI" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("filename", "text", "problem"),
+    [
+        ("deep.json", "[" * 100_000, "$: invalid JSON: nested too deeply"),
+        ("bigint.json", '{"now": ' + "1" * 5000 + "}", "$: invalid JSON: Exceeds the limit (4300 digits)"),
+        ("deep.yaml", "[" * 10_000, "$: invalid YAML: nested too deeply"),
+        ("bigint.yaml", "now: " + "1" * 5000, "$: invalid YAML: Exceeds the limit (4300 digits)"),
+        ("baddate.yaml", "now: 2026-13-45\n", "$: invalid YAML: month must be in 1..12"),
+    ],
+    ids=["json-nested", "json-huge-integer", "yaml-nested", "yaml-huge-integer", "yaml-impossible-date"],
+)
+def test_a_file_the_decoder_cannot_take_is_refused_with_exit_2(tmp_path: Path, filename: str, text: str, problem: str):
+    """RecursionError and ValueError from the JSON and YAML decoders escaped load_scenario; now exit 2, named."""
+    run = simulate(tmp_path, text, filename=filename)
+    assert run.status == 2, run.stderr
+    assert problem in run.stderr and "Traceback" not in run.stderr
