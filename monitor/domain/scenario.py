@@ -402,9 +402,8 @@ _VAULT_ONLY_OPS = {"set_access", "delete_vault", "recover_vault"}
 def _change(reader: _Reader, value: object, path: str) -> Change:
     item = reader.obj(value, path)
     op = item.get("op")
-    if op not in _CHANGE_FIELDS:
+    if not isinstance(op, str) or op not in _CHANGE_FIELDS:  # a list or an object is no op (nor hashable)
         raise ScenarioError(f"{path}.op", f"unknown op {op!r}; expected one of: {', '.join(CHANGE_OPS)}")
-    assert isinstance(op, str)  # noqa: S101 - narrows the type; holds by construction
     known = {"at", "op", "vault"} | _CHANGE_FIELDS[op] | (set() if op in _VAULT_ONLY_OPS else {"key"})
     reader.obj(item, path, known)
     if "at" not in item:

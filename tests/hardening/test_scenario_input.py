@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.builders import key, namespace, ref, scenario, simulate
+from tests.builders import VAULT, key, namespace, ref, scenario, simulate
 
 
 def _fleet(**top: Any) -> dict[str, Any]:
@@ -74,3 +74,11 @@ def test_a_file_the_decoder_cannot_take_is_refused_with_exit_2(tmp_path: Path, f
     run = simulate(tmp_path, text, filename=filename)
     assert run.status == 2, run.stderr
     assert problem in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("op", [["delete_key"], {"op": "delete_key"}])
+def test_a_change_whose_op_is_a_list_or_an_object_is_refused_with_its_path(tmp_path: Path, op: object):
+    """`op` was looked up in a dict before its type was checked: TypeError (unhashable) instead of exit 2."""
+    document = _fleet(changes=[{"at": "2026-11-23T00:00:00Z", "op": op, "vault": VAULT, "key": "k1"}])
+    run = simulate(tmp_path, document)
+    assert run.status == 2 and "$.changes[0].op: unknown op" in run.stderr
