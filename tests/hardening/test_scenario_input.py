@@ -82,3 +82,10 @@ def test_a_change_whose_op_is_a_list_or_an_object_is_refused_with_its_path(tmp_p
     document = _fleet(changes=[{"at": "2026-11-23T00:00:00Z", "op": op, "vault": VAULT, "key": "k1"}])
     run = simulate(tmp_path, document)
     assert run.status == 2 and "$.changes[0].op: unknown op" in run.stderr
+
+
+def test_an_error_quotes_a_huge_value_only_in_part(tmp_path: Path):
+    """A 5,000-digit `now` was repeated whole; the message keeps its start, the path and the advice at the end."""
+    run = simulate(tmp_path, _fleet(now="9" * 5000))
+    assert run.status == 2 and len(run.stderr) < 600
+    assert "$.now: '9999" in run.stderr and run.stderr.rstrip().endswith("such as 2026-11-22T00:00:00Z")
