@@ -315,6 +315,8 @@ async def _poll(monitor: Monitor, *, now: datetime) -> PollResult:
         return PollResult(ran=False)
     try:
         scenario, report = await _read_fleet(monitor, now=now)
+        if report.fleet_blind:
+            scenario, report = await _judge_unlisted(monitor, scenario, report, now=now)
         changed = await _record(monitor, report, now=now)
         removed: list[str] = []
         if not report.fleet_blind:
@@ -342,6 +344,50 @@ async def _poll(monitor: Monitor, *, now: datetime) -> PollResult:
         )
     finally:
         await monitor.store.release_lease(POLL_LEASE, monitor.instance)
+
+
+async def _judge_unlisted(
+    monitor: Monitor, scenario: Scenario, report: FleetReport, *, now: datetime
+) -> tuple[Scenario, FleetReport]:
+    """Add the namespaces remembered from subscriptions that could not be listed now, judged unknown.
+
+    Kept as they were, their last verdict would claim what the monitor cannot see now (a stale healthy, or a
+    stale revoked) and nothing would say so; unknown, each gets a monitor-blind finding and its blind incident
+    (its other incidents are held). They stay in the stored snapshot, so a longer outage keeps them unknown.
+    """
+    stored = await monitor.store.get_snapshot()
+    if stored is None:
+        return scenario, report
+    remembered, _ = parse_scenario(stored.document)
+    reasons = {spot.target.lower(): spot.reason for spot in report.fleet_blind}
+    listed = {namespace.id.lower() for namespace in scenario.snapshot.namespaces}
+    unlisted: list[Namespace] = []
+    blind: list[BlindSpot] = []
+    for namespace in remembered.snapshot.namespaces:
+        subscription = namespace.id.split("/")[2] if namespace.id.count("/") > 2 else ""
+        reason = reasons.get(subscription.lower(), reasons.get("*"))
+        if reason is None or namespace.id.lower() in listed:
+            continue
+        unlisted.append(namespace)
+        what = f"the namespaces of subscription {subscription}" if subscription.lower() in reasons else "subscriptions"
+        blind.append(BlindSpot(BlindScope.NAMESPACE, namespace.id, f"{what} could not be listed: {reason}"))
+    if not unlisted:
+        return scenario, report
+    # The vaults only they list were not read either: kept as remembered, so the stored snapshot stays whole,
+    # and blind, so nothing is concluded from what they were.
+    present = {vault_id(vault.uri) for vault in scenario.snapshot.vaults}
+    wanted = {vault_id(ref.vault) for namespace in unlisted for ref in namespace.keys}
+    vaults = [vault for vault in remembered.snapshot.vaults if vault.id in wanted - present]
+    unread = "not read: only namespaces whose subscription could not be listed use it"
+    blind += [BlindSpot(BlindScope.VAULT, vault.uri, unread) for vault in vaults]
+    snapshot = dataclasses.replace(
+        scenario.snapshot,
+        vaults=(*scenario.snapshot.vaults, *vaults),
+        namespaces=(*scenario.snapshot.namespaces, *unlisted),
+        blind=(*scenario.snapshot.blind, *blind),
+    )
+    scenario = dataclasses.replace(scenario, snapshot=snapshot)
+    return scenario, evaluate(scenario, monitor.thresholds)
 
 
 async def handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime) -> EventResult:

@@ -175,6 +175,10 @@ class Predictor:
 
     def predict(self, namespace: Namespace) -> NamespacePrediction:
         world, now, horizon, usable = self.world, self.now, self.horizon, self._usable
+        if world.blind_namespaces:
+            unseen = world.blind_namespaces.get(name_id(namespace.id))
+            if unseen is not None:
+                return self._unseen(namespace, unseen)
         vault_ids = self._vault_ids
         identity = namespace.identity
         system_principal: str | None = None  # what references without an identity act as, resolved once
@@ -220,6 +224,17 @@ class Predictor:
         # namespace, now, horizon, assessments_now, usable_intervals, stretches, assessments_at_revocation.
         return NamespacePrediction(
             namespace, now, horizon, tuple(assessments), tuple(per_ref), stretches, at_revocation
+        )
+
+    def _unseen(self, namespace: Namespace, reason: str) -> NamespacePrediction:
+        """A namespace the monitor could not read itself: what it lists now is not known, so every reference is
+        unknown (whatever its keys look like) and no window is predicted."""
+        identity = namespace.identity
+        assessments = tuple(
+            Assessment(ref, identity.principal_for(ref.identity), (), None, (reason,)) for ref in namespace.keys
+        )
+        return NamespacePrediction(
+            namespace, self.now, self.horizon, assessments, tuple(() for _ in namespace.keys), (), None
         )
 
 

@@ -375,8 +375,11 @@ class World:
         # What the monitor could not read: rules that depend on it are unknown, not failed.
         self.blind_vaults: dict[str, str] = {}
         self.blind_keys: dict[KeyId, str] = {}
+        self.blind_namespaces: dict[str, str] = {}  # by name_id of the ARM id
         for spot in snapshot.blind:
-            if spot.scope is BlindScope.VAULT:
+            if spot.scope is BlindScope.NAMESPACE:
+                self.blind_namespaces[name_id(spot.target)] = spot.reason
+            elif spot.scope is BlindScope.VAULT:
                 self.blind_vaults[self.vault_id(spot.target)] = spot.reason
             elif spot.scope is BlindScope.KEY and "/keys/" in spot.target:
                 vault_uri, _, name = spot.target.rpartition("/keys/")
