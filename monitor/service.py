@@ -316,7 +316,7 @@ async def _poll(monitor: Monitor, *, now: datetime) -> PollResult:
     try:
         scenario, report = await _read_fleet(monitor, now=now)
         if report.fleet_blind:
-            scenario, report = await _judge_unlisted(monitor, scenario, report, now=now)
+            scenario, report = await _judge_unlisted(monitor, scenario, report)
         changed = await _record(monitor, report, now=now)
         removed: list[str] = []
         if not report.fleet_blind:
@@ -346,9 +346,7 @@ async def _poll(monitor: Monitor, *, now: datetime) -> PollResult:
         await monitor.store.release_lease(POLL_LEASE, monitor.instance)
 
 
-async def _judge_unlisted(
-    monitor: Monitor, scenario: Scenario, report: FleetReport, *, now: datetime
-) -> tuple[Scenario, FleetReport]:
+async def _judge_unlisted(monitor: Monitor, scenario: Scenario, report: FleetReport) -> tuple[Scenario, FleetReport]:
     """Add the namespaces remembered from subscriptions that could not be listed now, judged unknown.
 
     Kept as they were, their last verdict would claim what the monitor cannot see now (a stale healthy, or a
