@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit browser bench bench-fleet clean
+.PHONY: demo test test-extended lint typecheck audit unit browser bench bench-fleet clean
 
 $(STAMP): pyproject.toml requirements.txt $(wildcard package.json package-lock.json)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "keyhealth needs Python 3.11 or newer: set PYTHON=python3.11")'
@@ -26,6 +26,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Known vulnerabilities in the installed dependencies (pip-audit); says "skipped" and why where PyPI's
+# vulnerability service cannot be reached, and fails on a real finding.
+audit: $(STAMP)
+	$(BIN)/python tools/audit_dependencies.py
+
 unit: $(STAMP) browser
 	$(BIN)/pytest
 
@@ -38,7 +43,11 @@ browser:
 	  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; } \
 	  || echo "could not install chromium: the browser test will be skipped"; }
 
-test: lint typecheck unit
+test: lint typecheck audit unit
+
+# The suite with the big fuzz counts (10,000+ generated events per schema and more; see RELIABILITY.md).
+test-extended: $(STAMP) browser
+	KEYHEALTH_EXTENDED=1 $(BIN)/pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/predict_bench.py

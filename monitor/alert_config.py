@@ -63,9 +63,12 @@ def _fail(path: str, problem: str) -> AlertConfigError:
     return AlertConfigError(SETTING, path, problem)
 
 
-def _object(value: object, path: str, known: set[str]) -> Mapping[str, Any]:
+def _object(value: object, path: str, known: set[str] | None = None) -> Mapping[str, Any]:
+    """`value` as an object; with `known`, any other field is an error. Checked before anything iterates it."""
     if not isinstance(value, Mapping):
         raise _fail(path, f"expected an object, got {type(value).__name__}")
+    if known is None:
+        return value
     unknown = sorted(set(value) - known)
     if unknown:
         raise _fail(f"{path}.{unknown[0]}", f"unknown field; expected one of: {', '.join(sorted(known))}")
@@ -98,6 +101,10 @@ def _from_setting(item: Mapping[str, Any], field_name: str, path: str, environ: 
         value = environ.get(name, "").strip()
         if not value:
             raise _fail(f"{path}.{field_name}_setting", f"the app setting {name} is not set or empty")
+        try:
+            value.encode("utf-8")  # bytes that are not UTF-8 reach os.environ as lone surrogates
+        except UnicodeEncodeError:
+            raise _fail(f"{path}.{field_name}_setting", f"the app setting {name} is not valid UTF-8 text") from None
         return value
     literal = item.get(field_name)
     return None if literal is None else _string(literal, f"{path}.{field_name}")
@@ -112,7 +119,10 @@ def _url(value: str | None, path: str) -> str | None:
     The error never repeats the URL: it may carry a token."""
     if value is None:
         return None
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # such as an unclosed IPv6 bracket: not a URL
+        raise _fail(path, "expected an https:// URL (plain http only to localhost)") from None
     if parts.scheme == "https" and parts.hostname:
         return value
     if parts.scheme == "http" and parts.hostname in _LOOPBACK:
@@ -122,14 +132,15 @@ def _url(value: str | None, path: str) -> str | None:
 
 def _sink(name: str, value: object, path: str, environ: Mapping[str, str]) -> SinkSpec:
     kind = value.get("type") if isinstance(value, Mapping) else None
-    if kind not in _FIELDS:
+    if not isinstance(kind, str) or kind not in _FIELDS:  # a list or an object is no type (nor hashable)
         raise _fail(f"{path}.type", f"expected one of: {', '.join(KINDS)}")
     allowed, required = _FIELDS[kind]
     item = _object(value, path, {"type", "min_level", *allowed})
     level = Level.WARNING
     if item.get("min_level") is not None:
+        written = _string(item["min_level"], f"{path}.min_level")
         try:
-            level = Level.parse(_string(item["min_level"], f"{path}.min_level"))
+            level = Level.parse(written)
         except ValueError as error:
             raise _fail(f"{path}.min_level", str(error)) from None
     values = {f: _from_setting(item, f, path, environ) for f in ("url", "secret", "routing_key", "key")}
@@ -165,13 +176,19 @@ def parse_alert_config(raw: str, environ: Mapping[str, str]) -> AlertConfig:
             text = file.read_text(encoding="utf-8")
         except OSError as error:
             raise _fail("$", f"cannot read {file}: {error.strerror or error}") from None
+        except UnicodeDecodeError as error:
+            raise _fail("$", f"cannot read {file}: not UTF-8 text ({error.reason} at byte {error.start})") from None
         source = f"{file}: $"
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         raise _fail(source, f"not JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    except RecursionError:
+        raise _fail(source, "not JSON that can be read: nested too deeply") from None
+    except ValueError as error:  # an integer past Python's 4,300-digit limit
+        raise _fail(source, f"not JSON that can be read: {str(error)[:100]}") from None
     root = _object(document, source, {"sinks", "routes", "default"})
-    raw_sinks = _object(root.get("sinks") or {}, f"{source}.sinks", set(root.get("sinks") or {}))
+    raw_sinks = _object(root.get("sinks") or {}, f"{source}.sinks")
     sinks = []
     for name, value in raw_sinks.items():
         if not _NAME.match(name):
@@ -185,7 +202,7 @@ def parse_alert_config(raw: str, environ: Mapping[str, str]) -> AlertConfig:
     for index, value in enumerate(raw_routes):
         path = f"{source}.routes[{index}]"
         item = _object(value, path, {"sinks", "tags", "namespaces"})
-        tags = _object(item.get("tags") or {}, f"{path}.tags", set(item.get("tags") or {}))
+        tags = _object(item.get("tags") or {}, f"{path}.tags")
         patterns = item.get("namespaces") or []
         if not isinstance(patterns, list):
             raise _fail(f"{path}.namespaces", "expected a list of name patterns")

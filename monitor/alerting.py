@@ -224,7 +224,7 @@ def _notice(
     key_tags: Mapping[KeyId, Mapping[str, str]],
 ) -> tuple[Alert | None, tuple[str, ...], IncidentRecord]:
     record = decision.record
-    assert record is not None
+    assert record is not None  # noqa: S101 - narrows the type; holds by construction
     if decision.notice is None:
         return None, (), record
     context = _context(namespace_id, condition, decision, now)
@@ -236,7 +236,7 @@ def _notice(
 
 def _context(namespace_id: str, condition: Condition, decision: Decision, now: datetime) -> NoticeContext:
     record = decision.record
-    assert record is not None and decision.notice is not None
+    assert record is not None and decision.notice is not None  # noqa: S101 - narrows the type; holds by construction
     return NoticeContext(
         id=notice_id(now, namespace_id, condition.value, record.notices),
         notice=decision.notice,

@@ -85,7 +85,7 @@ def build_store(settings: Settings, credential: AsyncTokenCredential) -> StateSt
             return TableStateStore.from_connection_string(
                 settings.tables_connection_string, table_prefix=settings.table_prefix
             )
-        assert settings.tables_endpoint is not None  # Settings.from_environment checks one is set
+        assert settings.tables_endpoint is not None  # noqa: S101 - narrows the type; Settings.from_environment checks one is set
         return TableStateStore.from_endpoint(settings.tables_endpoint, credential, table_prefix=settings.table_prefix)
     from monitor.adapters.state_sqlite import SqliteStateStore
 

@@ -29,6 +29,14 @@ class SettingSpec:
     secret: bool = False
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _number(low: float, high: float, what: str) -> Callable[[str, str], float]:
     def parse(name: str, raw: str) -> float:
         try:
@@ -61,8 +69,11 @@ def _https_url(optional: bool) -> Callable[[str, str], str | None]:
             if optional:
                 return None
             raise SettingError(name, raw, "is required")
-        parts = urlsplit(raw)
-        if parts.scheme != "https" or not parts.hostname:
+        try:
+            parts = urlsplit(raw)
+        except ValueError:  # such as an unclosed IPv6 bracket
+            parts = None
+        if parts is None or parts.scheme != "https" or not parts.hostname:
             raise SettingError(name, raw, "expected an https:// URL")
         return raw.rstrip("/")
 
@@ -72,7 +83,11 @@ def _https_url(optional: bool) -> Callable[[str, str], str | None]:
 def _existing_file(name: str, raw: str) -> str | None:
     if not raw:
         return None
-    if not Path(raw).is_file():
+    try:
+        found = Path(raw).is_file()
+    except OSError as error:  # such as a name too long for the file system, which is_file does not swallow
+        raise SettingError(name, raw, f"cannot be read: {error.strerror or error}") from None
+    if not found:
         raise SettingError(name, raw, "no such file")
     return raw
 
@@ -121,7 +136,8 @@ def _actions(name: str, raw: str) -> frozenset[str]:
 
 
 def _table_prefix(name: str, raw: str) -> str:
-    if not (raw[:1].isalpha() and raw.isalnum() and len(raw) <= 41):
+    # Table names are ASCII letters and digits; str.isalnum alone would pass 'é' or '٣', which Azure refuses.
+    if not (raw.isascii() and raw[:1].isalpha() and raw.isalnum() and len(raw) <= 41):
         raise SettingError(name, raw, "expected a letter then up to 40 letters or digits")
     return raw
 
@@ -412,6 +428,10 @@ class Settings:
                 continue
             spec = SETTINGS[item.name]
             raw = env.get(spec.name, "").strip() or spec.default
+            if not _utf8(raw):
+                # Bytes that are not UTF-8 reach os.environ as lone surrogates, which fail much later (a webhook
+                # secret on every request). Refused here (the message's repr escapes them); a secret is not shown.
+                raise SettingError(spec.name, "(not shown)" if spec.secret else raw, "is not valid UTF-8 text")
             values[item.name] = spec.parse(spec.name, raw)
         try:
             values["alert_config"] = parse_alert_config(values["alerts"] or "", env)

@@ -7,7 +7,7 @@ from typing import Any
 
 from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
 
-DEFAULT_TOKEN = "sandbox"
+DEFAULT_TOKEN = "sandbox"  # noqa: S105 - what the local stand-in accepts; never sent to Azure
 # Far enough ahead that no client ever refreshes it, yet a valid 32-bit Unix time (year 2100).
 FAR_FUTURE = 4_102_444_800
 

@@ -86,8 +86,11 @@ def parse_delivery(body: bytes | str | object) -> list[ParsedEvent]:
     if isinstance(body, bytes | str):
         try:
             document = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise EventBodyError(f"body is not JSON: {error}") from None
+        except RecursionError:
+            # Thousands of nested brackets exhaust the decoder's stack: hostile, never Event Grid.
+            raise EventBodyError("body is not JSON events: nested too deeply") from None
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, and integers past Python's digit limit
+            raise EventBodyError(f"body is not JSON: {_clip(str(error))}") from None
     entries = document if isinstance(document, list) else [document]
     if not entries:
         raise EventBodyError("body is an empty list of events")
@@ -114,50 +117,78 @@ def parse_event(entry: object, index: int = 0) -> ParsedEvent:
         )
     if not event_id:
         return RejectedEvent(index, None, "event has no id")
+    if not _utf8(event_id):
+        return RejectedEvent(index, None, "event id is not valid Unicode text (it holds a lone surrogate)")
     if not event_type:
         return RejectedEvent(index, event_id, "event has no type")
+    if not _utf8(event_type):
+        return RejectedEvent(index, event_id, "event type is not valid Unicode text (it holds a lone surrogate)")
     data = fields.get("data")
     if event_type == VALIDATION_EVENT:
         validation = _normalised(data) if isinstance(data, Mapping) else {}
         code = _text(validation.get("validationcode"))
-        if not code:
-            return RejectedEvent(index, event_id, "subscription validation event has no validationCode")
-        return SubscriptionValidation(event_id, code, _text(validation.get("validationurl")))
+        if not code or not _utf8(code):
+            return RejectedEvent(index, event_id, "subscription validation event has no usable validationCode")
+        url = _text(validation.get("validationurl"))
+        return SubscriptionValidation(event_id, code, url if url is None or _utf8(url) else None)
     time = _instant(time_text)
     if time is None:
-        return RejectedEvent(index, event_id, f"event time {time_text!r} is not an ISO 8601 time")
+        return RejectedEvent(index, event_id, f"event time {_shown(time_text)} is not an ISO 8601 time")
     if data is not None and not isinstance(data, Mapping):
         return RejectedEvent(index, event_id, "event data is not a JSON object")
     payload = _normalised(data) if isinstance(data, Mapping) else {}
     kind = next((k for k in KeyVaultEventType if k.value.lower() == event_type.lower()), None)
     object_id = _text(payload.get("id"))
     vault_name = _text(payload.get("vaultname"))
-    if kind is not None and not (object_id or vault_name):
-        return RejectedEvent(index, event_id, f"{event_type} event names no vault (data.Id and data.VaultName)")
+    vault_uri = _vault_uri(object_id, vault_name)
+    if kind is not None and vault_uri is None:
+        return RejectedEvent(
+            index, event_id, f"{event_type} event names no vault (data.Id is no vault URL, data.VaultName is missing)"
+        )
     nbf, exp = _unix(payload.get("nbf")), _unix(payload.get("exp"))
     for name in ("nbf", "exp"):
         if payload.get(name) not in (None, "") and _unix(payload.get(name)) is None:
-            return RejectedEvent(index, event_id, f"data.{name.upper()} {payload.get(name)!r} is not a Unix time")
+            return RejectedEvent(index, event_id, f"data.{name.upper()} {_shown(payload.get(name))} is not a Unix time")
+    texts = {
+        "topic": topic,
+        "subject": _text(fields.get("subject")),
+        "vault_uri": vault_uri,
+        "object_type": _text(payload.get("objecttype")),
+        "object_name": _text(payload.get("objectname")),
+        "version": _text(payload.get("version")),
+    }
+    # JSON may carry lone surrogates (\ud800), which neither the state store nor a UTF-8 log can write:
+    # accepted, such an event would fail on every delivery and Event Grid would retry it for a day.
+    broken = next((name for name, text in texts.items() if text is not None and not _utf8(text)), None)
+    if broken is not None:
+        return RejectedEvent(index, event_id, f"event {broken} is not valid Unicode text (it holds a lone surrogate)")
     return KeyVaultEvent(
-        id=event_id,
-        event_type=event_type,
-        kind=kind,
-        schema=schema,
-        time=time,
-        topic=topic,
-        subject=_text(fields.get("subject")),
-        vault_uri=_vault_uri(object_id, vault_name),
-        object_type=_text(payload.get("objecttype")),
-        object_name=_text(payload.get("objectname")),
-        version=_text(payload.get("version")),
-        nbf=nbf,
-        exp=exp,
+        id=event_id, event_type=event_type, kind=kind, schema=schema, time=time, nbf=nbf, exp=exp, **texts
     )
 
 
 def _normalised(mapping: Mapping[Any, Any]) -> dict[str, Any]:
     """Keys case-folded and stripped: the published samples spell them `VaultName`, `vaultName`, `ObjectName `."""
     return {str(key).strip().lower(): value for key, value in mapping.items()}
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """`text` cut to `limit` characters: a reason repeats a hostile value only in part."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _utf8(text: str) -> bool:
+    """False for text with lone surrogates, which cannot be encoded (to a log, a store, an HTTP body)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(value: object) -> str:
+    """A value as a reason quotes it: repr, clipped (a 1 MB field must not become a 1 MB log line)."""
+    return _clip(repr(value), 80)
 
 
 def _text(value: object) -> str | None:
@@ -174,14 +205,15 @@ def _instant(value: object) -> datetime | None:
     # Event Grid writes seven fractional digits (2019-07-25T01:08:33.1036736Z); Python reads six.
     if "." in text:
         head, _, tail = text.partition(".")
-        digits = "".join(c for c in tail if c.isdigit())
-        zone = tail[len(digits) :]
+        # Only the digits right after the point: an offset's digits (+02:00) are not part of the fraction.
+        count = next((i for i, c in enumerate(tail) if not c.isdigit()), len(tail))
+        digits, zone = tail[:count], tail[count:]
         text = f"{head}.{digits[:6]}{zone}"
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: an offset that moves it past year 1 or 9999 in UTC
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _unix(value: object) -> datetime | None:
@@ -198,8 +230,12 @@ def _unix(value: object) -> datetime | None:
 
 def _vault_uri(object_id: str | None, vault_name: str | None) -> str | None:
     if object_id:
-        parts = urlsplit(object_id)
-        if parts.scheme and parts.hostname:
-            return f"{parts.scheme}://{parts.hostname}"
+        try:
+            parts = urlsplit(object_id)
+        except ValueError:  # such as an unclosed IPv6 bracket: not a URL, so it names no vault
+            parts = None
+        # Key Vault object ids are https URLs; any other scheme is not one, and the vault name decides.
+        if parts is not None and parts.scheme.lower() == "https" and parts.hostname:
+            return f"https://{parts.hostname}"
     # Without an object id only the public cloud's naming can be assumed.
     return f"https://{vault_name}.vault.azure.net" if vault_name else None

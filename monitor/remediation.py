@@ -220,7 +220,7 @@ class _Rotation:
 async def _read_again(remediation: Remediation, proposal: Proposal, now: datetime) -> _Rotation | str | None:
     """What is true now; a string when that makes the action needless (or wrong)."""
     if proposal.action is Action.UNPIN:
-        assert proposal.namespace_id is not None
+        assert proposal.namespace_id is not None  # noqa: S101 - narrows the type; holds by construction
         refs = await remediation.remediator.get_key_references(proposal.namespace_id)
         wanted = (vault_id(proposal.vault), name_id(proposal.key))
         mine = next((r for r in refs if r.key_id == wanted), None)
@@ -263,7 +263,7 @@ async def _act(remediation: Remediation, proposal: Proposal, state: _Rotation | 
             return Outcome(proposal, "failed", "recovery was accepted but the key still reads as deleted")
         return Outcome(proposal, "done", f"recovered {proposal.key_label}; {_who(proposal, now)}")
     if proposal.action is Action.UNPIN:
-        assert proposal.namespace_id is not None
+        assert proposal.namespace_id is not None  # noqa: S101 - narrows the type; holds by construction
         await remediator.unpin(proposal.namespace_id, proposal.vault, proposal.key)
         refs = await remediator.get_key_references(proposal.namespace_id)
         wanted = (vault_id(proposal.vault), name_id(proposal.key))
@@ -275,7 +275,7 @@ async def _act(remediation: Remediation, proposal: Proposal, state: _Rotation | 
             f"unpinned {proposal.namespaces[0]} from version {proposal.version} of {proposal.key_label}: it now "
             f"follows the key's current version from its next poll, by {format_instant(now + POLL_INTERVAL)}",
         )
-    assert state is not None
+    assert state is not None  # noqa: S101 - narrows the type; holds by construction
     lifetime = policy_expiry(state.policy)
     if lifetime is not None:
         new_version = await remediator.rotate_key(proposal.vault, proposal.key)

@@ -46,10 +46,18 @@ def _decode(text: str, *, yaml_file: bool) -> object:
             where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
             problem = getattr(error, "problem", None) or str(error)
             raise ScenarioError("$", f"invalid YAML{where}: {problem}") from None
+        except RecursionError:
+            raise ScenarioError("$", "invalid YAML: nested too deeply") from None
+        except ValueError as error:  # a date such as 2026-13-45, or an integer past Python's digit limit
+            raise ScenarioError("$", f"invalid YAML: {str(error)[:120]}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise ScenarioError("$", f"invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+    except RecursionError:
+        raise ScenarioError("$", "invalid JSON: nested too deeply") from None
+    except ValueError as error:  # an integer past Python's 4,300-digit limit
+        raise ScenarioError("$", f"invalid JSON: {str(error)[:120]}") from None
 
 
 def save_scenario(scenario: Scenario, path: Path) -> None:

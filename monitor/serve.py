@@ -27,7 +27,7 @@ from monitor.config import Settings
 from monitor.domain.errors import EventBodyError, SettingError
 from monitor.events import KeyVaultEvent, RejectedEvent, SubscriptionValidation, parse_delivery
 from monitor.service import Monitor, PollResult, deliver_alerts, handle_event, poll, status_document
-from monitor.telemetry import TraceContextFilter
+from monitor.telemetry import TraceContextFilter, count_event
 
 log = logging.getLogger("keyhealth")
 
@@ -35,7 +35,7 @@ MAX_BODY = 1024 * 1024  # Event Grid delivers at most 1 MB per batch
 EVENT_CONTENT_TYPES = frozenset(
     {"application/json", "application/cloudevents+json", "application/cloudevents-batch+json"}
 )
-SECRET_HEADER = "x-keyhealth-key"
+SECRET_HEADER = "x-keyhealth-key"  # noqa: S105 - the header's name, not a secret
 HEALTHY_PERIODS = 2  # /healthz fails when no poll succeeded within this many schedule periods
 
 
@@ -200,6 +200,7 @@ class Server:
         self.last_success: datetime | None = None
         self.started_at = now()
         self.events: Counter[str] = Counter()  # outcomes (and "rejected") since start
+        self.refused: Counter[str] = Counter()  # whole requests refused since start, by HTTP status
         self.url: str | None = None
         self.app = self._make_app()
 
@@ -292,9 +293,15 @@ class Server:
         if self._secret and request.path != "/healthz":
             offered = request.query.get("code") or request.headers.get(SECRET_HEADER) or ""
             if not hmac.compare_digest(offered.encode(), self._secret.encode()):
-                log.warning("keyhealth: refused %s %s: missing or wrong key", request.method, request.path)
-                return _json(401, {"error": f"a valid key is required (?code= or the {SECRET_HEADER} header)"})
+                return self._refuse(request, 401, f"a valid key is required (?code= or the {SECRET_HEADER} header)")
         return await handler(request)
+
+    def _refuse(self, request: web.Request, status: int, reason: str) -> web.Response:
+        """A request refused as a whole: logged and counted (/healthz `refused`, keyhealth.events), never silent."""
+        log.warning("keyhealth: refused %s %s (%d): %s", request.method, request.path, status, reason)
+        self.refused[str(status)] += 1
+        count_event("unparsed", "refused")
+        return _json(status, {"error": reason})
 
     async def options_route(self, request: web.Request) -> web.Response:
         """The CloudEvents abuse-protection handshake (HTTP OPTIONS with WebHook-Request-Origin)."""
@@ -306,18 +313,17 @@ class Server:
     async def events_route(self, request: web.Request) -> web.Response:
         """An Event Grid delivery: handshake, or a batch of events handled one by one."""
         if request.content_type not in EVENT_CONTENT_TYPES:
-            return _json(415, {"error": f"content type {request.content_type!r} is not JSON events"})
+            return self._refuse(request, 415, f"content type {request.content_type[:100]!r} is not JSON events")
         if request.content_length is not None and request.content_length > MAX_BODY:
-            return _json(413, {"error": f"body over {MAX_BODY} bytes"})
+            return self._refuse(request, 413, f"body over {MAX_BODY} bytes")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return _json(413, {"error": f"body over {MAX_BODY} bytes"})
+            return self._refuse(request, 413, f"body over {MAX_BODY} bytes")
         try:
             entries = parse_delivery(body)
         except EventBodyError as error:
-            log.warning("keyhealth: unreadable delivery: %s", error)
-            return _json(400, {"error": str(error)})
+            return self._refuse(request, 400, f"unreadable delivery: {error}")
         validation = next((e for e in entries if isinstance(e, SubscriptionValidation)), None)
         if validation is not None:
             log.info("keyhealth: answered the Event Grid subscription validation %s", validation.id)
@@ -328,10 +334,11 @@ class Server:
         for entry in entries:
             if isinstance(entry, RejectedEvent):
                 log.warning("keyhealth: rejected event %s (entry %d): %s", entry.id, entry.index, entry.reason)
+                count_event("unparsed", "rejected")
                 outcomes["rejected"] += 1
                 rejected.append({"index": entry.index, "id": entry.id, "reason": entry.reason})
                 continue
-            assert isinstance(entry, KeyVaultEvent)
+            assert isinstance(entry, KeyVaultEvent)  # noqa: S101 - narrows the type; holds by construction
             try:
                 result = await handle_event(self.monitor, entry, now=self._now())
             except Exception as error:
@@ -366,6 +373,7 @@ class Server:
             "last_success": self.last_success.isoformat() if self.last_success else None,
             "next_poll": self._next_poll.isoformat() if self._next_poll else None,
             "events": dict(self.events),
+            "refused": dict(self.refused),
             "alerts": dict(self.deliveries),
         }
         if record is not None and record.error:

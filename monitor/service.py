@@ -315,6 +315,8 @@ async def _poll(monitor: Monitor, *, now: datetime) -> PollResult:
         return PollResult(ran=False)
     try:
         scenario, report = await _read_fleet(monitor, now=now)
+        if report.fleet_blind:
+            scenario, report = await _judge_unlisted(monitor, scenario, report)
         stored = {state.key: state for state in await monitor.store.list_namespace_states()}
         changed = await _record(monitor, report, now=now, stored=stored)
         removed: list[str] = []
@@ -343,6 +345,48 @@ async def _poll(monitor: Monitor, *, now: datetime) -> PollResult:
         )
     finally:
         await monitor.store.release_lease(POLL_LEASE, monitor.instance)
+
+
+async def _judge_unlisted(monitor: Monitor, scenario: Scenario, report: FleetReport) -> tuple[Scenario, FleetReport]:
+    """Add the namespaces remembered from subscriptions that could not be listed now, judged unknown.
+
+    Kept as they were, their last verdict would claim what the monitor cannot see now (a stale healthy, or a
+    stale revoked) and nothing would say so; unknown, each gets a monitor-blind finding and its blind incident
+    (its other incidents are held). They stay in the stored snapshot, so a longer outage keeps them unknown.
+    """
+    stored = await monitor.store.get_snapshot()
+    if stored is None:
+        return scenario, report
+    remembered, _ = parse_scenario(stored.document)
+    reasons = {spot.target.lower(): spot.reason for spot in report.fleet_blind}
+    listed = {namespace.id.lower() for namespace in scenario.snapshot.namespaces}
+    unlisted: list[Namespace] = []
+    blind: list[BlindSpot] = []
+    for namespace in remembered.snapshot.namespaces:
+        subscription = namespace.id.split("/")[2] if namespace.id.count("/") > 2 else ""
+        reason = reasons.get(subscription.lower(), reasons.get("*"))
+        if reason is None or namespace.id.lower() in listed:
+            continue
+        unlisted.append(namespace)
+        what = f"the namespaces of subscription {subscription}" if subscription.lower() in reasons else "subscriptions"
+        blind.append(BlindSpot(BlindScope.NAMESPACE, namespace.id, f"{what} could not be listed: {reason}"))
+    if not unlisted:
+        return scenario, report
+    # The vaults only they list were not read either: kept as remembered, so the stored snapshot stays whole,
+    # and blind, so nothing is concluded from what they were.
+    present = {vault_id(vault.uri) for vault in scenario.snapshot.vaults}
+    wanted = {vault_id(ref.vault) for namespace in unlisted for ref in namespace.keys}
+    vaults = [vault for vault in remembered.snapshot.vaults if vault.id in wanted - present]
+    unread = "not read: only namespaces whose subscription could not be listed use it"
+    blind += [BlindSpot(BlindScope.VAULT, vault.uri, unread) for vault in vaults]
+    snapshot = dataclasses.replace(
+        scenario.snapshot,
+        vaults=(*scenario.snapshot.vaults, *vaults),
+        namespaces=(*scenario.snapshot.namespaces, *unlisted),
+        blind=(*scenario.snapshot.blind, *blind),
+    )
+    scenario = dataclasses.replace(scenario, snapshot=snapshot)
+    return scenario, evaluate(scenario, monitor.thresholds)
 
 
 async def handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime) -> EventResult:
@@ -411,21 +455,24 @@ async def _reread_for_event(
     One read however many namespaces share the key: a thousand namespaces of one key cost one request,
     not a thousand keys' worth. The rest is at most one poll period old, which is Service Bus's own pace.
     """
-    assert event.vault_uri is not None
-    vault = vault_id(event.vault_uri)
+    vault_uri = event.vault_uri or ""  # the caller routed the event by it: never empty here
+    vault = vault_id(vault_uri)
     needed_vaults = {vault_id(ref.vault) for n in namespaces for ref in n.keys}
     needed_keys = {ref.key_id for n in namespaces for ref in n.keys}
     vaults = {vault_id(v.uri): v for v in known.vaults if vault_id(v.uri) in needed_vaults}
     keys = {(vault_id(k.vault), name_id(k.name)): k for k in known.keys}
     keys = {key_id: k for key_id, k in keys.items() if key_id in needed_keys}
+    listed_here = {n.id.lower() for n in namespaces}
     blind = [
         b
         for b in known.blind
         if (b.scope is BlindScope.VAULT and vault_id(b.target) in needed_vaults)
         or (b.scope is BlindScope.KEY and _key_of_url(b.target) in needed_keys)
+        # A namespace whose subscription could not be listed stays unknown: its key list may be stale.
+        or (b.scope is BlindScope.NAMESPACE and b.target.lower() in listed_here)
     ]
     if event.kind is KeyVaultEventType.VAULT_ACCESS_POLICY_CHANGED or not event.object_name:
-        reading = await monitor.readers.access.read_vaults([event.vault_uri], subscriptions=subscriptions)
+        reading = await monitor.readers.access.read_vaults([vault_uri], subscriptions=subscriptions)
         blind = [b for b in blind if not (b.scope is BlindScope.VAULT and vault_id(b.target) == vault)]
         if vault in reading.found:
             vaults[vault] = reading.found[vault]
@@ -434,15 +481,15 @@ async def _reread_for_event(
                 if key_id[0] == vault:
                     keys[key_id] = dataclasses.replace(key, access=key_access.get(key_id[1], {}))
         else:
-            blind.append(BlindSpot(BlindScope.VAULT, event.vault_uri, reading.blind.get(vault, "not read")))
+            blind.append(BlindSpot(BlindScope.VAULT, vault_uri, reading.blind.get(vault, "not read")))
     else:
         key_id = (vault, name_id(event.object_name))
         pinned = sorted({ref.version for n in namespaces for ref in n.keys if ref.key_id == key_id and ref.version})
-        url = key_url(event.vault_uri, event.object_name)
+        url = key_url(vault_uri, event.object_name)
         blind = [b for b in blind if not (b.scope is BlindScope.KEY and _key_of_url(b.target) == key_id)]
         previous = keys.pop(key_id, None)
         try:
-            fresh = await monitor.readers.keys.get_key(event.vault_uri, event.object_name, pinned_versions=pinned)
+            fresh = await monitor.readers.keys.get_key(vault_uri, event.object_name, pinned_versions=pinned)
         except ReadError as failure:
             blind.append(BlindSpot(BlindScope.KEY, url, failure.reason))
         else:

@@ -101,7 +101,7 @@ class VaultAccess:
 
     async def _vault(self, vault: ArmVault) -> tuple[Vault, dict[str, dict[str, frozenset[str]]]]:
         properties = vault.properties
-        assert properties is not None and properties.vault_uri is not None
+        assert properties is not None and properties.vault_uri is not None  # noqa: S101 - narrows the type; holds by construction
         rbac = bool(properties.enable_rbac_authorization)
         key_access: dict[str, dict[str, frozenset[str]]] = {}
         if rbac:

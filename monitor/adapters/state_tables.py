@@ -157,7 +157,7 @@ def _etag(metadata: Mapping[str, Any]) -> str:
 async def _back_off(attempt: int) -> None:
     """Wait a random while before retry `attempt` (none before the first), so racing writers spread out."""
     if attempt:
-        await asyncio.sleep(random.uniform(0, 0.02 * 2**attempt))
+        await asyncio.sleep(random.uniform(0, 0.02 * 2**attempt))  # noqa: S311 - jitter, not a secret
 
 
 @contextlib.contextmanager

@@ -18,11 +18,19 @@ class ScenarioError(KeyhealthError, ValueError):
 
     def _render(self) -> str:
         where = f"{self.source}: " if self.source else ""
-        return f"{where}{self.path}: {self.problem}"
+        return f"{where}{_middle_clipped(self.path)}: {_middle_clipped(self.problem)}"
 
     def with_source(self, source: str) -> ScenarioError:
         """Return the same error, now naming the file it came from."""
         return ScenarioError(self.path, self.problem, source=source)
+
+
+def _middle_clipped(text: str, limit: int = 400) -> str:
+    """`text` with its middle cut when long: a huge quoted value goes, the start and the advice at the end stay."""
+    if len(text) <= limit:
+        return text
+    keep = (limit - 1) // 2
+    return f"{text[:keep]}…{text[-keep:]}"
 
 
 class SettingError(KeyhealthError, ValueError):
@@ -32,7 +40,9 @@ class SettingError(KeyhealthError, ValueError):
         self.setting = setting
         self.value = value
         self.problem = problem
-        super().__init__(f"setting {setting}={value!r}: {problem}")
+        # A value pasted by mistake can be huge: the message quotes its start, enough to recognise it.
+        shown = value if len(value) <= 100 else value[:99] + "…"
+        super().__init__(f"setting {setting}={shown!r}: {problem}")
 
 
 class ReadError(KeyhealthError, RuntimeError):

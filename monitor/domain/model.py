@@ -175,6 +175,7 @@ class BlindScope(enum.Enum):
     SUBSCRIPTION = "subscription"  # its namespaces could not be listed
     VAULT = "vault"  # the vault's properties and access could not be read
     KEY = "key"  # the key could not be read
+    NAMESPACE = "namespace"  # the namespace itself (which keys it lists) could not be read: every reference unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +183,7 @@ class BlindSpot:
     """Something the monitor could not read, and why: whatever depends on it is unknown, never healthy or revoked."""
 
     scope: BlindScope
-    target: str  # subscription id, vault URI, or key URL (vault URI + /keys/ + name)
+    target: str  # subscription id, vault URI, key URL (vault URI + /keys/ + name), or namespace ARM id
     reason: str
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from monitor.domain.errors import ScenarioError
 from monitor.domain.model import POLL_INTERVAL, KeyRef, Namespace, Scenario, name_id
@@ -26,6 +26,11 @@ from monitor.domain.usability import (
     assess_as,
     change_instants,
 )
+
+# `now` and the horizon must come before this: nothing needs the far future, and near year 9999 the window's
+# arithmetic (a year's default horizon, 5-minute polls, thresholds of up to ten years) overflows.
+JUDGED_UNTIL = datetime(9000, 1, 1, tzinfo=UTC)
+TOO_LATE = "after the year 8999, the last keyhealth judges"
 
 
 class Status(enum.Enum):
@@ -170,6 +175,10 @@ class Predictor:
 
     def predict(self, namespace: Namespace) -> NamespacePrediction:
         world, now, horizon, usable = self.world, self.now, self.horizon, self._usable
+        if world.blind_namespaces:
+            unseen = world.blind_namespaces.get(name_id(namespace.id))
+            if unseen is not None:
+                return self._unseen(namespace, unseen)
         vault_ids = self._vault_ids
         identity = namespace.identity
         system_principal: str | None = None  # what references without an identity act as, resolved once
@@ -217,13 +226,30 @@ class Predictor:
             namespace, now, horizon, tuple(assessments), tuple(per_ref), stretches, at_revocation
         )
 
+    def _unseen(self, namespace: Namespace, reason: str) -> NamespacePrediction:
+        """A namespace the monitor could not read itself: what it lists now is not known, so every reference is
+        unknown (whatever its keys look like) and no window is predicted."""
+        identity = namespace.identity
+        assessments = tuple(
+            Assessment(ref, identity.principal_for(ref.identity), (), None, (reason,)) for ref in namespace.keys
+        )
+        return NamespacePrediction(
+            namespace, self.now, self.horizon, assessments, tuple(() for _ in namespace.keys), (), None
+        )
+
 
 def predict_scenario(scenario: Scenario) -> tuple[World, list[NamespacePrediction]]:
     """Predict every namespace of a scenario, sorted by name then id.
 
     Raises ScenarioError when a change cannot apply, or the horizon is not after `now`.
     """
+    # The window is where arithmetic happens (a year's default horizon, poll intervals, thresholds of up to ten
+    # years): near year 9999 it overflows. Times of keys and changes are only compared, so any year is fine.
+    if scenario.now >= JUDGED_UNTIL:
+        raise ScenarioError("$.now", f"{scenario.now.isoformat()} is {TOO_LATE}")
     horizon = scenario.effective_horizon
+    if horizon >= JUDGED_UNTIL:
+        raise ScenarioError("$.horizon", f"{horizon.isoformat()} is {TOO_LATE}")
     if horizon <= scenario.now:
         raise ScenarioError("$.horizon", f"horizon {horizon.isoformat()} is not after now {scenario.now.isoformat()}")
     world = World(scenario.snapshot, scenario.changes)

@@ -77,7 +77,10 @@ def parse_instant(value: object, path: str) -> datetime:
         raise ScenarioError(path, f"expected an ISO 8601 time such as 2026-11-22T00:00:00Z, got {_describe(value)}")
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # an offset that moves it before year 1 or past 9999 in UTC
+        raise ScenarioError(path, f"{value!r} lies outside the years 1 to 9999 in UTC") from None
 
 
 def _describe(value: object) -> str:
@@ -236,8 +239,11 @@ def parse_scenario(document: object) -> tuple[Scenario, list[str]]:
 def _vault(reader: _Reader, value: object, path: str) -> Vault:
     item = reader.obj(value, path, {"uri", "soft_delete", "purge_protection", "rbac", "access", "deleted"})
     uri = reader.text(item, "uri", path)
-    parts = urlsplit(uri)
-    if parts.scheme.lower() != "https" or not parts.hostname:
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # such as an unclosed IPv6 bracket
+        parts = None
+    if parts is None or parts.scheme.lower() != "https" or not parts.hostname:
         raise ScenarioError(f"{path}.uri", f"{uri!r} is not an https vault URI such as https://kv-prod.vault.azure.net")
     access = reader.access(item, path)
     # Service Bus refuses CMK on a vault without soft delete and purge protection, and neither
@@ -396,9 +402,8 @@ _VAULT_ONLY_OPS = {"set_access", "delete_vault", "recover_vault"}
 def _change(reader: _Reader, value: object, path: str) -> Change:
     item = reader.obj(value, path)
     op = item.get("op")
-    if op not in _CHANGE_FIELDS:
+    if not isinstance(op, str) or op not in _CHANGE_FIELDS:  # a list or an object is no op (nor hashable)
         raise ScenarioError(f"{path}.op", f"unknown op {op!r}; expected one of: {', '.join(CHANGE_OPS)}")
-    assert isinstance(op, str)
     known = {"at", "op", "vault"} | _CHANGE_FIELDS[op] | (set() if op in _VAULT_ONLY_OPS else {"key"})
     reader.obj(item, path, known)
     if "at" not in item:

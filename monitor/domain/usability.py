@@ -375,8 +375,11 @@ class World:
         # What the monitor could not read: rules that depend on it are unknown, not failed.
         self.blind_vaults: dict[str, str] = {}
         self.blind_keys: dict[KeyId, str] = {}
+        self.blind_namespaces: dict[str, str] = {}  # by name_id of the ARM id
         for spot in snapshot.blind:
-            if spot.scope is BlindScope.VAULT:
+            if spot.scope is BlindScope.NAMESPACE:
+                self.blind_namespaces[name_id(spot.target)] = spot.reason
+            elif spot.scope is BlindScope.VAULT:
                 self.blind_vaults[self.vault_id(spot.target)] = spot.reason
             elif spot.scope is BlindScope.KEY and "/keys/" in spot.target:
                 vault_uri, _, name = spot.target.rpartition("/keys/")
@@ -484,7 +487,7 @@ class World:
         elif isinstance(change, NewVersion):
             timeline = self._keys[key_id] = Timeline(MISSING_KEY)
         else:
-            assert isinstance(change, KEY_CHANGES)
+            assert isinstance(change, KEY_CHANGES)  # noqa: S101 - narrows the type; holds by construction
             raise ScenarioError(
                 f"$.changes[{index}].key",
                 f"unknown key {change.key!r} in vault {change.vault!r} "

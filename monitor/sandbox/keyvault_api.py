@@ -363,7 +363,7 @@ class KeyVaultApi:
         if tags is not None:
             self.state.set_tags(key_id, version.version, tags, request.now)
         vault = self.state.vault_state(info, request.now)
-        assert vault is not None
+        assert vault is not None  # noqa: S101 - narrows the type; holds by construction
         created = find_version(self.state.key_state(key_id, request.now), version.version, request.now) or version
         return ApiResponse(200, self._bundle(info, vault, key_id, created, request.now))
 

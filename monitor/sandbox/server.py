@@ -478,7 +478,7 @@ class Sandbox:
                     return self._reset(request)
                 if rule is not None and rule.kind == "hang":
                     outcome = "hung"
-                    assert self._stopping is not None
+                    assert self._stopping is not None  # noqa: S101 - narrows the type; holds by construction
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), rule.seconds)
                     return self._reset(request)

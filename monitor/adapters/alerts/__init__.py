@@ -46,19 +46,19 @@ def build_sinks(
     for spec in specs:
         sink: AlertSink
         if spec.kind == "webhook":
-            assert spec.url is not None
+            assert spec.url is not None  # noqa: S101 - narrows the type; holds by construction
             sink = WebhookSink(spec.name, spec.url, poster, secret=spec.secret, timeout=timeout)
         elif spec.kind == "teams":
-            assert spec.url is not None
+            assert spec.url is not None  # noqa: S101 - narrows the type; holds by construction
             sink = TeamsSink(spec.name, spec.url, poster, timeout=timeout)
         elif spec.kind == "slack":
-            assert spec.url is not None
+            assert spec.url is not None  # noqa: S101 - narrows the type; holds by construction
             sink = SlackSink(spec.name, spec.url, poster, timeout=timeout)
         elif spec.kind == "pagerduty":
-            assert spec.routing_key is not None
+            assert spec.routing_key is not None  # noqa: S101 - narrows the type; holds by construction
             sink = PagerDutySink(spec.name, spec.routing_key, poster, url=spec.url or EVENTS_URL, timeout=timeout)
         else:
-            assert spec.endpoint is not None
+            assert spec.endpoint is not None  # noqa: S101 - narrows the type; holds by construction
             if spec.key is not None:
                 auth: AzureKeyCredential | AsyncTokenCredential = AzureKeyCredential(spec.key)
             elif credential is not None:

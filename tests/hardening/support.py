@@ -1,0 +1,197 @@
+"""Shared pieces of the hardening tests: a small fleet, a `serve` in-process against the stand-in, Event Grid
+events, and an environment that keeps Azure retries and timeouts small."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from monitor.bootstrap import build_monitor
+from monitor.config import Settings
+from monitor.domain.model import Scenario
+from monitor.domain.scenario import parse_scenario
+from monitor.sandbox import Sandbox
+from monitor.serve import Server
+from tests.builders import key, namespace, ref, scenario, vault, version
+
+NOW = "2026-11-22T00:00:00Z"
+OTHER = "https://kv-other.vault.azure.net"
+VAULT = "https://kv-test.vault.azure.net"
+# Patient enough for a loaded 2-core machine, impatient enough that a hang costs seconds, not minutes.
+FAST_AZURE = {"KEYHEALTH_HTTP_RETRIES": "1", "KEYHEALTH_HTTP_TIMEOUT_SECONDS": "1"}
+
+
+def fleet_document(now: str = NOW) -> dict[str, Any]:
+    """Four namespaces over two vaults: healthy, expiring in 3 days, revoked (deleted key), and two keys."""
+    return scenario(
+        [
+            namespace("sb-one", ref("k1")),
+            namespace("sb-soon", ref("k-soon")),
+            namespace("sb-gone", ref("k-gone")),
+            namespace("sb-two", ref("k2"), ref("k3", vault_uri=OTHER)),
+        ],
+        [
+            key("k1"),
+            key("k-soon", version("v1", exp="2026-11-25T00:00:00Z")),
+            key("k-gone", deleted=True),
+            key("k2"),
+            key("k3", vault_uri=OTHER),
+        ],
+        vaults=[vault(), vault(OTHER)],
+        now=now,
+    )
+
+
+def parsed(document: dict[str, Any]) -> Scenario:
+    value, _ = parse_scenario(document)
+    return value
+
+
+def key_event(
+    event_type: str, vault_uri: str, key_name: str | None, event_id: str = "e-1", **data: object
+) -> dict[str, Any]:
+    """A Key Vault event in the Event Grid schema, as Event Grid delivers one."""
+    host = vault_uri.removeprefix("https://")
+    return {
+        "id": event_id,
+        "topic": f"/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/{host.split('.')[0]}",
+        "subject": key_name or "",
+        "eventType": event_type,
+        "eventTime": datetime.now(UTC).isoformat(),
+        "data": {
+            "Id": f"{vault_uri}/keys/{key_name}/v" if key_name else f"{vault_uri}/",
+            "VaultName": host.split(".")[0],
+            "ObjectType": "Key" if key_name else "Vault",
+            "ObjectName": key_name or host.split(".")[0],
+            **data,
+        },
+        "dataVersion": "1",
+        "metadataVersion": "1",
+    }
+
+
+@dataclass
+class Running:
+    sandbox: Sandbox
+    server: Server
+    session: aiohttp.ClientSession
+    url: str
+
+    async def post(
+        self, path: str, body: object, content_type: str | None = "application/json", **options: Any
+    ) -> tuple[int, Any]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = dict(options.pop("headers", {}))
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        async with self.session.post(self.url + path, data=data, headers=headers, **options) as reply:
+            text = await reply.text()
+            return reply.status, (json.loads(text) if text.startswith(("{", "[")) else text)
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        async with self.session.get(self.url + path) as reply:
+            return reply.status, await reply.json()
+
+
+@asynccontextmanager
+async def serving(tmp_path: Path, document: dict[str, Any], **environment: str) -> AsyncIterator[Running]:
+    """`serve` in this process against the stand-in serving `document`, after its start-up poll."""
+    async with Sandbox(parsed(document)) as sandbox:
+        env = {
+            **sandbox.environment(),
+            **FAST_AZURE,
+            "KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite"),
+            **environment,
+        }
+        settings = Settings.from_environment(env)
+        server = Server(
+            build_monitor(settings),
+            schedule=settings.poll_schedule,
+            secret=settings.webhook_secret,
+            now=sandbox.clock.now,
+            delivery_schedule=settings.delivery_schedule,
+        )
+        url = await server.start("127.0.0.1", 0)
+        await server.poll_if_due()
+        try:
+            async with aiohttp.ClientSession() as session:
+                yield Running(sandbox, server, session, url)
+        finally:
+            await server.stop()
+
+
+class ServeThread:
+    """`serve` on its own event loop in a thread, so synchronous code (a hypothesis test) can talk HTTP to it."""
+
+    def __init__(self, sandbox: Sandbox, environment: dict[str, str]) -> None:
+        self.sandbox = sandbox
+        self._environment = environment
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.server: Server | None = None
+        self.url = ""
+        self.port = 0
+
+    def __enter__(self) -> ServeThread:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                settings = Settings.from_environment(self._environment)
+                self.server = Server(
+                    build_monitor(settings),
+                    schedule=settings.poll_schedule,
+                    secret=settings.webhook_secret,
+                    now=self.sandbox.clock.now,
+                )
+                self.url = loop.run_until_complete(self.server.start("127.0.0.1", 0))
+                self.port = int(self.url.rsplit(":", 1)[1])
+                loop.run_until_complete(self.server.poll_if_due())
+            except BaseException as error:
+                failure.append(error)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self.server.stop())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(60)
+        if failure:
+            raise failure[0]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(60)
+
+    def request(
+        self, method: str, path: str, body: bytes | Iterable[bytes] | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """One request over a fresh connection; the JSON answer decoded (or the text)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            chunked = body is not None and not isinstance(body, bytes)
+            connection.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
+            reply = connection.getresponse()
+            text = reply.read().decode("utf-8", "replace")
+        finally:
+            connection.close()
+        return reply.status, (json.loads(text) if text.startswith(("{", "[")) else text)
