@@ -73,3 +73,56 @@ def test_namespaces_of_an_unlistable_subscription_are_unknown_until_it_can_be_li
         assert during["blind incident"][0] == "open"
     assert after["sb-one"] == after["sb-two"] == ("healthy", "")
     assert after["blind incident"][0] == "closed"
+
+
+def test_an_event_during_the_outage_does_not_bring_back_a_verdict(tmp_path: Path):
+    """While subscription 1 cannot be listed, an event for sb-one's key re-reads the key (readable, healthy) but
+    sb-one stays unknown: its key list itself is what could not be read."""
+    from monitor.events import KeyVaultEvent, parse_event
+    from monitor.service import handle_event
+    from tests.builders import VAULT
+
+    document = scenario([namespace("sb-one", ref("k1"))], [key("k1")])
+
+    async def run() -> str:
+        async with Sandbox(parsed(document)) as sandbox:
+            environment = {
+                **sandbox.environment(),
+                **FAST_AZURE,
+                "KEYHEALTH_HTTP_RETRIES": "0",
+                "KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite"),
+            }
+            monitor = build_monitor(Settings.from_environment(environment))
+            t0 = sandbox.clock.now()
+            try:
+                await poll(monitor, now=t0)
+                sandbox.faults.respond(500, service="arm", path=f"/subscriptions/{SUB1}/providers/Microsoft.ServiceBus")
+                sandbox.faults.respond(500, service="arm", path="/providers/Microsoft.ResourceGraph/resources")
+                await poll(monitor, now=t0 + timedelta(minutes=5))
+                event = parse_event(
+                    {
+                        "id": "e-outage",
+                        "topic": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv-test",
+                        "subject": "k1",
+                        "eventType": "Microsoft.KeyVault.KeyNewVersionCreated",
+                        "eventTime": t0.isoformat(),
+                        "data": {
+                            "Id": f"{VAULT}/keys/k1/v2",
+                            "VaultName": "kv-test",
+                            "ObjectType": "Key",
+                            "ObjectName": "k1",
+                        },
+                        "dataVersion": "1",
+                        "metadataVersion": "1",
+                    }
+                )
+                assert isinstance(event, KeyVaultEvent)
+                result = await handle_event(monitor, event, now=t0 + timedelta(minutes=6))
+                assert result.report is not None
+                (judged,) = result.report.namespaces
+                return judged.prediction.status_now.value
+            finally:
+                assert monitor.close is not None
+                await monitor.close()
+
+    assert asyncio.run(run()) == "unknown"
