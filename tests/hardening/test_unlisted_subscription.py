@@ -82,7 +82,9 @@ def test_an_event_during_the_outage_does_not_bring_back_a_verdict(tmp_path: Path
     from monitor.service import handle_event
     from tests.builders import VAULT
 
-    document = scenario([namespace("sb-one", ref("k1"))], [key("k1")])
+    other = namespace("sb-two", ref("k2"))  # in the same vault, from a subscription still listed: the vault is read
+    other["id"] = other["id"].replace(SUB1, SUB2)
+    document = scenario([namespace("sb-one", ref("k1")), other], [key("k1"), key("k2")])
 
     async def run() -> str:
         async with Sandbox(parsed(document)) as sandbox:
