@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from monitor.alert_config import AlertConfig, parse_alert_config
 from monitor.alerting import AlertPolicy
-from monitor.domain.errors import AlertConfigError, SettingError
+from monitor.domain.errors import AlertConfigError, SettingError, encodable
 from monitor.domain.findings import Thresholds
 from monitor.domain.remediation import Action, Mode, RemediationPolicy
 
@@ -27,14 +27,6 @@ class SettingSpec:
     description: str
     parse: Callable[[str, str], Any]
     secret: bool = False
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _number(low: float, high: float, what: str) -> Callable[[str, str], float]:
@@ -428,7 +420,7 @@ class Settings:
                 continue
             spec = SETTINGS[item.name]
             raw = env.get(spec.name, "").strip() or spec.default
-            if not _utf8(raw):
+            if not encodable(raw):
                 # Bytes that are not UTF-8 reach os.environ as lone surrogates, which fail much later (a webhook
                 # secret on every request). Refused here (the message's repr escapes them); a secret is not shown.
                 raise SettingError(spec.name, "(not shown)" if spec.secret else raw, "is not valid UTF-8 text")

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from monitor.domain.errors import EventBodyError
+from monitor.domain.errors import EventBodyError, encodable
 
 MAX_EVENTS_PER_BATCH = 5000  # Event Grid delivers at most 5,000 events (1 MB) per batch
 
@@ -117,20 +117,20 @@ def parse_event(entry: object, index: int = 0) -> ParsedEvent:
         )
     if not event_id:
         return RejectedEvent(index, None, "event has no id")
-    if not _utf8(event_id):
+    if not encodable(event_id):
         return RejectedEvent(index, None, "event id is not valid Unicode text (it holds a lone surrogate)")
     if not event_type:
         return RejectedEvent(index, event_id, "event has no type")
-    if not _utf8(event_type):
+    if not encodable(event_type):
         return RejectedEvent(index, event_id, "event type is not valid Unicode text (it holds a lone surrogate)")
     data = fields.get("data")
     if event_type == VALIDATION_EVENT:
         validation = _normalised(data) if isinstance(data, Mapping) else {}
         code = _text(validation.get("validationcode"))
-        if not code or not _utf8(code):
+        if not code or not encodable(code):
             return RejectedEvent(index, event_id, "subscription validation event has no usable validationCode")
         url = _text(validation.get("validationurl"))
-        return SubscriptionValidation(event_id, code, url if url is None or _utf8(url) else None)
+        return SubscriptionValidation(event_id, code, url if url is None or encodable(url) else None)
     time = _instant(time_text)
     if time is None:
         return RejectedEvent(index, event_id, f"event time {_shown(time_text)} is not an ISO 8601 time")
@@ -159,7 +159,7 @@ def parse_event(entry: object, index: int = 0) -> ParsedEvent:
     }
     # JSON may carry lone surrogates (\ud800), which neither the state store nor a UTF-8 log can write:
     # accepted, such an event would fail on every delivery and Event Grid would retry it for a day.
-    broken = next((name for name, text in texts.items() if text is not None and not _utf8(text)), None)
+    broken = next((name for name, text in texts.items() if text is not None and not encodable(text)), None)
     if broken is not None:
         return RejectedEvent(index, event_id, f"event {broken} is not valid Unicode text (it holds a lone surrogate)")
     return KeyVaultEvent(
@@ -175,15 +175,6 @@ def _normalised(mapping: Mapping[Any, Any]) -> dict[str, Any]:
 def _clip(text: str, limit: int = 200) -> str:
     """`text` cut to `limit` characters: a reason repeats a hostile value only in part."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _utf8(text: str) -> bool:
-    """False for text with lone surrogates, which cannot be encoded (to a log, a store, an HTTP body)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _shown(value: object) -> str:

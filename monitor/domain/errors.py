@@ -25,6 +25,15 @@ class ScenarioError(KeyhealthError, ValueError):
         return ScenarioError(self.path, self.problem, source=source)
 
 
+def encodable(text: str) -> bool:
+    """False for text with lone surrogates, which cannot be encoded (to a log, a store, an HTTP body)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _middle_clipped(text: str, limit: int = 400) -> str:
     """`text` with its middle cut when long: a huge quoted value goes, the start and the advice at the end stay."""
     if len(text) <= limit:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from monitor.bootstrap import build_monitor
 from monitor.config import Settings
@@ -18,6 +19,16 @@ SUB1 = "00000000-0000-0000-0000-000000000000"
 SUB2 = "22222222-2222-2222-2222-222222222222"
 
 
+def _monitor(sandbox: Sandbox, tmp_path: Path) -> Any:
+    environment = {
+        **sandbox.environment(),
+        **FAST_AZURE,
+        "KEYHEALTH_HTTP_RETRIES": "0",
+        "KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite"),
+    }
+    return build_monitor(Settings.from_environment(environment))
+
+
 def test_namespaces_of_an_unlistable_subscription_are_unknown_until_it_can_be_listed(tmp_path: Path):
     """Listing subscription 1 fails (500) for two polls: sb-one is unknown with a monitor-blind finding naming
     the failure, its blind incident opens once and resolves when listing works again; sb-two stays healthy."""
@@ -28,13 +39,7 @@ def test_namespaces_of_an_unlistable_subscription_are_unknown_until_it_can_be_li
     async def run() -> list[dict[str, tuple[str, str]]]:
         seen = []
         async with Sandbox(parsed(document)) as sandbox:
-            environment = {
-                **sandbox.environment(),
-                **FAST_AZURE,
-                "KEYHEALTH_HTTP_RETRIES": "0",
-                "KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite"),
-            }
-            monitor = build_monitor(Settings.from_environment(environment))
+            monitor = _monitor(sandbox, tmp_path)
             t0 = sandbox.clock.now()
             try:
                 for step in range(4):
@@ -88,13 +93,7 @@ def test_an_event_during_the_outage_does_not_bring_back_a_verdict(tmp_path: Path
 
     async def run() -> str:
         async with Sandbox(parsed(document)) as sandbox:
-            environment = {
-                **sandbox.environment(),
-                **FAST_AZURE,
-                "KEYHEALTH_HTTP_RETRIES": "0",
-                "KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite"),
-            }
-            monitor = build_monitor(Settings.from_environment(environment))
+            monitor = _monitor(sandbox, tmp_path)
             t0 = sandbox.clock.now()
             try:
                 await poll(monitor, now=t0)
