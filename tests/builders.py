@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,26 @@ def codes(namespace_json: dict[str, Any]) -> set[str]:
 
 def finding(namespace_json: dict[str, Any], code: str) -> dict[str, Any]:
     return next(f for f in namespace_json["findings"] if f["code"] == code)
+
+
+def key_event(
+    event_type: str, vault_uri: str, key_name: str | None, event_id: str = "e-1", **data: object
+) -> dict[str, Any]:
+    """A Key Vault event in the Event Grid schema, as Event Grid delivers one."""
+    host = vault_uri.removeprefix("https://")
+    return {
+        "id": event_id,
+        "topic": f"/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/{host.split('.')[0]}",
+        "subject": key_name or "",
+        "eventType": event_type,
+        "eventTime": datetime.now(UTC).isoformat(),
+        "data": {
+            "Id": f"{vault_uri}/keys/{key_name}/v" if key_name else f"{vault_uri}/",
+            "VaultName": host.split(".")[0],
+            "ObjectType": "Key" if key_name else "Vault",
+            "ObjectName": key_name or host.split(".")[0],
+            **data,
+        },
+        "dataVersion": "1",
+        "metadataVersion": "1",
+    }

@@ -21,7 +21,7 @@ from monitor.domain.model import DeleteKey, SetAccess
 from monitor.domain.scenario import parse_scenario
 from monitor.sandbox import Sandbox
 from monitor.serve import MAX_BODY, Server, next_fire, parse_schedule, schedule_period
-from tests.builders import SYSTEM_PRINCIPAL, VAULT, key, namespace, ref, scenario, vault
+from tests.builders import SYSTEM_PRINCIPAL, VAULT, key, key_event, namespace, ref, scenario, vault
 
 OTHER = "https://kv-other.vault.azure.net"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -76,23 +76,7 @@ async def serving(tmp_path: Path, secret: str | None = None) -> AsyncIterator[Ru
             await server.stop()
 
 
-def _event(event_type: str, vault_uri: str, key_name: str | None, event_id: str = "e-1") -> dict[str, Any]:
-    host_name = vault_uri.removeprefix("https://")
-    return {
-        "id": event_id,
-        "topic": f"/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/{host_name.split('.')[0]}",
-        "subject": key_name or "",
-        "eventType": event_type,
-        "eventTime": datetime.now(UTC).isoformat(),
-        "data": {
-            "Id": f"{vault_uri}/keys/{key_name}/v" if key_name else f"{vault_uri}/",
-            "VaultName": host_name.split(".")[0],
-            "ObjectType": "Key" if key_name else "Vault",
-            "ObjectName": key_name or host_name.split(".")[0],
-        },
-        "dataVersion": "1",
-        "metadataVersion": "1",
-    }
+_event = key_event
 
 
 async def _get(run: Running, path: str) -> tuple[int, Any]:

@@ -10,7 +10,6 @@ import threading
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,29 +54,6 @@ def fleet_document(now: str = NOW) -> dict[str, Any]:
 def parsed(document: dict[str, Any]) -> Scenario:
     value, _ = parse_scenario(document)
     return value
-
-
-def key_event(
-    event_type: str, vault_uri: str, key_name: str | None, event_id: str = "e-1", **data: object
-) -> dict[str, Any]:
-    """A Key Vault event in the Event Grid schema, as Event Grid delivers one."""
-    host = vault_uri.removeprefix("https://")
-    return {
-        "id": event_id,
-        "topic": f"/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/{host.split('.')[0]}",
-        "subject": key_name or "",
-        "eventType": event_type,
-        "eventTime": datetime.now(UTC).isoformat(),
-        "data": {
-            "Id": f"{vault_uri}/keys/{key_name}/v" if key_name else f"{vault_uri}/",
-            "VaultName": host.split(".")[0],
-            "ObjectType": "Key" if key_name else "Vault",
-            "ObjectName": key_name or host.split(".")[0],
-            **data,
-        },
-        "dataVersion": "1",
-        "metadataVersion": "1",
-    }
 
 
 @dataclass

@@ -16,8 +16,9 @@ import pytest
 
 from monitor.domain.model import DeleteKey
 from monitor.sandbox import RateLimit, Sandbox
+from tests.builders import key_event
 from tests.hardening.fuzzing import EXTENDED, record
-from tests.hardening.support import VAULT, fleet_document, key_event, serving
+from tests.hardening.support import VAULT, fleet_document, serving
 
 NEW_VERSION = "Microsoft.KeyVault.KeyNewVersionCreated"
 FAULTS: list[tuple[str, Callable[[Sandbox], Any], str]] = [

@@ -34,8 +34,9 @@ from monitor.sandbox import Sandbox
 from monitor.serve import Server
 from monitor.service import deliver_alerts, poll
 from tests.alerts.receiver import AlertReceiver
+from tests.builders import key_event
 from tests.hardening.fuzzing import record
-from tests.hardening.support import OTHER, VAULT, fleet_document, key_event, parsed
+from tests.hardening.support import OTHER, VAULT, fleet_document, parsed
 
 MARK = "PLANTEDs3cr3t"
 SECRETS = {

@@ -22,9 +22,9 @@ from monitor.domain.model import DeleteKey, SetAccess
 from monitor.events import MAX_EVENTS_PER_BATCH
 from monitor.sandbox import Sandbox
 from monitor.serve import MAX_BODY
-from tests.builders import SYSTEM_PRINCIPAL
+from tests.builders import SYSTEM_PRINCIPAL, key_event
 from tests.hardening.fuzzing import examples, json_values, record
-from tests.hardening.support import FAST_AZURE, OTHER, VAULT, ServeThread, fleet_document, key_event, parsed
+from tests.hardening.support import FAST_AZURE, OTHER, VAULT, ServeThread, fleet_document, parsed
 
 KEY_EXPIRED = "Microsoft.KeyVault.KeyExpired"
 NEW_VERSION = "Microsoft.KeyVault.KeyNewVersionCreated"
