@@ -699,6 +699,8 @@ def _append_key_epoch(
     # one's (ties: the later-listed one wins, and the earlier gets an empty span). Start from the
     # one current at the epoch's start: those before it are never current within the epoch.
     versions = state.versions
+    if not versions:
+        return  # a key listed with no version has no current one: never usable
     last = len(versions) - 1
     first = last
     # Nearly always the newest version is current at the epoch's start already: no search, and the older

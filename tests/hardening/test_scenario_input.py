@@ -89,3 +89,15 @@ def test_an_error_quotes_a_huge_value_only_in_part(tmp_path: Path):
     run = simulate(tmp_path, _fleet(now="9" * 5000))
     assert run.status == 2 and len(run.stderr) < 600
     assert "$.now: '9999" in run.stderr and run.stderr.rstrip().endswith("such as 2026-11-22T00:00:00Z")
+
+
+def test_a_key_listed_with_no_versions_is_missing_not_a_crash(tmp_path: Path):
+    """Found by the extended fuzz run: a key without `versions` raised IndexError in the interval arithmetic.
+    It has no current version, so the namespace listing it has nothing usable: revoked, key-missing."""
+    document = scenario([namespace("sb-one", ref("k1"))], [key("k1")])
+    del document["keys"][0]["versions"]
+    run = simulate(tmp_path, document)
+    assert run.status == 3, run.stderr
+    judged = run.namespace("sb-one")
+    assert judged["status_now"] == "revoked"
+    assert "key-missing" in {f["code"] for f in judged["findings"]}
