@@ -26,6 +26,7 @@ from monitor.domain.model import (
     Scenario,
     Snapshot,
     Vault,
+    key_id_of_url,
     key_url,
     name_id,
     vault_id,
@@ -467,7 +468,7 @@ async def _reread_for_event(
         b
         for b in known.blind
         if (b.scope is BlindScope.VAULT and vault_id(b.target) in needed_vaults)
-        or (b.scope is BlindScope.KEY and _key_of_url(b.target) in needed_keys)
+        or (b.scope is BlindScope.KEY and key_id_of_url(b.target) in needed_keys)
         # A namespace whose subscription could not be listed stays unknown: its key list may be stale.
         or (b.scope is BlindScope.NAMESPACE and b.target.lower() in listed_here)
     ]
@@ -486,7 +487,7 @@ async def _reread_for_event(
         key_id = (vault, name_id(event.object_name))
         pinned = sorted({ref.version for n in namespaces for ref in n.keys if ref.key_id == key_id and ref.version})
         url = key_url(vault_uri, event.object_name)
-        blind = [b for b in blind if not (b.scope is BlindScope.KEY and _key_of_url(b.target) == key_id)]
+        blind = [b for b in blind if not (b.scope is BlindScope.KEY and key_id_of_url(b.target) == key_id)]
         previous = keys.pop(key_id, None)
         try:
             fresh = await monitor.readers.keys.get_key(vault_uri, event.object_name, pinned_versions=pinned)
@@ -499,12 +500,6 @@ async def _reread_for_event(
     return Snapshot(
         vaults=tuple(vaults.values()), keys=tuple(keys.values()), namespaces=tuple(namespaces), blind=tuple(blind)
     )
-
-
-def _key_of_url(url: str) -> KeyId | None:
-    """(vault_id, name_id) of a key URL (vault URI + /keys/ + name), as blind spots name keys."""
-    vault, marker, name = url.partition("/keys/")
-    return (vault_id(vault), name_id(name.split("/", 1)[0])) if marker else None
 
 
 async def _remediate(monitor: Monitor, report: FleetReport, snapshot: Snapshot, *, now: datetime) -> list[Outcome]:

@@ -36,9 +36,7 @@ class _Bucket:
     tokens: float
     stamp: float
     paused_until: float = 0.0
-    seen_software: bool = False
     seen_hsm: bool = False
-    waits: int = 0  # times a request had to wait, for the benchmark
     # Cut at each throttling episode to what the vault answered in the last window, grown back by RECOVERY
     # each quiet window: the vault allows less than its published limit when others use it too.
     slowdown: float = 1.0
@@ -106,8 +104,6 @@ class VaultRateLimiter:
         bucket = self._bucket(vault)
         if is_hsm_key_type(kty):
             bucket.seen_hsm = True
-        else:
-            bucket.seen_software = True
         limit = self.hsm_limit if bucket.seen_hsm else self.software_limit
         if limit != bucket.limit:
             self._refill(bucket)
@@ -155,14 +151,12 @@ class VaultRateLimiter:
         while True:
             now = self._clock()
             if now < bucket.paused_until:
-                bucket.waits += 1
                 await self._sleep(bucket.paused_until - now)
                 continue
             self._refill(bucket)
             if bucket.tokens >= 1.0 - _EPSILON:
                 bucket.tokens = max(bucket.tokens - 1.0, 0.0)
                 return
-            bucket.waits += 1
             # At least a millisecond: a wait below the clock's resolution would never let time pass.
             await self._sleep(max((1.0 - bucket.tokens) / self._rate(bucket), 0.001))
 

@@ -50,6 +50,12 @@ KeyId = tuple[str, str]
 """(vault_id, name_id) of a key: how keys are matched."""
 
 
+def key_id_of_url(url: str) -> KeyId | None:
+    """The KeyId a key URL names (vault URI + /keys/ + name, a version after it or not), or None."""
+    vault_uri, marker, rest = url.partition("/keys/")
+    return (vault_id(vault_uri), name_id(rest.split("/", 1)[0])) if marker else None
+
+
 @dataclass(frozen=True, slots=True)
 class KeyVersion:
     """One version of a key and the attributes that decide whether it can wrap and unwrap."""

@@ -31,6 +31,7 @@ from monitor.domain.model import (
     SetAccess,
     Snapshot,
     UpdateVersion,
+    key_id_of_url,
     name_id,
     vault_id,
 )
@@ -381,9 +382,8 @@ class World:
                 self.blind_namespaces[name_id(spot.target)] = spot.reason
             elif spot.scope is BlindScope.VAULT:
                 self.blind_vaults[self.vault_id(spot.target)] = spot.reason
-            elif spot.scope is BlindScope.KEY and "/keys/" in spot.target:
-                vault_uri, _, name = spot.target.rpartition("/keys/")
-                self.blind_keys[(self.vault_id(vault_uri), name_id(name.split("/", 1)[0]))] = spot.reason
+            elif spot.scope is BlindScope.KEY and (blind_key := key_id_of_url(spot.target)) is not None:
+                self.blind_keys[blind_key] = spot.reason
 
     def _apply_in_time_order(self, changes: tuple[Change, ...]) -> None:
         # Ties as listed: a stable sort on `at` alone, with the index kept for errors.

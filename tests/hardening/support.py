@@ -51,6 +51,18 @@ def fleet_document(now: str = NOW) -> dict[str, Any]:
     )
 
 
+def minimal_key_event(**overrides: object) -> dict[str, Any]:
+    """The least an Event Grid Key Vault event carries: the fields the parser needs, nothing else."""
+    event: dict[str, Any] = {
+        "id": "e-1",
+        "eventType": "Microsoft.KeyVault.KeyExpired",
+        "eventTime": "2026-11-22T00:00:00Z",
+        "data": {"Id": "https://kv-prod.vault.azure.net/keys/sb-cmk/abc", "VaultName": "kv-prod"},
+    }
+    event.update(overrides)
+    return event
+
+
 def parsed(document: dict[str, Any]) -> Scenario:
     value, _ = parse_scenario(document)
     return value

@@ -13,23 +13,13 @@ import pytest
 from monitor.adapters.state_sqlite import SqliteStateStore
 from monitor.domain.errors import EventBodyError
 from monitor.events import KeyVaultEvent, RejectedEvent, parse_delivery
-
-
-def _key_event(**overrides: object) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "id": "e-1",
-        "eventType": "Microsoft.KeyVault.KeyExpired",
-        "eventTime": "2026-11-22T00:00:00Z",
-        "data": {"Id": "https://kv-prod.vault.azure.net/keys/sb-cmk/abc", "VaultName": "kv-prod"},
-    }
-    event.update(overrides)
-    return event
+from tests.hardening.support import minimal_key_event
 
 
 def test_a_time_with_a_fraction_and_an_offset_keeps_its_offset():
     """02:00:00.5+02:00 is midnight UTC: the offset's digits are not read as more fractional digits."""
     for written in ("2026-11-22T02:00:00.5+02:00", "2026-11-22T02:00:00.1234567+02:00", "2026-11-21T19:00:00.5-05:00"):
-        (event,) = parse_delivery(json.dumps([_key_event(eventTime=written)]))
+        (event,) = parse_delivery(json.dumps([minimal_key_event(eventTime=written)]))
         assert isinstance(event, KeyVaultEvent)
         assert event.time.replace(microsecond=0) == datetime(2026, 11, 22, tzinfo=UTC), written
 
@@ -61,7 +51,7 @@ def test_a_body_the_decoder_cannot_take_is_refused_as_a_whole(body: bytes, probl
 )
 def test_an_entry_with_an_impossible_time_or_vault_is_rejected(edit: Callable[[dict[str, Any]], None], reason: str):
     """Times an offset moves out of range (OverflowError) and ids that are no URL (ValueError) are rejected."""
-    event = _key_event()
+    event = minimal_key_event()
     edit(event)
     (parsed,) = parse_delivery(json.dumps([event]))
     assert isinstance(parsed, RejectedEvent), parsed
@@ -80,7 +70,7 @@ def test_an_entry_with_an_impossible_time_or_vault_is_rejected(edit: Callable[[d
 )
 def test_an_entry_with_a_lone_surrogate_is_rejected(edit: Callable[[dict[str, Any]], None], reason: str):
     """JSON's \\ud800 escapes decode to text no store or UTF-8 log can write: rejected, not accepted to fail later."""
-    event = _key_event()
+    event = minimal_key_event()
     edit(event)
     (parsed,) = parse_delivery(json.dumps([event]))  # json.dumps writes the surrogate as an escape, as a sender would
     assert isinstance(parsed, RejectedEvent), parsed
@@ -113,7 +103,7 @@ def test_a_lone_surrogate_is_what_the_state_store_cannot_write(tmp_path):
 )
 def test_a_rejection_reason_quotes_a_huge_value_only_in_part(edit: Callable[[dict[str, Any]], None]):
     """Each rejection is logged: a reason repeats at most a clipped part of a hostile value."""
-    event = _key_event()
+    event = minimal_key_event()
     edit(event)
     (parsed,) = parse_delivery(json.dumps([event]))
     assert isinstance(parsed, RejectedEvent), parsed
@@ -125,7 +115,7 @@ def test_a_rejection_reason_quotes_a_huge_value_only_in_part(edit: Callable[[dic
 )
 def test_a_data_id_that_is_not_an_https_url_does_not_name_the_vault(written: str):
     """Only an https data.Id names the vault; otherwise VaultName does, or the entry is rejected."""
-    event = _key_event()
+    event = minimal_key_event()
     event["data"]["Id"] = written
     (named,) = parse_delivery(json.dumps([event]))
     assert isinstance(named, KeyVaultEvent) and named.vault_uri == "https://kv-prod.vault.azure.net"

@@ -30,6 +30,7 @@ from monitor.events import (
     parse_event,
 )
 from tests.hardening.fuzzing import EXTENDED, examples, json_values, record, unencodable
+from tests.hardening.support import minimal_key_event
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 PUBLISHED = {
@@ -284,19 +285,8 @@ def test_cloudevents_schema_events_parse_or_are_rejected_never_raise():
 # --- whole bodies ---------------------------------------------------------------------------------------------------
 
 
-def _key_event(**overrides: object) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "id": "e-1",
-        "eventType": "Microsoft.KeyVault.KeyExpired",
-        "eventTime": "2026-11-22T00:00:00Z",
-        "data": {"Id": "https://kv-prod.vault.azure.net/keys/sb-cmk/abc", "VaultName": "kv-prod"},
-    }
-    event.update(overrides)
-    return event
-
-
 def _corruptions() -> st.SearchStrategy[bytes]:
-    good = json.dumps([_key_event(), SAMPLES[Schema.CLOUD_EVENTS][0]]).encode()
+    good = json.dumps([minimal_key_event(), SAMPLES[Schema.CLOUD_EVENTS][0]]).encode()
     return st.one_of(
         st.binary(max_size=200),
         st.integers(0, len(good)).map(lambda n: good[:n]),  # truncated
@@ -334,7 +324,10 @@ def test_a_body_is_parsed_or_refused_as_a_whole_with_a_reason(body: bytes):
 
 def test_a_batch_of_the_most_event_grid_sends_parses_entry_by_entry():
     """5,000 entries (the Event Grid maximum), good and bad interleaved: each judged alone, in order."""
-    batch = [_key_event(id=f"e-{i}") if i % 2 else _key_event(id=f"e-{i}", eventTime="soon") for i in range(5000)]
+    batch = [
+        minimal_key_event(id=f"e-{i}") if i % 2 else minimal_key_event(id=f"e-{i}", eventTime="soon")
+        for i in range(5000)
+    ]
     parsed = parse_delivery(json.dumps(batch))
     assert [isinstance(p, KeyVaultEvent) for p in parsed] == [bool(i % 2) for i in range(5000)]
     assert all(p.index == i for i, p in enumerate(parsed) if isinstance(p, RejectedEvent))
