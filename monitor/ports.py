@@ -70,6 +70,11 @@ class KeyReader(Protocol):
         """The key with its versions (None when it does not exist at all). Raises ReadError."""
         ...
 
+    async def revalidate(self, vault_uri: str, names: Sequence[str]) -> dict[str, Key]:
+        """Of `names` (keys in one vault), those this reader read in full before and can confirm unchanged
+        more cheaply than by reading each again, by name_id. Read the rest with get_key. Never raises."""
+        ...
+
 
 class AccessReader(Protocol):
     """Reads vault properties and the effective key permissions of principals on them."""

@@ -135,16 +135,34 @@ async def read_keys_of(
     semaphore = asyncio.Semaphore(concurrency)
     done = 0
 
-    async def read(entry: _WantedKey) -> Key | None:
-        nonlocal done
-        async with semaphore:
-            try:
-                return await readers.keys.get_key(entry.vault_uri, entry.name, pinned_versions=sorted(entry.pinned))
-            finally:
-                done += 1
-                progress("keys", done, len(to_read))
+    # Keys read in full by an earlier poll and unchanged since are confirmed in bulk (a listing page covers
+    # many keys); a pinned version can change without its key changing, so those are always read.
+    by_vault: dict[str, list[str]] = {}
+    for _, entry in to_read:
+        if not entry.pinned:
+            by_vault.setdefault(entry.vault_uri, []).append(entry.name)
 
-    results = await asyncio.gather(*(read(entry) for _, entry in to_read), return_exceptions=True)
+    async def revalidate(uri: str, names: list[str]) -> dict[str, Key]:
+        async with semaphore:
+            return await readers.keys.revalidate(uri, names)
+
+    confirmed: dict[KeyId, Key] = {}
+    listings = await asyncio.gather(*(revalidate(uri, names) for uri, names in by_vault.items()))
+    for uri, found in zip(by_vault, listings, strict=True):
+        confirmed.update(((vault_id(uri), name), key) for name, key in found.items())
+
+    async def read(key_id: KeyId, entry: _WantedKey) -> Key | None:
+        nonlocal done
+        try:
+            if key_id in confirmed:
+                return confirmed[key_id]
+            async with semaphore:
+                return await readers.keys.get_key(entry.vault_uri, entry.name, pinned_versions=sorted(entry.pinned))
+        finally:
+            done += 1
+            progress("keys", done, len(to_read))
+
+    results = await asyncio.gather(*(read(key_id, entry) for key_id, entry in to_read), return_exceptions=True)
     keys: list[Key] = []
     for (key_id, entry), result in zip(to_read, results, strict=True):
         if isinstance(result, ReadError):

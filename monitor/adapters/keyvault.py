@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+import dataclasses
+import logging
+import time
+import zlib
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from contextlib import aclosing
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
-from azure.core.exceptions import AzureError, DecodeError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, DecodeError, HttpResponseError, ResourceNotFoundError
 from azure.core.rest import HttpRequest
 from azure.keyvault.keys import DeletedKey, KeyProperties, KeyVaultKey
 from azure.keyvault.keys.aio import KeyClient
@@ -20,8 +25,23 @@ from monitor.domain.model import Key, KeyVersion, key_url, name_id, vault_id
 from monitor.domain.usability import version_reasons
 from monitor.telemetry import TRACER
 
+log = logging.getLogger("keyhealth.keyvault")
+
 # A version whose creation time Key Vault did not report has existed for as long as we can tell.
 _UNKNOWN_CREATION = datetime(1970, 1, 1, tzinfo=UTC)
+# Key Vault's largest listing page: one request confirms up to this many keys unchanged.
+LIST_PAGE_SIZE = 25
+# However unchanged a key's listing looks, it is read in full again within this (staggered per key, so
+# the full reads of a large fleet spread over polls instead of landing in one).
+FULL_READ_EVERY = 3600.0
+# `updated` has whole seconds: a key written this recently may be written again within the same second,
+# unseen by the listing, so it is not confirmed from one.
+SETTLING = timedelta(minutes=1)
+# After the listing is refused (403: no keys/list permission), keys are read one by one for this long.
+LIST_REFUSED_FOR = 3600.0
+
+# What a listing shows of a key's current version; the same values mean the same version, unchanged.
+Validator = tuple[datetime | None, datetime | None, bool | None, datetime | None, datetime | None]
 
 
 def _text(value: object) -> str:
@@ -61,6 +81,55 @@ def _instant(value: object) -> datetime | None:
     )
 
 
+def validator_of(document: Mapping[str, Any]) -> Validator:
+    """A key's current attributes as a listing shows them, from a key bundle or a listed key item."""
+    attributes = document.get("attributes") or {}
+    if not isinstance(attributes, Mapping):
+        return (None, None, None, None, None)
+    enabled = attributes.get("enabled")
+    return (
+        _instant(attributes.get("created")),
+        _instant(attributes.get("updated")),
+        enabled if isinstance(enabled, bool) else None,
+        _instant(attributes.get("nbf")),
+        _instant(attributes.get("exp")),
+    )
+
+
+async def _key_listing(client: KeyClient) -> AsyncGenerator[list[Mapping[str, Any]], None]:
+    """GET /keys page by page, through the client's pipeline, each page's items read as JSON (KeyItem: kid,
+    attributes, tags); the SDK's models would cost more than the rest of a page's handling.
+
+    Raises AzureError, and DecodeError for a page that is not a listing or a nextLink to another host.
+    """
+    url: str | None = f"/keys?maxresults={LIST_PAGE_SIZE}"
+    host = urlsplit(client.vault_url).netloc
+    while url:
+        # Named as the SDK's own method would be: a raw request gets only the transport's span.
+        with TRACER.start_as_current_span("KeyClient.list_properties_of_keys", kind=SpanKind.INTERNAL):
+            response = await client.send_request(HttpRequest("GET", url))
+            await response.read()
+        response.raise_for_status()
+        try:
+            body = response.json()
+        except ValueError as error:
+            raise DecodeError(f"unreadable key listing: {error}", response=response) from None
+        items = body.get("value") if isinstance(body, Mapping) else None
+        next_link = body.get("nextLink") if isinstance(body, Mapping) else None
+        if not isinstance(items, list) or not isinstance(next_link, str | None):
+            raise DecodeError("unreadable key listing: no value list", response=response)
+        if next_link and urlsplit(next_link).netloc != host:
+            raise DecodeError("key listing: nextLink leaves the vault", response=response)
+        yield [item for item in items if isinstance(item, Mapping)]
+        url = next_link
+
+
+def _listed_name(item: Mapping[str, Any]) -> str:
+    """A listed key's name, from its kid (https://{vault}/keys/{name})."""
+    kid = item.get("kid")
+    return kid.partition("/keys/")[2].partition("/")[0] if isinstance(kid, str) else ""
+
+
 def version_from_bundle(bundle: Mapping[str, Any]) -> tuple[KeyVersion, str, dict[str, str]]:
     """A key bundle as Key Vault's REST API returns it (GET /keys/{name}): the version, the key's name, its tags.
 
@@ -95,7 +164,9 @@ def version_from_bundle(bundle: Mapping[str, Any]) -> tuple[KeyVersion, str, dic
     )
 
 
-async def _current_version(client: KeyClient, name: str) -> tuple[KeyVersion, str, dict[str, str]] | None:
+async def _current_version(
+    client: KeyClient, name: str
+) -> tuple[Mapping[str, Any], KeyVersion, str, dict[str, str]] | None:
     """GET the key's current version through the client's own pipeline (auth, retries, pacing, telemetry), read
     as JSON: the SDK's model costs a quarter of each request's CPU, on the one call a poll makes per key.
     None when the key is not there (404). Raises AzureError."""
@@ -107,9 +178,22 @@ async def _current_version(client: KeyClient, name: str) -> tuple[KeyVersion, st
         return None
     response.raise_for_status()
     try:
-        return version_from_bundle(response.json())
+        bundle = response.json()
+        if not isinstance(bundle, Mapping):
+            raise ValueError("not a JSON object")
+        return (bundle, *version_from_bundle(bundle))
     except ValueError as error:  # truncated or foreign JSON: unread, never guessed
         raise DecodeError(f"unreadable key bundle: {error}", response=response) from None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _FullRead:
+    """A key as last read in full, and what its listing must show for that read to still hold."""
+
+    key: Key
+    current: KeyVersion
+    validator: Validator
+    due: float  # monotonic: from then on it is read in full again, whatever its listing shows
 
 
 class KeyVaultKeys:
@@ -119,10 +203,19 @@ class KeyVaultKeys:
     Only the current and pinned versions carry `key_ops` (listing versions does not return them);
     older versions are read from their attributes alone. Each read learns the vault's key type, which
     sizes its request limiter.
+
+    Key Vault has no conditional GET, but its key listing returns each key's current attributes,
+    `updated` included, 25 keys a request. A key whose last full read found its current version usable
+    and whose listing still shows that version's attributes is confirmed from the listing (`revalidate`):
+    any write to a key (new version, enable, expiry, operations, tags) changes `updated`.
     """
 
-    def __init__(self, clients: AzureClients) -> None:
+    def __init__(self, clients: AzureClients, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clients = clients
+        self._clock = clock
+        self._full_reads: dict[tuple[str, str], _FullRead] = {}
+        self._list_refused_until: dict[str, float] = {}
+        self._next_sweep = 0.0
 
     async def get_key(self, vault_uri: str, name: str, *, pinned_versions: Iterable[str] = ()) -> Key | None:
         """The key as Key Vault has it now; None when neither it nor a soft-deleted copy exists.
@@ -131,17 +224,22 @@ class KeyVaultKeys:
         """
         client = self._clients.key_client(vault_uri)
         what = key_url(vault_uri, name)
+        pinned_versions = tuple(pinned_versions)
+        cache_key = (vault_id(vault_uri), name_id(name))
+        self._full_reads.pop(cache_key, None)
         try:
             current = await _current_version(client, name)
         except AzureError as error:
             raise ReadError(what, describe_failure(error)) from error
         if current is None:
             return await self._deleted(vault_uri, name)
-        latest, current_name, tags = current
+        bundle, latest, current_name, tags = current
         self._clients.limiter.saw_key_type(vault_id(vault_uri), latest.kty)
         versions: dict[str, KeyVersion] = {name_id(latest.version): latest}
+        now = datetime.now(UTC)
+        unusable = bool(version_reasons(latest, now))
         try:
-            if version_reasons(latest, datetime.now(UTC)):
+            if unusable:
                 # Only then do older versions matter (would one of them do?): a request saved per healthy key.
                 async for properties in client.list_properties_of_key_versions(name):
                     versions.setdefault(name_id(properties.version or ""), _from_properties(properties))
@@ -155,7 +253,66 @@ class KeyVaultKeys:
         except AzureError as error:
             raise ReadError(what, describe_failure(error)) from error
         ordered = sorted(versions.values(), key=lambda v: (v.created, v.version))
-        return Key(vault=vault_uri, name=current_name or name, versions=tuple(ordered), tags=tags)
+        key = Key(vault=vault_uri, name=current_name or name, versions=tuple(ordered), tags=tags)
+        validator = validator_of(bundle)
+        updated = validator[1]
+        if not unusable and not pinned_versions and updated is not None and now - updated >= SETTLING:
+            # Staggered by name: keys first read together are not all due for a full read in the same poll.
+            stagger = 0.75 + 0.25 * (zlib.crc32("/".join(cache_key).encode()) / 0xFFFFFFFF)
+            self._full_reads[cache_key] = _FullRead(key, latest, validator, self._clock() + FULL_READ_EVERY * stagger)
+        return key
+
+    async def revalidate(self, vault_uri: str, names: Sequence[str]) -> dict[str, Key]:
+        """Of `names`, by name_id, the keys whose last full read still holds, as the vault's key listing shows.
+
+        A key qualifies when that read found its current version usable and is not yet due again; it is
+        confirmed when the listing shows the same attributes for it. The listing stops once every
+        candidate has been seen, or after half as many pages as candidates (past that, reading each key
+        costs less). Never raises: what the listing could not confirm is left to get_key.
+        """
+        vault = vault_id(vault_uri)
+        moment, now = self._clock(), datetime.now(UTC)
+        self._sweep(moment)
+        candidates: dict[str, _FullRead] = {}
+        for name in names:
+            entry = self._full_reads.get((vault, name_id(name)))
+            if entry is not None and moment < entry.due and not version_reasons(entry.current, now):
+                candidates[name_id(name)] = entry
+        if len(candidates) < 2 or moment < self._list_refused_until.get(vault, 0.0):
+            return {}
+        page_budget = max(1, len(candidates) // 2)
+        confirmed: dict[str, Key] = {}
+        seen = 0
+        try:
+            async with aclosing(_key_listing(self._clients.key_client(vault_uri))) as pages:
+                async for page in pages:
+                    page_budget -= 1
+                    for item in page:
+                        entry = candidates.get(name_id(_listed_name(item)))
+                        if entry is None:
+                            continue
+                        seen += 1
+                        if validator_of(item) == entry.validator:
+                            confirmed[name_id(_listed_name(item))] = entry.key
+                    if seen >= len(candidates) or page_budget <= 0:
+                        break
+        except HttpResponseError as error:
+            if error.status_code == 403:
+                self._list_refused_until[vault] = moment + LIST_REFUSED_FOR
+                log.info("%s: key listing refused (%s); reading keys one by one", vault_uri, describe_failure(error))
+            else:
+                log.debug("%s: key listing failed (%s)", vault_uri, describe_failure(error))
+        except AzureError as error:
+            log.debug("%s: key listing failed (%s)", vault_uri, describe_failure(error))
+        return confirmed
+
+    def _sweep(self, moment: float) -> None:
+        """Forget full reads past due (keys no namespace lists any more are never read again)."""
+        if moment < self._next_sweep:
+            return
+        self._next_sweep = moment + FULL_READ_EVERY
+        for cache_key in [k for k, entry in self._full_reads.items() if entry.due <= moment]:
+            del self._full_reads[cache_key]
 
     async def _deleted(self, vault_uri: str, name: str) -> Key | None:
         client = self._clients.key_client(vault_uri)

@@ -3,8 +3,9 @@ ARM listing per subscription; ARM listing when Resource Graph is not permitted o
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from azure.core.exceptions import AzureError, HttpResponseError
@@ -71,7 +72,7 @@ class ResourceGraphInventory:
             if name_id(s) not in visible
         }
         try:
-            rows = await self._query(readable)
+            namespaces = await self._query(readable)
         except AzureError as error:
             if _denied(error):
                 self._denied = True
@@ -82,37 +83,50 @@ class ResourceGraphInventory:
             else:
                 log.warning("Resource Graph query failed (%s); listing over ARM this time", describe_failure(error))
             return await self._arm.list_namespaces_in(subscriptions)
-        namespaces = [namespace for row in rows if (namespace := namespace_from_document(row)) is not None]
         return FleetListing(namespaces=namespaces, blind=blind, source="resource-graph")
 
-    async def _query(self, subscriptions: Sequence[str]) -> list[dict[str, Any]]:
-        """Every row, page by page. Sent raw through the SDK client's pipeline (auth, retries, telemetry):
-        its model would turn each row into objects only to be turned back (a second per 10,000 rows)."""
+    async def _query(self, subscriptions: Sequence[str]) -> list[Namespace]:
+        """The namespaces of every row, page by page. Each page is asked for before the one before it is
+        turned into namespaces, so that work overlaps the wait."""
         client = self._graph()
-        rows: list[dict[str, Any]] = []
+        namespaces: list[Namespace] = []
         for first in range(0, len(subscriptions), SUBSCRIPTIONS_PER_QUERY):
-            options: dict[str, Any] = {"$top": PAGE_SIZE, "resultFormat": "objectArray"}
             body = {
                 "subscriptions": list(subscriptions[first : first + SUBSCRIPTIONS_PER_QUERY]),
                 "query": NAMESPACE_QUERY,
             }
-            while True:
-                request = HttpRequest(
-                    "POST", QUERY_PATH, params={"api-version": API_VERSION}, json={**body, "options": options}
-                )
-                # The generator's raw-request entry point (this client's name for send_request).
-                response = await client._send_request(request)
-                await response.read()
-                response.raise_for_status()
-                page = response.json()
-                data = page.get("data") if isinstance(page, dict) else None
-                if isinstance(data, list):
-                    rows.extend(row for row in data if isinstance(row, dict))
-                token = page.get("$skipToken") if isinstance(page, dict) else None
-                if not token:
-                    break
-                options = {**options, "$skipToken": token}
-        return rows
+            options: dict[str, Any] = {"$top": PAGE_SIZE, "resultFormat": "objectArray"}
+            pending: asyncio.Future[tuple[list[dict[str, Any]], str | None]] | None = asyncio.ensure_future(
+                _page(client, {**body, "options": options})
+            )
+            try:
+                while pending is not None:
+                    rows, token = await pending
+                    pending = None
+                    if token:
+                        options = {**options, "$skipToken": token}
+                        pending = asyncio.ensure_future(_page(client, {**body, "options": options}))
+                    namespaces.extend(n for row in rows if (n := namespace_from_document(row)) is not None)
+            finally:
+                if pending is not None:
+                    pending.cancel()
+        return namespaces
 
     def _graph(self) -> ResourceGraphClient:
         return self._clients.resource_graph()
+
+
+async def _page(client: ResourceGraphClient, body: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the query: its rows and the skip token to the next (None after the last). Sent raw through
+    the SDK client's pipeline (auth, retries, telemetry): its model would turn each row into objects only to be
+    turned back (a second per 10,000 rows). Raises AzureError."""
+    request = HttpRequest("POST", QUERY_PATH, params={"api-version": API_VERSION}, json=dict(body))
+    # The generator's raw-request entry point (this client's name for send_request).
+    response = await client._send_request(request)
+    await response.read()
+    response.raise_for_status()
+    page = response.json()
+    data = page.get("data") if isinstance(page, dict) else None
+    rows = [row for row in data if isinstance(row, dict)] if isinstance(data, list) else []
+    token = page.get("$skipToken") if isinstance(page, dict) else None
+    return rows, token if isinstance(token, str) and token else None

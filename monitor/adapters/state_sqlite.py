@@ -100,6 +100,9 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
+_IN_BATCH = 500  # parameters per IN (...): well under SQLite's limit of 999 in older builds
+
+
 def _text(t: datetime, what: str) -> str:
     return utc(t, what).strftime(_TIME_FORMAT)
 
@@ -121,6 +124,17 @@ def _decompress(data: bytes) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise StateStoreError("snapshot", "stored document is not a JSON object")
     return document
+
+
+def _select_in(connection: sqlite3.Connection, select: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:
+    """`select ... WHERE namespace_key IN (keys)`, in batches under SQLite's limit on bound parameters."""
+    found: list[tuple[Any, ...]] = []
+    for first in range(0, len(keys), _IN_BATCH):
+        batch = keys[first : first + _IN_BATCH]
+        placeholders = ",".join("?" * len(batch))
+        # Only placeholders are formatted into the statement; the keys are bound.
+        found += connection.execute(f"{select} WHERE namespace_key IN ({placeholders})", batch).fetchall()
+    return found
 
 
 def _new_etag() -> str:
@@ -276,27 +290,36 @@ class SqliteStateStore:
         def put(connection: sqlite3.Connection) -> list[str]:
             stale: list[str] = []
             with _immediate(connection):
+                # Statements a batch, not a namespace: a poll writes the whole fleet's states at once.
+                keys = [row[0] for row in rows]
+                stored = dict(_select_in(connection, "SELECT namespace_key, evaluated_at FROM namespace_state", keys))
+                fresh = []
                 for key, state, evaluated_at, document in rows:
-                    stored = connection.execute(
-                        "SELECT evaluated_at FROM namespace_state WHERE namespace_key = ?", (key,)
-                    ).fetchone()
-                    if stored is not None and stored[0] > evaluated_at:
+                    if key in stored and stored[key] > evaluated_at:
                         stale.append(state.id)
-                        continue
-                    connection.execute(
-                        """INSERT INTO namespace_state (namespace_key, namespace_id, evaluated_at, document)
-                           VALUES (?, ?, ?, ?)
-                           ON CONFLICT (namespace_key) DO UPDATE SET
-                               namespace_id = excluded.namespace_id,
-                               evaluated_at = excluded.evaluated_at,
-                               document = excluded.document""",
-                        (key, state.id, evaluated_at, document),
-                    )
-                    connection.execute("DELETE FROM namespace_key WHERE namespace_key = ?", (key,))
-                    connection.executemany(
-                        "INSERT INTO namespace_key (namespace_key, vault_id, key_name) VALUES (?, ?, ?)",
-                        [(key, vault, name) for vault, name in state.key_ids],
-                    )
+                    else:
+                        fresh.append((key, state, evaluated_at, document))
+                connection.executemany(
+                    """INSERT INTO namespace_state (namespace_key, namespace_id, evaluated_at, document)
+                       VALUES (?, ?, ?, ?)
+                       ON CONFLICT (namespace_key) DO UPDATE SET
+                           namespace_id = excluded.namespace_id,
+                           evaluated_at = excluded.evaluated_at,
+                           document = excluded.document""",
+                    [(key, state.id, evaluated_at, document) for key, state, evaluated_at, document in fresh],
+                )
+                indexed: dict[str, set[KeyId]] = {}
+                for key, vault, name in _select_in(
+                    connection, "SELECT namespace_key, vault_id, key_name FROM namespace_key", [r[0] for r in fresh]
+                ):
+                    indexed.setdefault(key, set()).add((vault, name))
+                # The key index is rewritten only where a namespace's keys changed (rarely, after the first poll).
+                moved = [(key, state) for key, state, _, _ in fresh if indexed.get(key, set()) != state.key_ids]
+                connection.executemany("DELETE FROM namespace_key WHERE namespace_key = ?", [(k,) for k, _ in moved])
+                connection.executemany(
+                    "INSERT INTO namespace_key (namespace_key, vault_id, key_name) VALUES (?, ?, ?)",
+                    [(key, vault, name) for key, state in moved for vault, name in state.key_ids],
+                )
             return sorted(stale, key=namespace_key)
 
         return await self._call(put)

@@ -55,6 +55,7 @@ class ArmApi:
         self.state = state
         self.rbac = rbac
         self.page_size = page_size
+        self._graph_results = resource_graph.ResultSets()
         router = Router(
             lambda request: arm_error(
                 404, "InvalidResourceType", f"The sandbox does not serve {request.method} {request.path}."
@@ -288,12 +289,15 @@ class ArmApi:
     # --- Resource Graph ---------------------------------------------------------------------------------
 
     def _resource_graph(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
-        rows = [resource_graph.with_scope_columns(document) for document in self.state.namespaces()]
-        for info in self.state.vaults:
-            document = None if info.managed_hsm else self._vault_document(info, request)
-            if document is not None:
-                rows.append(resource_graph.with_scope_columns(document))
-        return resource_graph.answer(request.body, rows)
+        def rows() -> list[resource_graph.Row]:
+            found = [resource_graph.with_scope_columns(document) for document in self.state.namespaces()]
+            for info in self.state.vaults:
+                document = None if info.managed_hsm else self._vault_document(info, request)
+                if document is not None:
+                    found.append(resource_graph.with_scope_columns(document))
+            return found
+
+        return resource_graph.answer(request.body, rows, self._graph_results)
 
     def _list_deleted_vaults(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
         """Soft-deleted vaults of a subscription, shaped as Vaults_ListDeleted answers."""

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from monitor.domain.errors import ChangeRejectedError
 from monitor.domain.model import (
@@ -38,6 +38,8 @@ from monitor.sandbox.wire import (
     page,
     unix,
 )
+
+T = TypeVar("T")
 
 MAX_PAGE_SIZE = 25  # Key Vault's own ceiling for maxresults
 DEFAULT_KEY_OPS = {
@@ -209,7 +211,12 @@ class KeyVaultApi:
             item["tags"] = tags
         return item
 
-    def _paged(self, request: ApiRequest, items: list[dict[str, Any]]) -> ApiResponse:
+    def _paged(
+        self,
+        request: ApiRequest,
+        items: Sequence[T],
+        render: Callable[[T], dict[str, Any]] = lambda item: item,  # type: ignore[assignment,return-value]
+    ) -> ApiResponse:
         raw = request.query.get("maxresults")
         size = self.page_size
         if raw:
@@ -220,7 +227,7 @@ class KeyVaultApi:
             if not 1 <= size <= MAX_PAGE_SIZE:
                 raise BadRequestError(f"The value of maxresults is invalid: it must be between 1 and {MAX_PAGE_SIZE}.")
         chunk, next_link = page(items, request, size, "$skiptoken", {"maxresults": str(size)})
-        return ApiResponse(200, {"value": list(chunk), "nextLink": next_link})
+        return ApiResponse(200, {"value": [render(item) for item in chunk], "nextLink": next_link})
 
     # --- reads ----------------------------------------------------------------------------------------
 
@@ -237,13 +244,18 @@ class KeyVaultApi:
 
     def _list_keys(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
         info, vault = self._vault(request)
-        items = []
+        current = []
         for key_id in self.state.key_ids(info):
             state = self.state.key_state(key_id, request.now)
             version = current_version(state, request.now) if self._live(state) else None
             if version is not None:
-                items.append(self._item(info, vault, key_id, version, request.now, self._key_url(info, key_id)))
-        return self._paged(request, items)
+                current.append((key_id, version))
+        # Only the page's items are written out: a large vault is listed in many pages.
+        return self._paged(
+            request,
+            current,
+            lambda entry: self._item(info, vault, entry[0], entry[1], request.now, self._key_url(info, entry[0])),
+        )
 
     def _list_versions(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
         info, vault = self._vault(request)
