@@ -301,3 +301,42 @@ def test_resource_graph_refuses_what_the_sandbox_does_not_understand(sandbox: Sa
     with pytest.raises(HttpResponseError) as refused:
         _graph_query(sandbox, "resources | summarize count() by type", [SUB_A], top=10)
     assert refused.value.status_code == 400 and "summarize count() by type" in str(refused.value)
+
+
+def test_resource_graph_pages_come_from_the_first_pages_result_set(sandbox: Sandbox) -> None:
+    """A namespace created while a query is paged through is not in that query's later pages (Resource Graph
+    pages a result set, not the query evaluated again); an unknown $skipToken is a 400."""
+    from azure.core.exceptions import HttpResponseError
+    from azure.mgmt.resourcegraph.aio import ResourceGraphClient
+    from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions
+
+    from monitor.adapters.resourcegraph import NAMESPACE_QUERY
+
+    expected = sorted(n["name"] for n in sandbox.state.namespaces())
+    template = next(n for n in sandbox.state.namespaces() if n["name"] == expected[0])
+
+    async def query() -> tuple[list[str], str]:
+        async with ResourceGraphClient(
+            AsyncStaticTokenCredential(), base_url=sandbox.url, connection_verify=str(sandbox.ca_path)
+        ) as client:
+
+            async def page(token: str | None) -> Any:
+                options = QueryRequestOptions(top=1, skip_token=token, result_format="objectArray")
+                return await client.resources(
+                    QueryRequest(subscriptions=[SUB_A, SUB_B], query=NAMESPACE_QUERY, options=options)
+                )
+
+            first = await page(None)
+            names = [row["name"] for row in first.data]
+            sandbox.state.put_namespace({**template, "id": template["id"] + "-added", "name": "sb-added"})
+            token = first.skip_token
+            while token:
+                response = await page(token)
+                names += [row["name"] for row in response.data]
+                token = response.skip_token
+            with pytest.raises(HttpResponseError) as refused:
+                await page(first.skip_token.replace(first.skip_token[:4], "AAAA", 1))
+            return names, str(refused.value.status_code)
+
+    names, refused = asyncio.run(query())
+    assert sorted(names) == expected and refused == "400"

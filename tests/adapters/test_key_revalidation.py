@@ -1,0 +1,211 @@
+"""A poll confirms keys unchanged since their last full read from the vault's key listing (25 keys a request),
+and reads in full every key the listing cannot vouch for.
+
+Against the stand-in over HTTPS with the real KeyClient. The adapter compares Key Vault's `updated` with the
+real clock, so the scenario is set a day before it: every write lands well in the past.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitor.adapters.azure_clients import AzureClients
+from monitor.adapters.keyvault import FULL_READ_EVERY, KeyVaultKeys
+from monitor.bootstrap import azure_options, build_monitor
+from monitor.config import Settings
+from monitor.domain.model import DeleteKey, KeyVersion, NewVersion, UpdateVersion
+from monitor.domain.scenario import format_instant, parse_scenario
+from monitor.render import namespace_document
+from monitor.sandbox import AsyncStaticTokenCredential, Sandbox
+from monitor.service import Monitor, PollResult, poll
+from tests.builders import VAULT, key, namespace, ref, scenario, version
+
+NOW = (datetime.now(UTC) - timedelta(days=1)).replace(microsecond=0)
+KEYS = 30  # two listing pages
+LATER = NOW + timedelta(minutes=15)
+
+
+def _fleet(*, pinned: bool = False) -> Any:
+    created = format_instant(NOW - timedelta(days=30))
+    namespaces = [namespace(f"sb-{n:02d}", ref(f"k-{n:02d}")) for n in range(KEYS)]
+    if pinned:
+        namespaces.append(namespace("sb-pinned", ref("k-00", version_id="v1")))
+    keys = [key(f"k-{n:02d}", version("v1", created)) for n in range(KEYS)]
+    parsed, _ = parse_scenario(scenario(namespaces, keys, now=format_instant(NOW)))
+    return parsed
+
+
+def _key_gets(sandbox: Sandbox) -> list[str]:
+    """The keys read one by one (GET /keys/{name}/), by name."""
+    return sorted(
+        r.path.split("/")[2]
+        for r in sandbox.requests.select(service="keyvault", method="GET")
+        if r.path.count("/") >= 2
+    )
+
+
+def _listings(sandbox: Sandbox) -> int:
+    return sum(1 for r in sandbox.requests.select(service="keyvault", method="GET") if r.path.rstrip("/") == "/keys")
+
+
+def _documents(result: PollResult) -> dict[str, Any]:
+    assert result.report is not None
+    return {
+        n.prediction.namespace.name: json.dumps(namespace_document(n), sort_keys=True) for n in result.report.namespaces
+    }
+
+
+def _run(tmp_path: Path, steps: Callable[[Sandbox, Monitor], Awaitable[Any]], *, pinned: bool = False) -> Any:
+    async def run() -> Any:
+        with Sandbox(_fleet(pinned=pinned)) as sandbox:
+            environment = {**sandbox.environment(), "KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite")}
+            monitor = build_monitor(Settings.from_environment(environment))
+            try:
+                await poll(monitor, now=NOW)
+                sandbox.requests.clear()
+                return await steps(sandbox, monitor)
+            finally:
+                assert monitor.close is not None
+                await monitor.close()
+
+    return asyncio.run(run())
+
+
+async def _fresh_poll(sandbox: Sandbox, tmp_path: Path, now: datetime) -> PollResult:
+    """A poll by a monitor that has never read anything: every key read in full."""
+    environment = {**sandbox.environment(), "KEYHEALTH_SQLITE_PATH": str(tmp_path / "fresh.sqlite")}
+    monitor = build_monitor(Settings.from_environment(environment))
+    try:
+        return await poll(monitor, now=now)
+    finally:
+        assert monitor.close is not None
+        await monitor.close()
+
+
+def test_a_second_poll_confirms_unchanged_keys_from_the_listing(tmp_path: Path):
+    async def steps(sandbox: Sandbox, monitor: Monitor) -> tuple[list[str], int, PollResult, PollResult]:
+        second = await poll(monitor, now=NOW)
+        gets, listings = _key_gets(sandbox), _listings(sandbox)
+        return gets, listings, second, await _fresh_poll(sandbox, tmp_path, NOW)
+
+    gets, listings, second, fresh = _run(tmp_path, steps)
+    assert gets == [] and listings == 2  # 30 keys: two pages of 25, not 30 GETs
+    assert _documents(second) == _documents(fresh)
+    assert {d["status_now"] for d in map(json.loads, _documents(second).values())} == {"healthy"}
+
+
+CHANGES = {
+    "disabled": UpdateVersion(at=NOW + timedelta(minutes=10), vault=VAULT, key="k-03", enabled=False),
+    "new version": NewVersion(
+        at=NOW + timedelta(minutes=10),
+        vault=VAULT,
+        key="k-03",
+        version=KeyVersion("v2", NOW + timedelta(minutes=10), exp=NOW + timedelta(hours=2)),
+    ),
+    "operations narrowed": UpdateVersion(at=NOW + timedelta(minutes=10), vault=VAULT, key="k-03", key_ops=("sign",)),
+    "expiry set": UpdateVersion(at=NOW + timedelta(minutes=10), vault=VAULT, key="k-03", exp=NOW + timedelta(hours=1)),
+    "deleted": DeleteKey(at=NOW + timedelta(minutes=10), vault=VAULT, key="k-03"),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES.values(), ids=CHANGES.keys())
+def test_a_key_written_since_its_last_read_is_read_in_full(tmp_path: Path, change: Any):
+    """Whatever the write, the listing shows another `updated` (or no key): the key is read again, and the
+    poll judges exactly as a monitor that read everything afresh."""
+
+    async def steps(sandbox: Sandbox, monitor: Monitor) -> tuple[list[str], PollResult, PollResult]:
+        sandbox.apply(change)
+        sandbox.clock.set(LATER)
+        second = await poll(monitor, now=LATER)
+        gets = _key_gets(sandbox)
+        return gets, second, await _fresh_poll(sandbox, tmp_path, LATER)
+
+    gets, second, fresh = _run(tmp_path, steps)
+    assert set(gets) == {"k-03"}
+    assert _documents(second) == _documents(fresh)
+    changed = json.loads(_documents(second)["sb-03"])
+    assert changed["status_now"] != "healthy" or changed["revoked_at_earliest"] is not None  # the change is seen
+
+
+def test_a_pinned_reference_is_read_every_poll(tmp_path: Path):
+    """A pinned version can be disabled while the key's current version, which the listing shows, is not."""
+
+    async def steps(sandbox: Sandbox, monitor: Monitor) -> tuple[list[str], PollResult]:
+        sandbox.apply(NewVersion(at=NOW + timedelta(minutes=1), vault=VAULT, key="k-00", version=KeyVersion("v2", NOW)))
+        sandbox.apply(
+            UpdateVersion(at=NOW + timedelta(minutes=2), vault=VAULT, key="k-00", version="v1", enabled=False)
+        )
+        sandbox.clock.set(LATER)
+        second = await poll(monitor, now=LATER)
+        return _key_gets(sandbox), second
+
+    gets, second = _run(tmp_path, steps, pinned=True)
+    assert "k-00" in gets and len(gets) < KEYS
+    assert json.loads(_documents(second)["sb-pinned"])["status_now"] != "healthy"
+
+
+def test_a_refused_listing_falls_back_to_reading_each_key_and_is_not_asked_again(tmp_path: Path):
+    async def steps(sandbox: Sandbox, monitor: Monitor) -> tuple[list[str], int, PollResult, list[str], int]:
+        refusal = sandbox.faults.forbid(VAULT, path=r"^/keys/?$")
+        second = await poll(monitor, now=NOW)
+        gets, refused = _key_gets(sandbox), refusal.matched
+        sandbox.requests.clear()
+        await poll(monitor, now=NOW)
+        return gets, refused, second, _key_gets(sandbox), refusal.matched
+
+    gets, refused, second, third_gets, refused_after = _run(tmp_path, steps)
+    assert refused == 1 and len(gets) == KEYS
+    assert {d["status_now"] for d in map(json.loads, _documents(second).values())} == {"healthy"}
+    assert len(third_gets) == KEYS and refused_after == 1  # not listed again for LIST_REFUSED_FOR
+
+
+def test_a_listing_that_fails_midway_keeps_what_its_first_page_confirmed(tmp_path: Path):
+    async def steps(sandbox: Sandbox, monitor: Monitor) -> tuple[list[str], PollResult]:
+        sandbox.faults.respond(500, service="keyvault", path=r"^/keys/?$", next_page_only=True)
+        second = await poll(monitor, now=NOW)
+        return _key_gets(sandbox), second
+
+    gets, second = _run(tmp_path, steps)
+    assert len(gets) == KEYS - 25  # the first page's 25 were confirmed; the rest read one by one
+    assert {d["status_now"] for d in map(json.loads, _documents(second).values())} == {"healthy"}
+
+
+def test_full_reads_expire_and_recent_writes_are_never_confirmed(tmp_path: Path):
+    """Within FULL_READ_EVERY a key is confirmed from the listing; after it, read again. A key written less than
+    a minute ago (by the real clock) is never confirmed: `updated` has whole seconds."""
+    real_now = datetime.now(UTC).replace(microsecond=0)
+    created = format_instant(NOW - timedelta(days=30))
+    keys = [key(f"k-{n}", version("v1", created)) for n in range(3)]
+    keys.append(key("k-fresh", version("v1", format_instant(real_now - timedelta(seconds=5)))))
+    namespaces = [namespace("sb", ref("k-0"), ref("k-1"), ref("k-2"))]
+    parsed, _ = parse_scenario(scenario(namespaces, keys, now=format_instant(real_now)))
+    moment = [0.0]
+
+    async def run() -> tuple[set[str], set[str], set[str]]:
+        with Sandbox(parsed) as sandbox:
+            settings = Settings.from_environment(sandbox.environment())
+            clients = AzureClients(AsyncStaticTokenCredential(), azure_options(settings))
+            reader = KeyVaultKeys(clients, clock=lambda: moment[0])
+            try:
+                names = ["k-0", "k-1", "k-2", "k-fresh"]
+                for name in names:
+                    assert await reader.get_key(VAULT, name) is not None
+                confirmed = set(await reader.revalidate(VAULT, names))
+                moment[0] = 0.74 * FULL_READ_EVERY  # before the earliest a staggered full read falls due
+                still = set(await reader.revalidate(VAULT, names))
+                moment[0] = FULL_READ_EVERY
+                expired = set(await reader.revalidate(VAULT, names))
+                return confirmed, still, expired
+            finally:
+                await clients.close()
+
+    confirmed, still, expired = asyncio.run(run())
+    assert confirmed == still == {"k-0", "k-1", "k-2"}
+    assert expired == set()
