@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import multiprocessing
 import os
@@ -460,6 +461,13 @@ def main(argv: list[str] | None = None) -> int:
             per = scale["ours"]["steady"]["wall_s"] / scale["namespaces"] * 1000
             ratio = per / (base["ours"]["steady"]["wall_s"] / base["namespaces"] * 1000)
             print(f"  {scale['namespaces']:>7,}: {per:.3f} s ({ratio:.2f}x the smallest fleet's)")
+        # A fixed part (the round-trip chain) weighs most on the smallest fleet; the slope between sizes is
+        # the cost each further 1,000 namespaces add.
+        print("marginal cost (steady poll, seconds per further 1,000 namespaces):")
+        for smaller, larger in itertools.pairwise(scales):
+            extra = larger["ours"]["steady"]["wall_s"] - smaller["ours"]["steady"]["wall_s"]
+            per = extra / (larger["namespaces"] - smaller["namespaces"]) * 1000
+            print(f"  {smaller['namespaces']:>7,} -> {larger['namespaces']:,}: {per:.3f} s")
     args.json.write_text(
         json.dumps(
             {"args": {k: v for k, v in vars(args).items() if k != "json"}, "scales": scales}, indent=2, default=str

@@ -193,6 +193,8 @@ async def check(
 # --- the poll and the event handler: read -> predict -> record ----------------------------------------
 
 POLL_LEASE = "poll"
+# Up to this many namespaces, an event reads each one's incidents on its own; beyond, all of them at once.
+EVENT_INCIDENTS_READ_ONE_BY_ONE = 20
 # Service Bus polls every 5 minutes; a poll that holds the lease longer has failed and must be replaceable.
 POLL_LEASE_DURATION = timedelta(minutes=4)
 
@@ -454,7 +456,13 @@ async def _handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime
     await _record(monitor, report, now=now)
     alerts: list[Alert] = []
     if monitor.alerting is not None:
-        alerts = await raise_alerts(monitor.alerting, report.namespaces, key_tags=_key_tags(snapshot), now=now)
+        # A shared key's event touches many namespaces: one read of the incidents beats one read per condition.
+        incidents = None
+        if len(report.namespaces) > EVENT_INCIDENTS_READ_ONE_BY_ONE:
+            incidents = {incident.key: incident for incident in await monitor.store.list_incidents()}
+        alerts = await raise_alerts(
+            monitor.alerting, report.namespaces, key_tags=_key_tags(snapshot), now=now, known=incidents
+        )
     outcomes = await _remediate(monitor, report, snapshot, now=now)
     first = await monitor.store.mark_event_processed(event.id, at=now)
     outcome = EventOutcome.EVALUATED if first else EventOutcome.DUPLICATE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,23 @@ def test_an_access_policy_change_rereads_the_vault_not_its_keys(tmp_path: Path):
     assert len(result.namespaces) == SHARED_BY + 1 and key_reads == 0 and vault_reads >= 1
     assert result.report is not None
     assert {n.prediction.status_now.value for n in result.report.namespaces} == {"healthy"}
+
+
+def test_a_shared_keys_events_move_each_namespaces_incidents_once(tmp_path: Path):
+    """Past EVENT_INCIDENTS_READ_ONE_BY_ONE namespaces an event reads the incidents in one go, with the same
+    outcome: the first event opens one incident per namespace, a second with nothing new sends nothing."""
+
+    async def steps(sandbox: Sandbox, monitor: Any) -> tuple[EventResult, EventResult, int]:
+        from monitor.domain.model import UpdateVersion
+
+        sandbox.apply(UpdateVersion(at=NOW, vault=VAULT, key="k-shared", enabled=False))
+        first = await handle_event(monitor, _event("KeyNewVersionCreated", "k-shared"), now=NOW + timedelta(minutes=1))
+        again = _event("KeyNewVersionCreated", "k-shared")
+        again = dataclasses.replace(again, id="e-again")
+        second = await handle_event(monitor, again, now=NOW + timedelta(minutes=2))
+        return first, second, len(await monitor.store.list_incidents(open_only=True))
+
+    first, second, open_incidents = _run(tmp_path, steps)
+    opened = {alert.namespace_id for alert in first.alerts}
+    assert len(opened) == SHARED_BY and open_incidents >= SHARED_BY
+    assert second.alerts == ()
