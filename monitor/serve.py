@@ -204,6 +204,19 @@ class Server:
         self.url: str | None = None
         self.app = self._make_app()
 
+    @classmethod
+    def from_settings(cls, settings: Settings, *, now: Callable[[], datetime] = _utc_now) -> Server:
+        """A server for a Monitor built from `settings`, on their poll and delivery schedules and webhook secret."""
+        from monitor.bootstrap import build_monitor
+
+        return cls(
+            build_monitor(settings),
+            schedule=settings.poll_schedule,
+            secret=settings.webhook_secret,
+            now=now,
+            delivery_schedule=settings.delivery_schedule,
+        )
+
     # --- the poll ---------------------------------------------------------------------------------------
 
     async def poll_if_due(self) -> PollRecord | None:
@@ -439,7 +452,7 @@ def run_serve(settings: Settings, host: str, port: int, announce: Callable[[str]
 
     Raises SettingError for a schedule it cannot read.
     """
-    from monitor.bootstrap import build_monitor, configure_telemetry
+    from monitor.bootstrap import configure_telemetry
 
     try:
         parse_schedule(settings.poll_schedule)
@@ -454,12 +467,7 @@ def run_serve(settings: Settings, host: str, port: int, announce: Callable[[str]
     configure_telemetry(prometheus=True)
 
     async def main() -> None:
-        server = Server(
-            build_monitor(settings),
-            schedule=settings.poll_schedule,
-            secret=settings.webhook_secret,
-            delivery_schedule=settings.delivery_schedule,
-        )
+        server = Server.from_settings(settings)
         await server.run_until_signalled(host, port, announce)
 
     asyncio.run(main())

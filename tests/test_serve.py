@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from azure.keyvault.keys._shared import http_challenge_cache
 
-from monitor.bootstrap import build_monitor
-from monitor.config import Settings
 from monitor.domain.model import DeleteKey, SetAccess
-from monitor.domain.scenario import parse_scenario
-from monitor.sandbox import Sandbox
-from monitor.serve import MAX_BODY, Server, next_fire, parse_schedule, schedule_period
+from monitor.serve import MAX_BODY, next_fire, parse_schedule, schedule_period
 from tests.builders import SYSTEM_PRINCIPAL, VAULT, key, key_event, namespace, ref, scenario, vault
+from tests.hardening.support import Running
+from tests.hardening.support import serving as serving_document
 
 OTHER = "https://kv-other.vault.azure.net"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -35,16 +31,8 @@ def clear_challenge_cache() -> Iterator[None]:
     http_challenge_cache.clear()
 
 
-@dataclass
-class Running:
-    sandbox: Sandbox
-    server: Server
-    session: aiohttp.ClientSession
-    url: str
-
-
-@asynccontextmanager
-async def serving(tmp_path: Path, secret: str | None = None) -> AsyncIterator[Running]:
+def serving(tmp_path: Path, secret: str | None = None) -> AbstractAsyncContextManager[Running]:
+    """`serve` against the stand-in serving three namespaces over two vaults, after its start-up poll."""
     document = scenario(
         [
             namespace("sb-one", ref("k1")),
@@ -55,41 +43,10 @@ async def serving(tmp_path: Path, secret: str | None = None) -> AsyncIterator[Ru
         vaults=[vault(), vault(OTHER)],
         now=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
-    parsed, _ = parse_scenario(document)
-    async with Sandbox(parsed) as sandbox:
-        environment = {**sandbox.environment(), "KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite")}
-        if secret:
-            environment["KEYHEALTH_WEBHOOK_SECRET"] = secret
-        settings = Settings.from_environment(environment)
-        server = Server(
-            build_monitor(settings),
-            schedule=settings.poll_schedule,
-            secret=settings.webhook_secret,
-            now=sandbox.clock.now,
-        )
-        url = await server.start("127.0.0.1", 0)
-        await server.poll_if_due()  # the start-up poll (whichever of this and the loop gets there first runs it)
-        try:
-            async with aiohttp.ClientSession() as session:
-                yield Running(sandbox, server, session, url)
-        finally:
-            await server.stop()
+    return serving_document(tmp_path, document, **({"KEYHEALTH_WEBHOOK_SECRET": secret} if secret else {}))
 
 
 _event = key_event
-
-
-async def _get(run: Running, path: str) -> tuple[int, Any]:
-    async with run.session.get(run.url + path) as reply:
-        return reply.status, await reply.json()
-
-
-async def _post(run: Running, path: str, body: object, content_type: str = "application/json", **kw: Any) -> Any:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    headers = {"Content-Type": content_type, **kw.pop("headers", {})}
-    async with run.session.post(run.url + path, data=data, headers=headers, **kw) as reply:
-        text = await reply.text()
-        return reply.status, (json.loads(text) if text.startswith(("{", "[")) else text)
 
 
 def test_the_event_grid_validation_handshake_echoes_the_code(tmp_path):
@@ -97,9 +54,7 @@ def test_the_event_grid_validation_handshake_echoes_the_code(tmp_path):
 
     async def scenario_() -> None:
         async with serving(tmp_path) as run:
-            status, body = await _post(
-                run, "/api/events", (VALIDATION / "SubscriptionValidationEvent.json").read_bytes()
-            )
+            status, body = await run.post("/api/events", (VALIDATION / "SubscriptionValidationEvent.json").read_bytes())
             assert status == 200
             assert body == json.loads((VALIDATION / "SubscriptionValidationResponse.json").read_text())
 
@@ -136,7 +91,7 @@ def test_the_stand_in_delivers_with_its_handshakes_in_both_schemas(tmp_path):
             await run.sandbox.flush_events_async()
             for subscription in subscriptions:
                 assert subscription.deliveries and all(d.delivered for d in subscription.deliveries)
-            assert (await _get(run, "/status/sb-other"))[1]["status_now"] == "revoked"
+            assert (await run.get("/status/sb-other"))[1]["status_now"] == "revoked"
 
     asyncio.run(scenario_())
 
@@ -149,13 +104,13 @@ def test_a_vault_access_policy_change_re_evaluates_the_vaults_namespaces(tmp_pat
             run.sandbox.apply(
                 SetAccess(at=run.sandbox.clock.now(), vault=OTHER, principal=SYSTEM_PRINCIPAL, permissions=frozenset())
             )
-            status, body = await _post(
-                run, "/api/events", [_event("Microsoft.KeyVault.VaultAccessPolicyChanged", OTHER, None)]
+            status, body = await run.post(
+                "/api/events", [_event("Microsoft.KeyVault.VaultAccessPolicyChanged", OTHER, None)]
             )
             assert status == 200 and body["outcomes"] == {"evaluated": 1} and body["received"] == 1
-            assert (await _get(run, "/status/sb-other"))[1]["status_now"] == "revoked"
-            assert (await _get(run, "/status/sb-two"))[1]["status_now"] == "degraded"
-            assert (await _get(run, "/status/sb-one"))[1]["status_now"] == "healthy"
+            assert (await run.get("/status/sb-other"))[1]["status_now"] == "revoked"
+            assert (await run.get("/status/sb-two"))[1]["status_now"] == "degraded"
+            assert (await run.get("/status/sb-one"))[1]["status_now"] == "healthy"
 
     asyncio.run(scenario_())
 
@@ -177,11 +132,11 @@ def test_a_cloudevents_batch_with_a_new_version_re_evaluates_and_counts_rejects(
                 "data": good["data"],
             }
             batch = [cloud, {"specversion": "1.0", "id": "ce-2", "source": "x"}]
-            status, body = await _post(run, "/events", batch, "application/cloudevents-batch+json")
+            status, body = await run.post("/events", batch, "application/cloudevents-batch+json")
             assert status == 200
             assert body["outcomes"] == {"evaluated": 1, "rejected": 1}
             assert body["rejected"] == [{"index": 1, "id": "ce-2", "reason": "event has no type"}]
-            assert (await _get(run, "/status/sb-one"))[1]["status_now"] == "revoked"
+            assert (await run.get("/status/sb-one"))[1]["status_now"] == "revoked"
 
     asyncio.run(scenario_())
 
@@ -191,14 +146,14 @@ def test_the_secret_is_required_when_set(tmp_path, caplog):
 
     async def scenario_() -> None:
         async with serving(tmp_path, secret="hunter2-s3cret") as run:
-            assert (await _post(run, "/api/events", [_event("x.y", VAULT, "k1")]))[0] == 401
-            assert (await _post(run, "/api/events?code=wrong", [_event("x.y", VAULT, "k1")]))[0] == 401
-            assert (await _get(run, "/status"))[0] == 401
-            ok = await _post(run, "/api/events?code=hunter2-s3cret", [_event("x.y", VAULT, "k1")])
+            assert (await run.post("/api/events", [_event("x.y", VAULT, "k1")]))[0] == 401
+            assert (await run.post("/api/events?code=wrong", [_event("x.y", VAULT, "k1")]))[0] == 401
+            assert (await run.get("/status"))[0] == 401
+            ok = await run.post("/api/events?code=hunter2-s3cret", [_event("x.y", VAULT, "k1")])
             assert ok[0] == 200
             headers = {"x-keyhealth-key": "hunter2-s3cret"}
-            assert (await _post(run, "/api/events", [_event("x.y", VAULT, "k1", "e-2")], headers=headers))[0] == 200
-            assert (await _get(run, "/healthz"))[0] == 200
+            assert (await run.post("/api/events", [_event("x.y", VAULT, "k1", "e-2")], headers=headers))[0] == 200
+            assert (await run.get("/healthz"))[0] == 200
 
     with caplog.at_level("DEBUG"):
         asyncio.run(scenario_())
@@ -211,12 +166,12 @@ def test_bad_bodies_are_400_413_and_415(tmp_path):
 
     async def scenario_() -> None:
         async with serving(tmp_path) as run:
-            status, body = await _post(run, "/api/events", b"{not json")
+            status, body = await run.post("/api/events", b"{not json")
             assert status == 400 and "body is not JSON" in body["error"]
-            status, body = await _post(run, "/api/events", [])
+            status, body = await run.post("/api/events", [])
             assert status == 400 and "empty" in body["error"]
-            assert (await _post(run, "/api/events", b"[" + b" " * MAX_BODY + b"]"))[0] == 413
-            assert (await _post(run, "/api/events", b"[]", "text/plain"))[0] == 415
+            assert (await run.post("/api/events", b"[" + b" " * MAX_BODY + b"]"))[0] == 413
+            assert (await run.post("/api/events", b"[]", "text/plain"))[0] == 415
 
     asyncio.run(scenario_())
 
@@ -226,17 +181,17 @@ def test_status_and_healthz_report_the_start_up_poll(tmp_path):
 
     async def scenario_() -> None:
         async with serving(tmp_path) as run:
-            status, body = await _get(run, "/status")
+            status, body = await run.get("/status")
             assert status == 200
             assert {n["name"]: n["status_now"] for n in body["namespaces"]} == {
                 "sb-one": "healthy",
                 "sb-two": "healthy",
                 "sb-other": "healthy",
             }
-            assert (await _get(run, "/api/status/sb-two"))[1]["usable_keys_now"] == 2
-            status, missing = await _get(run, "/status/sb-nope")
+            assert (await run.get("/api/status/sb-two"))[1]["usable_keys_now"] == 2
+            status, missing = await run.get("/status/sb-nope")
             assert status == 404 and "sb-nope" in missing["error"]
-            status, health = await _get(run, "/healthz")
+            status, health = await run.get("/healthz")
             assert status == 200 and health["outcome"] == "ok" and health["last_poll"]
 
     asyncio.run(scenario_())
@@ -249,7 +204,7 @@ def test_healthz_is_503_when_no_poll_ran_for_two_periods(tmp_path):
         async with serving(tmp_path) as run:
             run.server._tick = 3600  # the loop stays asleep; this test drives the clock
             run.sandbox.clock.advance(timedelta(minutes=11))
-            status, body = await _get(run, "/healthz")
+            status, body = await run.get("/healthz")
             assert status == 503 and body["healthy"] is False
 
     asyncio.run(scenario_())
@@ -272,7 +227,7 @@ def test_a_failed_poll_makes_healthz_503(tmp_path):
                 await run.server.poll_if_due()  # runs it, or waits for the loop's run to finish
                 record = run.server.last_poll
                 assert record is not None and record.outcome == "failed"
-                status, body = await _get(run, "/healthz")
+                status, body = await run.get("/healthz")
                 assert status == 503 and "store unavailable" in body["error"]
             finally:
                 store.acquire_lease = original  # type: ignore[method-assign]
@@ -288,7 +243,7 @@ def test_a_poll_that_cannot_list_any_subscription_makes_healthz_503(tmp_path):
             run.sandbox.faults.respond(403, service="arm", code="AuthorizationFailed")
             run.sandbox.clock.advance(timedelta(minutes=5))
             await run.server.poll_if_due()
-            status, body = await _get(run, "/healthz")
+            status, body = await run.get("/healthz")
             assert status == 503 and body["outcome"] == "blind"
             assert "AuthorizationFailed" in body["error"]
 

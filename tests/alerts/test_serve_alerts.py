@@ -12,7 +12,6 @@ import aiohttp
 import pytest
 from azure.keyvault.keys._shared import http_challenge_cache
 
-from monitor.bootstrap import build_monitor
 from monitor.config import Settings
 from monitor.domain.scenario import format_instant, parse_scenario
 from monitor.sandbox import Sandbox
@@ -50,13 +49,7 @@ def test_serve_pages_after_its_start_up_poll(tmp_path: Path, receivers: Callable
                 "KEYHEALTH_ALERTS": json.dumps({"sinks": {"ops": {"type": "webhook", "url": receiver.url()}}}),
                 "KEYHEALTH_DELIVERY_SCHEDULE": "0 0 0 1 1 *",  # yearly: only the wake-up can deliver in time
             }
-            settings = Settings.from_environment(environment)
-            server = Server(
-                build_monitor(settings),
-                schedule=settings.poll_schedule,
-                delivery_schedule=settings.delivery_schedule,
-                now=sandbox.clock.now,
-            )
+            server = Server.from_settings(Settings.from_environment(environment), now=sandbox.clock.now)
             url = await server.start("127.0.0.1", 0)
             try:
                 for _ in range(200):  # a liveness bound, not a speed target

@@ -15,7 +15,6 @@ from typing import Any
 
 import aiohttp
 
-from monitor.bootstrap import build_monitor
 from monitor.config import Settings
 from monitor.domain.model import Scenario
 from monitor.domain.scenario import parse_scenario
@@ -101,14 +100,7 @@ async def serving(tmp_path: Path, document: dict[str, Any], **environment: str) 
             "KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite"),
             **environment,
         }
-        settings = Settings.from_environment(env)
-        server = Server(
-            build_monitor(settings),
-            schedule=settings.poll_schedule,
-            secret=settings.webhook_secret,
-            now=sandbox.clock.now,
-            delivery_schedule=settings.delivery_schedule,
-        )
+        server = Server.from_settings(Settings.from_environment(env), now=sandbox.clock.now)
         url = await server.start("127.0.0.1", 0)
         await server.poll_if_due()
         try:
@@ -138,12 +130,8 @@ class ServeThread:
             loop = asyncio.new_event_loop()
             self._loop = loop
             try:
-                settings = Settings.from_environment(self._environment)
-                self.server = Server(
-                    build_monitor(settings),
-                    schedule=settings.poll_schedule,
-                    secret=settings.webhook_secret,
-                    now=self.sandbox.clock.now,
+                self.server = Server.from_settings(
+                    Settings.from_environment(self._environment), now=self.sandbox.clock.now
                 )
                 self.url = loop.run_until_complete(self.server.start("127.0.0.1", 0))
                 self.port = int(self.url.rsplit(":", 1)[1])
