@@ -288,12 +288,13 @@ class KeyVaultKeys:
                 async for page in pages:
                     page_budget -= 1
                     for item in page:
-                        entry = candidates.get(name_id(_listed_name(item)))
+                        listed = name_id(_listed_name(item))
+                        entry = candidates.get(listed)
                         if entry is None:
                             continue
                         seen += 1
                         if validator_of(item) == entry.validator:
-                            confirmed[name_id(_listed_name(item))] = entry.key
+                            confirmed[listed] = entry.key
                     if seen >= len(candidates) or page_budget <= 0:
                         break
         except HttpResponseError as error:
