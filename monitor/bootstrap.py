@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -14,6 +15,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from monitor.adapters.access import VaultAccess
 from monitor.adapters.alerts import SinkSet, build_sinks
 from monitor.adapters.azure_clients import AzureClients, AzureOptions
+from monitor.adapters.entra import EntraTokenValidator
 from monitor.adapters.keyvault import KeyVaultKeys
 from monitor.adapters.resourcegraph import ResourceGraphInventory
 from monitor.adapters.rotation import AzureRemediator
@@ -125,9 +127,38 @@ def tune_garbage_collector() -> None:
         gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
+def build_token_validator(settings: Settings) -> EntraTokenValidator | None:
+    """The Entra ID bearer-token check `serve` applies, or None when no tenant is configured."""
+    if not settings.auth_tenant_id:
+        return None
+    return EntraTokenValidator(
+        tenant=settings.auth_tenant_id,
+        audiences=settings.auth_audience,
+        authority=settings.auth_authority,
+        allowed_callers=settings.auth_allowed_callers,
+        ca_bundle=settings.ca_bundle,
+        timeout=settings.http_timeout_seconds,
+    )
+
+
+# The Azure SDK logs every request and response (headers included) at INFO: ~700 lines a poll of 11 namespaces.
+AZURE_LOGGERS = ("azure", "azure.core.pipeline.policies.http_logging_policy", "azure.identity")
+
+
+def configure_logging(settings: Settings) -> None:
+    """KEYHEALTH_LOG_LEVEL: keyhealth's own level; the Azure SDK at WARNING unless it is `debug`."""
+    level = getattr(logging, settings.log_level.upper())
+    for name in AZURE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == logging.DEBUG else logging.WARNING)
+    if level != logging.INFO:  # at info the host's (or the root's) level decides, as before
+        logging.getLogger("keyhealth").setLevel(level)
+
+
 def build_monitor(settings: Settings, *, credential: AsyncTokenCredential | None = None) -> Monitor:
     """A long-lived Monitor: a Functions worker keeps it for its lifetime, on the host's one event loop."""
     from azure.core.settings import settings as azure_settings
+
+    configure_logging(settings)
 
     # Each Azure SDK call becomes a span under the poll's or event's (a no-op without a tracer provider).
     azure_settings.tracing_enabled = True

@@ -120,6 +120,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    serve.add_argument(
+        "--insecure-loopback",
+        action="store_true",
+        help="serve without any credential (no webhook secret, no Entra ID tenant); only on a loopback --host",
+    )
 
     alerts = commands.add_parser(
         "alerts",
@@ -374,7 +379,11 @@ def serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     settings = Settings.from_environment()
     try:
         return run_serve(
-            settings, args.host, args.port, lambda url: print(f"keyhealth: serving at {url}", file=stdout, flush=True)
+            settings,
+            args.host,
+            args.port,
+            lambda url: print(f"keyhealth: serving at {url}", file=stdout, flush=True),
+            insecure_loopback=args.insecure_loopback,
         )
     except OSError as error:
         print(f"keyhealth: error: cannot serve on {args.host}:{args.port}: {error.strerror}", file=stderr)

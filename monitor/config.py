@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
@@ -127,6 +128,35 @@ def _actions(name: str, raw: str) -> frozenset[str]:
     return chosen
 
 
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def _tenant(name: str, raw: str) -> str | None:
+    if not raw:
+        return None
+    if not _GUID.match(raw):
+        raise SettingError(name, raw, "expected the tenant's id, a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47")
+    return raw.lower()
+
+
+def _audiences(name: str, raw: str) -> tuple[str, ...]:
+    items = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for item in items:
+        if not (_GUID.match(item) or re.match(r"^(api|https)://[^\s,]+$", item)):
+            raise SettingError(
+                name, raw, f"{item!r} is neither an application id (a GUID) nor an api:// or https:// URI"
+            )
+    return items
+
+
+def _guids(name: str, raw: str) -> tuple[str, ...]:
+    items = tuple(part.strip().lower() for part in raw.split(",") if part.strip())
+    for item in items:
+        if not _GUID.match(item):
+            raise SettingError(name, raw, f"{item!r} is not an application or object id (a GUID)")
+    return items
+
+
 def _table_prefix(name: str, raw: str) -> str:
     # Table names are ASCII letters and digits; str.isalnum alone would pass 'é' or '٣', which Azure refuses.
     if not (raw.isascii() and raw[:1].isalpha() and raw.isalnum() and len(raw) <= 41):
@@ -247,12 +277,45 @@ SETTINGS: dict[str, SettingSpec] = {
         "is refused) or `arm` (a listing per subscription).",
         _choice("resource-graph", "arm"),
     ),
+    "log_level": SettingSpec(
+        "KEYHEALTH_LOG_LEVEL",
+        "info",
+        "Log level of keyhealth's own lines: debug, info, warning or error. Only `debug` lets the Azure SDK's "
+        "per-request HTTP logging through; otherwise the SDK logs at WARNING.",
+        _choice("debug", "info", "warning", "error"),
+    ),
     "webhook_secret": SettingSpec(
         "KEYHEALTH_WEBHOOK_SECRET",
         "",
-        "Shared secret `keyhealth serve` requires on its routes (?code= or x-keyhealth-key); a secret.",
+        "Shared secret `keyhealth serve` accepts on its routes (?code= or x-keyhealth-key); a secret.",
         _text,
         secret=True,
+    ),
+    "auth_tenant_id": SettingSpec(
+        "KEYHEALTH_AUTH_TENANT_ID",
+        "",
+        "Microsoft Entra tenant whose bearer tokens `keyhealth serve` accepts (Event Grid's Entra ID delivery, "
+        "scrapers); empty: no tokens.",
+        _tenant,
+    ),
+    "auth_audience": SettingSpec(
+        "KEYHEALTH_AUTH_AUDIENCE",
+        "",
+        "Comma-separated audiences a bearer token must carry: the app registration's application id and/or URI.",
+        _audiences,
+    ),
+    "auth_authority": SettingSpec(
+        "KEYHEALTH_AUTH_AUTHORITY",
+        "https://login.microsoftonline.com",
+        "Microsoft Entra authority that issues the tokens and publishes their signing keys (another cloud's).",
+        _https_url(optional=False),
+    ),
+    "auth_allowed_callers": SettingSpec(
+        "KEYHEALTH_AUTH_ALLOWED_CALLERS",
+        "",
+        "Comma-separated client application ids (appid/azp) or object ids (oid) whose tokens are accepted; "
+        "empty: any caller with a valid token for the audience.",
+        _guids,
     ),
     "alerts": SettingSpec(
         "KEYHEALTH_ALERTS",
@@ -357,7 +420,12 @@ class Settings:
     concurrency: int = 32
     keyvault_share: float = 50.0
     inventory: str = "resource-graph"
+    log_level: str = "info"
     webhook_secret: str | None = None
+    auth_tenant_id: str | None = None
+    auth_audience: tuple[str, ...] = ()
+    auth_authority: str = "https://login.microsoftonline.com"
+    auth_allowed_callers: tuple[str, ...] = ()
     alerts: str | None = None
     alert_renotify_hours: float = 4.0
     alert_retry_seconds: float = 30.0
@@ -436,6 +504,11 @@ class Settings:
                 settings.state_store,
                 f"needs {SETTINGS['tables_endpoint'].name} or {SETTINGS['tables_connection_string'].name}",
             )
+        if bool(settings.auth_tenant_id) != bool(settings.auth_audience):
+            given, missing = (
+                ("auth_tenant_id", "auth_audience") if settings.auth_tenant_id else ("auth_audience", "auth_tenant_id")
+            )
+            raise SettingError(SETTINGS[given].name, "(set)", f"bearer tokens also need {SETTINGS[missing].name}")
         if settings.critical_days > settings.warning_days:
             raise SettingError(
                 SETTINGS["critical_days"].name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import socket
 import tempfile
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ from monitor.domain.timeline import describe_change
 from monitor.render import render_table
 from monitor.sandbox import Sandbox
 from monitor.scenario_io import load_scenario
-from monitor.serve import Server
+from monitor.serve import SECRET_HEADER, Server
 
 DEMO_FLEET = "demo-fleet.json"
 
@@ -53,9 +54,9 @@ def _row(document: Mapping[str, Any]) -> _Row:
     return _Row(document["status_now"], document.get("revoked_at_earliest"), top["severity"] if top else None, detail)
 
 
-async def _status_rows(session: aiohttp.ClientSession, serve_url: str) -> dict[str, _Row]:
+async def _status_rows(session: aiohttp.ClientSession, serve_url: str, secret: str) -> dict[str, _Row]:
     """Every namespace's last judgement, as `GET /status` of `keyhealth serve` reports it."""
-    async with session.get(f"{serve_url}/status") as reply:
+    async with session.get(f"{serve_url}/status", headers={SECRET_HEADER: secret}) as reply:
         reply.raise_for_status()
         body = await reply.json()
     return {document["name"]: _row(document) for document in body["namespaces"]}
@@ -143,7 +144,11 @@ async def _demo(
         }
         settings = Settings.from_environment(environment)
         # The demo drives the poll itself as the stand-in's clock jumps (tick: the loop never wakes on its own).
-        server = Server(build_monitor(settings), schedule=settings.poll_schedule, now=sandbox.clock.now, tick=3600)
+        # Like a deployment, the demo's server takes no request without a credential: a one-off secret.
+        secret = secrets.token_urlsafe(32)
+        server = Server(
+            build_monitor(settings), schedule=settings.poll_schedule, secret=secret, now=sandbox.clock.now, tick=3600
+        )
         serve_url = await server.start("127.0.0.1", 0)
         try:
             print(f"keyhealth demo: a local Azure stand-in serves {path.name} at {sandbox.url}", file=stdout)
@@ -164,9 +169,9 @@ async def _demo(
             stdout.write(render_table(first.result.report, colour=colour, width=width))
             await server.deliver_now()
             paged = _print_pages(stdout, oncall, 0, sandbox.clock.now())
-            subscription = await sandbox.deliver_events_to_async(f"{serve_url}/api/events", "eventgrid")
+            subscription = await sandbox.deliver_events_to_async(f"{serve_url}/api/events?code={secret}", "eventgrid")
             async with aiohttp.ClientSession() as session:
-                previous = await _status_rows(session, serve_url)
+                previous = await _status_rows(session, serve_url, secret)
                 seen = 0
                 for instant in plan:
                     if pace:
@@ -186,7 +191,7 @@ async def _demo(
                         print(f"   event {kind} ({delivery.event.subject}) delivered: {answer}", file=stdout)
                     seen = len(deliveries)
                     await server.poll_if_due()  # the scheduled poll the clock has passed
-                    current = await _status_rows(session, serve_url)
+                    current = await _status_rows(session, serve_url, secret)
                     _print_differences(stdout, previous, current, now)
                     previous = current
                     await server.deliver_now()

@@ -63,6 +63,7 @@ class SubscriptionValidation:
     id: str
     code: str
     url: str | None
+    topic: str | None = None  # the topic being subscribed: only the monitor's own may be answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +131,12 @@ def parse_event(entry: object, index: int = 0) -> ParsedEvent:
         if not code or not encodable(code):
             return RejectedEvent(index, event_id, "subscription validation event has no usable validationCode")
         url = _text(validation.get("validationurl"))
-        return SubscriptionValidation(event_id, code, url if url is None or encodable(url) else None)
+        return SubscriptionValidation(
+            event_id,
+            code,
+            url if url is None or encodable(url) else None,
+            topic if topic and encodable(topic) else None,
+        )
     time = _instant(time_text)
     if time is None:
         return RejectedEvent(index, event_id, f"event time {_shown(time_text)} is not an ISO 8601 time")

@@ -136,3 +136,15 @@ class KeyRemediator(Protocol):
     async def unpin(self, namespace_id: str, vault_uri: str, name: str) -> None:
         """Make the namespace's reference to that key versionless, keeping its other references as they are."""
         ...
+
+
+class BearerValidator(Protocol):
+    """Checks the bearer tokens `serve` accepts (Microsoft Entra ID, against the tenant's published keys)."""
+
+    async def validate(self, token: str) -> object:
+        """Who the token says is calling. Raises TokenError saying why it is refused (never quoting it)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

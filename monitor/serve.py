@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import logging
 import signal
 from collections import Counter
@@ -18,14 +19,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
+import aiohttp.http_exceptions
 import prometheus_client
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from monitor.alerting import DeliveryReport
-from monitor.config import Settings
-from monitor.domain.errors import EventBodyError, SettingError
+from monitor.config import SETTINGS, Settings
+from monitor.domain.errors import EventBodyError, SettingError, TokenError
 from monitor.events import KeyVaultEvent, RejectedEvent, SubscriptionValidation, parse_delivery
+from monitor.ports import BearerValidator
 from monitor.service import Monitor, PollResult, deliver_alerts, handle_event, poll, status_document
 from monitor.telemetry import TraceContextFilter, count_event
 
@@ -37,6 +41,13 @@ EVENT_CONTENT_TYPES = frozenset(
 )
 SECRET_HEADER = "x-keyhealth-key"  # noqa: S105 - the header's name, not a secret
 HEALTHY_PERIODS = 2  # /healthz fails when no poll succeeded within this many schedule periods
+# The origin Event Grid names in the CloudEvents abuse-protection handshake; nobody else may subscribe us.
+EVENT_GRID_ORIGIN = "eventgrid.azure.net"
+# A client gets this long to send a whole request head after connecting (or after the last answer on a kept-alive
+# connection), and this long for its body: slow clients cannot hold connections open.
+HEADER_TIMEOUT = 15.0
+BODY_TIMEOUT = 30.0
+MAX_CONNECTIONS = 256  # open connections at once; the next is answered 503 and closed
 
 
 # --- NCRONTAB: second minute hour day month weekday ----------------------------------------------------
@@ -162,6 +173,79 @@ def _json(status: int, body: object, headers: dict[str, str] | None = None) -> w
     return web.json_response(body, status=status, headers=headers)
 
 
+# What reading a body raises when the client hangs up or cuts the body short.
+_ABANDONED = (ConnectionError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError)
+
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\nRetry-After: 5\r\n\r\n"
+
+
+class _CappedRunner(web.AppRunner):
+    """An AppRunner that refuses connections past `max_connections` (503, closed) instead of holding them all."""
+
+    def __init__(self, app: web.Application, *, max_connections: int, on_refused: Callable[[], None], **kwargs: Any):
+        super().__init__(app, **kwargs)
+        self._max_connections = max_connections
+        self._on_refused = on_refused
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        admit = server.connection_made
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            if len(server.connections) >= self._max_connections:
+                self._on_refused()
+                transport.write(_BUSY)
+                transport.close()
+                return
+            admit(handler, transport)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        return server
+
+
+async def _known_subscriptions(monitor: Monitor) -> set[str]:
+    """The subscriptions (lower-cased ids) of the namespaces the last poll stored."""
+    stored = await monitor.store.get_snapshot()
+    if stored is None:
+        return set()
+    namespaces = stored.document.get("namespaces")
+    ids = [n.get("id") for n in namespaces if isinstance(n, dict)] if isinstance(namespaces, list) else []
+    return {i.split("/")[2].lower() for i in ids if isinstance(i, str) and i.count("/") > 2}
+
+
+def is_loopback(host: str) -> bool:
+    """True for a host name or address that only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() in {"localhost", "localhost."}:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def require_credentials(settings: Settings, host: str, *, insecure_loopback: bool) -> None:
+    """Refuse to serve without a credential unless a person asked for it by name, and only on loopback.
+
+    Raises SettingError saying what to set.
+    """
+    if settings.webhook_secret or settings.auth_tenant_id:
+        return
+    if not insecure_loopback:
+        raise SettingError(
+            SETTINGS["webhook_secret"].name,
+            "(empty)",
+            f"keyhealth serve needs a credential: set it, or {SETTINGS['auth_tenant_id'].name} and "
+            f"{SETTINGS['auth_audience'].name} for Entra ID tokens (or pass --insecure-loopback to serve "
+            "without one on a loopback address)",
+        )
+    if not is_loopback(host):
+        raise SettingError(
+            SETTINGS["webhook_secret"].name,
+            "(empty)",
+            f"--insecure-loopback serves without credentials only on a loopback address, not {host!r}",
+        )
+
+
 class Server:
     """The webhook, status and health routes and the poll loop around one Monitor."""
 
@@ -171,9 +255,14 @@ class Server:
         *,
         schedule: str,
         secret: str | None = None,
+        tokens: BearerValidator | None = None,
+        open_access: bool = False,
         now: Callable[[], datetime] = _utc_now,
         tick: float = 1.0,
         delivery_schedule: str = "*/15 * * * * *",
+        header_timeout: float = HEADER_TIMEOUT,
+        body_timeout: float = BODY_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         try:
             self.schedule = parse_schedule(schedule)
@@ -189,6 +278,13 @@ class Server:
         self.deliveries: Counter[str] = Counter()  # alerts delivered, retried, undeliverable since start
         self.monitor = monitor
         self._secret = secret
+        self._tokens = tokens
+        # No credential at all: every route but /healthz is refused, unless a person asked for open access
+        # (`--insecure-loopback`, and start() then binds only to loopback).
+        self._open_access = open_access
+        self._header_timeout = header_timeout
+        self._body_timeout = body_timeout
+        self._max_connections = max_connections
         self._now = now
         self._tick = tick  # the loop looks at the clock at least this often (a test or demo clock may jump)
         self._poll_lock = asyncio.Lock()
@@ -205,14 +301,18 @@ class Server:
         self.app = self._make_app()
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, now: Callable[[], datetime] = _utc_now) -> Server:
-        """A server for a Monitor built from `settings`, on their poll and delivery schedules and webhook secret."""
-        from monitor.bootstrap import build_monitor
+    def from_settings(
+        cls, settings: Settings, *, now: Callable[[], datetime] = _utc_now, insecure_loopback: bool = False
+    ) -> Server:
+        """A server for a Monitor built from `settings`: their schedules, webhook secret and Entra ID tokens."""
+        from monitor.bootstrap import build_monitor, build_token_validator
 
         return cls(
             build_monitor(settings),
             schedule=settings.poll_schedule,
             secret=settings.webhook_secret,
+            tokens=build_token_validator(settings),
+            open_access=insecure_loopback and not (settings.webhook_secret or settings.auth_tenant_id),
             now=now,
             delivery_schedule=settings.delivery_schedule,
         )
@@ -302,26 +402,56 @@ class Server:
     async def _guard(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        """The shared secret, when set, on every route but /healthz."""
-        if self._secret and request.path != "/healthz":
-            offered = request.query.get("code") or request.headers.get(SECRET_HEADER) or ""
-            if not hmac.compare_digest(offered.encode(), self._secret.encode()):
-                return self._refuse(request, 401, f"a valid key is required (?code= or the {SECRET_HEADER} header)")
+        """Credentials on every route but /healthz: the shared secret or an Entra ID bearer token."""
+        if request.path == "/healthz" or self._open_access:
+            return await handler(request)
+        refusal = await self._authenticate(request)
+        if refusal is not None:
+            headers = {"WWW-Authenticate": "Bearer"} if self._tokens is not None else None
+            return self._refuse(request, 401, refusal, headers=headers)
         return await handler(request)
 
-    def _refuse(self, request: web.Request, status: int, reason: str) -> web.Response:
+    async def _authenticate(self, request: web.Request) -> str | None:
+        """None when the request carries a credential this server accepts, else why it is refused."""
+        offered = request.query.get("code") or request.headers.get(SECRET_HEADER)
+        if offered is not None and self._secret:
+            if hmac.compare_digest(offered.encode("utf-8", "replace"), self._secret.encode()):
+                return None
+            return "the key offered (?code= or the x-keyhealth-key header) is not valid"
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            if self._tokens is None:
+                return "bearer tokens are not accepted: no Entra ID tenant is configured"
+            try:
+                await self._tokens.validate(token.strip())
+            except TokenError as error:
+                return error.reason
+            return None
+        accepted = [f"?code= or the {SECRET_HEADER} header"] if self._secret else []
+        accepted += ["an Entra ID bearer token"] if self._tokens is not None else []
+        if not accepted:
+            return "this server has no credential configured, so it accepts no request"
+        return f"a credential is required ({' or '.join(accepted)})"
+
+    def _refuse(
+        self, request: web.Request, status: int, reason: str, *, headers: dict[str, str] | None = None
+    ) -> web.Response:
         """A request refused as a whole: logged and counted (/healthz `refused`, keyhealth.events), never silent."""
         log.warning("keyhealth: refused %s %s (%d): %s", request.method, request.path, status, reason)
         self.refused[str(status)] += 1
         count_event("unparsed", "refused")
-        return _json(status, {"error": reason})
+        return _json(status, {"error": reason}, headers=headers)
 
     async def options_route(self, request: web.Request) -> web.Response:
         """The CloudEvents abuse-protection handshake (HTTP OPTIONS with WebHook-Request-Origin)."""
         origin = request.headers.get("WebHook-Request-Origin")
         if not origin:
-            return _json(400, {"error": "OPTIONS needs a WebHook-Request-Origin header"})
-        return web.Response(status=200, headers={"WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "*"})
+            return self._refuse(request, 400, "OPTIONS needs a WebHook-Request-Origin header")
+        if origin.strip().lower() != EVENT_GRID_ORIGIN:
+            return self._refuse(request, 403, f"only {EVENT_GRID_ORIGIN} may deliver events here")
+        return web.Response(
+            status=200, headers={"WebHook-Allowed-Origin": EVENT_GRID_ORIGIN, "WebHook-Allowed-Rate": "*"}
+        )
 
     async def events_route(self, request: web.Request) -> web.Response:
         """An Event Grid delivery: handshake, or a batch of events handled one by one."""
@@ -330,15 +460,33 @@ class Server:
         if request.content_length is not None and request.content_length > MAX_BODY:
             return self._refuse(request, 413, f"body over {MAX_BODY} bytes")
         try:
-            body = await request.read()
+            async with asyncio.timeout(self._body_timeout):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._refuse(request, 413, f"body over {MAX_BODY} bytes")
+        except TimeoutError:
+            answer = self._refuse(request, 408, f"the body did not arrive within {self._body_timeout:g} s")
+            answer.force_close()  # the connection goes with the answer: the rest of the body is never waited for
+            return answer
+        except _ABANDONED as error:
+            # The client went away mid-body (or cut it short): nothing to answer, nothing worth a traceback.
+            log.info(
+                "keyhealth: %s %s: the client abandoned its body (%s)",
+                request.method,
+                request.path,
+                type(error).__name__,
+            )
+            self.refused["abandoned"] += 1
+            raise web.HTTPBadRequest() from None
         try:
             entries = parse_delivery(body)
         except EventBodyError as error:
             return self._refuse(request, 400, f"unreadable delivery: {error}")
         validation = next((e for e in entries if isinstance(e, SubscriptionValidation)), None)
         if validation is not None:
+            refusal = await self._validation_refusal(validation)
+            if refusal is not None:
+                return self._refuse(request, 403, refusal)
             log.info("keyhealth: answered the Event Grid subscription validation %s", validation.id)
             return _json(200, {"validationResponse": validation.code})
         outcomes: Counter[str] = Counter()
@@ -369,6 +517,24 @@ class Server:
         summary = {"received": len(entries), "outcomes": dict(outcomes), "rejected": rejected, "failed": failed}
         # A failure is worth Event Grid's retry (handling is idempotent); a rejected entry is not.
         return _json(500 if failed else 200, summary)
+
+    async def _validation_refusal(self, validation: SubscriptionValidation) -> str | None:
+        """None when the subscription being validated is on a topic this monitor watches, else why not.
+
+        A topic is watched when it lies in a subscription the monitor scans: the configured ones, or else
+        those its last poll read. Answering any code would let anyone point their own topic at us.
+        """
+        topic = (validation.topic or "").strip()
+        parts = topic.strip("/").split("/")
+        if len(parts) < 2 or parts[0].lower() != "subscriptions" or not parts[1]:
+            return f"the subscription validation names no Azure topic ({topic[:200]!r})"
+        subscription = parts[1].lower()
+        watched = {s.lower() for s in self.monitor.subscriptions or ()}
+        if not watched:
+            watched = await _known_subscriptions(self.monitor)
+        if subscription not in watched:
+            return f"the topic {topic[:200]!r} is not in a subscription this monitor watches"
+        return None
 
     async def status_route(self, request: web.Request) -> web.Response:
         """GET /status and /status/{namespace}: the same JSON as the Functions status routes."""
@@ -409,7 +575,23 @@ class Server:
 
     async def start(self, host: str = "127.0.0.1", port: int = 8080) -> str:
         """Listen, then start the poll loop (its first poll runs at once). Returns the base URL."""
-        self._runner = web.AppRunner(self.app, access_log_class=_QuietAccessLogger, shutdown_timeout=30.0)
+        if self._open_access and not is_loopback(host):
+            raise SettingError(
+                SETTINGS["webhook_secret"].name,
+                "(empty)",
+                f"serving without credentials only on loopback, not {host!r}",
+            )
+        if self._open_access:
+            log.warning("keyhealth: serving WITHOUT credentials (--insecure-loopback): any local process can call it")
+        self._runner = _CappedRunner(
+            self.app,
+            max_connections=self._max_connections,
+            on_refused=self._count_busy,
+            access_log_class=_QuietAccessLogger,
+            shutdown_timeout=30.0,
+            # aiohttp also arms this at connect: a client that has not sent a whole request head by then is cut off.
+            keepalive_timeout=self._header_timeout,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
@@ -418,6 +600,15 @@ class Server:
         self._loop_task = asyncio.get_running_loop().create_task(self._poll_loop())
         self._delivery_task = asyncio.get_running_loop().create_task(self._delivery_loop())
         return self.url
+
+    def _count_busy(self) -> None:
+        self.refused["503"] += 1
+        if self.refused["503"] % 1000 == 1:  # a flood of refusals must not become a flood of log lines
+            log.warning(
+                "keyhealth: refused a connection: %d are open already (%d refused so far)",
+                self._max_connections,
+                self.refused["503"],
+            )
 
     async def stop(self) -> None:
         """Stop accepting, let the running request and poll finish, then close the monitor."""
@@ -430,6 +621,8 @@ class Server:
             await self._delivery_task  # a drain in progress finishes; what is left stays queued
         if self.monitor.close is not None:
             await self.monitor.close()
+        if self._tokens is not None:
+            await self._tokens.close()
 
     async def run_until_signalled(self, host: str, port: int, announce: Callable[[str], None]) -> None:
         """Serve until SIGINT or SIGTERM, then stop gracefully."""
@@ -447,10 +640,13 @@ class Server:
             await self.stop()
 
 
-def run_serve(settings: Settings, host: str, port: int, announce: Callable[[str], None]) -> int:
+def run_serve(
+    settings: Settings, host: str, port: int, announce: Callable[[str], None], *, insecure_loopback: bool = False
+) -> int:
     """`keyhealth serve`: build the Monitor from settings and serve until a signal. Returns 0.
 
-    Raises SettingError for a schedule it cannot read.
+    Raises SettingError for a schedule it cannot read, or when no credential is configured (unless
+    `insecure_loopback` and `host` is a loopback address).
     """
     from monitor.bootstrap import configure_telemetry
 
@@ -458,6 +654,7 @@ def run_serve(settings: Settings, host: str, port: int, announce: Callable[[str]
         parse_schedule(settings.poll_schedule)
     except ValueError as error:
         raise SettingError("KEYHEALTH_POLL_SCHEDULE", settings.poll_schedule, str(error)) from None
+    require_credentials(settings, host, insecure_loopback=insecure_loopback)
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [trace %(trace_id)s] %(message)s")
@@ -467,7 +664,7 @@ def run_serve(settings: Settings, host: str, port: int, announce: Callable[[str]
     configure_telemetry(prometheus=True)
 
     async def main() -> None:
-        server = Server.from_settings(settings)
+        server = Server.from_settings(settings, insecure_loopback=insecure_loopback)
         await server.run_until_signalled(host, port, announce)
 
     asyncio.run(main())

@@ -16,11 +16,12 @@ from azure.keyvault.keys._shared import http_challenge_cache
 from monitor.domain.model import DeleteKey, SetAccess
 from monitor.serve import MAX_BODY, next_fire, parse_schedule, schedule_period
 from tests.builders import SYSTEM_PRINCIPAL, VAULT, key, key_event, namespace, ref, scenario, vault
-from tests.hardening.support import Running
+from tests.hardening.support import TEST_SECRET, Running
 from tests.hardening.support import serving as serving_document
 
 OTHER = "https://kv-other.vault.azure.net"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"  # the builders' namespaces' subscription
 VALIDATION = FIXTURES / "microsoftdocs-azure-docs/end-point-validation-event-grid-events-schema_2179f4c"
 
 
@@ -50,13 +51,30 @@ _event = key_event
 
 
 def test_the_event_grid_validation_handshake_echoes_the_code(tmp_path):
-    """Microsoft's published SubscriptionValidationEvent is answered with its published response."""
+    """Microsoft's published SubscriptionValidationEvent, for a topic in the monitor's subscription, is answered
+    with its published response."""
+
+    async def scenario_() -> None:
+        published = json.loads((VALIDATION / "SubscriptionValidationEvent.json").read_text())
+        ours = [{**published[0], "topic": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg/providers/x/y/z"}]
+        async with serving(tmp_path) as run:
+            status, body = await run.post("/api/events", ours)
+            assert status == 200
+            assert body == json.loads((VALIDATION / "SubscriptionValidationResponse.json").read_text())
+
+    asyncio.run(scenario_())
+
+
+def test_the_validation_handshake_is_refused_for_a_topic_the_monitor_does_not_watch(tmp_path):
+    """The published event names a subscription (all x) that holds none of the fleet: 403, no code echoed, so
+    nobody can point a topic of their own at the monitor."""
 
     async def scenario_() -> None:
         async with serving(tmp_path) as run:
             status, body = await run.post("/api/events", (VALIDATION / "SubscriptionValidationEvent.json").read_bytes())
-            assert status == 200
-            assert body == json.loads((VALIDATION / "SubscriptionValidationResponse.json").read_text())
+            assert status == 403, body
+            assert "validationResponse" not in body and "not in a subscription this monitor watches" in body["error"]
+            assert run.server.refused["403"] == 1
 
     asyncio.run(scenario_())
 
@@ -82,7 +100,9 @@ def test_the_stand_in_delivers_with_its_handshakes_in_both_schemas(tmp_path):
     async def scenario_() -> None:
         async with serving(tmp_path) as run:
             subscriptions = [
-                await run.sandbox.deliver_events_to_async(run.url + "/api/events", schema, handshake=True)
+                await run.sandbox.deliver_events_to_async(
+                    f"{run.url}/api/events?code={TEST_SECRET}", schema, handshake=True
+                )
                 for schema in ("eventgrid", "cloudevents")
             ]
             run.sandbox.apply(
@@ -146,9 +166,10 @@ def test_the_secret_is_required_when_set(tmp_path, caplog):
 
     async def scenario_() -> None:
         async with serving(tmp_path, secret="hunter2-s3cret") as run:
-            assert (await run.post("/api/events", [_event("x.y", VAULT, "k1")]))[0] == 401
+            anonymous = await run.post("/api/events", [_event("x.y", VAULT, "k1")], credentials=False)
+            assert anonymous[0] == 401
             assert (await run.post("/api/events?code=wrong", [_event("x.y", VAULT, "k1")]))[0] == 401
-            assert (await run.get("/status"))[0] == 401
+            assert (await run.get("/status", credentials=False))[0] == 401
             ok = await run.post("/api/events?code=hunter2-s3cret", [_event("x.y", VAULT, "k1")])
             assert ok[0] == 200
             headers = {"x-keyhealth-key": "hunter2-s3cret"}

@@ -134,8 +134,14 @@ var keyhealthSettings = {
   KEYHEALTH_KEYVAULT_SHARE: '50'
   // One Resource Graph query finds every namespace; Reader on the subscriptions is all it needs.
   KEYHEALTH_INVENTORY: 'resource-graph'
+  KEYHEALTH_LOG_LEVEL: 'info'
   // Read only by `keyhealth serve`; the Functions HTTP routes are guarded by function keys.
   KEYHEALTH_WEBHOOK_SECRET: empty(webhookSecretName) ? '' : keyVaultReference(secretsVaultName, webhookSecretName)
+  // Entra ID bearer tokens: also read only by `keyhealth serve` (the Functions trigger takes Event Grid's system key).
+  KEYHEALTH_AUTH_TENANT_ID: ''
+  KEYHEALTH_AUTH_AUDIENCE: ''
+  KEYHEALTH_AUTH_AUTHORITY: 'https://login.microsoftonline.com'
+  KEYHEALTH_AUTH_ALLOWED_CALLERS: ''
   KEYHEALTH_ALERTS: alertsConfig
   KEYHEALTH_ALERT_RENOTIFY_HOURS: '4'
   KEYHEALTH_ALERT_RETRY_SECONDS: '30'

@@ -156,3 +156,11 @@ class RemediationError(KeyhealthError, RuntimeError):
         self.reason = reason
         self.denied = denied
         super().__init__(f"could not {action} {target}: {reason}")
+
+
+class TokenError(KeyhealthError, ValueError):
+    """A bearer token was refused. `reason` says why and never quotes the token."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)

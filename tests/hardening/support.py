@@ -4,6 +4,7 @@ events, and an environment that keeps Azure retries and timeouts small."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import threading
@@ -19,7 +20,7 @@ from monitor.config import Settings
 from monitor.domain.model import Scenario
 from monitor.domain.scenario import parse_scenario
 from monitor.sandbox import Sandbox
-from monitor.serve import Server
+from monitor.serve import SECRET_HEADER, Server
 from tests.builders import key, namespace, ref, scenario, vault, version
 
 NOW = "2026-11-22T00:00:00Z"
@@ -67,27 +68,45 @@ def parsed(document: dict[str, Any]) -> Scenario:
     return value
 
 
+# `serve` takes no request without a credential: the test servers get this secret unless told otherwise, and
+# `Running.session` sends it on every request.
+TEST_SECRET = "test-webhook-secret-0123456789"
+
+
 @dataclass
 class Running:
     sandbox: Sandbox
     server: Server
-    session: aiohttp.ClientSession
+    session: aiohttp.ClientSession  # sends the server's secret
     url: str
 
     async def post(
-        self, path: str, body: object, content_type: str | None = "application/json", **options: Any
+        self,
+        path: str,
+        body: object,
+        content_type: str | None = "application/json",
+        *,
+        credentials: bool = True,
+        **options: Any,
     ) -> tuple[int, Any]:
+        """POST `body` (JSON unless bytes); without `credentials`, from a client that sends no secret."""
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         headers = dict(options.pop("headers", {}))
         if content_type is not None:
             headers["Content-Type"] = content_type
-        async with self.session.post(self.url + path, data=data, headers=headers, **options) as reply:
-            text = await reply.text()
-            return reply.status, (json.loads(text) if text.startswith(("{", "[")) else text)
+        async with contextlib.AsyncExitStack() as stack:
+            session = self.session if credentials else await stack.enter_async_context(aiohttp.ClientSession())
+            async with session.post(self.url + path, data=data, headers=headers, **options) as reply:
+                text = await reply.text()
+                return reply.status, (json.loads(text) if text.startswith(("{", "[")) else text)
 
-    async def get(self, path: str) -> tuple[int, Any]:
-        async with self.session.get(self.url + path) as reply:
-            return reply.status, await reply.json()
+    async def get(self, path: str, *, credentials: bool = True, **options: Any) -> tuple[int, Any]:
+        """GET `path`, its JSON decoded (or its text); without `credentials`, from a client that sends no secret."""
+        async with contextlib.AsyncExitStack() as stack:
+            session = self.session if credentials else await stack.enter_async_context(aiohttp.ClientSession())
+            async with session.get(self.url + path, **options) as reply:
+                text = await reply.text()
+                return reply.status, (json.loads(text) if text.startswith(("{", "[")) else text)
 
 
 @asynccontextmanager
@@ -98,13 +117,16 @@ async def serving(tmp_path: Path, document: dict[str, Any], **environment: str) 
             **sandbox.environment(),
             **FAST_AZURE,
             "KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite"),
+            "KEYHEALTH_WEBHOOK_SECRET": TEST_SECRET,
             **environment,
         }
-        server = Server.from_settings(Settings.from_environment(env), now=sandbox.clock.now)
+        settings = Settings.from_environment(env)
+        server = Server.from_settings(settings, now=sandbox.clock.now)
         url = await server.start("127.0.0.1", 0)
         await server.poll_if_due()
+        credentials = {SECRET_HEADER: settings.webhook_secret} if settings.webhook_secret else {}
         try:
-            async with aiohttp.ClientSession() as session:
+            async with aiohttp.ClientSession(headers=credentials) as session:
                 yield Running(sandbox, server, session, url)
         finally:
             await server.stop()
@@ -115,7 +137,7 @@ class ServeThread:
 
     def __init__(self, sandbox: Sandbox, environment: dict[str, str]) -> None:
         self.sandbox = sandbox
-        self._environment = environment
+        self._environment = {"KEYHEALTH_WEBHOOK_SECRET": TEST_SECRET, **environment}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.server: Server | None = None
@@ -159,13 +181,22 @@ class ServeThread:
             self._thread.join(60)
 
     def request(
-        self, method: str, path: str, body: bytes | Iterable[bytes] | None = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | Iterable[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+        *,
+        credentials: bool = True,
     ) -> tuple[int, Any]:
-        """One request over a fresh connection; the JSON answer decoded (or the text)."""
+        """One request over a fresh connection (with the server's secret unless told not to); the answer decoded."""
+        secret = self._environment.get("KEYHEALTH_WEBHOOK_SECRET")
+        sent = {SECRET_HEADER: secret} if credentials and secret else {}
+        sent.update(headers or {})
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         try:
             chunked = body is not None and not isinstance(body, bytes)
-            connection.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
+            connection.request(method, path, body=body, headers=sent, encode_chunked=chunked)
             reply = connection.getresponse()
             text = reply.read().decode("utf-8", "replace")
         finally:
