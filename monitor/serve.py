@@ -13,6 +13,7 @@ import hmac
 import ipaddress
 import logging
 import signal
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,7 +31,18 @@ from monitor.config import SETTINGS, Settings
 from monitor.domain.errors import EventBodyError, SettingError, TokenError
 from monitor.events import KeyVaultEvent, RejectedEvent, SubscriptionValidation, parse_delivery
 from monitor.ports import BearerValidator
-from monitor.service import Monitor, PollResult, deliver_alerts, handle_event, poll, status_document
+from monitor.service import (
+    POLL_LEASE,
+    POLL_LEASE_DURATION,
+    POLL_LEASE_RENEW_EVERY,
+    Monitor,
+    PollResult,
+    deliver_alerts,
+    handle_event,
+    poll,
+    status_document,
+)
+from monitor.state import Lease, PollMark
 from monitor.telemetry import TraceContextFilter, count_event
 
 log = logging.getLogger("keyhealth")
@@ -41,6 +53,7 @@ EVENT_CONTENT_TYPES = frozenset(
 )
 SECRET_HEADER = "x-keyhealth-key"  # noqa: S105 - the header's name, not a secret
 HEALTHY_PERIODS = 2  # /healthz fails when no poll succeeded within this many schedule periods
+HEALTH_CACHE_SECONDS = 5.0
 # The origin Event Grid names in the CloudEvents abuse-protection handshake; nobody else may subscribe us.
 EVENT_GRID_ORIGIN = "eventgrid.azure.net"
 # A client gets this long to send a whole request head after connecting (or after the last answer on a kept-alive
@@ -293,6 +306,7 @@ class Server:
         self._loop_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.last_poll: PollRecord | None = None
+        self._fleet_cache: tuple[float, PollMark | None, Lease | None] | None = None
         self.last_success: datetime | None = None
         self.started_at = now()
         self.events: Counter[str] = Counter()  # outcomes (and "rejected") since start
@@ -343,6 +357,7 @@ class Server:
                 if result.alerts:
                     self._alerts_queued.set()
             self.last_poll = record
+            self._fleet_cache = None  # the poll may have moved the mark: /healthz reads it afresh
             return record
 
     async def _poll_loop(self) -> None:
@@ -541,8 +556,14 @@ class Server:
         code, body = await status_document(self.monitor.store, request.match_info.get("namespace"))
         return _json(code, body)
 
-    def health(self) -> tuple[int, dict[str, Any]]:
-        """(HTTP status, body) of /healthz: 503 when the last poll failed or was blind, or none succeeded lately."""
+    async def health(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) of /healthz: 503 with the reasons when the monitor is not watching the fleet.
+
+        This instance's last poll failed or was blind, or its poll loop has not run lately; no instance
+        completed a poll within HEALTHY_PERIODS schedule periods (the store's mark, so a skipped poll is
+        healthy only while another instance really polls); or the poll lease is held by an instance that
+        stopped renewing it (a killed process keeps everybody else out until the lease expires).
+        """
         now = self._now()
         window = schedule_period(self.schedule, now) * HEALTHY_PERIODS
         record = self.last_poll
@@ -555,12 +576,51 @@ class Server:
             "refused": dict(self.refused),
             "alerts": dict(self.deliveries),
         }
+        problems: list[str] = []
+        if record is None:
+            if now - self.started_at > window:
+                problems.append("this instance has not run a poll since it started")
+        elif record.outcome in {"failed", "blind"}:
+            problems.append(f"the last poll was {record.outcome}: {record.error}")
+        elif now - record.at > window:
+            problems.append(f"this instance's poll loop has not run since {record.at.isoformat()}")
         if record is not None and record.error:
             body["error"] = record.error
-        healthy = record is not None and record.outcome not in {"failed", "blind"}
-        healthy = healthy and self.last_success is not None and now - self.last_success <= window
-        body["healthy"] = healthy
-        return (200 if healthy else 503), body
+        try:
+            mark, lease = await self._fleet_poll_state()
+        except Exception as error:  # the store is what every instance shares: not reading it is not healthy
+            log.warning("keyhealth: /healthz could not read the state store: %s: %s", type(error).__name__, error)
+            problems.append(f"could not read the state store: {type(error).__name__}")
+            mark, lease = None, None
+        else:
+            body["last_complete_poll"] = {"at": mark.at.isoformat(), "by": mark.holder} if mark else None
+            since = mark.at if mark is not None else self.started_at
+            if now - since > window:
+                what = f"since {mark.at.isoformat()} (by {mark.holder})" if mark else "since this instance started"
+                problems.append(f"no instance completed a poll {what}")
+            if lease is not None and lease.held_at(now):
+                renewed = lease.expires_at - POLL_LEASE_DURATION
+                body["poll_lease"] = {"holder": lease.holder, "expires_at": lease.expires_at.isoformat()}
+                if lease.holder != self.monitor.instance and now - renewed > POLL_LEASE_RENEW_EVERY * 2:
+                    problems.append(
+                        f"the poll lease holder {lease.holder} has not renewed it since {renewed.isoformat()}; "
+                        f"no instance can poll until it expires at {lease.expires_at.isoformat()}"
+                    )
+        if problems:
+            body["problems"] = problems
+        body["healthy"] = not problems
+        return (503 if problems else 200), body
+
+    async def _fleet_poll_state(self) -> tuple[PollMark | None, Lease | None]:
+        """The store's last-complete-poll mark and the poll lease, read at most every few seconds: /healthz is
+        open to anyone and must not become a way to load the store."""
+        cached = self._fleet_cache
+        if cached is not None and time.monotonic() - cached[0] < HEALTH_CACHE_SECONDS:
+            return cached[1], cached[2]
+        mark = await self.monitor.store.last_poll_completed()
+        lease = await self.monitor.store.get_lease(POLL_LEASE)
+        self._fleet_cache = (time.monotonic(), mark, lease)
+        return mark, lease
 
     async def metrics_route(self, request: web.Request) -> web.Response:
         """GET /metrics: every instrument in the Prometheus text format (for a scraper, behind the secret)."""
@@ -568,7 +628,7 @@ class Server:
         return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
     async def healthz_route(self, request: web.Request) -> web.Response:
-        code, body = self.health()
+        code, body = await self.health()
         return _json(code, body)
 
     # --- lifetime ---------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from monitor.ports import AccessReader, AlertSink, InventoryReader, KeyReader
 from monitor.remediation import Outcome, Remediation, remediate
 from monitor.render import namespace_document
 from monitor.state import EVENT_DEDUPE_TTL, NamespaceState, StateStore
-from monitor.telemetry import READINGS, TRACER, count_event, count_poll
+from monitor.telemetry import HEARTBEAT, READINGS, TRACER, count_event, count_poll
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -197,6 +197,8 @@ POLL_LEASE = "poll"
 EVENT_INCIDENTS_READ_ONE_BY_ONE = 20
 # Service Bus polls every 5 minutes; a poll that holds the lease longer has failed and must be replaceable.
 POLL_LEASE_DURATION = timedelta(minutes=4)
+# A running poll renews its lease this often, so a lease not renewed for two of these has lost its holder.
+POLL_LEASE_RENEW_EVERY = POLL_LEASE_DURATION / 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,9 +314,15 @@ async def poll(monitor: Monitor, *, now: datetime) -> PollResult:
         if not result.ran or result.report is None:
             count_poll("skipped")
             span.set_attribute("keyhealth.outcome", "skipped")
+            # Another instance polls: the heartbeat gauge follows its mark (one small read).
+            mark = await monitor.store.last_poll_completed()
+            if mark is not None:
+                HEARTBEAT.saw(mark.at)
             return result
         READINGS.record(result.report, whole_fleet=not result.report.fleet_blind)
         outcome = "blind" if result.report.fleet_blind else "ok"
+        if outcome == "ok":
+            HEARTBEAT.saw(now)
         count_poll(outcome, time.monotonic() - started)
         span.set_attributes(
             {

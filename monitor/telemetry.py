@@ -10,7 +10,7 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -225,6 +225,40 @@ _meter.create_observable_gauge(
     [_key_expiry],
     unit="s",
     description="Seconds from the last judgement to the expiry of the key's current version (negative: expired).",
+)
+
+
+class PollHeartbeat:
+    """When the last complete poll (by any instance, as far as this one has seen) ended, for `keyhealth.poll.age`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._at: datetime | None = None
+
+    def saw(self, at: datetime) -> None:
+        with self._lock:
+            if self._at is None or at > self._at:
+                self._at = at
+
+    def age(self, now: datetime) -> float | None:
+        with self._lock:
+            return None if self._at is None else (now - self._at).total_seconds()
+
+
+HEARTBEAT = PollHeartbeat()
+
+
+def _poll_age(options: CallbackOptions) -> Iterable[Observation]:
+    # Wall time on purpose: the gauge must keep rising while nothing polls (a dead poller emits nothing itself).
+    age = HEARTBEAT.age(datetime.now(UTC))
+    return [] if age is None else [Observation(max(age, 0.0))]
+
+
+_meter.create_observable_gauge(
+    "keyhealth.poll.age",
+    [_poll_age],
+    unit="s",
+    description="Seconds since the last complete poll by any instance (as this one last read it); absent before one.",
 )
 _meter.create_observable_gauge(
     "keyhealth.monitor.blind", [_blind], unit="{namespace}", description="Namespaces the monitor cannot judge."

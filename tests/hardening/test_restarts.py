@@ -37,7 +37,7 @@ from monitor.sandbox import Sandbox
 from monitor.service import poll
 from tests.builders import key, namespace, ref, scenario, version
 from tests.hardening.fuzzing import EXTENDED, record
-from tests.hardening.support import parsed
+from tests.hardening.support import TEST_SECRET, parsed
 from tests.threaded_server import ThreadedServer
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -218,6 +218,7 @@ def test_serve_killed_mid_poll_mid_recording_and_mid_delivery_loses_nothing(
             **{k: v for k, v in os.environ.items() if not k.startswith("KEYHEALTH_")},
             **sandbox.environment(),
             "KEYHEALTH_SQLITE_PATH": str(state),
+            "KEYHEALTH_WEBHOOK_SECRET": TEST_SECRET,
             "KEYHEALTH_ALERTS": json.dumps(alerts),
             "KEYHEALTH_HTTP_RETRIES": "1",
             "KEYHEALTH_HTTP_TIMEOUT_SECONDS": "10",

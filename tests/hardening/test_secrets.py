@@ -159,7 +159,7 @@ def test_no_secret_leaks_from_serve_when_vaults_sinks_and_callers_misbehave(
                 report = await server.deliver_now()
                 texts.append(report.describe() if report else "delivery failed")
                 texts.extend(entry.last_error or "" for entry in await monitor.store.list_outbox())
-                texts.append(json.dumps(server.health()[1]))
+                texts.append(json.dumps((await server.health())[1]))
             finally:
                 await server.stop()
 
