@@ -40,10 +40,10 @@ param remediationMode string = 'off'
 @description('KEYHEALTH_REMEDIATION_ACTIONS: rotate, recover, unpin.')
 param remediationActions string = 'rotate,recover'
 
-@description('Comma-separated resource ids of the vaults remediation may write to (Key Vault Crypto Officer when remediationMode is on).')
+@description('Comma-separated resource ids of the vaults remediation may write to, when remediationMode is on: Key Vault Crypto Officer on each of their keys remediationKeys names (on the vault for a wildcard name) and a recover-only role on the vault.')
 param remediationVaultIds string = ''
 
-@description('KEYHEALTH_REMEDIATION_KEYS (patterns on vault-name/key-name); empty: every key of remediationVaultIds.')
+@description('KEYHEALTH_REMEDIATION_KEYS: comma-separated key URLs, https://<vault host>/keys/<name> (the name may use * and ?). Empty: remediation may touch no key, and no key write is granted.')
 param remediationKeys string = ''
 
 @description('Comma-separated resource ids of the namespaces remediation may unpin (the custom unpin role when remediationMode is on and remediationActions lists unpin).')
@@ -102,6 +102,8 @@ var accessPolicyVaults = idList(accessPolicyVaultIds)
 var remediationVaults = idList(remediationVaultIds)
 var remediationNamespaces = idList(remediationNamespaceIds)
 var remediationActionList = idList(remediationActions)
+// Passed on as given: an empty list allows nothing, in the app and in the roles.
+var remediationKeyPatterns = nameList(remediationKeys)
 var unpinNamespaces = remediationMode == 'on' && contains(remediationActionList, 'unpin') ? remediationNamespaces : []
 var givenSubscriptions = idList(monitoredSubscriptionIds)
 var namespaceSubscriptions = empty(givenSubscriptions) ? array(toLower(subscription().subscriptionId)) : givenSubscriptions
@@ -196,7 +198,7 @@ module functionApp 'app/function.bicep' = {
     otlpEndpoint: otlpEndpoint
     remediationMode: remediationMode
     remediationActions: join(remediationActionList, ',')
-    remediationKeys: empty(remediationKeys) ? join(map(remediationVaults, id => '${nameOf(id)}/*'), ',') : remediationKeys
+    remediationKeys: join(remediationKeyPatterns, ',')
     remediationNamespaces: join(map(remediationNamespaces, id => nameOf(id)), ',')
   }
   // Key Vault references resolve only once the app's identity may read the secrets.
@@ -224,6 +226,10 @@ module vaultAccess 'app/vault-access.bicep' = [
       principalId: identities.outputs.appPrincipalId
       remediate: remediationMode == 'on' && contains(remediationVaults, vaultId)
       accessPolicy: contains(accessPolicyVaults, vaultId)
+      keyPatterns: remediationKeyPatterns
+      rotate: contains(remediationActionList, 'rotate')
+      recover: contains(remediationActionList, 'recover')
+      environmentName: environmentName
     }
   }
 ]
