@@ -563,6 +563,8 @@ def _evaluate(node: Node, path: Path, scope: dict[str, object]) -> object:
         right = _evaluate(node.children[2], path, scope)
         if operator in {"==", "!="}:
             return (left == right) == (operator == "==")
+        if operator == "*" and isinstance(left, int) and isinstance(right, int):
+            return left * right
     if kind == "ternary_expression":
         chosen = node.children[2] if _evaluate(node.children[0], path, scope) else node.children[4]
         return _evaluate(chosen, path, scope)
@@ -793,6 +795,56 @@ def test_metric_alerts_watch_metrics_the_code_emits():
         "keyhealth.monitor.blind",
         "keyhealth.alerts.deliveries",
     } <= watched
+
+
+ALERTS = INFRA / "app" / "alerts.bicep"
+
+
+def test_a_log_alert_fires_when_no_poll_completed_for_three_periods():
+    """keyhealth-monitor-not-polling counts the completed polls (keyhealth.polls, outcome ok) in customMetrics over
+    the last 3 x 5 minutes, evaluated every 5 minutes, and fires below one: its summarize has no grouping, so a dead
+    app (no rows at all) yields a row of 0 and alerts. Severity 1 on the same Application Insights and action group
+    as the metric rules."""
+    (rule,) = _all_resources("Microsoft.Insights/scheduledQueryRules")
+    assert rule.path == ALERTS and not rule.conditional
+    properties = _get(rule.body, "properties")
+    scope = {"actionGroupId": "/subscriptions/s/resourceGroups/g/providers/microsoft.insights/actionGroups/oncall"}
+
+    def value(*path: str) -> object:
+        node = _get(properties, *path)
+        assert node is not None, path
+        return _evaluate(node, ALERTS, scope)
+
+    assert _literal(_get(rule.body, "kind")) == "LogAlert"
+    assert (value("evaluationFrequency"), value("windowSize")) == ("PT5M", "PT15M")
+    assert value("severity") == 1 and value("enabled") is True and value("autoMitigate") is True
+    metric_rules = _all_resources("Microsoft.Insights/metricAlerts")
+    assert {_text(_get(r.body, "properties", "scopes") or r.body) for r in metric_rules} == {
+        _text(_get(properties, "scopes") or rule.body)
+    }
+    (criterion,) = [c for c in (_get(properties, "criteria", "allOf") or rule.body).children if c.type == "object"]
+    query = _evaluate(_get(criterion, "query") or criterion, ALERTS, scope)
+    assert isinstance(query, str)
+    stages = [stage.strip() for stage in query.split("|")]
+    assert stages[0] == "customMetrics" and "where timestamp > ago(15m)" in stages
+    assert 'name == "keyhealth.polls"' in query and "keyhealth.polls" in _instrument_names()
+    assert 'tostring(customDimensions.outcome) == "ok"' in query
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    polls_row = next(line for line in readme.splitlines() if line.startswith("| `keyhealth.polls` |"))
+    assert "ok" in polls_row.split("|")[4]  # an outcome the poll reports
+    summarize = re.fullmatch(r"summarize (\w+) = count\(\)", stages[-1])
+    assert summarize is not None, stages[-1]  # no "by": absence is a row of 0, not no rows
+    assert _literal(_get(criterion, "metricMeasureColumn")) == summarize.group(1)
+    assert _literal(_get(criterion, "timeAggregation")) == "Total"
+    assert (
+        _literal(_get(criterion, "operator")),
+        _evaluate(_get(criterion, "threshold") or criterion, ALERTS, {}),
+    ) == (
+        "LessThan",
+        1,
+    )
+    assert value("actions", "actionGroups") == [scope["actionGroupId"]]
+    assert _evaluate(_get(properties, "actions", "actionGroups") or rule.body, ALERTS, {"actionGroupId": ""}) == []
 
 
 # --- azure.yaml ----------------------------------------------------------------------------------------------------
