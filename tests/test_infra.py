@@ -808,7 +808,9 @@ def test_a_log_alert_fires_when_no_poll_completed_for_three_periods():
     (rule,) = _all_resources("Microsoft.Insights/scheduledQueryRules")
     assert rule.path == ALERTS and not rule.conditional
     properties = _get(rule.body, "properties")
-    scope = {"actionGroupId": "/subscriptions/s/resourceGroups/g/providers/microsoft.insights/actionGroups/oncall"}
+    scope: dict[str, object] = {
+        "actionGroupId": "/subscriptions/s/resourceGroups/g/providers/microsoft.insights/actionGroups/oncall"
+    }
 
     def value(*path: str) -> object:
         node = _get(properties, *path)
