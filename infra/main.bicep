@@ -78,6 +78,15 @@ param alertActionGroupId string = ''
 @description('Alert when a namespace is predicted to go Revoked within this many days.')
 param revocationAlertDays int = 7
 
+@description('Also deliver the vaults\' events to `keyhealth serve` at this https URL (its Event Grid webhook route), with Microsoft Entra ID delivery; empty: no such subscription. Needs serveAuthAudience.')
+param serveWebhookUrl string = ''
+
+@description('KEYHEALTH_AUTH_TENANT_ID of that serve: the tenant of its app registration; empty: this deployment\'s tenant.')
+param serveAuthTenantId string = ''
+
+@description('KEYHEALTH_AUTH_AUDIENCE of that serve: the application id or application ID URI of its app registration, which Event Grid gets tokens for.')
+param serveAuthAudience string = ''
+
 @description('Create the Event Grid subscriptions. Event Grid refuses a subscription to a function that is not deployed yet, so the first provision runs without them and the postdeploy hook provisions again with this set.')
 param wireEventGrid bool = false
 
@@ -246,6 +255,9 @@ module vaultEvents 'app/vault-events.bicep' = [
       deadLetterIdentityId: identities.outputs.eventGridIdentityId
       deadLetterAccountId: storage.outputs.accountId
       deadLetterContainerName: storage.outputs.deadLetterContainerName
+      serveWebhookUrl: trim(serveWebhookUrl)
+      serveAuthTenantId: empty(serveAuthTenantId) ? tenant().tenantId : trim(serveAuthTenantId)
+      serveAuthAudience: trim(serveAuthAudience)
     }
   }
 ]

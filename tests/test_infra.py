@@ -12,7 +12,7 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -357,6 +357,8 @@ def test_events_go_to_the_event_grid_trigger_with_retries_and_dead_letters():
     trigger = _event_grid_trigger_name()
     for subscription in _event_subscriptions():
         properties = _get(subscription.body, "properties")
+        if subscription.symbol == "toServe":  # the optional webhook to `keyhealth serve`, checked below
+            continue
         assert _literal(_get(properties, "destination", "endpointType")) == "AzureFunction"
         target = _get(properties, "destination", "properties", "resourceId")
         assert target is not None, subscription.symbol
@@ -368,6 +370,44 @@ def test_events_go_to_the_event_grid_trigger_with_retries_and_dead_letters():
         assert _literal(_get(dead_letter, "endpointType")) == "StorageBlob"
         assert _get(dead_letter, "properties", "blobContainerName") is not None
         assert _literal(_get(properties, "eventDeliverySchema")) == "EventGridSchema"
+
+
+VAULT_EVENTS = INFRA / "app" / "vault-events.bicep"
+
+
+def test_events_reach_serve_only_by_entra_id_delivery_and_only_when_asked():
+    """The optional `keyhealth serve` subscription is a WebHook whose destination names the tenant and the
+    application id or URI Event Grid gets tokens for; it exists only for an https URL with both given (off by
+    default), and keeps the same retries and dead letters as the function's."""
+    (serve,) = [s for s in _event_subscriptions() if s.symbol == "toServe"]
+    assert serve.conditional and serve.path == VAULT_EVENTS
+    destination = _get(serve.body, "properties", "destination")
+    assert _literal(_get(destination, "endpointType")) == "WebHook"
+    given = {
+        "endpointUrl": "serveWebhookUrl",
+        "azureActiveDirectoryTenantId": "serveAuthTenantId",
+        "azureActiveDirectoryApplicationIdOrUri": "serveAuthAudience",
+    }
+    for name, parameter in given.items():
+        assert _text(_get(destination, "properties", name) or destination) == parameter, name
+    properties = _get(serve.body, "properties")
+    assert _get(properties, "retryPolicy", "maxDeliveryAttempts") is not None
+    dead_letter = _get(properties, "deadLetterWithResourceIdentity", "deadLetterDestination")
+    assert _literal(_get(dead_letter, "endpointType")) == "StorageBlob"
+    condition = next(c for c in _walk(serve.declaration) if c.type == "parenthesized_expression")
+    wanted = {
+        "serveWebhookUrl": "https://keyhealth.example.com/api/events",
+        "serveAuthTenantId": "11111111-1111-4111-8111-111111111111",
+        "serveAuthAudience": "api://keyhealth-serve",
+    }
+    assert _evaluate(condition, VAULT_EVENTS, wanted) is True
+    for missing in ({**wanted, "serveAuthAudience": ""}, {**wanted, "serveAuthTenantId": ""}):
+        assert _evaluate(condition, VAULT_EVENTS, missing) is False  # never an unauthenticated webhook
+    assert _evaluate(condition, VAULT_EVENTS, {**wanted, "serveWebhookUrl": "http://keyhealth.example.com"}) is False
+    defaults = _main_parameters({})
+    assert (defaults["serveWebhookUrl"], defaults["serveAuthAudience"]) == ("", "")  # off by default
+    module = {_text(d.children[1]): d for d in _tree(MAIN).children if d.type == "module_declaration"}["vaultEvents"]
+    assert "serveAuthAudience: trim(serveAuthAudience)" in _text(module)
 
 
 def test_each_vault_gets_a_key_vault_system_topic():
@@ -524,7 +564,7 @@ def _arguments(call: Node) -> list[Node]:
     return [c for c in call.children[1].children if c.type not in {"(", ")", ","}]
 
 
-def _evaluate(node: Node, path: Path, scope: dict[str, object]) -> object:
+def _evaluate(node: Node, path: Path, scope: Mapping[str, object]) -> object:
     kind = node.type
     if kind == "string":
         parts = []
