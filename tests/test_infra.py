@@ -389,7 +389,8 @@ def test_events_reach_serve_only_by_entra_id_delivery_and_only_when_asked():
         "azureActiveDirectoryApplicationIdOrUri": "serveAuthAudience",
     }
     for name, parameter in given.items():
-        assert _text(_get(destination, "properties", name) or destination) == parameter, name
+        value = _get(destination, "properties", name)
+        assert value is not None and _text(value) == parameter, name
     properties = _get(serve.body, "properties")
     assert _get(properties, "retryPolicy", "maxDeliveryAttempts") is not None
     dead_letter = _get(properties, "deadLetterWithResourceIdentity", "deadLetterDestination")
