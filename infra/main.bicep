@@ -40,10 +40,10 @@ param remediationMode string = 'off'
 @description('KEYHEALTH_REMEDIATION_ACTIONS: rotate, recover, unpin.')
 param remediationActions string = 'rotate,recover'
 
-@description('Comma-separated resource ids of the vaults remediation may write to (Key Vault Crypto Officer when remediationMode is on).')
+@description('Comma-separated resource ids of the vaults remediation may write to, when remediationMode is on: Key Vault Crypto Officer on each of their keys remediationKeys names (on the vault for a wildcard name) and a recover-only role on the vault.')
 param remediationVaultIds string = ''
 
-@description('KEYHEALTH_REMEDIATION_KEYS (patterns on vault-name/key-name); empty: every key of remediationVaultIds.')
+@description('KEYHEALTH_REMEDIATION_KEYS: comma-separated key URLs, https://<vault host>/keys/<name> (the name may use * and ?). Empty: remediation may touch no key, and no key write is granted.')
 param remediationKeys string = ''
 
 @description('Comma-separated resource ids of the namespaces remediation may unpin (the custom unpin role when remediationMode is on and remediationActions lists unpin).')
@@ -78,6 +78,15 @@ param alertActionGroupId string = ''
 @description('Alert when a namespace is predicted to go Revoked within this many days.')
 param revocationAlertDays int = 7
 
+@description('Also deliver the vaults\' events to `keyhealth serve` at this https URL (its Event Grid webhook route), with Microsoft Entra ID delivery; empty: no such subscription. Needs serveAuthAudience.')
+param serveWebhookUrl string = ''
+
+@description('KEYHEALTH_AUTH_TENANT_ID of that serve: the tenant of its app registration; empty: this deployment\'s tenant.')
+param serveAuthTenantId string = ''
+
+@description('KEYHEALTH_AUTH_AUDIENCE of that serve: the application id or application ID URI of its app registration, which Event Grid gets tokens for.')
+param serveAuthAudience string = ''
+
 @description('Create the Event Grid subscriptions. Event Grid refuses a subscription to a function that is not deployed yet, so the first provision runs without them and the postdeploy hook provisions again with this set.')
 param wireEventGrid bool = false
 
@@ -102,6 +111,8 @@ var accessPolicyVaults = idList(accessPolicyVaultIds)
 var remediationVaults = idList(remediationVaultIds)
 var remediationNamespaces = idList(remediationNamespaceIds)
 var remediationActionList = idList(remediationActions)
+// Passed on as given: an empty list allows nothing, in the app and in the roles.
+var remediationKeyPatterns = nameList(remediationKeys)
 var unpinNamespaces = remediationMode == 'on' && contains(remediationActionList, 'unpin') ? remediationNamespaces : []
 var givenSubscriptions = idList(monitoredSubscriptionIds)
 var namespaceSubscriptions = empty(givenSubscriptions) ? array(toLower(subscription().subscriptionId)) : givenSubscriptions
@@ -196,7 +207,7 @@ module functionApp 'app/function.bicep' = {
     otlpEndpoint: otlpEndpoint
     remediationMode: remediationMode
     remediationActions: join(remediationActionList, ',')
-    remediationKeys: empty(remediationKeys) ? join(map(remediationVaults, id => '${nameOf(id)}/*'), ',') : remediationKeys
+    remediationKeys: join(remediationKeyPatterns, ',')
     remediationNamespaces: join(map(remediationNamespaces, id => nameOf(id)), ',')
   }
   // Key Vault references resolve only once the app's identity may read the secrets.
@@ -224,6 +235,10 @@ module vaultAccess 'app/vault-access.bicep' = [
       principalId: identities.outputs.appPrincipalId
       remediate: remediationMode == 'on' && contains(remediationVaults, vaultId)
       accessPolicy: contains(accessPolicyVaults, vaultId)
+      keyPatterns: remediationKeyPatterns
+      rotate: contains(remediationActionList, 'rotate')
+      recover: contains(remediationActionList, 'recover')
+      environmentName: environmentName
     }
   }
 ]
@@ -240,6 +255,9 @@ module vaultEvents 'app/vault-events.bicep' = [
       deadLetterIdentityId: identities.outputs.eventGridIdentityId
       deadLetterAccountId: storage.outputs.accountId
       deadLetterContainerName: storage.outputs.deadLetterContainerName
+      serveWebhookUrl: trim(serveWebhookUrl)
+      serveAuthTenantId: empty(serveAuthTenantId) ? tenant().tenantId : trim(serveAuthTenantId)
+      serveAuthAudience: trim(serveAuthAudience)
     }
   }
 ]

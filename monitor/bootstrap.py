@@ -185,7 +185,9 @@ def build_monitor(settings: Settings, *, credential: AsyncTokenCredential | None
         concurrency=settings.concurrency,
         alerting=build_alerting(settings, store),
         sinks=sinks.sinks,
-        remediation=Remediation(AzureRemediator(clients), KeyVaultKeys(clients), settings.remediation_policy),
+        remediation=Remediation(
+            AzureRemediator(clients, settings.remediation_policy), KeyVaultKeys(clients), settings.remediation_policy
+        ),
     )
 
 

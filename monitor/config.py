@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 from monitor.alert_config import AlertConfig, parse_alert_config
 from monitor.alerting import AlertPolicy
-from monitor.domain.errors import AlertConfigError, SettingError, encodable
+from monitor.domain.errors import AlertConfigError, KeyPatternError, SettingError, encodable
 from monitor.domain.findings import Thresholds
-from monitor.domain.remediation import Action, Mode, RemediationPolicy
+from monitor.domain.remediation import Action, Mode, RemediationPolicy, parse_key_pattern
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +118,17 @@ def _ncrontab(name: str, raw: str) -> str:
 def _patterns(name: str, raw: str) -> tuple[str, ...]:
     del name
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _key_patterns(name: str, raw: str) -> tuple[str, ...]:
+    """Each pattern must pin one vault host of a known cloud: refused at start-up, not matched loosely later."""
+    patterns = []
+    for part in _patterns(name, raw):
+        try:
+            patterns.append(str(parse_key_pattern(part)))
+        except KeyPatternError as error:
+            raise SettingError(name, raw, f"pattern {error.pattern!r}: {error.problem}") from None
+    return tuple(dict.fromkeys(patterns))
 
 
 def _actions(name: str, raw: str) -> frozenset[str]:
@@ -368,8 +379,9 @@ SETTINGS: dict[str, SettingSpec] = {
     "remediation_keys": SettingSpec(
         "KEYHEALTH_REMEDIATION_KEYS",
         "",
-        "Keys remediation may touch: comma-separated patterns on vault-name/key-name or the key URL; empty: none.",
-        _patterns,
+        "Keys remediation may rotate or recover: comma-separated key URLs, https://<vault host>/keys/<name>, the "
+        "name may use * and ?; empty: none.",
+        _key_patterns,
     ),
     "remediation_namespaces": SettingSpec(
         "KEYHEALTH_REMEDIATION_NAMESPACES",
@@ -451,7 +463,7 @@ class Settings:
         return RemediationPolicy(
             mode=Mode(self.remediation),
             actions=frozenset(Action(a) for a in self.remediation_actions),
-            keys=self.remediation_keys,
+            keys=tuple(parse_key_pattern(pattern) for pattern in self.remediation_keys),
             namespaces=self.remediation_namespaces,
             rotate_within=timedelta(days=self.remediation_rotate_days),
             new_key_lifetime=timedelta(days=self.remediation_key_lifetime_days),

@@ -42,9 +42,9 @@ ACTION_LEASE = timedelta(minutes=5)
 DRY_RUN_NOTICE_EVERY = timedelta(hours=24)  # a dry run repeats its plan every poll; people hear it daily
 
 _PERMISSION_HINTS = {
-    Action.ROTATE: "grant the monitor's identity Key Vault Crypto Officer on the vault (keys: get, create, rotate, "
+    Action.ROTATE: "grant the monitor's identity Key Vault Crypto Officer on the key (keys: get, create, rotate, "
     "get rotation policy)",
-    Action.RECOVER: "grant the monitor's identity Key Vault Crypto Officer on the vault (keys: recover)",
+    Action.RECOVER: "grant the monitor's identity keys recover on the vault (a deleted key has no key scope)",
     Action.UNPIN: "grant the monitor's identity write on the namespace (Microsoft.ServiceBus/namespaces/write)",
 }
 
@@ -151,6 +151,9 @@ async def _decide(
     policy = remediation.policy
     if proposal.blocked is not None:
         return Outcome(proposal, "blocked", proposal.blocked)
+    if proposal.action is not Action.UNPIN and not policy.key_allowed(proposal.vault, proposal.key):
+        # The plan gates on the same policy; a proposal made any other way still writes no key off the list.
+        return Outcome(proposal, "blocked", f"key {proposal.key_label} is not in KEYHEALTH_REMEDIATION_KEYS")
     cooldown = await store.get_lease(f"cooldown:{proposal.lease_name}")
     if cooldown is not None and cooldown.held_at(now):
         return Outcome(proposal, "skipped", f"cooling down after a failure until {format_instant(cooldown.expires_at)}")

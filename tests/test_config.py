@@ -81,3 +81,49 @@ def test_the_local_settings_example_lists_every_setting_with_a_valid_value():
     assert {spec.name for spec in SETTINGS.values()} <= set(values)
     Settings.from_environment({k: v for k, v in values.items() if k.startswith("KEYHEALTH_")})
     assert values["KEYHEALTH_POLL_SCHEDULE"] == "0 */5 * * * *"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "problem"),
+    [
+        ("kv-prod/sb-*", "expected https://<vault-name>.<suffix>/keys/<key-name>"),  # the first label alone
+        ("https://kv-prod*/keys/sb-cmk", "a wildcard in the vault host"),  # could reach any suffix
+        ("https://kv-prod.*/keys/sb-cmk", "a wildcard in the vault host"),
+        ("https://kv-*.vault.azure.net/keys/sb-cmk", "a wildcard in the vault host"),
+        ("https://kv-prod.vault.azure.net.evil.example/keys/x", "is not a Key Vault or Managed HSM host"),
+        ("https://kv-prod.example.com/keys/x", "is not a Key Vault or Managed HSM host"),
+        ("https://kv-prod/keys/x", "is not a Key Vault or Managed HSM host"),
+        ("http://kv-prod.vault.azure.net/keys/x", "expected https://"),
+        ("https://kv-prod.vault.azure.net/secrets/x", "expected https://"),
+        ("https://kv-prod.vault.azure.net/keys/sb-cmk/0123abcd", "not versions"),
+        ("https://kv-prod.vault.azure.net/keys/sb_cmk", "is not a key name pattern"),
+        ("https://kv-prod.vault.azure.net/keys/[a-z]*", "is not a key name pattern"),
+        ("https://k.vault.azure.net/keys/x", "is not a vault name"),
+        ("https://kv--prod.vault.azure.net/keys/x", "is not a vault name"),
+    ],
+)
+def test_a_remediation_key_pattern_that_does_not_pin_one_vault_host_is_refused(pattern, problem):
+    """KEYHEALTH_REMEDIATION_KEYS refuses at start-up any pattern whose vault host is not written out in full with a
+    known Key Vault suffix, naming the pattern and the accepted form."""
+    with pytest.raises(SettingError) as raised:
+        Settings.from_environment({"KEYHEALTH_REMEDIATION_KEYS": f"https://kv-ok.vault.azure.net/keys/k, {pattern}"})
+    assert raised.value.setting == "KEYHEALTH_REMEDIATION_KEYS"
+    message = str(raised.value)
+    assert f"pattern {pattern!r}" in message and problem in message
+    assert "https://<vault-name>.<suffix>/keys/<key-name>" in message
+
+
+def test_remediation_key_patterns_are_read_case_folded_and_once():
+    """Accepted patterns come out in one spelling, duplicates dropped, Managed HSM and other clouds included."""
+    settings = Settings.from_environment(
+        {
+            "KEYHEALTH_REMEDIATION_KEYS": "HTTPS://KV-Prod.Vault.Azure.Net/keys/SB-*, https://kv-prod.vault.azure.net"
+            "/keys/sb-*,https://hsm-a.managedhsm.azure.net/keys/k1, https://kv-cn.vault.azure.cn/keys/k?"
+        }
+    )
+    assert settings.remediation_keys == (
+        "https://kv-prod.vault.azure.net/keys/sb-*",
+        "https://hsm-a.managedhsm.azure.net/keys/k1",
+        "https://kv-cn.vault.azure.cn/keys/k?",
+    )
+    assert Settings.from_environment({}).remediation_policy.keys == ()  # empty: nothing allowed

@@ -12,17 +12,18 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from tree_sitter import Node
 from tree_sitter_language_pack import get_parser
 
-from monitor.config import SETTINGS
+from monitor.config import SETTINGS, Settings
 from monitor.events import KeyVaultEventType
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +67,8 @@ KNOWN_ROLES = {
 }
 CUSTOM_ROLE = "custom"
 UNPIN_ACTIONS = {"Microsoft.ServiceBus/namespaces/read", "Microsoft.ServiceBus/namespaces/write"}
+# The data action Key Vault checks for recovering a soft-deleted key (Recover Deleted Key: keys/recover).
+RECOVER_DATA_ACTION = "Microsoft.KeyVault/vaults/keys/recover/action"
 # Roles that write keys or namespaces: granted only when remediation is on.
 WRITE_ROLES = {"14b46e9e-c2b7-41b4-b07b-48a6ebf60603", CUSTOM_ROLE}
 
@@ -354,6 +357,8 @@ def test_events_go_to_the_event_grid_trigger_with_retries_and_dead_letters():
     trigger = _event_grid_trigger_name()
     for subscription in _event_subscriptions():
         properties = _get(subscription.body, "properties")
+        if subscription.symbol == "toServe":  # the optional webhook to `keyhealth serve`, checked below
+            continue
         assert _literal(_get(properties, "destination", "endpointType")) == "AzureFunction"
         target = _get(properties, "destination", "properties", "resourceId")
         assert target is not None, subscription.symbol
@@ -365,6 +370,45 @@ def test_events_go_to_the_event_grid_trigger_with_retries_and_dead_letters():
         assert _literal(_get(dead_letter, "endpointType")) == "StorageBlob"
         assert _get(dead_letter, "properties", "blobContainerName") is not None
         assert _literal(_get(properties, "eventDeliverySchema")) == "EventGridSchema"
+
+
+VAULT_EVENTS = INFRA / "app" / "vault-events.bicep"
+
+
+def test_events_reach_serve_only_by_entra_id_delivery_and_only_when_asked():
+    """The optional `keyhealth serve` subscription is a WebHook whose destination names the tenant and the
+    application id or URI Event Grid gets tokens for; it exists only for an https URL with both given (off by
+    default), and keeps the same retries and dead letters as the function's."""
+    (serve,) = [s for s in _event_subscriptions() if s.symbol == "toServe"]
+    assert serve.conditional and serve.path == VAULT_EVENTS
+    destination = _get(serve.body, "properties", "destination")
+    assert _literal(_get(destination, "endpointType")) == "WebHook"
+    given = {
+        "endpointUrl": "serveWebhookUrl",
+        "azureActiveDirectoryTenantId": "serveAuthTenantId",
+        "azureActiveDirectoryApplicationIdOrUri": "serveAuthAudience",
+    }
+    for name, parameter in given.items():
+        value = _get(destination, "properties", name)
+        assert value is not None and _text(value) == parameter, name
+    properties = _get(serve.body, "properties")
+    assert _get(properties, "retryPolicy", "maxDeliveryAttempts") is not None
+    dead_letter = _get(properties, "deadLetterWithResourceIdentity", "deadLetterDestination")
+    assert _literal(_get(dead_letter, "endpointType")) == "StorageBlob"
+    condition = next(c for c in _walk(serve.declaration) if c.type == "parenthesized_expression")
+    wanted = {
+        "serveWebhookUrl": "https://keyhealth.example.com/api/events",
+        "serveAuthTenantId": "11111111-1111-4111-8111-111111111111",
+        "serveAuthAudience": "api://keyhealth-serve",
+    }
+    assert _evaluate(condition, VAULT_EVENTS, wanted) is True
+    for missing in ({**wanted, "serveAuthAudience": ""}, {**wanted, "serveAuthTenantId": ""}):
+        assert _evaluate(condition, VAULT_EVENTS, missing) is False  # never an unauthenticated webhook
+    assert _evaluate(condition, VAULT_EVENTS, {**wanted, "serveWebhookUrl": "http://keyhealth.example.com"}) is False
+    defaults = _main_parameters({})
+    assert (defaults["serveWebhookUrl"], defaults["serveAuthAudience"]) == ("", "")  # off by default
+    module = {_text(d.children[1]): d for d in _tree(MAIN).children if d.type == "module_declaration"}["vaultEvents"]
+    assert "serveAuthAudience: trim(serveAuthAudience)" in _text(module)
 
 
 def test_each_vault_gets_a_key_vault_system_topic():
@@ -410,7 +454,7 @@ def _resolve_role(assignment: Resource) -> Grant:
         symbol = _text(role).split(".")[0]
         custom = [r for r in _resources(assignment.path) if r.symbol == symbol]
         assert custom and custom[0].type == "Microsoft.Authorization/roleDefinitions", where
-        return Grant(assignment, CUSTOM_ROLE, None)
+        return Grant(assignment, CUSTOM_ROLE, f"{symbol}.name")
     raise AssertionError(f"{where}: name the role by a variable or a custom role in the same file")
 
 
@@ -441,20 +485,25 @@ def test_role_assignment_names_are_guids_of_scope_principal_and_role():
         arguments = [_text(c) for c in name.children[1].children if c.type not in {"(", ")", ","}]
         assert len(arguments) == 3, _text(name)
         assert "principalid" in arguments[1].lower(), _text(name)
-        role = grant.role_variable or "unpinRole.name"
-        assert arguments[2] == role, _text(name)
+        assert arguments[2] == grant.role_variable, _text(name)
 
 
-def test_custom_roles_hold_only_namespace_read_and_write():
-    """The unpin role can read and write Service Bus namespaces, nothing else, and is assignable in one group."""
+def test_custom_roles_hold_only_namespace_read_and_write_or_key_recovery():
+    """The unpin role can read and write Service Bus namespaces; the recover role can recover a soft-deleted key
+    (no delete, no purge, no other key operation). Nothing else, and each is assignable in one group."""
     definitions = _all_resources("Microsoft.Authorization/roleDefinitions")
-    assert definitions
+    assert {d.symbol for d in definitions} == {"unpinRole", "recoverRole"}
     for definition in definitions:
         permissions = _get(definition.body, "properties", "permissions")
         assert permissions is not None
         for entry in (c for c in permissions.children if c.type == "object"):
-            assert set(_strings(_get(entry, "actions"))) <= UNPIN_ACTIONS
-            for other in ("dataActions", "notActions", "notDataActions"):
+            if definition.symbol == "unpinRole":
+                assert set(_strings(_get(entry, "actions"))) <= UNPIN_ACTIONS
+                assert _strings(_get(entry, "dataActions")) == []
+            else:
+                assert _strings(_get(entry, "actions")) == []
+                assert _strings(_get(entry, "dataActions")) == [RECOVER_DATA_ACTION]
+            for other in ("notActions", "notDataActions"):
                 assert _strings(_get(entry, other)) == []
         scopes = _get(definition.body, "properties", "assignableScopes")
         assert scopes is not None and _text(scopes).split() == ["[", "resourceGroup().id", "]"]
@@ -468,7 +517,7 @@ def test_write_roles_are_granted_only_when_remediation_is_on():
         if grant.role == "14b46e9e-c2b7-41b4-b07b-48a6ebf60603":
             assert grant.assignment.conditional, grant.assignment.symbol
             condition = next(c for c in _walk(grant.assignment.declaration) if c.type == "parenthesized_expression")
-            assert _text(condition) == "(remediate)"
+            assert _text(condition) == "(remediate)" or _text(condition).startswith("(remediate && "), _text(condition)
     modules = {_text(d.children[1]): d for d in _tree(MAIN).children if d.type == "module_declaration"}
     vault_access = _text(modules["vaultAccess"])
     assert re.search(r"remediate: " + re.escape(on) + " &&", vault_access)
@@ -478,8 +527,277 @@ def test_write_roles_are_granted_only_when_remediation_is_on():
     assert "unpinNamespaces" in chosen
     assert _text(_variables(MAIN)["unpinNamespaces"]).startswith(on)
     assert {grant.role for grant in _grants() if grant.assignment.path.name == "unpin-role.bicep"} == {CUSTOM_ROLE}
+    recover = [g for g in _grants() if g.role_variable == "recoverRole.name"]
+    assert recover and all(_text(g.assignment.declaration).count("if (remediate && ") == 1 for g in recover)
     written = {g.role for g in _grants() if g.role in WRITE_ROLES}
     assert written == WRITE_ROLES
+
+
+# --- remediation: what the templates would deploy ------------------------------------------------------------------
+#
+# A small evaluator for the part of Bicep's expression language the remediation wiring uses (variables, parameters,
+# user functions, lambdas, the ARM functions below), so the checks read what a deployment would compute rather
+# than how the text is spelled. Anything else fails loudly.
+
+
+def _arm_starts_with(text: str, prefix: str) -> bool:
+    return text.lower().startswith(prefix.lower())  # ARM's startsWith ignores case
+
+
+ARM_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "join": lambda items, separator: separator.join(items),
+    "split": lambda text, separator: text.split(separator),
+    "trim": str.strip,
+    "toLower": str.lower,
+    "empty": lambda value: len(value) == 0,
+    "contains": lambda container, item: item in container,
+    "startsWith": _arm_starts_with,
+    "substring": lambda text, start, length=None: text[start:] if length is None else text[start : start + length],
+    "length": len,
+    "concat": lambda *parts: [item for part in parts for item in part],
+    "last": lambda items: items[-1],
+    "union": lambda *parts: list(dict.fromkeys(item for part in parts for item in part)),
+    "environment": lambda: {"suffixes": {"keyvaultDns": ".vault.azure.net"}},
+}
+
+
+def _arguments(call: Node) -> list[Node]:
+    return [c for c in call.children[1].children if c.type not in {"(", ")", ","}]
+
+
+def _evaluate(node: Node, path: Path, scope: Mapping[str, object]) -> object:
+    kind = node.type
+    if kind == "string":
+        parts = []
+        for child in node.children:
+            if child.type == "string_content":
+                parts.append(_text(child))
+            elif child.type == "escape_sequence":
+                parts.append(_text(child)[1:])
+            elif child.type == "interpolation":
+                parts.append(str(_evaluate(child.children[1], path, scope)))
+        return "".join(parts)
+    if kind == "boolean":
+        return _text(node) == "true"
+    if kind == "number":
+        return int(_text(node))
+    if kind == "array":
+        return [_evaluate(c, path, scope) for c in node.children if c.type not in {"[", "]", ","}]
+    if kind == "identifier":
+        name = _text(node)
+        if name in scope:
+            return scope[name]
+        variables = _variables(path)
+        assert name in variables, f"{path.name}: {name} is neither a parameter given nor a variable"
+        return _evaluate(variables[name], path, scope)
+    if kind == "parenthesized_expression":
+        return _evaluate(node.children[1], path, scope)
+    if kind == "unary_expression" and _text(node.children[0]) == "!":
+        return not _evaluate(node.children[1], path, scope)
+    if kind == "binary_expression":
+        operator = _text(node.children[1])
+        left = _evaluate(node.children[0], path, scope)
+        if operator == "&&":
+            return bool(left) and bool(_evaluate(node.children[2], path, scope))
+        if operator == "||":
+            return bool(left) or bool(_evaluate(node.children[2], path, scope))
+        right = _evaluate(node.children[2], path, scope)
+        if operator in {"==", "!="}:
+            return (left == right) == (operator == "==")
+        if operator == "*" and isinstance(left, int) and isinstance(right, int):
+            return left * right
+    if kind == "ternary_expression":
+        chosen = node.children[2] if _evaluate(node.children[0], path, scope) else node.children[4]
+        return _evaluate(chosen, path, scope)
+    if kind == "member_expression":
+        holder = _evaluate(node.children[0], path, scope)
+        assert isinstance(holder, dict)
+        return holder[_text(node.children[2])]
+    if kind == "call_expression":
+        name = _text(node.children[0])
+        arguments = _arguments(node)
+        if name in {"map", "filter"}:
+            items = _evaluate(arguments[0], path, scope)
+            lambda_ = arguments[1]
+            assert isinstance(items, list) and lambda_.type == "lambda_expression"
+            variable = _text(lambda_.children[0])
+            results = [_evaluate(lambda_.children[-1], path, {**scope, variable: item}) for item in items]
+            return results if name == "map" else [i for i, keep in zip(items, results, strict=True) if keep]
+        values = [_evaluate(a, path, scope) for a in arguments]
+        functions = {_text(d.children[1]): d for d in _tree(path).children if d.type == "user_defined_function"}
+        if name in functions:
+            declared = functions[name]
+            parameters = [_text(p.children[0]) for p in declared.children[2].children if p.type == "parameter"]
+            return _evaluate(declared.children[-1], path, {**scope, **dict(zip(parameters, values, strict=True))})
+        assert name in ARM_FUNCTIONS, f"{path.name}: the evaluator does not know {name}()"
+        return ARM_FUNCTIONS[name](*values)
+    raise AssertionError(f"{path.name}: the evaluator does not read {kind}: {_text(node)[:60]}")
+
+
+def _azd_values(environment: dict[str, str]) -> dict[str, str]:
+    """main.parameters.json as azd renders it: ${NAME} and ${NAME=default} replaced from the environment."""
+    given = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+
+    def substitute(match: re.Match[str]) -> str:
+        return environment.get(match.group(1), match.group(3) or "")
+
+    return {name: re.sub(r"\$\{(\w+)(=([^}]*))?\}", substitute, entry["value"]) for name, entry in given.items()}
+
+
+def _main_parameters(environment: dict[str, str]) -> dict[str, object]:
+    """main.bicep's parameters for an azd environment: the rendered values, else each declaration's default."""
+    values: dict[str, object] = {}
+    for decl in _tree(MAIN).children:
+        if decl.type == "parameter_declaration" and any(child.type == "=" for child in decl.children):
+            values[_text(decl.children[1])] = _evaluate(decl.children[-1], MAIN, {})
+    rendered: dict[str, object] = dict(_azd_values(environment))
+    return {**values, **rendered}
+
+
+def _module_parameter(module: str, parameter: str) -> Node:
+    declaration = next(
+        d for d in _tree(MAIN).children if d.type == "module_declaration" and _text(d.children[1]) == module
+    )
+    body, _ = _body(declaration.children[-1])
+    value = _get(body, "params", parameter)
+    assert value is not None, f"module {module} has no parameter {parameter}"
+    return value
+
+
+def _rendered_remediation_keys(environment: dict[str, str]) -> str:
+    value = _evaluate(_module_parameter("functionApp", "remediationKeys"), MAIN, _main_parameters(environment))
+    assert isinstance(value, str)
+    return value
+
+
+VAULT_ID = "/subscriptions/s1/resourceGroups/rg-keys/providers/Microsoft.KeyVault/vaults/kv-prod"
+
+
+def test_an_empty_remediation_allow_list_allows_nothing_in_settings_and_in_the_rendered_parameters():
+    """With REMEDIATION_KEYS unset, even with remediation on and a remediation vault given, the app setting
+    KEYHEALTH_REMEDIATION_KEYS renders empty, and the app's policy then allows no key."""
+    environment = {"REMEDIATION_MODE": "on", "REMEDIATION_VAULT_IDS": VAULT_ID}
+    assert _rendered_remediation_keys(environment) == ""
+    assert _text(_app_settings().literal["KEYHEALTH_REMEDIATION_KEYS"]) == "remediationKeys"  # passed through as is
+    policy = Settings.from_environment({"KEYHEALTH_REMEDIATION_KEYS": ""}).remediation_policy
+    assert policy.keys == () and not policy.key_allowed("https://kv-prod.vault.azure.net", "sb-cmk")
+    given = " https://kv-prod.vault.azure.net/keys/sb-cmk ,https://kv-prod.vault.azure.net/keys/sb-* "
+    rendered = _rendered_remediation_keys({**environment, "REMEDIATION_KEYS": given})
+    assert rendered == "https://kv-prod.vault.azure.net/keys/sb-cmk,https://kv-prod.vault.azure.net/keys/sb-*"
+    assert Settings.from_environment({"KEYHEALTH_REMEDIATION_KEYS": rendered}).remediation_policy.key_allowed(
+        "https://kv-prod.vault.azure.net", "sb-orders"
+    )
+
+
+VAULT_ACCESS = INFRA / "app" / "vault-access.bicep"
+
+
+def _vault_access_deploys(**parameters: object) -> dict[str, int]:
+    """How many of each role assignment (and custom role) vault-access.bicep would create for these parameters."""
+    scope = {"vaultName": "kv-prod", "principalId": "p", "environmentName": "env", **parameters}
+    counts = {}
+    for resource in _resources(VAULT_ACCESS):
+        if resource.type not in {"Microsoft.Authorization/roleAssignments", "Microsoft.Authorization/roleDefinitions"}:
+            continue
+        value = resource.declaration.children[-1]
+        count = 1
+        if value.type == "for_statement":
+            iterated = next(c for c in value.children if c.type == "identifier")
+            items = _evaluate(iterated, VAULT_ACCESS, scope)
+            assert isinstance(items, list)
+            count = len(items)
+            value = next(c for c in value.children if c.type in {"object", "if_statement"})
+        if value.type == "if_statement":
+            condition = next(c for c in value.children if c.type == "parenthesized_expression")
+            count *= int(bool(_evaluate(condition, VAULT_ACCESS, scope)))
+        counts[resource.symbol] = count
+    return counts
+
+
+def _policy_permissions(**parameters: object) -> list[str]:
+    scope = {"vaultName": "kv-prod", "principalId": "p", "environmentName": "env", **parameters}
+    (policy,) = [r for r in _resources(VAULT_ACCESS) if r.type == "Microsoft.KeyVault/vaults/accessPolicies"]
+    entries = _get(policy.body, "properties", "accessPolicies")
+    assert entries is not None
+    entry = next(c for c in entries.children if c.type == "object")
+    keys = _get(entry, "permissions", "keys")
+    assert keys is not None
+    value = _evaluate(keys, VAULT_ACCESS, scope)
+    assert isinstance(value, list)
+    return value
+
+
+ALLOW_LIST = [
+    "https://kv-prod.vault.azure.net/keys/sb-cmk",
+    "https://KV-PROD.vault.azure.net/keys/SB-Orders",
+    "https://kv-prod.managedhsm.azure.net/keys/hsm-key",  # the same name, a Managed HSM: not this vault
+    "https://kv-prod.vault.azure.cn/keys/cn-key",  # the same name in another cloud: not this vault
+    "https://kv-prod2.vault.azure.net/keys/other",  # a longer vault name: not this vault
+    "https://kv-dr.vault.azure.net/keys/sb-*",
+]
+
+
+def test_crypto_officer_is_granted_on_each_allow_listed_key_not_on_the_vault():
+    """An RBAC vault gets Key Vault Crypto Officer once per key that a pattern on its exact host names, scoped to
+    that key; on the vault only for a wildcard pattern; a recover-only role on the vault when recover is allowed;
+    nothing at all when the allow-list names none of its keys or remediation is not on here."""
+    on = {"remediate": True, "accessPolicy": False, "rotate": True, "recover": True}
+    named = _vault_access_deploys(**on, keyPatterns=ALLOW_LIST)
+    assert named == {
+        "keyVaultReader": 1,
+        "keyCryptoOfficer": 2,  # sb-cmk and sb-orders
+        "vaultCryptoOfficer": 0,
+        "recoverRole": 1,
+        "recoverAssignment": 1,
+    }
+    wildcard = _vault_access_deploys(**on, keyPatterns=[*ALLOW_LIST, "https://kv-prod.vault.azure.net/keys/sb-*"])
+    assert (wildcard["keyCryptoOfficer"], wildcard["vaultCryptoOfficer"]) == (2, 1)
+    rotate_only = _vault_access_deploys(**{**on, "recover": False}, keyPatterns=ALLOW_LIST)
+    assert (rotate_only["keyCryptoOfficer"], rotate_only["recoverAssignment"]) == (2, 0)
+    nothing = {"keyVaultReader": 1, "keyCryptoOfficer": 0, "vaultCryptoOfficer": 0, "recoverRole": 0}
+    for parameters in (
+        {**on, "keyPatterns": []},  # the empty allow-list
+        {**on, "keyPatterns": ALLOW_LIST[2:]},  # patterns on other hosts only
+        {**on, "remediate": False, "keyPatterns": ALLOW_LIST},
+        {**on, "accessPolicy": True, "keyPatterns": ALLOW_LIST},  # RBAC roles do not apply there
+    ):
+        deployed = _vault_access_deploys(**parameters)
+        assert {k: deployed[k] for k in nothing} == nothing, parameters
+        assert deployed["recoverAssignment"] == 0, parameters
+    # The key-scoped assignment's scope is the existing key resource, one per name.
+    (assignment,) = [r for r in _resources(VAULT_ACCESS) if r.symbol == "keyCryptoOfficer"]
+    scope_node = _get(assignment.body, "scope")
+    assert scope_node is not None and _text(scope_node) == "allowedKeys[index]"
+    (keys,) = [r for r in _resources(VAULT_ACCESS) if r.symbol == "allowedKeys"]
+    assert keys.type == "Microsoft.KeyVault/vaults/keys" and " existing " in _text(keys.declaration)
+
+
+def test_an_access_policy_vault_gets_write_permissions_only_for_what_the_allow_list_asks():
+    """Access policies are vault-wide: read always; create, rotate, getrotationpolicy and recover only when
+    remediation is on here, the allow-list names a key of this vault, and the action is allowed."""
+    base = {"remediate": True, "accessPolicy": True, "rotate": True, "recover": True}
+    assert _policy_permissions(**base, keyPatterns=ALLOW_LIST) == [
+        "get",
+        "list",
+        "create",
+        "rotate",
+        "getrotationpolicy",
+        "recover",
+    ]
+    assert _policy_permissions(**{**base, "rotate": False}, keyPatterns=ALLOW_LIST) == ["get", "list", "recover"]
+    assert _policy_permissions(**base, keyPatterns=[]) == ["get", "list"]
+    assert _policy_permissions(**{**base, "remediate": False}, keyPatterns=ALLOW_LIST) == ["get", "list"]
+
+
+def test_main_passes_the_allow_list_and_actions_to_each_vault():
+    """vaultAccess gets the same patterns the app setting gets, and which of rotate and recover are allowed."""
+    parameters = _main_parameters(
+        {"REMEDIATION_KEYS": "https://kv-prod.vault.azure.net/keys/sb-cmk", "REMEDIATION_ACTIONS": "recover"}
+    )
+    patterns = _evaluate(_module_parameter("vaultAccess", "keyPatterns"), MAIN, parameters)
+    assert patterns == ["https://kv-prod.vault.azure.net/keys/sb-cmk"]
+    assert _evaluate(_module_parameter("vaultAccess", "rotate"), MAIN, parameters) is False
+    assert _evaluate(_module_parameter("vaultAccess", "recover"), MAIN, parameters) is True
 
 
 # --- metric alerts -------------------------------------------------------------------------------------------------
@@ -518,6 +836,58 @@ def test_metric_alerts_watch_metrics_the_code_emits():
         "keyhealth.monitor.blind",
         "keyhealth.alerts.deliveries",
     } <= watched
+
+
+ALERTS = INFRA / "app" / "alerts.bicep"
+
+
+def test_a_log_alert_fires_when_no_poll_completed_for_three_periods():
+    """keyhealth-monitor-not-polling counts the completed polls (keyhealth.polls, outcome ok) in customMetrics over
+    the last 3 x 5 minutes, evaluated every 5 minutes, and fires below one: its summarize has no grouping, so a dead
+    app (no rows at all) yields a row of 0 and alerts. Severity 1 on the same Application Insights and action group
+    as the metric rules."""
+    (rule,) = _all_resources("Microsoft.Insights/scheduledQueryRules")
+    assert rule.path == ALERTS and not rule.conditional
+    properties = _get(rule.body, "properties")
+    scope: dict[str, object] = {
+        "actionGroupId": "/subscriptions/s/resourceGroups/g/providers/microsoft.insights/actionGroups/oncall"
+    }
+
+    def value(*path: str) -> object:
+        node = _get(properties, *path)
+        assert node is not None, path
+        return _evaluate(node, ALERTS, scope)
+
+    assert _literal(_get(rule.body, "kind")) == "LogAlert"
+    assert (value("evaluationFrequency"), value("windowSize")) == ("PT5M", "PT15M")
+    assert value("severity") == 1 and value("enabled") is True and value("autoMitigate") is True
+    metric_rules = _all_resources("Microsoft.Insights/metricAlerts")
+    assert {_text(_get(r.body, "properties", "scopes") or r.body) for r in metric_rules} == {
+        _text(_get(properties, "scopes") or rule.body)
+    }
+    (criterion,) = [c for c in (_get(properties, "criteria", "allOf") or rule.body).children if c.type == "object"]
+    query = _evaluate(_get(criterion, "query") or criterion, ALERTS, scope)
+    assert isinstance(query, str)
+    stages = [stage.strip() for stage in query.split("|")]
+    assert stages[0] == "customMetrics" and "where timestamp > ago(15m)" in stages
+    assert 'name == "keyhealth.polls"' in query and "keyhealth.polls" in _instrument_names()
+    assert 'tostring(customDimensions.outcome) == "ok"' in query
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    polls_row = next(line for line in readme.splitlines() if line.startswith("| `keyhealth.polls` |"))
+    assert "ok" in polls_row.split("|")[4]  # an outcome the poll reports
+    summarize = re.fullmatch(r"summarize (\w+) = count\(\)", stages[-1])
+    assert summarize is not None, stages[-1]  # no "by": absence is a row of 0, not no rows
+    assert _literal(_get(criterion, "metricMeasureColumn")) == summarize.group(1)
+    assert _literal(_get(criterion, "timeAggregation")) == "Total"
+    assert (
+        _literal(_get(criterion, "operator")),
+        _evaluate(_get(criterion, "threshold") or criterion, ALERTS, {}),
+    ) == (
+        "LessThan",
+        1,
+    )
+    assert value("actions", "actionGroups") == [scope["actionGroupId"]]
+    assert _evaluate(_get(properties, "actions", "actionGroups") or rule.body, ALERTS, {"actionGroupId": ""}) == []
 
 
 # --- azure.yaml ----------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 // Azure Monitor metric alerts on the metrics keyhealth emits (monitor/telemetry.py), to the given action group.
 // The metrics reach Application Insights as custom metrics once the app exports to Azure Monitor (see
 // infra/README.md); until a metric has arrived the rule has nothing to evaluate, so validation is skipped.
+// One log alert watches the monitor itself: it fires on the absence of completed polls, so a dead app alerts.
 param tags object
 param appInsightsName string
 
@@ -25,6 +26,10 @@ var notify = [
   }
 ]
 var actions = empty(actionGroupId) ? [] : notify
+
+// The poll runs every 5 minutes (KEYHEALTH_POLL_SCHEDULE's default); three periods without one are an outage.
+var pollPeriodMinutes = 5
+var missedPolls = 3
 
 resource revocationSoon 'Microsoft.Insights/metricAlerts@2018-03-01' = {
   name: 'keyhealth-revocation-within-${revocationAlertDays}-days'
@@ -196,5 +201,48 @@ resource deliveryGivenUp 'Microsoft.Insights/metricAlerts@2018-03-01' = {
       ]
     }
     actions: actions
+  }
+}
+
+// A dead man's switch: counts the minutes in which some instance completed a poll (keyhealth.polls with outcome
+// ok; Azure Monitor receives counters as deltas, so a minute without polls sends nothing) over the last three
+// periods. The summarize without grouping returns one row even from no data, so silence gives 0 and fires: a
+// metric rule would see no data and stay quiet. A blind poll (outcome blind) does not count: it saw nothing.
+resource monitorStopped 'Microsoft.Insights/scheduledQueryRules@2022-06-15' = {
+  name: 'keyhealth-monitor-not-polling'
+  location: appInsights.location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'keyhealth-monitor-not-polling'
+    description: 'No keyhealth poll completed in the last ${missedPolls * pollPeriodMinutes} minutes (${missedPolls} poll periods): the monitor is down, stuck or cannot reach Azure, and nothing is watching the namespaces\' keys.'
+    severity: 1
+    enabled: true
+    scopes: [
+      appInsights.id
+    ]
+    evaluationFrequency: 'PT${pollPeriodMinutes}M'
+    windowSize: 'PT${missedPolls * pollPeriodMinutes}M'
+    autoMitigate: true
+    criteria: {
+      allOf: [
+        {
+          query: 'customMetrics | where timestamp > ago(${missedPolls * pollPeriodMinutes}m) | where name == "keyhealth.polls" and tostring(customDimensions.outcome) == "ok" and valueSum > 0 | summarize completedPolls = count()'
+          timeAggregation: 'Total'
+          metricMeasureColumn: 'completedPolls'
+          operator: 'LessThan'
+          threshold: 1
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    actions: {
+      actionGroups: empty(actionGroupId) ? [] : [
+        actionGroupId
+      ]
+    }
   }
 }

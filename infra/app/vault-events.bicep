@@ -11,6 +11,19 @@ param deadLetterIdentityId string
 param deadLetterAccountId string
 param deadLetterContainerName string
 
+@description('An https URL of `keyhealth serve` to deliver the same events to as a webhook; empty: none.')
+param serveWebhookUrl string = ''
+
+@description('Tenant of the app registration serve\'s tokens are for (KEYHEALTH_AUTH_TENANT_ID).')
+param serveAuthTenantId string = ''
+
+@description('Application id or URI of that app registration: the tokens\' audience (KEYHEALTH_AUTH_AUDIENCE).')
+param serveAuthAudience string = ''
+
+// Only with Entra ID delivery: Event Grid then sends a bearer token for the audience with every delivery (and
+// with the validation handshake), so serve can refuse anyone else. Without an audience, no webhook is created.
+var toServeWanted = startsWith(serveWebhookUrl, 'https://') && !empty(serveAuthTenantId) && !empty(serveAuthAudience)
+
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
   name: vaultName
 }
@@ -57,6 +70,49 @@ resource toMonitor 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-
     }
     // The handler re-reads live state, so a late delivery is still useful: retry for the full day Event Grid
     // allows, then keep the event in the dead-letter container for inspection.
+    retryPolicy: {
+      maxDeliveryAttempts: 30
+      eventTimeToLiveInMinutes: 1440
+    }
+    deadLetterWithResourceIdentity: {
+      identity: {
+        type: 'UserAssigned'
+        userAssignedIdentity: deadLetterIdentityId
+      }
+      deadLetterDestination: {
+        endpointType: 'StorageBlob'
+        properties: {
+          resourceId: deadLetterAccountId
+          blobContainerName: deadLetterContainerName
+        }
+      }
+    }
+  }
+}
+
+resource toServe 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = if (toServeWanted) {
+  parent: topic
+  name: 'keyhealth-serve'
+  properties: {
+    destination: {
+      endpointType: 'WebHook'
+      properties: {
+        endpointUrl: serveWebhookUrl
+        maxEventsPerBatch: 1
+        preferredBatchSizeInKilobytes: 64
+        azureActiveDirectoryTenantId: serveAuthTenantId
+        azureActiveDirectoryApplicationIdOrUri: serveAuthAudience
+      }
+    }
+    eventDeliverySchema: 'EventGridSchema'
+    filter: {
+      includedEventTypes: [
+        'Microsoft.KeyVault.KeyNearExpiry'
+        'Microsoft.KeyVault.KeyExpired'
+        'Microsoft.KeyVault.KeyNewVersionCreated'
+        'Microsoft.KeyVault.VaultAccessPolicyChanged'
+      ]
+    }
     retryPolicy: {
       maxDeliveryAttempts: 30
       eventTimeToLiveInMinutes: 1440

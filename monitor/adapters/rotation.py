@@ -19,6 +19,7 @@ from monitor.adapters.azure_clients import AzureClients, describe_failure
 from monitor.adapters.servicebus import namespace_from_arm
 from monitor.domain.errors import RemediationError
 from monitor.domain.model import KeyRef, KeyVersion, key_url, name_id, vault_id
+from monitor.domain.remediation import RemediationPolicy
 
 
 def _failure(action: str, target: str, error: AzureError) -> RemediationError:
@@ -42,8 +43,15 @@ def _parts(namespace_id: str) -> tuple[str, str, str]:
 
 
 class AzureRemediator:
-    def __init__(self, clients: AzureClients) -> None:
+    """Key writes only to keys `policy` allow-lists: a second line behind the plan, so no caller writes past it."""
+
+    def __init__(self, clients: AzureClients, policy: RemediationPolicy) -> None:
         self._clients = clients
+        self._policy = policy
+
+    def _allowed(self, action: str, vault_uri: str, name: str) -> None:
+        if not self._policy.key_allowed(vault_uri, name):
+            raise RemediationError(action, key_url(vault_uri, name), "the key is not in KEYHEALTH_REMEDIATION_KEYS")
 
     async def get_rotation_policy(self, vault_uri: str, name: str) -> Mapping[str, object] | None:
         target = key_url(vault_uri, name)
@@ -63,6 +71,7 @@ class AzureRemediator:
         return {"lifetimeActions": actions, "attributes": attributes}
 
     async def rotate_key(self, vault_uri: str, name: str) -> str:
+        self._allowed("rotate", vault_uri, name)
         try:
             key = await self._clients.key_client(vault_uri).rotate_key(name)
         except AzureError as error:
@@ -70,6 +79,7 @@ class AzureRemediator:
         return key.properties.version or ""
 
     async def create_key_version(self, vault_uri: str, name: str, *, like: KeyVersion, expires_on: datetime) -> str:
+        self._allowed("create a new version of", vault_uri, name)
         kty = like.kty or "RSA"
         options: dict[str, Any] = {"expires_on": expires_on}
         if like.key_ops is not None:
@@ -83,6 +93,7 @@ class AzureRemediator:
         return key.properties.version or ""
 
     async def recover_key(self, vault_uri: str, name: str) -> None:
+        self._allowed("recover", vault_uri, name)
         try:
             await self._clients.key_client(vault_uri).recover_deleted_key(name)
         except AzureError as error:

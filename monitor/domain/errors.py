@@ -54,6 +54,15 @@ class SettingError(KeyhealthError, ValueError):
         super().__init__(f"setting {setting}={shown!r}: {problem}")
 
 
+class KeyPatternError(KeyhealthError, ValueError):
+    """A remediation key pattern is not of the accepted form: `pattern` is it, `problem` says what is wrong."""
+
+    def __init__(self, pattern: str, problem: str) -> None:
+        self.pattern = pattern
+        self.problem = problem
+        super().__init__(f"{pattern!r}: {problem}")
+
+
 class ReadError(KeyhealthError, RuntimeError):
     """The monitor itself could not read something (its own 401/403, a timeout, a 5xx, throttling past retries).
 

@@ -12,7 +12,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
+from monitor.domain.errors import KeyPatternError
 from monitor.domain.fleet import NamespaceReport
 from monitor.domain.model import KeyId, KeyVersion, key_url, vault_short_name
 from monitor.domain.prediction import Status
@@ -31,13 +33,109 @@ class Mode(enum.Enum):
     ON = "on"
 
 
+# The data-plane DNS suffixes of Key Vault and Managed HSM in Azure's clouds (public, China, US Government).
+KEY_VAULT_DNS_SUFFIXES = (
+    "vault.azure.net",
+    "vault.azure.cn",
+    "vault.usgovcloudapi.net",
+    "managedhsm.azure.net",
+    "managedhsm.azure.cn",
+    "managedhsm.usgovcloudapi.net",
+)
+KEY_PATTERN_FORM = (
+    "expected https://<vault-name>.<suffix>/keys/<key-name>, the vault host written out in full with a Key Vault "
+    f"suffix ({', '.join(KEY_VAULT_DNS_SUFFIXES)}); the key name may use * and ?, nothing else may"
+)
+# Key Vault's own grammar: vault and Managed HSM names 3-24 letters, digits and single hyphens, starting with a
+# letter, ending with a letter or digit; key names 1-127 letters, digits and hyphens.
+_VAULT_NAME = re.compile(r"^[a-z](?!.*--)[a-z0-9-]{1,22}[a-z0-9]$")
+_KEY_NAME_PATTERN = re.compile(r"^[0-9a-z*?-]{1,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPattern:
+    """One allow-listed key pattern: an exact vault host (name and cloud suffix) and a shell pattern on key names.
+
+    A wildcard is matched against the key name alone, so it can neither cross a dot of the host nor reach
+    another vault or another cloud.
+    """
+
+    host: str  # lower case: kv-prod.vault.azure.net
+    key: str  # lower case shell pattern (* and ?): sb-*
+
+    def __str__(self) -> str:
+        return f"https://{self.host}/keys/{self.key}"
+
+    @property
+    def vault_name(self) -> str:
+        return self.host.split(".", 1)[0]
+
+    @property
+    def literal(self) -> bool:
+        """The pattern names one key (no wildcard), which a role assignment can be scoped to."""
+        return not any(c in self.key for c in "*?")
+
+    def matches(self, vault_uri: str, name: str) -> bool:
+        host = _vault_host(vault_uri)
+        return host == self.host and fnmatch.fnmatchcase(name.strip().lower(), self.key)
+
+
+def _vault_host(vault_uri: str) -> str | None:
+    """The lower-case host of an https vault URI without a path (port 443 allowed), else None."""
+    try:
+        parts = urlsplit(vault_uri.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() != "https" or parts.username or parts.password or parts.query or parts.fragment:
+        return None
+    if port not in (None, 443) or parts.path not in ("", "/") or not parts.hostname:
+        return None
+    return parts.hostname.lower()
+
+
+def parse_key_pattern(text: str) -> KeyPattern:
+    """A KeyPattern from `https://<vault-name>.<suffix>/keys/<key-name pattern>`.
+
+    Raises KeyPatternError saying what is wrong, for anything that does not pin one vault host of a known cloud.
+    """
+    raw = text.strip()
+    scheme, separator, rest = raw.partition("://")
+    if not separator or scheme.lower() != "https":
+        raise KeyPatternError(raw, KEY_PATTERN_FORM)
+    host, slash, path = rest.partition("/")
+    host = host.lower()
+    if not slash or not path.lower().startswith("keys/"):
+        raise KeyPatternError(raw, KEY_PATTERN_FORM)
+    if any(c in host for c in "*?[]"):
+        raise KeyPatternError(raw, f"a wildcard in the vault host matches more than one vault; {KEY_PATTERN_FORM}")
+    name, dot, suffix = host.partition(".")
+    if not dot or suffix not in KEY_VAULT_DNS_SUFFIXES:
+        raise KeyPatternError(raw, f"{host!r} is not a Key Vault or Managed HSM host; {KEY_PATTERN_FORM}")
+    if not _VAULT_NAME.match(name):
+        raise KeyPatternError(
+            raw,
+            f"{name!r} is not a vault name (3-24 letters, digits and single hyphens, starting with a letter); "
+            f"{KEY_PATTERN_FORM}",
+        )
+    key = path[len("keys/") :].lower()
+    if "/" in key:
+        raise KeyPatternError(raw, f"patterns name keys, not versions or paths; {KEY_PATTERN_FORM}")
+    if not _KEY_NAME_PATTERN.match(key):
+        raise KeyPatternError(
+            raw,
+            f"{key!r} is not a key name pattern (1-127 letters, digits and hyphens, with * and ?); {KEY_PATTERN_FORM}",
+        )
+    return KeyPattern(host, key)
+
+
 @dataclass(frozen=True, slots=True)
 class RemediationPolicy:
     """What may be done, to what, and how much (the KEYHEALTH_REMEDIATION_* settings)."""
 
     mode: Mode = Mode.OFF
     actions: frozenset[Action] = frozenset({Action.ROTATE, Action.RECOVER})
-    keys: tuple[str, ...] = ()  # shell patterns on "vault-name/key-name" or the key URL; none: no key
+    keys: tuple[KeyPattern, ...] = ()  # none: no key
     namespaces: tuple[str, ...] = ()  # shell patterns on namespace names, for unpin; none: no namespace
     rotate_within: timedelta = timedelta(days=7)
     new_key_lifetime: timedelta = timedelta(days=365)
@@ -45,9 +143,8 @@ class RemediationPolicy:
     cooldown: timedelta = timedelta(hours=1)  # after a failure, the same action on the same target waits
 
     def key_allowed(self, vault_uri: str, name: str) -> bool:
-        short = f"{vault_short_name(vault_uri)}/{name}".lower()
-        url = key_url(vault_uri, name).lower()
-        return any(fnmatch.fnmatchcase(short, p.lower()) or fnmatch.fnmatchcase(url, p.lower()) for p in self.keys)
+        """True when a pattern pins this vault's exact host and its key name pattern matches `name`."""
+        return any(pattern.matches(vault_uri, name) for pattern in self.keys)
 
     def namespace_allowed(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name.lower(), p.lower()) for p in self.namespaces)
@@ -220,7 +317,7 @@ def _blocked(proposal: Proposal, policy: RemediationPolicy) -> str | None:
             return f"namespace {proposal.namespaces[0]} is not in KEYHEALTH_REMEDIATION_NAMESPACES"
         return None
     if not policy.key_allowed(proposal.vault, proposal.key):
-        return f"key {proposal.key_label} is not in KEYHEALTH_REMEDIATION_KEYS"
+        return f"key {key_url(proposal.vault, proposal.key)} is not in KEYHEALTH_REMEDIATION_KEYS"
     return None
 
 

@@ -10,6 +10,7 @@ from monitor.domain.model import KeyVersion
 from monitor.domain.remediation import (
     RemediationPolicy,
     parse_duration,
+    parse_key_pattern,
     policy_expiry,
     policy_rotates_at,
     version_fit,
@@ -63,10 +64,25 @@ def test_a_new_version_must_be_enabled_wrap_capable_and_last():
     assert "lack wrapKey or unwrapKey" in (version_fit(no_wrap, now=NOW, lasts_until=lasts) or "")
 
 
-def test_allow_lists_match_short_names_or_urls_case_insensitively():
-    policy = RemediationPolicy(keys=("kv-prod/sb-*", "https://kv-dr.vault.azure.net/keys/*"), namespaces=("sb-pay*",))
+def test_allow_lists_match_the_full_vault_host_and_the_key_name_case_insensitively():
+    """A key pattern pins one vault host of one cloud; its wildcard matches key names only."""
+    policy = RemediationPolicy(
+        keys=(
+            parse_key_pattern("https://kv-prod.vault.azure.net/keys/sb-*"),
+            parse_key_pattern("https://kv-dr.vault.azure.net/keys/*"),
+        ),
+        namespaces=("sb-pay*",),
+    )
     assert policy.key_allowed("https://KV-PROD.vault.azure.net/", "SB-Orders")
+    assert policy.key_allowed("https://kv-prod.vault.azure.net:443", "sb-orders")
     assert policy.key_allowed("https://kv-dr.vault.azure.net", "anything")
     assert not policy.key_allowed("https://kv-prod.vault.azure.net", "other")
+    # The same vault name elsewhere: a Managed HSM, another cloud, a look-alike host.
+    assert not policy.key_allowed("https://kv-prod.managedhsm.azure.net", "sb-orders")
+    assert not policy.key_allowed("https://kv-prod.vault.azure.cn", "sb-orders")
+    assert not policy.key_allowed("https://kv-prod.vault.azure.net.evil.example", "sb-orders")
+    assert not policy.key_allowed("http://kv-prod.vault.azure.net", "sb-orders")
+    assert not policy.key_allowed("https://kv-prod.vault.azure.net:8443", "sb-orders")
+    assert not policy.key_allowed("https://kv-dr.vault.azure.net/keys/x", "anything")
     assert policy.namespace_allowed("SB-Payments") and not policy.namespace_allowed("sb-orders")
     assert not RemediationPolicy().key_allowed("https://kv-prod.vault.azure.net", "sb-orders")  # empty: none

@@ -14,6 +14,7 @@ from azure.keyvault.keys._shared import http_challenge_cache
 
 from monitor.bootstrap import build_monitor
 from monitor.config import Settings
+from monitor.domain.errors import RemediationError
 from monitor.domain.scenario import format_instant, parse_scenario
 from monitor.events import KeyVaultEvent, parse_event
 from monitor.render import namespace_document
@@ -23,7 +24,7 @@ from tests.builders import VAULT, key, namespace, ref, scenario, version
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 SOON = NOW + timedelta(days=3)
-ALLOWED = {"KEYHEALTH_REMEDIATION": "on", "KEYHEALTH_REMEDIATION_KEYS": "kv-test/k-rot, kv-test/k-del"}
+ALLOWED = {"KEYHEALTH_REMEDIATION": "on", "KEYHEALTH_REMEDIATION_KEYS": f"{VAULT}/keys/k-rot, {VAULT}/keys/k-del"}
 
 
 @pytest.fixture(autouse=True)
@@ -246,7 +247,50 @@ def test_a_key_outside_the_allow_list_is_not_touched(tmp_path: Path):
 
     result, writes = _run(tmp_path, ALLOWED, body)
     (other,) = [o for o in result.remediation if o.proposal.target == "kv-test/k-other"]
-    assert (other.status, other.detail) == ("blocked", "key kv-test/k-other is not in KEYHEALTH_REMEDIATION_KEYS")
+    assert (other.status, other.detail) == ("blocked", f"key {VAULT}/keys/k-other is not in KEYHEALTH_REMEDIATION_KEYS")
+    assert writes == []
+
+
+@pytest.mark.parametrize(
+    "allowed",
+    [
+        f"{VAULT}/keys/k-rot",  # another key of the same vault
+        "https://kv-test.vault.azure.cn/keys/*",  # the same vault name in another cloud
+        "https://kv-test.managedhsm.azure.net/keys/*",  # a Managed HSM of the same name
+    ],
+)
+def test_a_soft_deleted_key_is_recovered_only_when_its_own_vault_host_allow_lists_it(tmp_path: Path, allowed: str):
+    """Recover is gated like rotate: k-del is soft-deleted and a namespace lists it, but no pattern pins its host
+    and name, so nothing is recovered."""
+
+    async def body(running: Running) -> Any:
+        result = await poll(running.monitor(), now=NOW)
+        return result, _writes(running.sandbox, "/deletedkeys/")
+
+    result, recovers = _run(tmp_path, {"KEYHEALTH_REMEDIATION": "on", "KEYHEALTH_REMEDIATION_KEYS": allowed}, body)
+    (recover,) = [o for o in result.remediation if o.proposal.action.value == "recover"]
+    assert (recover.status, recover.detail) == (
+        "blocked",
+        f"key {VAULT}/keys/k-del is not in KEYHEALTH_REMEDIATION_KEYS",
+    )
+    assert recovers == []
+    assert _document(result, "sb-del")["status_now"] == "revoked"
+
+
+def test_the_azure_remediator_itself_refuses_keys_off_the_allow_list(tmp_path: Path):
+    """A key write that bypasses the plan is refused before any request: the adapter holds the allow-list too."""
+
+    async def body(running: Running) -> Any:
+        monitor = running.monitor()
+        assert monitor.remediation is not None
+        with pytest.raises(RemediationError) as raised:
+            await monitor.remediation.remediator.recover_key(VAULT, "k-other")
+        with pytest.raises(RemediationError):
+            await monitor.remediation.remediator.rotate_key("https://kv-test.vault.azure.cn", "k-rot")
+        return raised.value, _writes(running.sandbox)
+
+    refused, writes = _run(tmp_path, ALLOWED, body)
+    assert refused.reason == "the key is not in KEYHEALTH_REMEDIATION_KEYS" and not refused.denied
     assert writes == []
 
 
