@@ -356,6 +356,9 @@ async def _poll(monitor: Monitor, *, now: datetime) -> PollResult:
         outcomes = await _remediate(monitor, report, scenario.snapshot, now=now)
         await monitor.store.put_snapshot(scenario_document(scenario), taken_at=now)
         await monitor.store.purge_processed_events(before=now - EVENT_DEDUPE_TTL)
+        if not report.fleet_blind:
+            # Last: the mark says a whole poll was judged and stored, which a blind or failed one was not.
+            await monitor.store.record_poll_completed(monitor.instance, at=now)
         return PollResult(
             ran=True,
             report=report,

@@ -21,6 +21,7 @@ __all__ = [
     "Lease",
     "NamespaceState",
     "OutboxEntry",
+    "PollMark",
     "StateStore",
     "StoredSnapshot",
     "check_outbox_of",
@@ -214,6 +215,17 @@ class Lease:
         return utc(now, "now") < self.expires_at
 
 
+@dataclass(frozen=True, slots=True)
+class PollMark:
+    """The last poll that ran to its end and saw the whole fleet (none of it blind): who ran it, and when."""
+
+    holder: str
+    at: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "at", utc(self.at, "at"))
+
+
 class StateStore(Protocol):
     """What a poll or event handler remembers between runs, shared by every instance of the app.
 
@@ -261,6 +273,17 @@ class StateStore(Protocol):
 
     async def get_snapshot(self) -> StoredSnapshot | None:
         """The last stored snapshot, whole and consistent, or None."""
+        ...
+
+    # -- the last complete poll: one small record, cheap for any instance to read (health checks, heartbeats)
+
+    async def record_poll_completed(self, holder: str, *, at: datetime) -> None:
+        """Mark a poll that ran to its end and was not blind as the last complete one; an earlier `at` than
+        the stored mark's is not written (a slow poll must not turn the mark back)."""
+        ...
+
+    async def last_poll_completed(self) -> PollMark | None:
+        """The mark of the last complete poll, or None when none has completed. One small read, never the snapshot."""
         ...
 
     # -- Event Grid deduplication

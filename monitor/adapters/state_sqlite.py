@@ -28,6 +28,7 @@ from monitor.state import (
     Lease,
     NamespaceState,
     OutboxEntry,
+    PollMark,
     StoredSnapshot,
     check_outbox_of,
     namespace_key,
@@ -92,6 +93,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             next_attempt_at TEXT,
             last_error      TEXT,
             document        TEXT NOT NULL        -- the alert, JSON
+        )""",
+    ),
+    (
+        """CREATE TABLE poll_mark (
+            slot   INTEGER PRIMARY KEY CHECK (slot = 1),     -- only the last complete poll is kept
+            holder TEXT NOT NULL,
+            at     TEXT NOT NULL
         )""",
     ),
 )
@@ -414,6 +422,21 @@ class SqliteStateStore:
             return None
         document = await asyncio.to_thread(_decompress, row[1])
         return StoredSnapshot(document=document, taken_at=_time(row[0]))
+
+    # -- the last complete poll
+
+    async def record_poll_completed(self, holder: str, *, at: datetime) -> None:
+        # One statement: the upsert only replaces a mark that is not later than this one.
+        await self._changed(
+            """INSERT INTO poll_mark (slot, holder, at) VALUES (1, ?, ?)
+               ON CONFLICT (slot) DO UPDATE SET holder = excluded.holder, at = excluded.at
+               WHERE excluded.at >= poll_mark.at""",
+            (holder, _text(at, "at")),
+        )
+
+    async def last_poll_completed(self) -> PollMark | None:
+        row = await self._call(lambda c: c.execute("SELECT holder, at FROM poll_mark WHERE slot = 1").fetchone())
+        return None if row is None else PollMark(holder=row[0], at=_time(row[1]))
 
     # -- events
 

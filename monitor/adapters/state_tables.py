@@ -15,6 +15,7 @@ Tables (`prefix` + name, created when missing), as PartitionKey / RowKey: proper
   NextAttemptAt, LastError, Doc00… (zlib JSON). Draining reads the RowKey range of every partition:
   the table holds only incidents and the few entries not yet delivered.
 - leases: "lease" / sha256(lease name): Name, Holder, ExpiresAt
+- marks: "poll" / "last-complete": Holder, At (the last complete poll: one small entity, read on its own)
 
 RowKeys may not hold '/', '\\', '#' or '?', which ARM ids, key URLs and conditions do: keys are
 SHA-256 digests and the original values ride along as properties. Binary properties stay under the
@@ -56,6 +57,7 @@ from monitor.state import (
     Lease,
     NamespaceState,
     OutboxEntry,
+    PollMark,
     StoredSnapshot,
     check_outbox_of,
     namespace_key,
@@ -87,15 +89,17 @@ async def _create_or_replace(client: TableClient, entity: dict[str, Any], etag: 
     )
 
 
-NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES = (
+NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS = (
     "namespaces",
     "keyindex",
     "snapshot",
     "events",
     "incidents",
     "leases",
+    "marks",
 )
-_TABLES = (NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES)
+_TABLES = (NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS)
+_POLL_MARK = ("poll", "last-complete")
 _SNAPSHOT_PARTITION = "snapshot"
 _HEAD = "head"
 _EVENT_PARTITION = "event"
@@ -589,6 +593,30 @@ class TableStateStore:
                 return StoredSnapshot(document=document, taken_at=_time(head["TakenAt"]))
             # A newer snapshot replaced this one (and removed its chunks) while we read: follow the new head.
         raise StateStoreError("snapshot", f"changed or incomplete on {_SNAPSHOT_READS} reads in a row")
+
+    # -- the last complete poll
+
+    async def record_poll_completed(self, holder: str, *, at: datetime) -> None:
+        at = utc(at, "at")
+        client = await self._table(MARKS)
+        partition, row = _POLL_MARK
+        entity = {"PartitionKey": partition, "RowKey": row, "Holder": holder, "At": at}
+        for attempt in range(_RACE_RETRIES):
+            await _back_off(attempt)
+            current = await self._get(MARKS, partition, row, what="poll mark")
+            if current is not None and current["At"] > at:
+                return  # a later poll's mark is stored: keep it
+            with _failures("poll mark"):
+                try:
+                    await _create_or_replace(client, entity, None if current is None else _etag(current.metadata))
+                    return
+                except _CONFLICTS:
+                    continue  # another instance wrote a mark since we read it: compare with that one
+        raise StateStoreError("poll mark", f"still contended after {_RACE_RETRIES} tries")
+
+    async def last_poll_completed(self) -> PollMark | None:
+        entity = await self._get(MARKS, *_POLL_MARK, what="poll mark")
+        return None if entity is None else PollMark(holder=str(entity["Holder"]), at=_time(entity["At"]))
 
     # -- events
 

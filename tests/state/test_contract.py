@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from monitor.domain.errors import StaleWriteError
-from monitor.state import Incident, NamespaceState, OutboxEntry, StateStore, outbox_id
+from monitor.state import Incident, NamespaceState, OutboxEntry, PollMark, StateStore, outbox_id
 from tests.state.support import T0, StoreOpener, fleet_states, large_scenario_document, run, state
 
 KV = "https://kv-payments.vault.azure.net"
@@ -530,5 +530,39 @@ def test_concurrent_acquirers_get_the_lease_once(open_store: StoreOpener):
         async with open_store() as other:
             assert (await race(store, other, timedelta(0))).count(True) == 1
             assert (await race(store, other, ttl)).count(True) == 1  # the first lease has just expired
+
+    run(open_store, check)
+
+
+# -- the last complete poll
+
+
+def test_the_last_complete_poll_is_one_mark_that_never_goes_back(open_store: StoreOpener):
+    """No mark until a poll completes; then the latest poll's holder and time, an earlier one leaving it alone."""
+
+    async def check(store: StateStore) -> None:
+        assert await store.last_poll_completed() is None
+        await store.record_poll_completed("A", at=T0)
+        assert await store.last_poll_completed() == PollMark("A", T0)
+        await store.record_poll_completed("B", at=T0 + 5 * MINUTE)
+        await store.record_poll_completed("A", at=T0 + MINUTE)  # a slow poll finishing late
+        async with open_store() as other:  # any instance reads the same mark
+            assert await other.last_poll_completed() == PollMark("B", T0 + 5 * MINUTE)
+
+    run(open_store, check)
+
+
+def test_concurrent_poll_marks_keep_the_latest(open_store: StoreOpener):
+    """Instances recording marks at once on two store objects: the latest time wins, whatever the order."""
+
+    async def check(store: StateStore) -> None:
+        async with open_store() as other:
+            await asyncio.gather(
+                *(
+                    (store if n % 2 else other).record_poll_completed(f"h{n}", at=T0 + n * MINUTE)
+                    for n in (3, 7, 1, 5, 2, 6, 4)
+                )
+            )
+        assert await store.last_poll_completed() == PollMark("h7", T0 + 7 * MINUTE)
 
     run(open_store, check)

@@ -50,7 +50,7 @@ async def rows(store: TableStateStore, table: str) -> list[dict[str, object]]:
 
 
 def test_the_store_creates_its_tables_when_missing(azurite: Azurite, prefix: str):
-    """The first call on a fresh prefix creates the six tables, named prefix + purpose."""
+    """The first call on a fresh prefix creates the store's tables, named prefix + purpose."""
 
     async def scenario() -> set[str]:
         async with opened(azurite, prefix) as store:
@@ -59,7 +59,7 @@ def test_the_store_creates_its_tables_when_missing(azurite: Azurite, prefix: str
             return {t.name async for t in service.list_tables() if t.name.startswith(prefix)}
 
     assert asyncio.run(scenario()) == {
-        f"{prefix}{t}" for t in ("namespaces", "keyindex", "snapshot", "events", "incidents", "leases")
+        f"{prefix}{t}" for t in ("namespaces", "keyindex", "snapshot", "events", "incidents", "leases", "marks")
     }
 
 

@@ -1,0 +1,75 @@
+"""The poll's bookkeeping in the state store: the last-complete-poll mark, and the poll lease kept (or lost)
+while a long poll runs. Real SDK clients against the stand-in; SQLite and Azurite stores."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitor.bootstrap import build_monitor
+from monitor.config import Settings
+from monitor.sandbox import Sandbox
+from monitor.service import Monitor, poll
+from monitor.state import PollMark
+from tests.builders import key, namespace, ref, scenario
+from tests.hardening.support import FAST_AZURE, parsed
+
+LISTING = "/subscriptions/00000000-0000-0000-0000-000000000000/providers/Microsoft.ServiceBus/namespaces$"
+
+
+@pytest.fixture(params=["sqlite", "tables"])
+def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """App settings for a fresh store of each kind: a SQLite file, or fresh tables in Azurite."""
+    if request.param == "sqlite":
+        yield {"KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite")}
+        return
+    azurite = request.getfixturevalue("azurite")
+    yield {
+        "KEYHEALTH_STATE_STORE": "tables",
+        "KEYHEALTH_TABLES_CONNECTION_STRING": azurite.connection_string,
+        "KEYHEALTH_TABLE_PREFIX": f"t{uuid.uuid4().hex[:16]}",
+    }
+
+
+def _monitor(sandbox: Sandbox, store: dict[str, str], instance: str = "instance-a") -> Monitor:
+    environment = {**sandbox.environment(), **FAST_AZURE, "KEYHEALTH_HTTP_RETRIES": "0", **store}
+    return dataclasses.replace(build_monitor(Settings.from_environment(environment)), instance=instance)
+
+
+def _fleet() -> dict[str, Any]:
+    return scenario([namespace("sb-one", ref("k1")), namespace("sb-two", ref("k2"))], [key("k1"), key("k2")])
+
+
+def test_a_complete_poll_leaves_its_mark_and_a_blind_one_does_not(store_settings: dict[str, str]):
+    """After a poll that saw the whole fleet the mark names this instance and the poll's time; a poll that
+    could not list the namespaces (fleet-blind) leaves the earlier mark as it was."""
+
+    async def run() -> tuple[PollMark | None, PollMark | None, PollMark | None, Any]:
+        async with Sandbox(parsed(_fleet())) as sandbox:
+            monitor = _monitor(sandbox, store_settings)
+            t0 = sandbox.clock.now()
+            try:
+                before = await monitor.store.last_poll_completed()
+                assert (await poll(monitor, now=t0)).ran
+                complete = await monitor.store.last_poll_completed()
+                sandbox.faults.respond(500, service="arm", path=LISTING)
+                sandbox.faults.respond(500, service="arm", path="/providers/Microsoft.ResourceGraph/resources")
+                blind = await poll(monitor, now=t0 + timedelta(minutes=5))
+                assert blind.ran and blind.report is not None and blind.report.fleet_blind
+                after_blind = await monitor.store.last_poll_completed()
+            finally:
+                assert monitor.close is not None
+                await monitor.close()
+        return before, complete, after_blind, t0
+
+    before, complete, after_blind, t0 = asyncio.run(run())
+    assert before is None
+    assert complete == PollMark("instance-a", t0)
+    assert after_blind == complete
