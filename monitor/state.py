@@ -202,11 +202,18 @@ def check_outbox_of(incident: Incident, outbox: Sequence[OutboxEntry]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """Who holds the named lease, and until when (exclusive: a lease is held while now < expires_at)."""
+    """Who holds the named lease, until when (exclusive: a lease is held while now < expires_at), and its
+    fencing token.
+
+    The token grows each time the lease passes to a holder (the first acquisition, one after a release or
+    an expiry, a takeover) and stays while a holder extends its own: work done under a lease can be
+    checked against the token, so a holder that was paused past its expiry cannot pass for the new one.
+    """
 
     name: str
     holder: str
     expires_at: datetime
+    token: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "expires_at", utc(self.expires_at, "expires_at"))
@@ -335,20 +342,31 @@ class StateStore(Protocol):
 
     # -- leases: one holder at a time, across processes and machines
 
-    async def acquire_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> bool:
-        """Take the lease until now + duration when it is free, expired, or already `holder`'s."""
+    async def acquire_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> Lease | None:
+        """Take the lease until now + duration when it is free, expired, or already `holder`'s.
+
+        Returns the lease held, with its fencing token (a new, larger one unless `holder` was extending its
+        own unexpired lease), or None when someone else holds it. One atomic step across instances.
+        """
         ...
 
-    async def renew_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> bool:
-        """Extend `holder`'s unexpired lease to now + duration; False when it expired or is someone else's."""
+    async def renew_lease(
+        self, name: str, holder: str, duration: timedelta, *, now: datetime, token: int
+    ) -> Lease | None:
+        """Extend the lease to now + duration while it is still `holder`'s under `token` and unexpired.
+
+        Returns the renewed lease, or None (nothing changed) when it expired, was released, or passed to
+        someone (a later token): the caller has lost it and must stop the work it guards.
+        """
         ...
 
-    async def release_lease(self, name: str, holder: str) -> bool:
-        """Give the lease up; False (and nothing changed) when `holder` does not hold it."""
+    async def release_lease(self, name: str, holder: str, *, token: int | None = None) -> bool:
+        """Give the lease up (only under `token` when given); False (and nothing changed) when `holder` does
+        not hold it. The next acquisition gets a larger token than any given before."""
         ...
 
     async def get_lease(self, name: str) -> Lease | None:
-        """The lease's record, expired or not, or None when nobody has it."""
+        """The lease's record, expired or not, or None when nobody has it (never taken, or released)."""
         ...
 
     async def close(self) -> None:

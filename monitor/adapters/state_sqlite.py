@@ -101,11 +101,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             holder TEXT NOT NULL,
             at     TEXT NOT NULL
         )""",
+        # The fencing token; a released lease keeps its row (holder '') so the next token is still larger.
+        "ALTER TABLE lease ADD COLUMN token INTEGER NOT NULL DEFAULT 0",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_RELEASED = "1970-01-01T00:00:00.000000Z"  # a released lease's expiry: before any `now`
 
 
 _IN_BATCH = 500  # parameters per IN (...): well under SQLite's limit of 999 in older builds
@@ -571,38 +574,57 @@ class SqliteStateStore:
 
     # -- leases
 
-    async def acquire_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> bool:
+    async def acquire_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> Lease | None:
         current = _text(now, "now")
-        until = _text(now + duration, "now")
+        until = now + duration
+        until_text = _text(until, "now")
 
-        def acquire(connection: sqlite3.Connection) -> bool:
+        def acquire(connection: sqlite3.Connection) -> Lease | None:
             with _immediate(connection):
-                row = connection.execute("SELECT holder, expires_at FROM lease WHERE name = ?", (name,)).fetchone()
-                if row is not None and row[0] != holder and row[1] > current:
-                    return False
+                row = connection.execute(
+                    "SELECT holder, expires_at, token FROM lease WHERE name = ?", (name,)
+                ).fetchone()
+                if row is None:
+                    token = 1
+                else:
+                    held = row[0] != "" and row[1] > current
+                    if held and row[0] != holder:
+                        return None
+                    token = row[2] if held else row[2] + 1  # extending one's own keeps the token
                 connection.execute(
-                    """INSERT INTO lease (name, holder, expires_at) VALUES (?, ?, ?)
-                       ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at""",
-                    (name, holder, until),
+                    """INSERT INTO lease (name, holder, expires_at, token) VALUES (?, ?, ?, ?)
+                       ON CONFLICT (name) DO UPDATE SET
+                           holder = excluded.holder, expires_at = excluded.expires_at, token = excluded.token""",
+                    (name, holder, until_text, token),
                 )
-            return True
+            return Lease(name=name, holder=holder, expires_at=until, token=token)
 
         return await self._call(acquire)
 
-    async def renew_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> bool:
+    async def renew_lease(
+        self, name: str, holder: str, duration: timedelta, *, now: datetime, token: int
+    ) -> Lease | None:
         current = _text(now, "now")
-        until = _text(now + duration, "now")
+        until = now + duration
         renewed = await self._changed(
-            "UPDATE lease SET expires_at = ? WHERE name = ? AND holder = ? AND expires_at > ?",
-            (until, name, holder, current),
+            "UPDATE lease SET expires_at = ? WHERE name = ? AND holder = ? AND token = ? AND expires_at > ?",
+            (_text(until, "now"), name, holder, token, current),
         )
-        return renewed == 1
+        return Lease(name=name, holder=holder, expires_at=until, token=token) if renewed == 1 else None
 
-    async def release_lease(self, name: str, holder: str) -> bool:
-        return await self._changed("DELETE FROM lease WHERE name = ? AND holder = ?", (name, holder)) == 1
+    async def release_lease(self, name: str, holder: str, *, token: int | None = None) -> bool:
+        # The row stays, holderless and long expired, so the token goes on growing.
+        statement = "UPDATE lease SET holder = '', expires_at = ? WHERE name = ? AND holder = ? AND holder != ''"
+        parameters: tuple[object, ...] = (_RELEASED, name, holder)
+        if token is not None:
+            statement += " AND token = ?"
+            parameters += (token,)
+        return await self._changed(statement, parameters) == 1
 
     async def get_lease(self, name: str) -> Lease | None:
         row = await self._call(
-            lambda c: c.execute("SELECT holder, expires_at FROM lease WHERE name = ?", (name,)).fetchone()
+            lambda c: c.execute(
+                "SELECT holder, expires_at, token FROM lease WHERE name = ? AND holder != ''", (name,)
+            ).fetchone()
         )
-        return None if row is None else Lease(name=name, holder=row[0], expires_at=_time(row[1]))
+        return None if row is None else Lease(name=name, holder=row[0], expires_at=_time(row[1]), token=row[2])

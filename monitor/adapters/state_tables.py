@@ -14,7 +14,8 @@ Tables (`prefix` + name, created when missing), as PartitionKey / RowKey: proper
   sha256(lower-cased ARM id) / "outbox-" + entry id: NamespaceId, Condition, Sink, CreatedAt, Attempts,
   NextAttemptAt, LastError, Doc00… (zlib JSON). Draining reads the RowKey range of every partition:
   the table holds only incidents and the few entries not yet delivered.
-- leases: "lease" / sha256(lease name): Name, Holder, ExpiresAt
+- leases: "lease" / sha256(lease name): Name, Holder, ExpiresAt, Token (the fencing token; a released lease
+  keeps its entity, Holder "", so the next token is still larger)
 - marks: "poll" / "last-complete": Holder, At (the last complete poll: one small entity, read on its own)
 
 RowKeys may not hold '/', '\\', '#' or '?', which ARM ids, key URLs and conditions do: keys are
@@ -100,6 +101,7 @@ NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS = (
 )
 _TABLES = (NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS)
 _POLL_MARK = ("poll", "last-complete")
+_RELEASED = datetime(1970, 1, 1, tzinfo=UTC)  # a released lease's expiry: before any `now`
 _SNAPSHOT_PARTITION = "snapshot"
 _HEAD = "head"
 _EVENT_PARTITION = "event"
@@ -813,7 +815,9 @@ class TableStateStore:
     async def _lease_entity(self, name: str) -> TableEntity | None:
         return await self._get(LEASES, _LEASE_PARTITION, _digest(name), what=f"lease {name}")
 
-    async def _write_lease(self, name: str, holder: str, until: datetime, current: TableEntity | None) -> bool:
+    async def _write_lease(
+        self, name: str, holder: str, until: datetime, token: int, current: TableEntity | None
+    ) -> bool:
         client = await self._table(LEASES)
         entity = {
             "PartitionKey": _LEASE_PARTITION,
@@ -821,6 +825,7 @@ class TableStateStore:
             "Name": name,
             "Holder": holder,
             "ExpiresAt": until,
+            "Token": token,
         }
         with _failures(f"lease {name}"):
             try:
@@ -829,42 +834,57 @@ class TableStateStore:
                 return False  # another instance changed the lease since we read it: it won
         return True
 
-    async def acquire_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> bool:
+    async def acquire_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> Lease | None:
         now = utc(now, "now")
         current = await self._lease_entity(name)
-        if current is not None and current["Holder"] != holder and current["ExpiresAt"] > now:
-            return False
-        return await self._write_lease(name, holder, now + duration, current)
+        if current is None:
+            token = 1
+        else:
+            held = bool(current["Holder"]) and current["ExpiresAt"] > now
+            if held and current["Holder"] != holder:
+                return None
+            previous = int(current.get("Token") or 0)
+            token = previous if held else previous + 1  # extending one's own keeps the token
+        if not await self._write_lease(name, holder, now + duration, token, current):
+            return None
+        return Lease(name=name, holder=holder, expires_at=now + duration, token=token)
 
-    async def renew_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> bool:
+    async def renew_lease(
+        self, name: str, holder: str, duration: timedelta, *, now: datetime, token: int
+    ) -> Lease | None:
         now = utc(now, "now")
         current = await self._lease_entity(name)
-        if current is None or current["Holder"] != holder or current["ExpiresAt"] <= now:
-            return False
-        return await self._write_lease(name, holder, now + duration, current)
+        if (
+            current is None
+            or current["Holder"] != holder
+            or int(current.get("Token") or 0) != token
+            or current["ExpiresAt"] <= now
+        ):
+            return None
+        if not await self._write_lease(name, holder, now + duration, token, current):
+            return None
+        return Lease(name=name, holder=holder, expires_at=now + duration, token=token)
 
-    async def release_lease(self, name: str, holder: str) -> bool:
+    async def release_lease(self, name: str, holder: str, *, token: int | None = None) -> bool:
         current = await self._lease_entity(name)
-        if current is None or current["Holder"] != holder:
+        if current is None or not current["Holder"] or current["Holder"] != holder:
             return False
-        client = await self._table(LEASES)
-        with _failures(f"lease {name}"):
-            try:
-                await client.delete_entity(
-                    _LEASE_PARTITION,
-                    _digest(name),
-                    etag=_etag(current.metadata),
-                    match_condition=MatchConditions.IfNotModified,
-                )
-            except _CONFLICTS:
-                return False
-        return True
+        stored = int(current.get("Token") or 0)
+        if token is not None and stored != token:
+            return False
+        # Replaced (conditionally on what was read), not deleted: the token must keep growing.
+        return await self._write_lease(name, "", _RELEASED, stored, current)
 
     async def get_lease(self, name: str) -> Lease | None:
         current = await self._lease_entity(name)
-        if current is None:
+        if current is None or not current["Holder"]:
             return None
-        return Lease(name=str(current["Name"]), holder=str(current["Holder"]), expires_at=_time(current["ExpiresAt"]))
+        return Lease(
+            name=str(current["Name"]),
+            holder=str(current["Holder"]),
+            expires_at=_time(current["ExpiresAt"]),
+            token=int(current.get("Token") or 0),
+        )
 
     # -- for tests and tools
 

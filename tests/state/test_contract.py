@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from monitor.domain.errors import StaleWriteError
-from monitor.state import Incident, NamespaceState, OutboxEntry, PollMark, StateStore, outbox_id
+from monitor.state import Incident, Lease, NamespaceState, OutboxEntry, PollMark, StateStore, outbox_id
 from tests.state.support import T0, StoreOpener, fleet_states, large_scenario_document, run, state
 
 KV = "https://kv-payments.vault.azure.net"
@@ -471,15 +471,17 @@ def test_a_lease_has_one_holder_until_it_expires(open_store: StoreOpener):
     ttl = timedelta(seconds=60)
 
     async def check(store: StateStore) -> None:
-        assert await store.acquire_lease("poll", "A", ttl, now=T0) is True
-        assert await store.acquire_lease("poll", "B", ttl, now=T0 + timedelta(seconds=59)) is False
-        assert await store.acquire_lease("poll", "A", ttl, now=T0 + timedelta(seconds=30)) is True  # A extends
-        assert await store.acquire_lease("poll", "B", ttl, now=T0 + timedelta(seconds=89)) is False
-        assert await store.acquire_lease("poll", "B", ttl, now=T0 + timedelta(seconds=90)) is True  # expired
-        assert await store.renew_lease("poll", "A", ttl, now=T0 + timedelta(seconds=91)) is False
+        first = await store.acquire_lease("poll", "A", ttl, now=T0)
+        assert first is not None and first.holder == "A" and first.expires_at == T0 + ttl
+        assert await store.acquire_lease("poll", "B", ttl, now=T0 + timedelta(seconds=59)) is None
+        extended = await store.acquire_lease("poll", "A", ttl, now=T0 + timedelta(seconds=30))  # A extends
+        assert extended is not None and extended.token == first.token
+        assert await store.acquire_lease("poll", "B", ttl, now=T0 + timedelta(seconds=89)) is None
+        taken = await store.acquire_lease("poll", "B", ttl, now=T0 + timedelta(seconds=90))  # expired
+        assert taken is not None and taken.token > first.token
+        assert await store.renew_lease("poll", "A", ttl, now=T0 + timedelta(seconds=91), token=first.token) is None
         assert await store.release_lease("poll", "A") is False
-        lease = await store.get_lease("poll")
-        assert lease is not None and lease.holder == "B" and lease.expires_at == T0 + timedelta(seconds=150)
+        assert await store.get_lease("poll") == Lease("poll", "B", T0 + timedelta(seconds=150), taken.token)
 
     run(open_store, check)
 
@@ -489,13 +491,40 @@ def test_a_lease_is_renewed_only_before_it_expires(open_store: StoreOpener):
     ttl = timedelta(seconds=60)
 
     async def check(store: StateStore) -> None:
-        assert await store.acquire_lease("poll", "A", ttl, now=T0)
-        assert await store.renew_lease("poll", "A", ttl, now=T0 + timedelta(seconds=50)) is True
-        lease = await store.get_lease("poll")
-        assert lease is not None and lease.expires_at == T0 + timedelta(seconds=110)
-        assert await store.renew_lease("poll", "A", ttl, now=T0 + timedelta(seconds=110)) is False
-        assert await store.renew_lease("poll", "B", ttl, now=T0) is False
-        assert await store.renew_lease("other", "A", ttl, now=T0) is False
+        lease = await store.acquire_lease("poll", "A", ttl, now=T0)
+        assert lease is not None
+        renewed = await store.renew_lease("poll", "A", ttl, now=T0 + timedelta(seconds=50), token=lease.token)
+        assert renewed == Lease("poll", "A", T0 + timedelta(seconds=110), lease.token)
+        assert await store.get_lease("poll") == renewed
+        assert await store.renew_lease("poll", "A", ttl, now=T0 + timedelta(seconds=110), token=lease.token) is None
+        assert await store.renew_lease("poll", "B", ttl, now=T0, token=lease.token) is None
+        assert await store.renew_lease("other", "A", ttl, now=T0, token=lease.token) is None
+
+    run(open_store, check)
+
+
+def test_fencing_tokens_grow_each_time_the_lease_passes_to_a_holder(open_store: StoreOpener):
+    """Released, expired or taken over, the next holder's token is larger (even the same holder's, and even
+    from another store object); an old token renews nothing, though the holder name matches."""
+    ttl = timedelta(seconds=60)
+
+    async def check(store: StateStore) -> None:
+        tokens = []
+        first = await store.acquire_lease("poll", "A", ttl, now=T0)
+        assert first is not None
+        tokens.append(first.token)
+        assert await store.release_lease("poll", "A", token=first.token)
+        again = await store.acquire_lease("poll", "A", ttl, now=T0)  # after a release: a new token
+        assert again is not None
+        tokens.append(again.token)
+        async with open_store() as other:
+            later = await other.acquire_lease("poll", "A", ttl, now=T0 + 2 * ttl)  # after expiry: a new token
+            assert later is not None
+            tokens.append(later.token)
+            assert await other.renew_lease("poll", "A", ttl, now=T0 + 2 * ttl, token=again.token) is None
+            assert await other.release_lease("poll", "A", token=again.token) is False  # nor releases it
+        assert tokens == sorted(set(tokens))
+        assert (await store.get_lease("poll")) == later
 
     run(open_store, check)
 
@@ -507,9 +536,10 @@ def test_a_released_lease_is_free_for_anyone(open_store: StoreOpener):
     async def check(store: StateStore) -> None:
         assert await store.acquire_lease("poll", "A", ttl, now=T0)
         assert await store.release_lease("poll", "A") is True
+        assert await store.release_lease("poll", "A") is False
         assert await store.get_lease("poll") is None
-        assert await store.acquire_lease("poll", "B", ttl, now=T0 + MINUTE) is True
-        assert await store.acquire_lease("other", "A", ttl, now=T0 + MINUTE) is True  # leases are independent
+        assert await store.acquire_lease("poll", "B", ttl, now=T0 + MINUTE) is not None
+        assert await store.acquire_lease("other", "A", ttl, now=T0 + MINUTE) is not None  # leases are independent
 
     run(open_store, check)
 
@@ -518,18 +548,19 @@ def test_concurrent_acquirers_get_the_lease_once(open_store: StoreOpener):
     """Of many holders on two store instances trying to take a free or an expired lease at once, exactly one gets it."""
     ttl = timedelta(minutes=5)
 
-    async def race(store: StateStore, other: StateStore, now_offset: timedelta) -> list[bool]:
+    async def race(store: StateStore, other: StateStore, now_offset: timedelta) -> list[Lease]:
         now = T0 + now_offset
-        return list(
-            await asyncio.gather(
-                *((store if n % 2 else other).acquire_lease("poll", f"h{n}", ttl, now=now) for n in range(12))
-            )
+        leases = await asyncio.gather(
+            *((store if n % 2 else other).acquire_lease("poll", f"h{n}", ttl, now=now) for n in range(12))
         )
+        return [lease for lease in leases if lease is not None]
 
     async def check(store: StateStore) -> None:
         async with open_store() as other:
-            assert (await race(store, other, timedelta(0))).count(True) == 1
-            assert (await race(store, other, ttl)).count(True) == 1  # the first lease has just expired
+            (first,) = await race(store, other, timedelta(0))
+            (second,) = await race(store, other, ttl)  # the first lease has just expired
+            assert second.token > first.token
+            assert await store.get_lease("poll") == second
 
     run(open_store, check)
 
