@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -166,6 +166,11 @@ class OutboxEntry:
     attempts: int = 0
     next_attempt_at: datetime | None = None  # None: due at once
     last_error: str | None = None  # a secret-free reason, for the log and for people
+    # Who is sending it right now, and until when that claim holds (see StateStore.claim_outbox_entry).
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
+    # The version the store handed out with it (None: not read from a store); not part of its content.
+    etag: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not _SINK_NAME.match(self.sink):
@@ -173,6 +178,12 @@ class OutboxEntry:
         object.__setattr__(self, "created_at", utc(self.created_at, "created_at"))
         if self.next_attempt_at is not None:
             object.__setattr__(self, "next_attempt_at", utc(self.next_attempt_at, "next_attempt_at"))
+        if self.claimed_until is not None:
+            object.__setattr__(self, "claimed_until", utc(self.claimed_until, "claimed_until"))
+
+    def claimed_at(self, now: datetime) -> bool:
+        """Whether another deliverer's claim on it still holds at `now`."""
+        return self.claimed_until is not None and utc(now, "now") < self.claimed_until
 
     @property
     def due_at(self) -> datetime:
@@ -327,17 +338,37 @@ class StateStore(Protocol):
         ...
 
     # -- the alert outbox: written with incidents, drained by one deliverer at a time (hold a lease)
+    #
+    # Each entry read comes with its etag. A deliverer claims an entry before sending it, with a write
+    # conditioned on that etag, and conditions its later write (delete, or a failed attempt) on the claim's
+    # etag: a deliverer paused while another took over finds the entry changed or gone, and neither sends
+    # it again nor overwrites what the other recorded.
 
     async def list_outbox(self) -> list[OutboxEntry]:
-        """Every queued entry, sorted by id (the order they were made in)."""
+        """Every queued entry, with its etag, sorted by id (the order they were made in)."""
+        ...
+
+    async def claim_outbox_entry(self, entry: OutboxEntry, *, holder: str, until: datetime) -> OutboxEntry | None:
+        """Mark `entry` as being sent by `holder` until `until`, only while it is as it was read (its etag).
+
+        Returns it claimed, with its new etag; None (nothing written) when it was changed or deleted since
+        it was read. Raises ValueError for an entry without an etag.
+        """
         ...
 
     async def update_outbox_entry(self, entry: OutboxEntry) -> bool:
-        """Record a failed attempt (attempts, next_attempt_at, last_error). False when the entry is gone."""
+        """Record a failed attempt (attempts, next_attempt_at, last_error) and drop any claim.
+
+        With an etag, only while the stored entry is still at it. False (nothing written) when the entry
+        is gone, or changed since.
+        """
         ...
 
     async def delete_outbox_entry(self, entry: OutboxEntry) -> bool:
-        """Remove a delivered (or abandoned) entry. False when it was already gone."""
+        """Remove a delivered (or abandoned) entry, with an etag only while the stored one is still at it.
+
+        False when it was already gone, or changed since.
+        """
         ...
 
     # -- leases: one holder at a time, across processes and machines

@@ -18,6 +18,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -103,6 +104,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         # The fencing token; a released lease keeps its row (holder '') so the next token is still larger.
         "ALTER TABLE lease ADD COLUMN token INTEGER NOT NULL DEFAULT 0",
+        # Every write of an entry sets a new etag; entries queued before this version start without one.
+        "ALTER TABLE outbox ADD COLUMN etag TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE outbox ADD COLUMN claimed_by TEXT",
+        "ALTER TABLE outbox ADD COLUMN claimed_until TEXT",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -511,8 +516,8 @@ class SqliteStateStore:
                 )
                 connection.executemany(
                     """INSERT INTO outbox (id, namespace_key, namespace_id, condition, sink, created_at, attempts,
-                                           next_attempt_at, last_error, document)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                           next_attempt_at, last_error, document, etag)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                     queued,
                 )
 
@@ -536,13 +541,14 @@ class SqliteStateStore:
             None if entry.next_attempt_at is None else _text(entry.next_attempt_at, "next_attempt_at"),
             entry.last_error,
             _json(entry.document),
+            _new_etag(),
         )
 
     async def list_outbox(self) -> list[OutboxEntry]:
         def read(connection: sqlite3.Connection) -> list[OutboxEntry]:
             rows = connection.execute(
                 """SELECT id, namespace_id, condition, sink, created_at, attempts, next_attempt_at, last_error,
-                          document FROM outbox ORDER BY id"""
+                          document, etag, claimed_by, claimed_until FROM outbox ORDER BY id"""
             )
             return [
                 OutboxEntry(
@@ -555,22 +561,45 @@ class SqliteStateStore:
                     next_attempt_at=None if row[6] is None else _time(row[6]),
                     last_error=row[7],
                     document=json.loads(row[8]),
+                    etag=row[9],
+                    claimed_by=row[10],
+                    claimed_until=None if row[11] is None else _time(row[11]),
                 )
                 for row in rows
             ]
 
         return await self._call(read)
 
+    async def _write_outbox(self, entry: OutboxEntry, assignments: str, values: tuple[object, ...]) -> str | None:
+        """One conditional UPDATE of `entry` (at its etag, when it has one); the new etag, or None when none matched."""
+        etag = _new_etag()
+        statement = f"UPDATE outbox SET {assignments}, etag = ? WHERE id = ?"  # noqa: S608 - fixed column lists
+        parameters: tuple[object, ...] = (*values, etag, entry.id)
+        if entry.etag is not None:
+            statement += " AND etag = ?"
+            parameters += (entry.etag,)
+        return etag if await self._changed(statement, parameters) == 1 else None
+
+    async def claim_outbox_entry(self, entry: OutboxEntry, *, holder: str, until: datetime) -> OutboxEntry | None:
+        if entry.etag is None:
+            raise ValueError(f"alert {entry.id} has no etag: claim an entry as list_outbox returned it")
+        claimed = replace(entry, claimed_by=holder, claimed_until=until)
+        etag = await self._write_outbox(entry, "claimed_by = ?, claimed_until = ?", (holder, _text(until, "until")))
+        return None if etag is None else replace(claimed, etag=etag)
+
     async def update_outbox_entry(self, entry: OutboxEntry) -> bool:
         due = None if entry.next_attempt_at is None else _text(entry.next_attempt_at, "next_attempt_at")
-        updated = await self._changed(
-            "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
-            (entry.attempts, due, entry.last_error, entry.id),
+        etag = await self._write_outbox(
+            entry,
+            "attempts = ?, next_attempt_at = ?, last_error = ?, claimed_by = NULL, claimed_until = NULL",
+            (entry.attempts, due, entry.last_error),
         )
-        return updated == 1
+        return etag is not None
 
     async def delete_outbox_entry(self, entry: OutboxEntry) -> bool:
-        return await self._changed("DELETE FROM outbox WHERE id = ?", (entry.id,)) == 1
+        if entry.etag is None:
+            return await self._changed("DELETE FROM outbox WHERE id = ?", (entry.id,)) == 1
+        return await self._changed("DELETE FROM outbox WHERE id = ? AND etag = ?", (entry.id, entry.etag)) == 1
 
     # -- leases
 

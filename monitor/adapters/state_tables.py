@@ -12,8 +12,8 @@ Tables (`prefix` + name, created when missing), as PartitionKey / RowKey: proper
 - incidents: sha256(lower-cased ARM id) / sha256(condition): NamespaceId, Condition, Open, Body00… (zlib JSON);
   and, in the same partition so one transaction writes both, the alert outbox:
   sha256(lower-cased ARM id) / "outbox-" + entry id: NamespaceId, Condition, Sink, CreatedAt, Attempts,
-  NextAttemptAt, LastError, Doc00… (zlib JSON). Draining reads the RowKey range of every partition:
-  the table holds only incidents and the few entries not yet delivered.
+  NextAttemptAt, LastError, ClaimedBy, ClaimedUntil, Doc00… (zlib JSON). Draining reads the RowKey range of
+  every partition: the table holds only incidents and the few entries not yet delivered.
 - leases: "lease" / sha256(lease name): Name, Holder, ExpiresAt, Token (the fencing token; a released lease
   keeps its entity, Holder "", so the next token is still larger)
 - marks: "poll" / "last-complete": Holder, At (the last complete poll: one small entity, read on its own)
@@ -40,6 +40,7 @@ import re
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -759,55 +760,83 @@ class TableStateStore:
             "Attempts": entry.attempts,
             "NextAttemptAt": entry.next_attempt_at,
             "LastError": entry.last_error,
+            # "" and the epoch for none: a property left out of a replace is gone, but None is never sent.
+            "ClaimedBy": entry.claimed_by or "",
+            "ClaimedUntil": entry.claimed_until or _RELEASED,
             **_pieces(_pack(entry.document), "Doc", what=f"alert {entry.id}"),
         }
+
+    @staticmethod
+    def _outbox_from(e: TableEntity) -> OutboxEntry:
+        claimed_by = str(e.get("ClaimedBy") or "") or None
+        return OutboxEntry(
+            id=str(e["RowKey"]).removeprefix(_OUTBOX_ROW),
+            namespace_id=str(e["NamespaceId"]),
+            condition=str(e["Condition"]),
+            sink=str(e["Sink"]),
+            created_at=_time(e["CreatedAt"]),
+            attempts=int(e.get("Attempts") or 0),
+            next_attempt_at=_time(e["NextAttemptAt"]) if e.get("NextAttemptAt") else None,
+            last_error=str(e["LastError"]) if e.get("LastError") else None,
+            document=_unpack(_joined(e, "Doc"), f"alert {e['RowKey']}"),
+            claimed_by=claimed_by,
+            claimed_until=_time(e["ClaimedUntil"]) if claimed_by and e.get("ClaimedUntil") else None,
+            etag=_etag(e.metadata),
+        )
 
     async def list_outbox(self) -> list[OutboxEntry]:
         entities = await self._query(
             INCIDENTS, "RowKey ge @start and RowKey lt @end", what="list outbox", start=_OUTBOX_ROW, end="outbox."
         )
-        entries = [
-            OutboxEntry(
-                id=str(e["RowKey"]).removeprefix(_OUTBOX_ROW),
-                namespace_id=str(e["NamespaceId"]),
-                condition=str(e["Condition"]),
-                sink=str(e["Sink"]),
-                created_at=_time(e["CreatedAt"]),
-                attempts=int(e.get("Attempts") or 0),
-                next_attempt_at=_time(e["NextAttemptAt"]) if e.get("NextAttemptAt") else None,
-                last_error=str(e["LastError"]) if e.get("LastError") else None,
-                document=_unpack(_joined(e, "Doc"), f"alert {e['RowKey']}"),
-            )
-            for e in entities
-        ]
-        return sorted(entries, key=lambda entry: entry.id)
+        return sorted((self._outbox_from(e) for e in entities), key=lambda entry: entry.id)
 
-    async def update_outbox_entry(self, entry: OutboxEntry) -> bool:
-        partition, row = self._outbox_address(entry)
-        patch = {
-            "PartitionKey": partition,
-            "RowKey": row,
-            "Attempts": entry.attempts,
-            "NextAttemptAt": entry.next_attempt_at,
-            "LastError": entry.last_error,
-        }
+    async def _replace_outbox(self, entry: OutboxEntry) -> str | None:
+        """Replace the stored entry with `entry` (only at entry.etag, when given): its new etag, or None when it is
+        gone or changed. An update without an etag is sent with If-Match "*", so a deleted entry never returns."""
         client = await self._table(INCIDENTS)
+        condition: dict[str, Any] = {}
+        if entry.etag is not None:
+            condition = {"etag": entry.etag, "match_condition": MatchConditions.IfNotModified}
         with _failures(f"alert {entry.id}"):
             try:
-                # An update is sent with If-Match "*": it fails on a missing entity, so a delivered one never returns.
-                await client.update_entity(patch, mode=UpdateMode.MERGE)
-            except ResourceNotFoundError:
-                return False
-        return True
+                written = await client.update_entity(self._outbox_entity(entry), mode=UpdateMode.REPLACE, **condition)
+            except (ResourceNotFoundError, ResourceModifiedError):
+                return None
+        return _etag(written)
+
+    async def claim_outbox_entry(self, entry: OutboxEntry, *, holder: str, until: datetime) -> OutboxEntry | None:
+        if entry.etag is None:
+            raise ValueError(f"alert {entry.id} has no etag: claim an entry as list_outbox returned it")
+        claimed = replace(entry, claimed_by=holder, claimed_until=utc(until, "until"))
+        etag = await self._replace_outbox(claimed)
+        return None if etag is None else replace(claimed, etag=etag)
+
+    async def update_outbox_entry(self, entry: OutboxEntry) -> bool:
+        return await self._replace_outbox(replace(entry, claimed_by=None, claimed_until=None)) is not None
 
     async def delete_outbox_entry(self, entry: OutboxEntry) -> bool:
         partition, row = self._outbox_address(entry)
         client = await self._table(INCIDENTS)
         with _failures(f"alert {entry.id}"):
-            existing = await self._get(INCIDENTS, partition, row, what=f"alert {entry.id}")
-            if existing is None:
-                return False
-            await client.delete_entity(partition, row)
+            etag = entry.etag
+            if etag is None:
+                existing = await self._get(INCIDENTS, partition, row, what=f"alert {entry.id}")
+                if existing is None:
+                    return False
+                etag = _etag(existing.metadata)
+            # A transaction of one: delete_entity itself answers a missing entity as success, which would let
+            # two deliverers both believe they removed it. Conditional even without the caller's etag.
+            operation = (
+                "delete",
+                {"PartitionKey": partition, "RowKey": row},
+                {"etag": etag, "match_condition": MatchConditions.IfNotModified},
+            )
+            try:
+                await client.submit_transaction([operation])
+            except TableTransactionError as error:
+                if error.status_code in {404, 412}:
+                    return False
+                raise
         return True
 
     # -- leases

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -459,6 +460,55 @@ def test_outbox_attempts_are_recorded_and_delivered_entries_removed(open_store: 
         assert not await store.delete_outbox_entry(retried)
         assert not await store.update_outbox_entry(retried)  # a delivered entry never comes back
         assert await store.list_outbox() == []
+
+    run(open_store, check)
+
+
+def test_an_outbox_entry_is_claimed_only_as_it_was_read(open_store: StoreOpener):
+    """Of two deliverers (two store objects) that read the same entry, one claims it; the other's claim, and
+    its delete or retry record from the old read, change nothing."""
+    incident = _incident()
+    entry = _entry(incident, 1, "pager")
+
+    async def check(store: StateStore) -> None:
+        await store.put_incident(incident, outbox=[entry])
+        async with open_store() as other:
+            (mine,) = await store.list_outbox()
+            (theirs,) = await other.list_outbox()
+            assert mine.etag and mine == entry and mine.claimed_by is None
+            claimed = await store.claim_outbox_entry(mine, holder="A", until=T0 + MINUTE)
+            assert claimed is not None and claimed.etag != mine.etag
+            assert await other.claim_outbox_entry(theirs, holder="B", until=T0 + MINUTE) is None
+            assert not await other.delete_outbox_entry(theirs)
+            assert not await other.update_outbox_entry(replace(theirs, attempts=1, last_error="HTTP 500"))
+            (listed,) = await other.list_outbox()
+            assert listed.claimed_by == "A" and listed.claimed_until == T0 + MINUTE
+            assert listed.claimed_at(T0) and not listed.claimed_at(T0 + MINUTE)
+            assert await store.delete_outbox_entry(claimed)
+            assert await other.claim_outbox_entry(listed, holder="B", until=T0 + MINUTE) is None  # gone
+            assert await other.list_outbox() == []
+
+    run(open_store, check)
+
+
+def test_a_failed_attempt_recorded_under_a_claim_drops_the_claim(open_store: StoreOpener):
+    """A retry record written at the claim's etag keeps attempts and error, ends the claim, and gives a new etag."""
+    incident = _incident()
+    entry = _entry(incident, 1, "pager")
+
+    async def check(store: StateStore) -> None:
+        await store.put_incident(incident, outbox=[entry])
+        (read,) = await store.list_outbox()
+        claimed = await store.claim_outbox_entry(read, holder="A", until=T0 + MINUTE)
+        assert claimed is not None
+        retried = replace(claimed, attempts=1, next_attempt_at=T0 + 2 * MINUTE, last_error="HTTP 503")
+        assert await store.update_outbox_entry(retried)
+        assert not await store.update_outbox_entry(retried)  # its etag is the claim's, now replaced
+        (after,) = await store.list_outbox()
+        assert after == replace(entry, attempts=1, next_attempt_at=T0 + 2 * MINUTE, last_error="HTTP 503")
+        assert after.claimed_by is None and after.claimed_until is None
+        with pytest.raises(ValueError, match="no etag"):
+            await store.claim_outbox_entry(entry, holder="A", until=T0)
 
     run(open_store, check)
 
