@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from monitor.domain.model import KeyId, KeyRef, Namespace, name_id, vault_id
 
 __all__ = [
+    "BUDGET_KEPT",
     "EVENT_DEDUPE_TTL",
     "Incident",
     "Lease",
@@ -24,6 +25,7 @@ __all__ = [
     "PollMark",
     "StateStore",
     "StoredSnapshot",
+    "check_budget_request",
     "check_outbox_of",
     "key_ids_of",
     "namespace_key",
@@ -31,6 +33,9 @@ __all__ = [
     "outbox_id",
     "utc",
 ]
+
+# Budget windows kept after a newer one starts: long enough for instances whose clocks differ a little.
+BUDGET_KEPT = timedelta(minutes=5)
 
 # Event Grid redelivers for up to 24 hours; remembering ids twice as long absorbs clock skew and late retries.
 EVENT_DEDUPE_TTL = timedelta(hours=48)
@@ -204,6 +209,12 @@ def outbox_id(created_at: datetime, namespace_id: str, condition: str, notice: i
     return f"{notice_id(created_at, namespace_id, condition, notice)}-{sink}"
 
 
+def check_budget_request(wanted: int, limit: int) -> None:
+    """Raises ValueError unless both counts of a take_budget call are whole and not negative."""
+    if wanted < 0 or limit < 0:
+        raise ValueError(f"a budget request needs wanted >= 0 and limit >= 0, got wanted={wanted}, limit={limit}")
+
+
 def check_outbox_of(incident: Incident, outbox: Sequence[OutboxEntry]) -> None:
     """Raises ValueError unless every entry belongs to `incident` (so one transaction can hold them)."""
     for entry in outbox:
@@ -368,6 +379,17 @@ class StateStore(Protocol):
         """Remove a delivered (or abandoned) entry, with an etag only while the stored one is still at it.
 
         False when it was already gone, or changed since.
+        """
+        ...
+
+    # -- request budgets shared by every instance (a vault's share of its request limit)
+
+    async def take_budget(self, scope: str, window_start: datetime, wanted: int, limit: int) -> int:
+        """Grant up to `wanted` units of the budget of (`scope`, `window_start`); returns how many were granted.
+
+        Atomic across instances: the units granted for one (scope, window) never add up to more than
+        `limit` (the largest limit any caller passed, if they differ). 0 once the window is spent. Windows
+        more than BUDGET_KEPT older than a new one are forgotten. Raises ValueError for a negative count.
         """
         ...
 

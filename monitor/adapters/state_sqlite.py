@@ -25,12 +25,14 @@ from typing import Any, TypeVar
 from monitor.domain.errors import StaleWriteError, StateStoreError
 from monitor.domain.model import KeyId, name_id, vault_id
 from monitor.state import (
+    BUDGET_KEPT,
     Incident,
     Lease,
     NamespaceState,
     OutboxEntry,
     PollMark,
     StoredSnapshot,
+    check_budget_request,
     check_outbox_of,
     namespace_key,
     utc,
@@ -108,6 +110,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE outbox ADD COLUMN etag TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE outbox ADD COLUMN claimed_by TEXT",
         "ALTER TABLE outbox ADD COLUMN claimed_until TEXT",
+        """CREATE TABLE budget (
+            scope        TEXT NOT NULL,
+            window_start TEXT NOT NULL,
+            granted      INTEGER NOT NULL,
+            PRIMARY KEY (scope, window_start)
+        )""",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -600,6 +608,37 @@ class SqliteStateStore:
         if entry.etag is None:
             return await self._changed("DELETE FROM outbox WHERE id = ?", (entry.id,)) == 1
         return await self._changed("DELETE FROM outbox WHERE id = ? AND etag = ?", (entry.id, entry.etag)) == 1
+
+    # -- shared budgets
+
+    async def take_budget(self, scope: str, window_start: datetime, wanted: int, limit: int) -> int:
+        check_budget_request(wanted, limit)
+        window = _text(window_start, "window_start")
+        forget_before = _text(window_start - BUDGET_KEPT, "window_start")
+
+        def take(connection: sqlite3.Connection) -> int:
+            with _immediate(connection):
+                row = connection.execute(
+                    "SELECT granted FROM budget WHERE scope = ? AND window_start = ?", (scope, window)
+                ).fetchone()
+                granted = 0 if row is None else row[0]
+                grant = max(0, min(wanted, limit - granted))
+                if row is None:
+                    # A new window: the scope's old ones go.
+                    connection.execute(
+                        "DELETE FROM budget WHERE scope = ? AND window_start < ?", (scope, forget_before)
+                    )
+                    connection.execute(
+                        "INSERT INTO budget (scope, window_start, granted) VALUES (?, ?, ?)", (scope, window, grant)
+                    )
+                elif grant:
+                    connection.execute(
+                        "UPDATE budget SET granted = granted + ? WHERE scope = ? AND window_start = ?",
+                        (grant, scope, window),
+                    )
+            return grant
+
+        return await self._call(take)
 
     # -- leases
 

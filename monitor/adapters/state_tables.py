@@ -17,6 +17,8 @@ Tables (`prefix` + name, created when missing), as PartitionKey / RowKey: proper
 - leases: "lease" / sha256(lease name): Name, Holder, ExpiresAt, Token (the fencing token; a released lease
   keeps its entity, Holder "", so the next token is still larger)
 - marks: "poll" / "last-complete": Holder, At (the last complete poll: one small entity, read on its own)
+- budgets: sha256(scope) / window start (UTC, "%Y%m%dT%H%M%S.%fZ", so text order is time order): Scope,
+  WindowStart, Granted
 
 RowKeys may not hold '/', '\\', '#' or '?', which ARM ids, key URLs and conditions do: keys are
 SHA-256 digests and the original values ride along as properties. Binary properties stay under the
@@ -55,12 +57,14 @@ from monitor.adapters.azure_clients import describe_failure
 from monitor.domain.errors import StaleWriteError, StateStoreError
 from monitor.domain.model import KeyId, name_id, vault_id
 from monitor.state import (
+    BUDGET_KEPT,
     Incident,
     Lease,
     NamespaceState,
     OutboxEntry,
     PollMark,
     StoredSnapshot,
+    check_budget_request,
     check_outbox_of,
     namespace_key,
     utc,
@@ -91,7 +95,7 @@ async def _create_or_replace(client: TableClient, entity: dict[str, Any], etag: 
     )
 
 
-NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS = (
+NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS, BUDGETS = (
     "namespaces",
     "keyindex",
     "snapshot",
@@ -99,8 +103,10 @@ NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS = (
     "incidents",
     "leases",
     "marks",
+    "budgets",
 )
-_TABLES = (NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS)
+_TABLES = (NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS, BUDGETS)
+_WINDOW_ROW = "%Y%m%dT%H%M%S.%fZ"
 _POLL_MARK = ("poll", "last-complete")
 _RELEASED = datetime(1970, 1, 1, tzinfo=UTC)  # a released lease's expiry: before any `now`
 _SNAPSHOT_PARTITION = "snapshot"
@@ -838,6 +844,51 @@ class TableStateStore:
                     return False
                 raise
         return True
+
+    # -- shared budgets
+
+    async def take_budget(self, scope: str, window_start: datetime, wanted: int, limit: int) -> int:
+        check_budget_request(wanted, limit)
+        window_start = utc(window_start, "window_start")
+        partition, row = _digest(scope), window_start.strftime(_WINDOW_ROW)
+        what = f"budget {scope}"
+        client = await self._table(BUDGETS)
+        for attempt in range(_RACE_RETRIES):
+            await _back_off(attempt)
+            current = await self._get(BUDGETS, partition, row, what=what)
+            granted = 0 if current is None else int(current["Granted"])
+            grant = max(0, min(wanted, limit - granted))
+            if grant == 0 and current is not None:
+                return 0
+            entity = {
+                "PartitionKey": partition,
+                "RowKey": row,
+                "Scope": scope,
+                "WindowStart": window_start,
+                "Granted": granted + grant,
+            }
+            with _failures(what):
+                try:
+                    await _create_or_replace(client, entity, None if current is None else _etag(current.metadata))
+                except _CONFLICTS:
+                    continue  # another instance took some since we read: read the window again
+            if current is None:
+                await self._forget_windows(partition, (window_start - BUDGET_KEPT).strftime(_WINDOW_ROW))
+            return grant
+        raise StateStoreError(what, f"still contended after {_RACE_RETRIES} tries")
+
+    async def _forget_windows(self, partition: str, before: str) -> None:
+        """Delete a scope's windows older than `before` (done by whoever opened a new one: a few a time)."""
+        client = await self._table(BUDGETS)
+        old = await self._query(
+            BUDGETS, "PartitionKey eq @p and RowKey lt @before", what="budget windows", p=partition, before=before
+        )
+
+        async def delete(row: str) -> None:
+            with _failures("budget windows"):
+                await client.delete_entity(partition, row)
+
+        await self._gather(delete(str(e["RowKey"])) for e in old)
 
     # -- leases
 

@@ -9,7 +9,16 @@ from datetime import timedelta
 import pytest
 
 from monitor.domain.errors import StaleWriteError
-from monitor.state import Incident, Lease, NamespaceState, OutboxEntry, PollMark, StateStore, outbox_id
+from monitor.state import (
+    BUDGET_KEPT,
+    Incident,
+    Lease,
+    NamespaceState,
+    OutboxEntry,
+    PollMark,
+    StateStore,
+    outbox_id,
+)
 from tests.state.support import T0, StoreOpener, fleet_states, large_scenario_document, run, state
 
 KV = "https://kv-payments.vault.azure.net"
@@ -645,5 +654,57 @@ def test_concurrent_poll_marks_keep_the_latest(open_store: StoreOpener):
                 )
             )
         assert await store.last_poll_completed() == PollMark("h7", T0 + 7 * MINUTE)
+
+    run(open_store, check)
+
+
+# -- shared budgets
+
+SECOND = timedelta(seconds=1)
+
+
+def test_a_budget_window_grants_up_to_its_limit(open_store: StoreOpener):
+    """Takes are granted in full while they fit, in part at the edge, then not at all; other windows and
+    scopes have budgets of their own; a negative count is refused."""
+
+    async def check(store: StateStore) -> None:
+        assert await store.take_budget("kv-a", T0, 40, 100) == 40
+        assert await store.take_budget("kv-a", T0, 40, 100) == 40
+        assert await store.take_budget("kv-a", T0, 40, 100) == 20
+        assert await store.take_budget("kv-a", T0, 40, 100) == 0
+        assert await store.take_budget("kv-a", T0 + 10 * SECOND, 40, 100) == 40
+        assert await store.take_budget("kv-b", T0, 40, 100) == 40
+        assert await store.take_budget("kv-a", T0, 0, 100) == 0
+        with pytest.raises(ValueError, match="wanted"):
+            await store.take_budget("kv-a", T0, -1, 100)
+
+    run(open_store, check)
+
+
+def test_concurrent_takers_never_get_more_than_the_limit_together(open_store: StoreOpener):
+    """Many takers on two store objects (two instances) at once: together granted exactly the limit, no more."""
+
+    async def check(store: StateStore) -> None:
+        async with open_store() as other:
+            grants = await asyncio.gather(
+                *((store if n % 2 else other).take_budget("kv-a", T0, 7, 50) for n in range(12))
+            )
+        assert sum(grants) == 50
+        assert await store.take_budget("kv-a", T0, 7, 50) == 0
+
+    run(open_store, check)
+
+
+def test_old_budget_windows_are_forgotten_when_a_new_one_opens(open_store: StoreOpener):
+    """A window more than BUDGET_KEPT older than a newly opened one is gone: asked again, it starts afresh;
+    a recent one is kept."""
+
+    async def check(store: StateStore) -> None:
+        recent = T0 + BUDGET_KEPT - MINUTE
+        assert await store.take_budget("kv-a", T0, 10, 10) == 10
+        assert await store.take_budget("kv-a", recent, 10, 10) == 10
+        assert await store.take_budget("kv-a", T0 + BUDGET_KEPT + MINUTE, 10, 10) == 10  # opens a new window
+        assert await store.take_budget("kv-a", recent, 10, 10) == 0  # kept: still spent
+        assert await store.take_budget("kv-a", T0, 10, 10) == 10  # forgotten: afresh
 
     run(open_store, check)
