@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from monitor.domain.model import KeyId, KeyRef, Namespace, name_id, vault_id
 
 __all__ = [
+    "BUDGET_KEPT",
     "EVENT_DEDUPE_TTL",
     "Incident",
     "Lease",
@@ -24,6 +25,7 @@ __all__ = [
     "PollMark",
     "StateStore",
     "StoredSnapshot",
+    "check_budget_request",
     "check_outbox_of",
     "key_ids_of",
     "namespace_key",
@@ -31,6 +33,9 @@ __all__ = [
     "outbox_id",
     "utc",
 ]
+
+# Budget windows kept after a newer one starts: long enough for instances whose clocks differ a little.
+BUDGET_KEPT = timedelta(minutes=5)
 
 # Event Grid redelivers for up to 24 hours; remembering ids twice as long absorbs clock skew and late retries.
 EVENT_DEDUPE_TTL = timedelta(hours=48)
@@ -166,6 +171,11 @@ class OutboxEntry:
     attempts: int = 0
     next_attempt_at: datetime | None = None  # None: due at once
     last_error: str | None = None  # a secret-free reason, for the log and for people
+    # Who is sending it right now, and until when that claim holds (see StateStore.claim_outbox_entry).
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
+    # The version the store handed out with it (None: not read from a store); not part of its content.
+    etag: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not _SINK_NAME.match(self.sink):
@@ -173,6 +183,12 @@ class OutboxEntry:
         object.__setattr__(self, "created_at", utc(self.created_at, "created_at"))
         if self.next_attempt_at is not None:
             object.__setattr__(self, "next_attempt_at", utc(self.next_attempt_at, "next_attempt_at"))
+        if self.claimed_until is not None:
+            object.__setattr__(self, "claimed_until", utc(self.claimed_until, "claimed_until"))
+
+    def claimed_at(self, now: datetime) -> bool:
+        """Whether another deliverer's claim on it still holds at `now`."""
+        return self.claimed_until is not None and utc(now, "now") < self.claimed_until
 
     @property
     def due_at(self) -> datetime:
@@ -193,6 +209,12 @@ def outbox_id(created_at: datetime, namespace_id: str, condition: str, notice: i
     return f"{notice_id(created_at, namespace_id, condition, notice)}-{sink}"
 
 
+def check_budget_request(wanted: int, limit: int) -> None:
+    """Raises ValueError unless both counts of a take_budget call are whole and not negative."""
+    if wanted < 0 or limit < 0:
+        raise ValueError(f"a budget request needs wanted >= 0 and limit >= 0, got wanted={wanted}, limit={limit}")
+
+
 def check_outbox_of(incident: Incident, outbox: Sequence[OutboxEntry]) -> None:
     """Raises ValueError unless every entry belongs to `incident` (so one transaction can hold them)."""
     for entry in outbox:
@@ -202,11 +224,18 @@ def check_outbox_of(incident: Incident, outbox: Sequence[OutboxEntry]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """Who holds the named lease, and until when (exclusive: a lease is held while now < expires_at)."""
+    """Who holds the named lease, until when (exclusive: a lease is held while now < expires_at), and its
+    fencing token.
+
+    The token grows each time the lease passes to a holder (the first acquisition, one after a release or
+    an expiry, a takeover) and stays while a holder extends its own: work done under a lease can be
+    checked against the token, so a holder that was paused past its expiry cannot pass for the new one.
+    """
 
     name: str
     holder: str
     expires_at: datetime
+    token: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "expires_at", utc(self.expires_at, "expires_at"))
@@ -320,35 +349,77 @@ class StateStore(Protocol):
         ...
 
     # -- the alert outbox: written with incidents, drained by one deliverer at a time (hold a lease)
+    #
+    # Each entry read comes with its etag. A deliverer claims an entry before sending it, with a write
+    # conditioned on that etag, and conditions its later write (delete, or a failed attempt) on the claim's
+    # etag: a deliverer paused while another took over finds the entry changed or gone, and neither sends
+    # it again nor overwrites what the other recorded.
 
     async def list_outbox(self) -> list[OutboxEntry]:
-        """Every queued entry, sorted by id (the order they were made in)."""
+        """Every queued entry, with its etag, sorted by id (the order they were made in)."""
+        ...
+
+    async def claim_outbox_entry(self, entry: OutboxEntry, *, holder: str, until: datetime) -> OutboxEntry | None:
+        """Mark `entry` as being sent by `holder` until `until`, only while it is as it was read (its etag).
+
+        Returns it claimed, with its new etag; None (nothing written) when it was changed or deleted since
+        it was read. Raises ValueError for an entry without an etag.
+        """
         ...
 
     async def update_outbox_entry(self, entry: OutboxEntry) -> bool:
-        """Record a failed attempt (attempts, next_attempt_at, last_error). False when the entry is gone."""
+        """Record a failed attempt (attempts, next_attempt_at, last_error) and drop any claim.
+
+        With an etag, only while the stored entry is still at it. False (nothing written) when the entry
+        is gone, or changed since.
+        """
         ...
 
     async def delete_outbox_entry(self, entry: OutboxEntry) -> bool:
-        """Remove a delivered (or abandoned) entry. False when it was already gone."""
+        """Remove a delivered (or abandoned) entry, with an etag only while the stored one is still at it.
+
+        False when it was already gone, or changed since.
+        """
+        ...
+
+    # -- request budgets shared by every instance (a vault's share of its request limit)
+
+    async def take_budget(self, scope: str, window_start: datetime, wanted: int, limit: int) -> int:
+        """Grant up to `wanted` units of the budget of (`scope`, `window_start`); returns how many were granted.
+
+        Atomic across instances: the units granted for one (scope, window) never add up to more than
+        `limit` (the largest limit any caller passed, if they differ). 0 once the window is spent. Windows
+        more than BUDGET_KEPT older than a new one are forgotten. Raises ValueError for a negative count.
+        """
         ...
 
     # -- leases: one holder at a time, across processes and machines
 
-    async def acquire_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> bool:
-        """Take the lease until now + duration when it is free, expired, or already `holder`'s."""
+    async def acquire_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> Lease | None:
+        """Take the lease until now + duration when it is free, expired, or already `holder`'s.
+
+        Returns the lease held, with its fencing token (a new, larger one unless `holder` was extending its
+        own unexpired lease), or None when someone else holds it. One atomic step across instances.
+        """
         ...
 
-    async def renew_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> bool:
-        """Extend `holder`'s unexpired lease to now + duration; False when it expired or is someone else's."""
+    async def renew_lease(
+        self, name: str, holder: str, duration: timedelta, *, now: datetime, token: int
+    ) -> Lease | None:
+        """Extend the lease to now + duration while it is still `holder`'s under `token` and unexpired.
+
+        Returns the renewed lease, or None (nothing changed) when it expired, was released, or passed to
+        someone (a later token): the caller has lost it and must stop the work it guards.
+        """
         ...
 
-    async def release_lease(self, name: str, holder: str) -> bool:
-        """Give the lease up; False (and nothing changed) when `holder` does not hold it."""
+    async def release_lease(self, name: str, holder: str, *, token: int | None = None) -> bool:
+        """Give the lease up (only under `token` when given); False (and nothing changed) when `holder` does
+        not hold it. The next acquisition gets a larger token than any given before."""
         ...
 
     async def get_lease(self, name: str) -> Lease | None:
-        """The lease's record, expired or not, or None when nobody has it."""
+        """The lease's record, expired or not, or None when nobody has it (never taken, or released)."""
         ...
 
     async def close(self) -> None:

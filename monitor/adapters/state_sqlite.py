@@ -18,18 +18,21 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from monitor.domain.errors import StaleWriteError, StateStoreError
 from monitor.domain.model import KeyId, name_id, vault_id
 from monitor.state import (
+    BUDGET_KEPT,
     Incident,
     Lease,
     NamespaceState,
     OutboxEntry,
     PollMark,
     StoredSnapshot,
+    check_budget_request,
     check_outbox_of,
     namespace_key,
     utc,
@@ -101,11 +104,24 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             holder TEXT NOT NULL,
             at     TEXT NOT NULL
         )""",
+        # The fencing token; a released lease keeps its row (holder '') so the next token is still larger.
+        "ALTER TABLE lease ADD COLUMN token INTEGER NOT NULL DEFAULT 0",
+        # Every write of an entry sets a new etag; entries queued before this version start without one.
+        "ALTER TABLE outbox ADD COLUMN etag TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE outbox ADD COLUMN claimed_by TEXT",
+        "ALTER TABLE outbox ADD COLUMN claimed_until TEXT",
+        """CREATE TABLE budget (
+            scope        TEXT NOT NULL,
+            window_start TEXT NOT NULL,
+            granted      INTEGER NOT NULL,
+            PRIMARY KEY (scope, window_start)
+        )""",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_RELEASED = "1970-01-01T00:00:00.000000Z"  # a released lease's expiry: before any `now`
 
 
 _IN_BATCH = 500  # parameters per IN (...): well under SQLite's limit of 999 in older builds
@@ -508,8 +524,8 @@ class SqliteStateStore:
                 )
                 connection.executemany(
                     """INSERT INTO outbox (id, namespace_key, namespace_id, condition, sink, created_at, attempts,
-                                           next_attempt_at, last_error, document)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                           next_attempt_at, last_error, document, etag)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                     queued,
                 )
 
@@ -533,13 +549,14 @@ class SqliteStateStore:
             None if entry.next_attempt_at is None else _text(entry.next_attempt_at, "next_attempt_at"),
             entry.last_error,
             _json(entry.document),
+            _new_etag(),
         )
 
     async def list_outbox(self) -> list[OutboxEntry]:
         def read(connection: sqlite3.Connection) -> list[OutboxEntry]:
             rows = connection.execute(
                 """SELECT id, namespace_id, condition, sink, created_at, attempts, next_attempt_at, last_error,
-                          document FROM outbox ORDER BY id"""
+                          document, etag, claimed_by, claimed_until FROM outbox ORDER BY id"""
             )
             return [
                 OutboxEntry(
@@ -552,57 +569,130 @@ class SqliteStateStore:
                     next_attempt_at=None if row[6] is None else _time(row[6]),
                     last_error=row[7],
                     document=json.loads(row[8]),
+                    etag=row[9],
+                    claimed_by=row[10],
+                    claimed_until=None if row[11] is None else _time(row[11]),
                 )
                 for row in rows
             ]
 
         return await self._call(read)
 
+    async def _write_outbox(self, entry: OutboxEntry, assignments: str, values: tuple[object, ...]) -> str | None:
+        """One conditional UPDATE of `entry` (at its etag, when it has one); the new etag, or None when none matched."""
+        etag = _new_etag()
+        statement = f"UPDATE outbox SET {assignments}, etag = ? WHERE id = ?"  # noqa: S608 - fixed column lists
+        parameters: tuple[object, ...] = (*values, etag, entry.id)
+        if entry.etag is not None:
+            statement += " AND etag = ?"
+            parameters += (entry.etag,)
+        return etag if await self._changed(statement, parameters) == 1 else None
+
+    async def claim_outbox_entry(self, entry: OutboxEntry, *, holder: str, until: datetime) -> OutboxEntry | None:
+        if entry.etag is None:
+            raise ValueError(f"alert {entry.id} has no etag: claim an entry as list_outbox returned it")
+        claimed = replace(entry, claimed_by=holder, claimed_until=until)
+        etag = await self._write_outbox(entry, "claimed_by = ?, claimed_until = ?", (holder, _text(until, "until")))
+        return None if etag is None else replace(claimed, etag=etag)
+
     async def update_outbox_entry(self, entry: OutboxEntry) -> bool:
         due = None if entry.next_attempt_at is None else _text(entry.next_attempt_at, "next_attempt_at")
-        updated = await self._changed(
-            "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
-            (entry.attempts, due, entry.last_error, entry.id),
+        etag = await self._write_outbox(
+            entry,
+            "attempts = ?, next_attempt_at = ?, last_error = ?, claimed_by = NULL, claimed_until = NULL",
+            (entry.attempts, due, entry.last_error),
         )
-        return updated == 1
+        return etag is not None
 
     async def delete_outbox_entry(self, entry: OutboxEntry) -> bool:
-        return await self._changed("DELETE FROM outbox WHERE id = ?", (entry.id,)) == 1
+        if entry.etag is None:
+            return await self._changed("DELETE FROM outbox WHERE id = ?", (entry.id,)) == 1
+        return await self._changed("DELETE FROM outbox WHERE id = ? AND etag = ?", (entry.id, entry.etag)) == 1
+
+    # -- shared budgets
+
+    async def take_budget(self, scope: str, window_start: datetime, wanted: int, limit: int) -> int:
+        check_budget_request(wanted, limit)
+        window = _text(window_start, "window_start")
+        forget_before = _text(window_start - BUDGET_KEPT, "window_start")
+
+        def take(connection: sqlite3.Connection) -> int:
+            with _immediate(connection):
+                row = connection.execute(
+                    "SELECT granted FROM budget WHERE scope = ? AND window_start = ?", (scope, window)
+                ).fetchone()
+                granted = 0 if row is None else row[0]
+                grant = max(0, min(wanted, limit - granted))
+                if row is None:
+                    # A new window: the scope's old ones go.
+                    connection.execute(
+                        "DELETE FROM budget WHERE scope = ? AND window_start < ?", (scope, forget_before)
+                    )
+                    connection.execute(
+                        "INSERT INTO budget (scope, window_start, granted) VALUES (?, ?, ?)", (scope, window, grant)
+                    )
+                elif grant:
+                    connection.execute(
+                        "UPDATE budget SET granted = granted + ? WHERE scope = ? AND window_start = ?",
+                        (grant, scope, window),
+                    )
+            return grant
+
+        return await self._call(take)
 
     # -- leases
 
-    async def acquire_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> bool:
+    async def acquire_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> Lease | None:
         current = _text(now, "now")
-        until = _text(now + duration, "now")
+        until = now + duration
+        until_text = _text(until, "now")
 
-        def acquire(connection: sqlite3.Connection) -> bool:
+        def acquire(connection: sqlite3.Connection) -> Lease | None:
             with _immediate(connection):
-                row = connection.execute("SELECT holder, expires_at FROM lease WHERE name = ?", (name,)).fetchone()
-                if row is not None and row[0] != holder and row[1] > current:
-                    return False
+                row = connection.execute(
+                    "SELECT holder, expires_at, token FROM lease WHERE name = ?", (name,)
+                ).fetchone()
+                if row is None:
+                    token = 1
+                else:
+                    held = row[0] != "" and row[1] > current
+                    if held and row[0] != holder:
+                        return None
+                    token = row[2] if held else row[2] + 1  # extending one's own keeps the token
                 connection.execute(
-                    """INSERT INTO lease (name, holder, expires_at) VALUES (?, ?, ?)
-                       ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at""",
-                    (name, holder, until),
+                    """INSERT INTO lease (name, holder, expires_at, token) VALUES (?, ?, ?, ?)
+                       ON CONFLICT (name) DO UPDATE SET
+                           holder = excluded.holder, expires_at = excluded.expires_at, token = excluded.token""",
+                    (name, holder, until_text, token),
                 )
-            return True
+            return Lease(name=name, holder=holder, expires_at=until, token=token)
 
         return await self._call(acquire)
 
-    async def renew_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> bool:
+    async def renew_lease(
+        self, name: str, holder: str, duration: timedelta, *, now: datetime, token: int
+    ) -> Lease | None:
         current = _text(now, "now")
-        until = _text(now + duration, "now")
+        until = now + duration
         renewed = await self._changed(
-            "UPDATE lease SET expires_at = ? WHERE name = ? AND holder = ? AND expires_at > ?",
-            (until, name, holder, current),
+            "UPDATE lease SET expires_at = ? WHERE name = ? AND holder = ? AND token = ? AND expires_at > ?",
+            (_text(until, "now"), name, holder, token, current),
         )
-        return renewed == 1
+        return Lease(name=name, holder=holder, expires_at=until, token=token) if renewed == 1 else None
 
-    async def release_lease(self, name: str, holder: str) -> bool:
-        return await self._changed("DELETE FROM lease WHERE name = ? AND holder = ?", (name, holder)) == 1
+    async def release_lease(self, name: str, holder: str, *, token: int | None = None) -> bool:
+        # The row stays, holderless and long expired, so the token goes on growing.
+        statement = "UPDATE lease SET holder = '', expires_at = ? WHERE name = ? AND holder = ? AND holder != ''"
+        parameters: tuple[object, ...] = (_RELEASED, name, holder)
+        if token is not None:
+            statement += " AND token = ?"
+            parameters += (token,)
+        return await self._changed(statement, parameters) == 1
 
     async def get_lease(self, name: str) -> Lease | None:
         row = await self._call(
-            lambda c: c.execute("SELECT holder, expires_at FROM lease WHERE name = ?", (name,)).fetchone()
+            lambda c: c.execute(
+                "SELECT holder, expires_at, token FROM lease WHERE name = ? AND holder != ''", (name,)
+            ).fetchone()
         )
-        return None if row is None else Lease(name=name, holder=row[0], expires_at=_time(row[1]))
+        return None if row is None else Lease(name=name, holder=row[0], expires_at=_time(row[1]), token=row[2])

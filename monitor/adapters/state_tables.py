@@ -12,10 +12,13 @@ Tables (`prefix` + name, created when missing), as PartitionKey / RowKey: proper
 - incidents: sha256(lower-cased ARM id) / sha256(condition): NamespaceId, Condition, Open, Body00… (zlib JSON);
   and, in the same partition so one transaction writes both, the alert outbox:
   sha256(lower-cased ARM id) / "outbox-" + entry id: NamespaceId, Condition, Sink, CreatedAt, Attempts,
-  NextAttemptAt, LastError, Doc00… (zlib JSON). Draining reads the RowKey range of every partition:
-  the table holds only incidents and the few entries not yet delivered.
-- leases: "lease" / sha256(lease name): Name, Holder, ExpiresAt
+  NextAttemptAt, LastError, ClaimedBy, ClaimedUntil, Doc00… (zlib JSON). Draining reads the RowKey range of
+  every partition: the table holds only incidents and the few entries not yet delivered.
+- leases: "lease" / sha256(lease name): Name, Holder, ExpiresAt, Token (the fencing token; a released lease
+  keeps its entity, Holder "", so the next token is still larger)
 - marks: "poll" / "last-complete": Holder, At (the last complete poll: one small entity, read on its own)
+- budgets: sha256(scope) / window start (UTC, "%Y%m%dT%H%M%S.%fZ", so text order is time order): Scope,
+  WindowStart, Granted
 
 RowKeys may not hold '/', '\\', '#' or '?', which ARM ids, key URLs and conditions do: keys are
 SHA-256 digests and the original values ride along as properties. Binary properties stay under the
@@ -39,6 +42,7 @@ import re
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -53,12 +57,14 @@ from monitor.adapters.azure_clients import describe_failure
 from monitor.domain.errors import StaleWriteError, StateStoreError
 from monitor.domain.model import KeyId, name_id, vault_id
 from monitor.state import (
+    BUDGET_KEPT,
     Incident,
     Lease,
     NamespaceState,
     OutboxEntry,
     PollMark,
     StoredSnapshot,
+    check_budget_request,
     check_outbox_of,
     namespace_key,
     utc,
@@ -89,7 +95,7 @@ async def _create_or_replace(client: TableClient, entity: dict[str, Any], etag: 
     )
 
 
-NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS = (
+NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS, BUDGETS = (
     "namespaces",
     "keyindex",
     "snapshot",
@@ -97,9 +103,12 @@ NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS = (
     "incidents",
     "leases",
     "marks",
+    "budgets",
 )
-_TABLES = (NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS)
+_TABLES = (NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS, BUDGETS)
+_WINDOW_ROW = "%Y%m%dT%H%M%S.%fZ"
 _POLL_MARK = ("poll", "last-complete")
+_RELEASED = datetime(1970, 1, 1, tzinfo=UTC)  # a released lease's expiry: before any `now`
 _SNAPSHOT_PARTITION = "snapshot"
 _HEAD = "head"
 _EVENT_PARTITION = "event"
@@ -757,63 +766,138 @@ class TableStateStore:
             "Attempts": entry.attempts,
             "NextAttemptAt": entry.next_attempt_at,
             "LastError": entry.last_error,
+            # "" and the epoch for none: a property left out of a replace is gone, but None is never sent.
+            "ClaimedBy": entry.claimed_by or "",
+            "ClaimedUntil": entry.claimed_until or _RELEASED,
             **_pieces(_pack(entry.document), "Doc", what=f"alert {entry.id}"),
         }
+
+    @staticmethod
+    def _outbox_from(e: TableEntity) -> OutboxEntry:
+        claimed_by = str(e.get("ClaimedBy") or "") or None
+        return OutboxEntry(
+            id=str(e["RowKey"]).removeprefix(_OUTBOX_ROW),
+            namespace_id=str(e["NamespaceId"]),
+            condition=str(e["Condition"]),
+            sink=str(e["Sink"]),
+            created_at=_time(e["CreatedAt"]),
+            attempts=int(e.get("Attempts") or 0),
+            next_attempt_at=_time(e["NextAttemptAt"]) if e.get("NextAttemptAt") else None,
+            last_error=str(e["LastError"]) if e.get("LastError") else None,
+            document=_unpack(_joined(e, "Doc"), f"alert {e['RowKey']}"),
+            claimed_by=claimed_by,
+            claimed_until=_time(e["ClaimedUntil"]) if claimed_by and e.get("ClaimedUntil") else None,
+            etag=_etag(e.metadata),
+        )
 
     async def list_outbox(self) -> list[OutboxEntry]:
         entities = await self._query(
             INCIDENTS, "RowKey ge @start and RowKey lt @end", what="list outbox", start=_OUTBOX_ROW, end="outbox."
         )
-        entries = [
-            OutboxEntry(
-                id=str(e["RowKey"]).removeprefix(_OUTBOX_ROW),
-                namespace_id=str(e["NamespaceId"]),
-                condition=str(e["Condition"]),
-                sink=str(e["Sink"]),
-                created_at=_time(e["CreatedAt"]),
-                attempts=int(e.get("Attempts") or 0),
-                next_attempt_at=_time(e["NextAttemptAt"]) if e.get("NextAttemptAt") else None,
-                last_error=str(e["LastError"]) if e.get("LastError") else None,
-                document=_unpack(_joined(e, "Doc"), f"alert {e['RowKey']}"),
-            )
-            for e in entities
-        ]
-        return sorted(entries, key=lambda entry: entry.id)
+        return sorted((self._outbox_from(e) for e in entities), key=lambda entry: entry.id)
 
-    async def update_outbox_entry(self, entry: OutboxEntry) -> bool:
-        partition, row = self._outbox_address(entry)
-        patch = {
-            "PartitionKey": partition,
-            "RowKey": row,
-            "Attempts": entry.attempts,
-            "NextAttemptAt": entry.next_attempt_at,
-            "LastError": entry.last_error,
-        }
+    async def _replace_outbox(self, entry: OutboxEntry) -> str | None:
+        """Replace the stored entry with `entry` (only at entry.etag, when given): its new etag, or None when it is
+        gone or changed. An update without an etag is sent with If-Match "*", so a deleted entry never returns."""
         client = await self._table(INCIDENTS)
+        condition: dict[str, Any] = {}
+        if entry.etag is not None:
+            condition = {"etag": entry.etag, "match_condition": MatchConditions.IfNotModified}
         with _failures(f"alert {entry.id}"):
             try:
-                # An update is sent with If-Match "*": it fails on a missing entity, so a delivered one never returns.
-                await client.update_entity(patch, mode=UpdateMode.MERGE)
-            except ResourceNotFoundError:
-                return False
-        return True
+                written = await client.update_entity(self._outbox_entity(entry), mode=UpdateMode.REPLACE, **condition)
+            except (ResourceNotFoundError, ResourceModifiedError):
+                return None
+        return _etag(written)
+
+    async def claim_outbox_entry(self, entry: OutboxEntry, *, holder: str, until: datetime) -> OutboxEntry | None:
+        if entry.etag is None:
+            raise ValueError(f"alert {entry.id} has no etag: claim an entry as list_outbox returned it")
+        claimed = replace(entry, claimed_by=holder, claimed_until=utc(until, "until"))
+        etag = await self._replace_outbox(claimed)
+        return None if etag is None else replace(claimed, etag=etag)
+
+    async def update_outbox_entry(self, entry: OutboxEntry) -> bool:
+        return await self._replace_outbox(replace(entry, claimed_by=None, claimed_until=None)) is not None
 
     async def delete_outbox_entry(self, entry: OutboxEntry) -> bool:
         partition, row = self._outbox_address(entry)
         client = await self._table(INCIDENTS)
         with _failures(f"alert {entry.id}"):
-            existing = await self._get(INCIDENTS, partition, row, what=f"alert {entry.id}")
-            if existing is None:
-                return False
-            await client.delete_entity(partition, row)
+            etag = entry.etag
+            if etag is None:
+                existing = await self._get(INCIDENTS, partition, row, what=f"alert {entry.id}")
+                if existing is None:
+                    return False
+                etag = _etag(existing.metadata)
+            # A transaction of one: delete_entity itself answers a missing entity as success, which would let
+            # two deliverers both believe they removed it. Conditional even without the caller's etag.
+            operation = (
+                "delete",
+                {"PartitionKey": partition, "RowKey": row},
+                {"etag": etag, "match_condition": MatchConditions.IfNotModified},
+            )
+            try:
+                await client.submit_transaction([operation])
+            except TableTransactionError as error:
+                if error.status_code in {404, 412}:
+                    return False
+                raise
         return True
+
+    # -- shared budgets
+
+    async def take_budget(self, scope: str, window_start: datetime, wanted: int, limit: int) -> int:
+        check_budget_request(wanted, limit)
+        window_start = utc(window_start, "window_start")
+        partition, row = _digest(scope), window_start.strftime(_WINDOW_ROW)
+        what = f"budget {scope}"
+        client = await self._table(BUDGETS)
+        for attempt in range(_RACE_RETRIES):
+            await _back_off(attempt)
+            current = await self._get(BUDGETS, partition, row, what=what)
+            granted = 0 if current is None else int(current["Granted"])
+            grant = max(0, min(wanted, limit - granted))
+            if grant == 0 and current is not None:
+                return 0
+            entity = {
+                "PartitionKey": partition,
+                "RowKey": row,
+                "Scope": scope,
+                "WindowStart": window_start,
+                "Granted": granted + grant,
+            }
+            with _failures(what):
+                try:
+                    await _create_or_replace(client, entity, None if current is None else _etag(current.metadata))
+                except _CONFLICTS:
+                    continue  # another instance took some since we read: read the window again
+            if current is None:
+                await self._forget_windows(partition, (window_start - BUDGET_KEPT).strftime(_WINDOW_ROW))
+            return grant
+        raise StateStoreError(what, f"still contended after {_RACE_RETRIES} tries")
+
+    async def _forget_windows(self, partition: str, before: str) -> None:
+        """Delete a scope's windows older than `before` (done by whoever opened a new one: a few a time)."""
+        client = await self._table(BUDGETS)
+        old = await self._query(
+            BUDGETS, "PartitionKey eq @p and RowKey lt @before", what="budget windows", p=partition, before=before
+        )
+
+        async def delete(row: str) -> None:
+            with _failures("budget windows"):
+                await client.delete_entity(partition, row)
+
+        await self._gather(delete(str(e["RowKey"])) for e in old)
 
     # -- leases
 
     async def _lease_entity(self, name: str) -> TableEntity | None:
         return await self._get(LEASES, _LEASE_PARTITION, _digest(name), what=f"lease {name}")
 
-    async def _write_lease(self, name: str, holder: str, until: datetime, current: TableEntity | None) -> bool:
+    async def _write_lease(
+        self, name: str, holder: str, until: datetime, token: int, current: TableEntity | None
+    ) -> bool:
         client = await self._table(LEASES)
         entity = {
             "PartitionKey": _LEASE_PARTITION,
@@ -821,6 +905,7 @@ class TableStateStore:
             "Name": name,
             "Holder": holder,
             "ExpiresAt": until,
+            "Token": token,
         }
         with _failures(f"lease {name}"):
             try:
@@ -829,42 +914,57 @@ class TableStateStore:
                 return False  # another instance changed the lease since we read it: it won
         return True
 
-    async def acquire_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> bool:
+    async def acquire_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> Lease | None:
         now = utc(now, "now")
         current = await self._lease_entity(name)
-        if current is not None and current["Holder"] != holder and current["ExpiresAt"] > now:
-            return False
-        return await self._write_lease(name, holder, now + duration, current)
+        if current is None:
+            token = 1
+        else:
+            held = bool(current["Holder"]) and current["ExpiresAt"] > now
+            if held and current["Holder"] != holder:
+                return None
+            previous = int(current.get("Token") or 0)
+            token = previous if held else previous + 1  # extending one's own keeps the token
+        if not await self._write_lease(name, holder, now + duration, token, current):
+            return None
+        return Lease(name=name, holder=holder, expires_at=now + duration, token=token)
 
-    async def renew_lease(self, name: str, holder: str, duration: timedelta, *, now: datetime) -> bool:
+    async def renew_lease(
+        self, name: str, holder: str, duration: timedelta, *, now: datetime, token: int
+    ) -> Lease | None:
         now = utc(now, "now")
         current = await self._lease_entity(name)
-        if current is None or current["Holder"] != holder or current["ExpiresAt"] <= now:
-            return False
-        return await self._write_lease(name, holder, now + duration, current)
+        if (
+            current is None
+            or current["Holder"] != holder
+            or int(current.get("Token") or 0) != token
+            or current["ExpiresAt"] <= now
+        ):
+            return None
+        if not await self._write_lease(name, holder, now + duration, token, current):
+            return None
+        return Lease(name=name, holder=holder, expires_at=now + duration, token=token)
 
-    async def release_lease(self, name: str, holder: str) -> bool:
+    async def release_lease(self, name: str, holder: str, *, token: int | None = None) -> bool:
         current = await self._lease_entity(name)
-        if current is None or current["Holder"] != holder:
+        if current is None or not current["Holder"] or current["Holder"] != holder:
             return False
-        client = await self._table(LEASES)
-        with _failures(f"lease {name}"):
-            try:
-                await client.delete_entity(
-                    _LEASE_PARTITION,
-                    _digest(name),
-                    etag=_etag(current.metadata),
-                    match_condition=MatchConditions.IfNotModified,
-                )
-            except _CONFLICTS:
-                return False
-        return True
+        stored = int(current.get("Token") or 0)
+        if token is not None and stored != token:
+            return False
+        # Replaced (conditionally on what was read), not deleted: the token must keep growing.
+        return await self._write_lease(name, "", _RELEASED, stored, current)
 
     async def get_lease(self, name: str) -> Lease | None:
         current = await self._lease_entity(name)
-        if current is None:
+        if current is None or not current["Holder"]:
             return None
-        return Lease(name=str(current["Name"]), holder=str(current["Holder"]), expires_at=_time(current["ExpiresAt"]))
+        return Lease(
+            name=str(current["Name"]),
+            holder=str(current["Holder"]),
+            expires_at=_time(current["ExpiresAt"]),
+            token=int(current.get("Token") or 0),
+        )
 
     # -- for tests and tools
 

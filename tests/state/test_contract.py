@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
 from monitor.domain.errors import StaleWriteError
-from monitor.state import Incident, NamespaceState, OutboxEntry, PollMark, StateStore, outbox_id
+from monitor.state import (
+    BUDGET_KEPT,
+    Incident,
+    Lease,
+    NamespaceState,
+    OutboxEntry,
+    PollMark,
+    StateStore,
+    outbox_id,
+)
 from tests.state.support import T0, StoreOpener, fleet_states, large_scenario_document, run, state
 
 KV = "https://kv-payments.vault.azure.net"
@@ -463,6 +473,55 @@ def test_outbox_attempts_are_recorded_and_delivered_entries_removed(open_store: 
     run(open_store, check)
 
 
+def test_an_outbox_entry_is_claimed_only_as_it_was_read(open_store: StoreOpener):
+    """Of two deliverers (two store objects) that read the same entry, one claims it; the other's claim, and
+    its delete or retry record from the old read, change nothing."""
+    incident = _incident()
+    entry = _entry(incident, 1, "pager")
+
+    async def check(store: StateStore) -> None:
+        await store.put_incident(incident, outbox=[entry])
+        async with open_store() as other:
+            (mine,) = await store.list_outbox()
+            (theirs,) = await other.list_outbox()
+            assert mine.etag and mine == entry and mine.claimed_by is None
+            claimed = await store.claim_outbox_entry(mine, holder="A", until=T0 + MINUTE)
+            assert claimed is not None and claimed.etag != mine.etag
+            assert await other.claim_outbox_entry(theirs, holder="B", until=T0 + MINUTE) is None
+            assert not await other.delete_outbox_entry(theirs)
+            assert not await other.update_outbox_entry(replace(theirs, attempts=1, last_error="HTTP 500"))
+            (listed,) = await other.list_outbox()
+            assert listed.claimed_by == "A" and listed.claimed_until == T0 + MINUTE
+            assert listed.claimed_at(T0) and not listed.claimed_at(T0 + MINUTE)
+            assert await store.delete_outbox_entry(claimed)
+            assert await other.claim_outbox_entry(listed, holder="B", until=T0 + MINUTE) is None  # gone
+            assert await other.list_outbox() == []
+
+    run(open_store, check)
+
+
+def test_a_failed_attempt_recorded_under_a_claim_drops_the_claim(open_store: StoreOpener):
+    """A retry record written at the claim's etag keeps attempts and error, ends the claim, and gives a new etag."""
+    incident = _incident()
+    entry = _entry(incident, 1, "pager")
+
+    async def check(store: StateStore) -> None:
+        await store.put_incident(incident, outbox=[entry])
+        (read,) = await store.list_outbox()
+        claimed = await store.claim_outbox_entry(read, holder="A", until=T0 + MINUTE)
+        assert claimed is not None
+        retried = replace(claimed, attempts=1, next_attempt_at=T0 + 2 * MINUTE, last_error="HTTP 503")
+        assert await store.update_outbox_entry(retried)
+        assert not await store.update_outbox_entry(retried)  # its etag is the claim's, now replaced
+        (after,) = await store.list_outbox()
+        assert after == replace(entry, attempts=1, next_attempt_at=T0 + 2 * MINUTE, last_error="HTTP 503")
+        assert after.claimed_by is None and after.claimed_until is None
+        with pytest.raises(ValueError, match="no etag"):
+            await store.claim_outbox_entry(entry, holder="A", until=T0)
+
+    run(open_store, check)
+
+
 # -- leases
 
 
@@ -471,15 +530,17 @@ def test_a_lease_has_one_holder_until_it_expires(open_store: StoreOpener):
     ttl = timedelta(seconds=60)
 
     async def check(store: StateStore) -> None:
-        assert await store.acquire_lease("poll", "A", ttl, now=T0) is True
-        assert await store.acquire_lease("poll", "B", ttl, now=T0 + timedelta(seconds=59)) is False
-        assert await store.acquire_lease("poll", "A", ttl, now=T0 + timedelta(seconds=30)) is True  # A extends
-        assert await store.acquire_lease("poll", "B", ttl, now=T0 + timedelta(seconds=89)) is False
-        assert await store.acquire_lease("poll", "B", ttl, now=T0 + timedelta(seconds=90)) is True  # expired
-        assert await store.renew_lease("poll", "A", ttl, now=T0 + timedelta(seconds=91)) is False
+        first = await store.acquire_lease("poll", "A", ttl, now=T0)
+        assert first is not None and first.holder == "A" and first.expires_at == T0 + ttl
+        assert await store.acquire_lease("poll", "B", ttl, now=T0 + timedelta(seconds=59)) is None
+        extended = await store.acquire_lease("poll", "A", ttl, now=T0 + timedelta(seconds=30))  # A extends
+        assert extended is not None and extended.token == first.token
+        assert await store.acquire_lease("poll", "B", ttl, now=T0 + timedelta(seconds=89)) is None
+        taken = await store.acquire_lease("poll", "B", ttl, now=T0 + timedelta(seconds=90))  # expired
+        assert taken is not None and taken.token > first.token
+        assert await store.renew_lease("poll", "A", ttl, now=T0 + timedelta(seconds=91), token=first.token) is None
         assert await store.release_lease("poll", "A") is False
-        lease = await store.get_lease("poll")
-        assert lease is not None and lease.holder == "B" and lease.expires_at == T0 + timedelta(seconds=150)
+        assert await store.get_lease("poll") == Lease("poll", "B", T0 + timedelta(seconds=150), taken.token)
 
     run(open_store, check)
 
@@ -489,13 +550,40 @@ def test_a_lease_is_renewed_only_before_it_expires(open_store: StoreOpener):
     ttl = timedelta(seconds=60)
 
     async def check(store: StateStore) -> None:
-        assert await store.acquire_lease("poll", "A", ttl, now=T0)
-        assert await store.renew_lease("poll", "A", ttl, now=T0 + timedelta(seconds=50)) is True
-        lease = await store.get_lease("poll")
-        assert lease is not None and lease.expires_at == T0 + timedelta(seconds=110)
-        assert await store.renew_lease("poll", "A", ttl, now=T0 + timedelta(seconds=110)) is False
-        assert await store.renew_lease("poll", "B", ttl, now=T0) is False
-        assert await store.renew_lease("other", "A", ttl, now=T0) is False
+        lease = await store.acquire_lease("poll", "A", ttl, now=T0)
+        assert lease is not None
+        renewed = await store.renew_lease("poll", "A", ttl, now=T0 + timedelta(seconds=50), token=lease.token)
+        assert renewed == Lease("poll", "A", T0 + timedelta(seconds=110), lease.token)
+        assert await store.get_lease("poll") == renewed
+        assert await store.renew_lease("poll", "A", ttl, now=T0 + timedelta(seconds=110), token=lease.token) is None
+        assert await store.renew_lease("poll", "B", ttl, now=T0, token=lease.token) is None
+        assert await store.renew_lease("other", "A", ttl, now=T0, token=lease.token) is None
+
+    run(open_store, check)
+
+
+def test_fencing_tokens_grow_each_time_the_lease_passes_to_a_holder(open_store: StoreOpener):
+    """Released, expired or taken over, the next holder's token is larger (even the same holder's, and even
+    from another store object); an old token renews nothing, though the holder name matches."""
+    ttl = timedelta(seconds=60)
+
+    async def check(store: StateStore) -> None:
+        tokens = []
+        first = await store.acquire_lease("poll", "A", ttl, now=T0)
+        assert first is not None
+        tokens.append(first.token)
+        assert await store.release_lease("poll", "A", token=first.token)
+        again = await store.acquire_lease("poll", "A", ttl, now=T0)  # after a release: a new token
+        assert again is not None
+        tokens.append(again.token)
+        async with open_store() as other:
+            later = await other.acquire_lease("poll", "A", ttl, now=T0 + 2 * ttl)  # after expiry: a new token
+            assert later is not None
+            tokens.append(later.token)
+            assert await other.renew_lease("poll", "A", ttl, now=T0 + 2 * ttl, token=again.token) is None
+            assert await other.release_lease("poll", "A", token=again.token) is False  # nor releases it
+        assert tokens == sorted(set(tokens))
+        assert (await store.get_lease("poll")) == later
 
     run(open_store, check)
 
@@ -507,9 +595,10 @@ def test_a_released_lease_is_free_for_anyone(open_store: StoreOpener):
     async def check(store: StateStore) -> None:
         assert await store.acquire_lease("poll", "A", ttl, now=T0)
         assert await store.release_lease("poll", "A") is True
+        assert await store.release_lease("poll", "A") is False
         assert await store.get_lease("poll") is None
-        assert await store.acquire_lease("poll", "B", ttl, now=T0 + MINUTE) is True
-        assert await store.acquire_lease("other", "A", ttl, now=T0 + MINUTE) is True  # leases are independent
+        assert await store.acquire_lease("poll", "B", ttl, now=T0 + MINUTE) is not None
+        assert await store.acquire_lease("other", "A", ttl, now=T0 + MINUTE) is not None  # leases are independent
 
     run(open_store, check)
 
@@ -518,18 +607,19 @@ def test_concurrent_acquirers_get_the_lease_once(open_store: StoreOpener):
     """Of many holders on two store instances trying to take a free or an expired lease at once, exactly one gets it."""
     ttl = timedelta(minutes=5)
 
-    async def race(store: StateStore, other: StateStore, now_offset: timedelta) -> list[bool]:
+    async def race(store: StateStore, other: StateStore, now_offset: timedelta) -> list[Lease]:
         now = T0 + now_offset
-        return list(
-            await asyncio.gather(
-                *((store if n % 2 else other).acquire_lease("poll", f"h{n}", ttl, now=now) for n in range(12))
-            )
+        leases = await asyncio.gather(
+            *((store if n % 2 else other).acquire_lease("poll", f"h{n}", ttl, now=now) for n in range(12))
         )
+        return [lease for lease in leases if lease is not None]
 
     async def check(store: StateStore) -> None:
         async with open_store() as other:
-            assert (await race(store, other, timedelta(0))).count(True) == 1
-            assert (await race(store, other, ttl)).count(True) == 1  # the first lease has just expired
+            (first,) = await race(store, other, timedelta(0))
+            (second,) = await race(store, other, ttl)  # the first lease has just expired
+            assert second.token > first.token
+            assert await store.get_lease("poll") == second
 
     run(open_store, check)
 
@@ -564,5 +654,57 @@ def test_concurrent_poll_marks_keep_the_latest(open_store: StoreOpener):
                 )
             )
         assert await store.last_poll_completed() == PollMark("h7", T0 + 7 * MINUTE)
+
+    run(open_store, check)
+
+
+# -- shared budgets
+
+SECOND = timedelta(seconds=1)
+
+
+def test_a_budget_window_grants_up_to_its_limit(open_store: StoreOpener):
+    """Takes are granted in full while they fit, in part at the edge, then not at all; other windows and
+    scopes have budgets of their own; a negative count is refused."""
+
+    async def check(store: StateStore) -> None:
+        assert await store.take_budget("kv-a", T0, 40, 100) == 40
+        assert await store.take_budget("kv-a", T0, 40, 100) == 40
+        assert await store.take_budget("kv-a", T0, 40, 100) == 20
+        assert await store.take_budget("kv-a", T0, 40, 100) == 0
+        assert await store.take_budget("kv-a", T0 + 10 * SECOND, 40, 100) == 40
+        assert await store.take_budget("kv-b", T0, 40, 100) == 40
+        assert await store.take_budget("kv-a", T0, 0, 100) == 0
+        with pytest.raises(ValueError, match="wanted"):
+            await store.take_budget("kv-a", T0, -1, 100)
+
+    run(open_store, check)
+
+
+def test_concurrent_takers_never_get_more_than_the_limit_together(open_store: StoreOpener):
+    """Many takers on two store objects (two instances) at once: together granted exactly the limit, no more."""
+
+    async def check(store: StateStore) -> None:
+        async with open_store() as other:
+            grants = await asyncio.gather(
+                *((store if n % 2 else other).take_budget("kv-a", T0, 7, 50) for n in range(12))
+            )
+        assert sum(grants) == 50
+        assert await store.take_budget("kv-a", T0, 7, 50) == 0
+
+    run(open_store, check)
+
+
+def test_old_budget_windows_are_forgotten_when_a_new_one_opens(open_store: StoreOpener):
+    """A window more than BUDGET_KEPT older than a newly opened one is gone: asked again, it starts afresh;
+    a recent one is kept."""
+
+    async def check(store: StateStore) -> None:
+        recent = T0 + BUDGET_KEPT - MINUTE
+        assert await store.take_budget("kv-a", T0, 10, 10) == 10
+        assert await store.take_budget("kv-a", recent, 10, 10) == 10
+        assert await store.take_budget("kv-a", T0 + BUDGET_KEPT + MINUTE, 10, 10) == 10  # opens a new window
+        assert await store.take_budget("kv-a", recent, 10, 10) == 0  # kept: still spent
+        assert await store.take_budget("kv-a", T0, 10, 10) == 10  # forgotten: afresh
 
     run(open_store, check)

@@ -115,7 +115,7 @@ def test_a_lock_held_past_the_busy_timeout_is_a_state_store_error(tmp_path: Path
                 await store.acquire_lease("poll", "A", timedelta(minutes=1), now=T0)
             blocker.execute("ROLLBACK")
             blocker.close()
-            return await store.acquire_lease("poll", "A", timedelta(minutes=1), now=T0)
+            return await store.acquire_lease("poll", "A", timedelta(minutes=1), now=T0) is not None
 
     assert asyncio.run(scenario()) is True
 

@@ -59,7 +59,8 @@ def test_the_store_creates_its_tables_when_missing(azurite: Azurite, prefix: str
             return {t.name async for t in service.list_tables() if t.name.startswith(prefix)}
 
     assert asyncio.run(scenario()) == {
-        f"{prefix}{t}" for t in ("namespaces", "keyindex", "snapshot", "events", "incidents", "leases", "marks")
+        f"{prefix}{t}"
+        for t in ("namespaces", "keyindex", "snapshot", "events", "incidents", "leases", "marks", "budgets")
     }
 
 

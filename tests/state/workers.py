@@ -22,7 +22,7 @@ def race(path: str, worker: int, event_ids: list[str], barrier: Any, results: An
             order = list(event_ids)
             random.Random(worker).shuffle(order)
             won = [event_id for event_id in order if await store.mark_event_processed(event_id, at=T0)]
-            leased = await store.acquire_lease("poll", f"worker-{worker}", timedelta(minutes=5), now=T0)
+            leased = await store.acquire_lease("poll", f"worker-{worker}", timedelta(minutes=5), now=T0) is not None
             return worker, won, leased
 
     results.put(asyncio.run(main()))
