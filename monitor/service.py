@@ -35,6 +35,7 @@ from monitor.domain.remediation import Mode
 from monitor.domain.scenario import parse_scenario, scenario_document
 from monitor.domain.usability import World
 from monitor.events import KeyVaultEvent, KeyVaultEventType
+from monitor.leases import LeaseKeeper
 from monitor.ports import AccessReader, AlertSink, InventoryReader, KeyReader
 from monitor.remediation import Outcome, Remediation, remediate
 from monitor.render import namespace_document
@@ -340,43 +341,58 @@ async def _poll(monitor: Monitor, *, now: datetime) -> PollResult:
     Only the instance holding the poll lease runs it; the others return at once (ran=False).
     Namespaces of a subscription that could not be listed are kept as they were, not forgotten.
     """
-    if not await monitor.store.acquire_lease(POLL_LEASE, monitor.instance, POLL_LEASE_DURATION, now=now):
+    lease = await monitor.store.acquire_lease(POLL_LEASE, monitor.instance, POLL_LEASE_DURATION, now=now)
+    if lease is None:
         return PollResult(ran=False)
+    # A 100,000-namespace poll can outlast the lease: it is renewed in the background, and checked before each
+    # write, so a poll that lost it (paused, cut off, taken over) records nothing beside the new holder's.
+    keeper = LeaseKeeper(
+        monitor.store, lease, POLL_LEASE_DURATION, acquired_at=now, renew_every=POLL_LEASE_RENEW_EVERY.total_seconds()
+    )
     try:
-        scenario, report = await _read_fleet(monitor, now=now)
-        if report.fleet_blind:
-            scenario, report = await _judge_unlisted(monitor, scenario, report)
-        stored = {state.key: state for state in await monitor.store.list_namespace_states()}
-        changed = await _record(monitor, report, now=now, stored=stored)
-        removed: list[str] = []
-        if not report.fleet_blind:
-            seen = {n.prediction.namespace.id.lower() for n in report.namespaces}
-            for key, state in stored.items():
-                if key not in seen and await monitor.store.delete_namespace_state(state.id):
-                    removed.append(state.id)
-        alerts: list[Alert] = []
-        if monitor.alerting is not None:
-            known = {i.key: i for i in await monitor.store.list_incidents()}
-            alerts += await raise_alerts(
-                monitor.alerting, report.namespaces, key_tags=_key_tags(scenario.snapshot), now=now, known=known
-            )
-            alerts += await resolve_removed(monitor.alerting, removed, now=now)
-        outcomes = await _remediate(monitor, report, scenario.snapshot, now=now)
-        await monitor.store.put_snapshot(scenario_document(scenario), taken_at=now)
-        await monitor.store.purge_processed_events(before=now - EVENT_DEDUPE_TTL)
-        if not report.fleet_blind:
-            # Last: the mark says a whole poll was judged and stored, which a blind or failed one was not.
-            await monitor.store.record_poll_completed(monitor.instance, at=now)
-        return PollResult(
-            ran=True,
-            report=report,
-            changed=changed,
-            removed=tuple(removed),
-            alerts=tuple(alerts),
-            remediation=tuple(outcomes),
-        )
+        async with keeper.renewing():
+            return await _poll_holding(monitor, keeper, now=now)
     finally:
-        await monitor.store.release_lease(POLL_LEASE, monitor.instance)
+        await keeper.release()
+
+
+async def _poll_holding(monitor: Monitor, keeper: LeaseKeeper, *, now: datetime) -> PollResult:
+    scenario, report = await _read_fleet(monitor, now=now)
+    if report.fleet_blind:
+        scenario, report = await _judge_unlisted(monitor, scenario, report)
+    if not await keeper.hold(force=True):
+        return PollResult(ran=False)
+    stored = {state.key: state for state in await monitor.store.list_namespace_states()}
+    changed = await _record(monitor, report, now=now, stored=stored)
+    removed: list[str] = []
+    if not report.fleet_blind:
+        seen = {n.prediction.namespace.id.lower() for n in report.namespaces}
+        for key, state in stored.items():
+            if key not in seen and await monitor.store.delete_namespace_state(state.id):
+                removed.append(state.id)
+    alerts: list[Alert] = []
+    if monitor.alerting is not None and await keeper.hold():
+        known = {i.key: i for i in await monitor.store.list_incidents()}
+        alerts += await raise_alerts(
+            monitor.alerting, report.namespaces, key_tags=_key_tags(scenario.snapshot), now=now, known=known
+        )
+        alerts += await resolve_removed(monitor.alerting, removed, now=now)
+    outcomes = await _remediate(monitor, report, scenario.snapshot, now=now) if await keeper.hold() else []
+    if not await keeper.hold():
+        return PollResult(ran=False)
+    await monitor.store.put_snapshot(scenario_document(scenario), taken_at=now)
+    await monitor.store.purge_processed_events(before=now - EVENT_DEDUPE_TTL)
+    if not report.fleet_blind:
+        # Last: the mark says a whole poll was judged and stored, which a blind or failed one was not.
+        await monitor.store.record_poll_completed(monitor.instance, at=now)
+    return PollResult(
+        ran=True,
+        report=report,
+        changed=changed,
+        removed=tuple(removed),
+        alerts=tuple(alerts),
+        remediation=tuple(outcomes),
+    )
 
 
 async def _judge_unlisted(monitor: Monitor, scenario: Scenario, report: FleetReport) -> tuple[Scenario, FleetReport]:

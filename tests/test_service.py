@@ -73,3 +73,37 @@ def test_a_complete_poll_leaves_its_mark_and_a_blind_one_does_not(store_settings
     assert before is None
     assert complete == PollMark("instance-a", t0)
     assert after_blind == complete
+
+
+def test_a_poll_that_lost_its_lease_records_nothing(store_settings: dict[str, str]):
+    """Instance A's poll is slow (paused, say) past its lease; B takes the lease over and polls. When A's
+    reads come back it finds its lease gone (a later fencing token) and writes nothing: the stored
+    judgements, the snapshot and the mark are B's."""
+
+    async def run() -> tuple[Any, Any, PollMark | None, set[Any], Any]:
+        async with Sandbox(parsed(_fleet())) as sandbox:
+            first, second = _monitor(sandbox, store_settings, "instance-a"), _monitor(sandbox, store_settings, "b")
+            t0 = sandbox.clock.now()
+            try:
+                sandbox.faults.latency = 0.3
+                slow = asyncio.ensure_future(poll(first, now=t0))
+                for _ in range(600):  # a liveness bound, not a speed target
+                    lease = await second.store.get_lease("poll")
+                    if lease is not None and lease.holder == "instance-a":
+                        break
+                    await asyncio.sleep(0.01)
+                taken_over = await poll(second, now=t0 + timedelta(minutes=5))
+                lost = await slow
+                mark = await second.store.last_poll_completed()
+                judged = {state.evaluated_at for state in await second.store.list_namespace_states()}
+                snapshot = await second.store.get_snapshot()
+            finally:
+                for monitor in (first, second):
+                    assert monitor.close is not None
+                    await monitor.close()
+        return lost, taken_over, mark, judged, (snapshot.taken_at if snapshot else None, t0)
+
+    lost, taken_over, mark, judged, (taken_at, t0) = asyncio.run(run())
+    assert taken_over.ran and not lost.ran
+    assert mark == PollMark("b", t0 + timedelta(minutes=5))
+    assert judged == {t0 + timedelta(minutes=5)} and taken_at == t0 + timedelta(minutes=5)
