@@ -60,6 +60,7 @@ EVENT_GRID_ORIGIN = "eventgrid.azure.net"
 # connection), and this long for its body: slow clients cannot hold connections open.
 HEADER_TIMEOUT = 15.0
 BODY_TIMEOUT = 30.0
+LINGER = 2.0
 MAX_CONNECTIONS = 256  # open connections at once; the next is answered 503 and closed
 
 
@@ -192,28 +193,47 @@ _ABANDONED = (ConnectionError, aiohttp.ClientPayloadError, aiohttp.http_exceptio
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\nRetry-After: 5\r\n\r\n"
 
 
-class _CappedRunner(web.AppRunner):
-    """An AppRunner that refuses connections past `max_connections` (503, closed) instead of holding them all."""
+class _Busy(asyncio.Protocol):
+    """What a connection past the cap talks to: one 503 and the connection closed, no request handler at all."""
 
-    def __init__(self, app: web.Application, *, max_connections: int, on_refused: Callable[[], None], **kwargs: Any):
-        super().__init__(app, **kwargs)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - TCP: holds by construction
+        transport.write(_BUSY)
+        transport.close()
+
+
+class _CappedSite(web.TCPSite):
+    """A TCP site that hands connections past `max_connections` to `_Busy` instead of holding them all."""
+
+    def __init__(
+        self, runner: web.AppRunner, host: str, port: int, *, max_connections: int, on_refused: Callable[[], None]
+    ) -> None:
+        super().__init__(runner, host, port)
         self._max_connections = max_connections
         self._on_refused = on_refused
 
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        admit = server.connection_made
+    async def start(self) -> None:
+        self._runner._reg_site(self)  # what BaseSite.start does; TCPSite.start's listener is replaced below
+        server = self._runner.server
+        assert server is not None  # noqa: S101 - set up by the runner first
 
-        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
-            if len(server.connections) >= self._max_connections:
+        loop = asyncio.get_running_loop()
+        # A burst of accepts creates handlers before any registers with the server (connection_made comes a loop
+        # step later): those in between are counted too, or a burst would pass the cap.
+        pending = [0]
+
+        def settle() -> None:
+            pending[0] -= 1
+
+        def protocol() -> asyncio.Protocol:
+            if len(server.connections) + pending[0] >= self._max_connections:
                 self._on_refused()
-                transport.write(_BUSY)
-                transport.close()
-                return
-            admit(handler, transport)
+                return _Busy()
+            pending[0] += 1
+            loop.call_soon(settle)  # queued before the transport queues connection_made, so it runs just before
+            return server()
 
-        server.connection_made = connection_made  # type: ignore[method-assign]
-        return server
+        self._server = await loop.create_server(protocol, self._host, self._port)
 
 
 async def _known_subscriptions(monitor: Monitor) -> set[str]:
@@ -643,17 +663,16 @@ class Server:
             )
         if self._open_access:
             log.warning("keyhealth: serving WITHOUT credentials (--insecure-loopback): any local process can call it")
-        self._runner = _CappedRunner(
+        self._runner = web.AppRunner(
             self.app,
-            max_connections=self._max_connections,
-            on_refused=self._count_busy,
             access_log_class=_QuietAccessLogger,
             shutdown_timeout=30.0,
             # aiohttp also arms this at connect: a client that has not sent a whole request head by then is cut off.
             keepalive_timeout=self._header_timeout,
+            lingering_time=LINGER,  # after an early answer (408, 413), drain what the client still sends this long
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = _CappedSite(self._runner, host, port, max_connections=self._max_connections, on_refused=self._count_busy)
         await site.start()
         bound = self._runner.addresses[0][1] if self._runner.addresses else port
         self.url = f"http://{host}:{bound}"
