@@ -16,7 +16,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from monitor.domain.alert import Alert, AlertAction, NoticeContext, alert_for, alert_for_removed, sample_alert
+from monitor.domain.alert import (
+    WATCHDOG_ID,
+    Alert,
+    AlertAction,
+    NoticeContext,
+    alert_for,
+    alert_for_removed,
+    sample_alert,
+    watchdog_alert,
+)
 from monitor.domain.errors import DeliveryError, StaleWriteError
 from monitor.domain.findings import Finding, Severity
 from monitor.domain.fleet import NamespaceReport
@@ -102,6 +111,8 @@ class AlertPolicy:
     send_timeout: float = 10.0  # seconds for one sink to answer
     delivery_budget: float = 50.0  # seconds one drain keeps starting new sends
     portal: str = "https://portal.azure.com"
+    watchdog_sinks: tuple[str, ...] = ()  # empty: no watchdog
+    watchdog_every: timedelta = timedelta(hours=1)
 
     def retry_delay(self, attempts: int) -> timedelta:
         """The wait after the `attempts`-th failure: doubling from first_retry, capped at max_retry."""
@@ -365,6 +376,49 @@ async def queue_action_notice(
         log(
             "keyhealth remediation %s: %s; sinks %s", action.outcome, alert.headline(now), ",".join(sinks) or "log only"
         )
+        return alert
+    return None
+
+
+# -- the watchdog
+
+
+async def queue_watchdog(alerting: Alerting, *, namespaces: int, now: datetime) -> Alert | None:
+    """After a complete poll: queue a Watchdog notice to the watchdog sinks, unless one was queued (by any
+    instance) within `watchdog_every`. Through the outbox, so retries and the single deliverer apply.
+
+    Returns the alert queued, or None. Raises StateStoreError.
+    """
+    sinks = alerting.policy.watchdog_sinks
+    if not sinks:
+        return None
+    for _ in range(_RACE_RETRIES):
+        carrier = await alerting.store.get_incident(WATCHDOG_ID, Condition.WATCHDOG.value)
+        previous = _record_of(carrier)
+        if previous is not None and now - previous.last_notified_at < alerting.policy.watchdog_every:
+            return None
+        record = IncidentRecord(
+            level=Level.WARNING,
+            open=False,
+            number=0,
+            opened_at=previous.opened_at if previous else now,
+            updated_at=now,
+            last_notified_at=now,
+            notices=(previous.notices if previous else 0) + 1,
+            peak=Level.WARNING,
+            sinks=sinks,
+        )
+        alert = watchdog_alert(
+            id=notice_id(now, WATCHDOG_ID, Condition.WATCHDOG.value, record.notices),
+            namespaces=namespaces,
+            portal=alerting.policy.portal,
+            now=now,
+        )
+        try:
+            await _commit(alerting.store, WATCHDOG_ID, Condition.WATCHDOG, record, carrier, alert, sinks, now)
+        except StaleWriteError:
+            continue  # another instance queued it at the same moment: its notice is the one
+        LOG.info("keyhealth watchdog: %s; sinks %s", alert.headline(now), ",".join(sinks))
         return alert
     return None
 

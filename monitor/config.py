@@ -90,6 +90,14 @@ def _text(name: str, raw: str) -> str | None:
     return raw or None
 
 
+def _sink_names(name: str, raw: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    for sink in names:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", sink):
+            raise SettingError(name, raw, f"{sink!r} is not a sink name")
+    return names
+
+
 def _subscriptions(name: str, raw: str) -> tuple[str, ...] | None:
     items = tuple(part.strip() for part in raw.replace(";", ",").split(",") if part.strip())
     for item in items:
@@ -352,6 +360,19 @@ SETTINGS: dict[str, SettingSpec] = {
         "Stop resending an alert this long after it was made; it is logged as undeliverable.",
         _number(0.01, 24 * 30, "a number of hours"),
     ),
+    "watchdog_sinks": SettingSpec(
+        "KEYHEALTH_WATCHDOG_SINKS",
+        "",
+        "Comma-separated sinks of KEYHEALTH_ALERTS that get a Watchdog notice (always firing, severity info) "
+        "after complete polls: a dead-man's switch for the receiver; empty: off.",
+        _sink_names,
+    ),
+    "watchdog_minutes": SettingSpec(
+        "KEYHEALTH_WATCHDOG_MINUTES",
+        "60",
+        "At most one Watchdog notice per this many minutes (across every instance).",
+        _number(5, 24 * 60, "a number of minutes"),
+    ),
     "delivery_schedule": SettingSpec(
         "KEYHEALTH_DELIVERY_SCHEDULE",
         "*/15 * * * * *",
@@ -442,6 +463,8 @@ class Settings:
     alert_renotify_hours: float = 4.0
     alert_retry_seconds: float = 30.0
     alert_give_up_hours: float = 24.0
+    watchdog_sinks: tuple[str, ...] = ()
+    watchdog_minutes: float = 60.0
     delivery_schedule: str = "*/15 * * * * *"
     portal_url: str = "https://portal.azure.com"
     remediation: str = "off"
@@ -477,6 +500,8 @@ class Settings:
             first_retry=timedelta(seconds=self.alert_retry_seconds),
             give_up_after=timedelta(hours=self.alert_give_up_hours),
             portal=self.portal_url,
+            watchdog_sinks=self.watchdog_sinks,
+            watchdog_every=timedelta(minutes=self.watchdog_minutes),
         )
 
     def __repr__(self) -> str:  # keeps secrets out of logs and tracebacks
@@ -515,6 +540,13 @@ class Settings:
                 SETTINGS["state_store"].name,
                 settings.state_store,
                 f"needs {SETTINGS['tables_endpoint'].name} or {SETTINGS['tables_connection_string'].name}",
+            )
+        unknown = [sink for sink in settings.watchdog_sinks if settings.alert_config.sink(sink) is None]
+        if unknown:
+            raise SettingError(
+                SETTINGS["watchdog_sinks"].name,
+                ",".join(settings.watchdog_sinks),
+                f"names sinks KEYHEALTH_ALERTS does not define: {', '.join(unknown)}",
             )
         if bool(settings.auth_tenant_id) != bool(settings.auth_audience):
             given, missing = (

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from monitor.alerting import Alerting, AlertPolicy, DeliveryReport, deliver, raise_alerts, resolve_removed
+from monitor.alerting import (
+    Alerting,
+    AlertPolicy,
+    DeliveryReport,
+    deliver,
+    queue_watchdog,
+    raise_alerts,
+    resolve_removed,
+)
 from monitor.domain.alert import Alert
 from monitor.domain.errors import ReadError
 from monitor.domain.findings import Thresholds
@@ -385,6 +393,9 @@ async def _poll_holding(monitor: Monitor, keeper: LeaseKeeper, *, now: datetime)
     if not report.fleet_blind:
         # Last: the mark says a whole poll was judged and stored, which a blind or failed one was not.
         await monitor.store.record_poll_completed(monitor.instance, at=now)
+        if monitor.alerting is not None:  # the optional dead-man's switch: "still polling", now and then
+            watchdog = await queue_watchdog(monitor.alerting, namespaces=len(report.namespaces), now=now)
+            alerts += [watchdog] if watchdog is not None else []
     return PollResult(
         ran=True,
         report=report,

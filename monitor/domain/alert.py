@@ -118,6 +118,11 @@ class Alert:
 
     def _headline(self, now: datetime) -> str:
         name = self.namespace_name
+        if self.notice is Notice.WATCHDOG:
+            return (
+                f"[WATCHDOG] keyhealth is polling: {self.keys_total} namespaces judged at "
+                f"{format_instant(self.evaluated_at)} (always firing: its silence means the monitor is down)"
+            )
         if self.action is not None:
             tag = {"done": "[ACTION]", "dry-run": "[DRY RUN]"}.get(self.action.outcome, "[ACTION FAILED]")
             return f"{tag} {self.action.detail}"
@@ -347,6 +352,34 @@ def alert_for(
             for a in prediction.assessments_now
         ),
         findings=tuple(_finding(f) for f in findings),
+        evaluated_at=now,
+    )
+
+
+WATCHDOG_ID = "keyhealth/watchdog"  # the watchdog's "namespace": stable, so receivers deduplicate it
+
+
+def watchdog_alert(*, id: str, namespaces: int, portal: str, now: datetime) -> Alert:
+    """A watchdog notice (its id made by the caller), after a complete poll that judged `namespaces` namespaces."""
+    return Alert(
+        id=id,
+        notice=Notice.WATCHDOG,
+        condition=Condition.WATCHDOG,
+        level=Level.WARNING,  # the lowest level; sinks send it as information (PagerDuty severity info)
+        previous_level=None,
+        incident_number=0,
+        opened_at=now,
+        namespace_id=WATCHDOG_ID,
+        namespace_name="keyhealth",
+        portal_url=portal,
+        status_now="polling",
+        usable_keys_now=0,
+        keys_total=namespaces,
+        revoked_at_earliest=None,
+        revoked_by=None,
+        revocation_certain=None,
+        keys=(),
+        findings=(),
         evaluated_at=now,
     )
 

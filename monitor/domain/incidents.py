@@ -27,6 +27,7 @@ class Condition(enum.Enum):
     CONFIGURATION = "configuration"  # vault soft delete or purge protection off, a pinned version
     BLIND = "blind"  # the monitor cannot read what decides a listed key
     REMEDIATION = "remediation"  # never opens: carries the notices of what remediation did or would do
+    WATCHDOG = "watchdog"  # never opens: the monitor's own always-firing heartbeat, about no namespace
 
 
 class Level(enum.IntEnum):
@@ -57,6 +58,7 @@ class Notice(enum.Enum):
     RENOTIFY = "renotify"
     RESOLVE = "resolve"
     ACTION = "action"  # remediation did (or, in a dry run, would do) something, or failed to
+    WATCHDOG = "watchdog"  # "still polling": a dead-man's switch whose silence at the receiver is the alarm
 
 
 _CONFIGURATION_CODES = frozenset({Code.VAULT_SOFT_DELETE_OFF, Code.VAULT_PURGE_PROTECTION_OFF, Code.VERSION_PINNED})

@@ -22,10 +22,11 @@ from monitor.adapters.alerts.http import scrub
 from monitor.adapters.azure_clients import describe_failure
 from monitor.domain.alert import Alert
 from monitor.domain.errors import DeliveryError
-from monitor.domain.incidents import Level
+from monitor.domain.incidents import Level, Notice
 
 SOURCE = "keyhealth"
 AT_RISK, REVOKED, RECOVERED = "KeyHealth.NamespaceAtRisk", "KeyHealth.NamespaceRevoked", "KeyHealth.NamespaceRecovered"
+WATCHDOG = "KeyHealth.Watchdog"
 
 
 REMEDIATION = {
@@ -36,6 +37,8 @@ REMEDIATION = {
 
 
 def event_type(alert: Alert) -> str:
+    if alert.notice is Notice.WATCHDOG:
+        return WATCHDOG
     if alert.action is not None:
         return REMEDIATION.get(alert.action.outcome, REMEDIATION["failed"])
     if alert.resolved:

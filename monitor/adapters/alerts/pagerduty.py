@@ -10,7 +10,7 @@ from typing import Any
 from monitor.adapters.alerts.common import remedies, unusable_keys
 from monitor.adapters.alerts.http import HttpPoster
 from monitor.domain.alert import Alert
-from monitor.domain.incidents import Level
+from monitor.domain.incidents import Level, Notice
 from monitor.domain.scenario import format_instant
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
@@ -42,14 +42,15 @@ def pagerduty_event(alert: Alert, routing_key: str, now: datetime) -> dict[str, 
     if alert.resolved:
         return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": alert.dedup_key}
     summary = alert.headline(now)
+    watchdog = alert.notice is Notice.WATCHDOG
     event: dict[str, Any] = {
         "routing_key": routing_key,
         "event_action": "trigger",
         "dedup_key": alert.dedup_key,
         "payload": {
             "summary": summary if len(summary) <= _SUMMARY else summary[: _SUMMARY - 1] + "…",
-            "source": f"{alert.namespace_name}.servicebus.windows.net",
-            "severity": _SEVERITY[alert.level],
+            "source": "keyhealth" if watchdog else f"{alert.namespace_name}.servicebus.windows.net",
+            "severity": "info" if watchdog else _SEVERITY[alert.level],
             "timestamp": format_instant(alert.evaluated_at),
             "component": alert.namespace_name,
             "group": alert.namespace_id.rstrip("/").rsplit("/providers/", 1)[0],
