@@ -21,6 +21,7 @@ from monitor.adapters.resourcegraph import ResourceGraphInventory
 from monitor.adapters.rotation import AzureRemediator
 from monitor.adapters.servicebus import ServiceBusInventory
 from monitor.alerting import Alerting
+from monitor.coalescing import EventCoalescer
 from monitor.config import Settings
 from monitor.remediation import Remediation
 from monitor.service import Monitor, Readers
@@ -167,8 +168,10 @@ def build_monitor(settings: Settings, *, credential: AsyncTokenCredential | None
     clients = AzureClients(active, azure_options(settings))
     store = build_store(settings, active)
     sinks = build_sinks_for(settings, active)
+    coalescer = EventCoalescer(settings.event_coalesce_seconds)
 
     async def close() -> None:
+        await coalescer.close()
         await clients.close()
         await sinks.close()
         await store.close()
@@ -185,6 +188,7 @@ def build_monitor(settings: Settings, *, credential: AsyncTokenCredential | None
         concurrency=settings.concurrency,
         alerting=build_alerting(settings, store),
         sinks=sinks.sinks,
+        coalescer=coalescer,
         remediation=Remediation(
             AzureRemediator(clients, settings.remediation_policy), KeyVaultKeys(clients), settings.remediation_policy
         ),

@@ -360,6 +360,13 @@ SETTINGS: dict[str, SettingSpec] = {
         "Stop resending an alert this long after it was made; it is logged as undeliverable.",
         _number(0.01, 24 * 30, "a number of hours"),
     ),
+    "event_coalesce_seconds": SettingSpec(
+        "KEYHEALTH_EVENT_COALESCE_SECONDS",
+        "10",
+        "Events for the same key (or vault) within this many seconds share one Key Vault re-read: the first "
+        "reads at once, the rest once at the window's end; 0: every event re-reads.",
+        _number(0, 300, "a number of seconds"),
+    ),
     "watchdog_sinks": SettingSpec(
         "KEYHEALTH_WATCHDOG_SINKS",
         "",
@@ -463,6 +470,7 @@ class Settings:
     alert_renotify_hours: float = 4.0
     alert_retry_seconds: float = 30.0
     alert_give_up_hours: float = 24.0
+    event_coalesce_seconds: float = 10.0
     watchdog_sinks: tuple[str, ...] = ()
     watchdog_minutes: float = 60.0
     delivery_schedule: str = "*/15 * * * * *"

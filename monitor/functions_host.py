@@ -12,7 +12,7 @@ import azure.functions as func
 from monitor.bootstrap import build_monitor, configure_telemetry
 from monitor.config import Settings
 from monitor.events import KeyVaultEvent, RejectedEvent, SubscriptionValidation, parse_event
-from monitor.service import EventOutcome, Monitor, deliver_alerts, handle_event, poll, status_document
+from monitor.service import EventOutcome, Monitor, deliver_alerts, handle_events, poll, status_document
 
 log = logging.getLogger("keyhealth")
 _monitor: Monitor | None = None
@@ -73,7 +73,9 @@ async def on_event(event: func.EventGridEvent | func.CloudEvent) -> EventOutcome
     if isinstance(parsed, SubscriptionValidation):  # the trigger binding answers the handshake itself
         return None
     assert isinstance(parsed, KeyVaultEvent)  # noqa: S101 - narrows the type; holds by construction
-    result = await handle_event(monitor(), parsed, now=_now())
+    (result,) = await handle_events(monitor(), [parsed], now=_now())  # coalesced with the worker's recent events
+    if isinstance(result, Exception):
+        raise result  # the trigger fails and Event Grid retries it
     log.info("keyhealth: event %s %s: %s %s", parsed.id, parsed.event_type, result.outcome.value, result.namespaces)
     return result.outcome
 

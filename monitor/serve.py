@@ -35,10 +35,11 @@ from monitor.service import (
     POLL_LEASE,
     POLL_LEASE_DURATION,
     POLL_LEASE_RENEW_EVERY,
+    EventOutcome,
     Monitor,
     PollResult,
     deliver_alerts,
-    handle_event,
+    handle_events,
     poll,
     status_document,
 )
@@ -54,6 +55,7 @@ EVENT_CONTENT_TYPES = frozenset(
 SECRET_HEADER = "x-keyhealth-key"  # noqa: S105 - the header's name, not a secret
 HEALTHY_PERIODS = 2  # /healthz fails when no poll succeeded within this many schedule periods
 HEALTH_CACHE_SECONDS = 5.0
+LOGGED_PER_DELIVERY = 10  # rejected entries logged one by one per delivery; the rest are counted and summed up
 # The origin Event Grid names in the CloudEvents abuse-protection handshake; nobody else may subscribe us.
 EVENT_GRID_ORIGIN = "eventgrid.azure.net"
 # A client gets this long to send a whole request head after connecting (or after the last answer on a kept-alive
@@ -527,27 +529,38 @@ class Server:
         outcomes: Counter[str] = Counter()
         rejected: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
+        events: list[KeyVaultEvent] = []
         for entry in entries:
             if isinstance(entry, RejectedEvent):
-                log.warning("keyhealth: rejected event %s (entry %d): %s", entry.id, entry.index, entry.reason)
+                if len(rejected) < LOGGED_PER_DELIVERY:  # a forged batch must not become thousands of lines
+                    log.warning("keyhealth: rejected event %s (entry %d): %s", entry.id, entry.index, entry.reason)
                 count_event("unparsed", "rejected")
                 outcomes["rejected"] += 1
                 rejected.append({"index": entry.index, "id": entry.id, "reason": entry.reason})
-                continue
-            assert isinstance(entry, KeyVaultEvent)  # noqa: S101 - narrows the type; holds by construction
-            try:
-                result = await handle_event(self.monitor, entry, now=self._now())
-            except Exception as error:
-                log.exception("keyhealth: event %s %s failed", entry.id, entry.event_type)
+            else:
+                assert isinstance(entry, KeyVaultEvent)  # noqa: S101 - narrows the type; holds by construction
+                events.append(entry)
+        if len(rejected) > LOGGED_PER_DELIVERY:
+            log.warning("keyhealth: rejected %d entries of this delivery in all", len(rejected))
+        results = await handle_events(self.monitor, events, now=self._now())
+        for event, result in zip(events, results, strict=True):
+            if isinstance(result, Exception):
+                log.error(
+                    "keyhealth: event %s %s failed", event.id, event.event_type, exc_info=(type(result), result, None)
+                )
                 outcomes["failed"] += 1
-                failed.append({"id": entry.id, "error": f"{type(error).__name__}: {error}"})
+                failed.append({"id": event.id, "error": f"{type(result).__name__}: {result}"})
                 continue
-            log.info(
-                "keyhealth: event %s %s: %s %s", entry.id, entry.event_type, result.outcome.value, result.namespaces
-            )
             outcomes[result.outcome.value] += 1
+            if result.outcome is EventOutcome.COALESCED:
+                continue  # counted; the re-read it rides on is logged
+            log.info(
+                "keyhealth: event %s %s: %s %s", event.id, event.event_type, result.outcome.value, result.namespaces
+            )
             if result.alerts:
                 self._alerts_queued.set()
+        if outcomes["coalesced"]:
+            log.info("keyhealth: %d events of this delivery coalesced into re-reads", outcomes["coalesced"])
         self.events.update(outcomes)
         summary = {"received": len(entries), "outcomes": dict(outcomes), "rejected": rejected, "failed": failed}
         # A failure is worth Event Grid's retry (handling is idempotent); a rejected entry is not.

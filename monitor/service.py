@@ -21,6 +21,7 @@ from monitor.alerting import (
     raise_alerts,
     resolve_removed,
 )
+from monitor.coalescing import EventCoalescer, Target, target_of
 from monitor.domain.alert import Alert
 from monitor.domain.errors import ReadError
 from monitor.domain.findings import Thresholds
@@ -227,6 +228,8 @@ class Monitor:
     sinks: Mapping[str, AlertSink] = dataclasses.field(default_factory=dict)
     # Rotate / recover / unpin behind guard rails; acts only when its policy's mode is not off.
     remediation: Remediation | None = None
+    # Events for one key inside a short window share a re-read; None: every event re-reads.
+    coalescer: EventCoalescer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +260,8 @@ class EventOutcome(enum.Enum):
     DUPLICATE = "duplicate"  # its id was processed before (Event Grid delivers at least once): re-read anyway
     UNRELATED = "unrelated"  # a secret, a certificate, or a key no namespace lists
     NO_STATE = "no-state"  # nothing is known yet to relate it to: the next poll covers it
+    # Another event for the same key (or vault) moments ago re-reads it: now, or when its window ends.
+    COALESCED = "coalesced"
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,6 +451,50 @@ async def _judge_unlisted(monitor: Monitor, scenario: Scenario, report: FleetRep
     )
     scenario = dataclasses.replace(scenario, snapshot=snapshot)
     return scenario, evaluate(scenario, monitor.thresholds)
+
+
+async def handle_events(
+    monitor: Monitor, events: Sequence[KeyVaultEvent], *, now: datetime
+) -> list[EventResult | Exception]:
+    """Handle a delivery's events, in order of their targets' first event: per key (or vault) one re-read,
+    however many events name it; inside the monitor's coalescing window none now and one at its end.
+
+    Each event gets its own result: the re-read's, `coalesced` for the others, or the exception the re-read
+    raised (every event of that target then failed: Event Grid retries them).
+    """
+    results: list[EventResult | Exception | None] = [None] * len(events)
+    groups: dict[Target | int, list[int]] = {}
+    for index, event in enumerate(events):
+        if event.kind is None or event.vault_uri is None:
+            groups[index] = [index]  # about no key: nothing to share
+        else:
+            groups.setdefault(target_of(event.vault_uri, event.object_name), []).append(index)
+    coalescer = monitor.coalescer
+    for target, indexes in groups.items():
+        first = events[indexes[0]]
+        if isinstance(target, int) or coalescer is None or coalescer.admit(target):
+            try:
+                results[indexes[0]] = await handle_event(monitor, first, now=now)
+            except Exception as error:
+                if coalescer is not None and not isinstance(target, int):
+                    coalescer.forget(target)  # nothing was read: the next event (Event Grid's retry) reads again
+                for index in indexes:
+                    results[index] = error
+                continue
+            followers = indexes[1:]  # arrived with it: the read that just ran saw whatever they report
+        else:
+            followers = indexes
+
+            async def trailing(event: object, at: datetime) -> object:
+                assert isinstance(event, KeyVaultEvent)  # noqa: S101 - what defer was given
+                return await handle_event(monitor, event, now=at)
+
+            coalescer.defer(target, events[indexes[-1]], trailing, now=now)
+        for index in followers:
+            event = events[index]
+            count_event(event.kind.value if event.kind is not None else "other", EventOutcome.COALESCED.value)
+            results[index] = EventResult(EventOutcome.COALESCED)
+    return [result for result in results if result is not None]
 
 
 async def handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime) -> EventResult:

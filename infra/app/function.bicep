@@ -146,6 +146,7 @@ var keyhealthSettings = {
   KEYHEALTH_ALERT_RENOTIFY_HOURS: '4'
   KEYHEALTH_ALERT_RETRY_SECONDS: '30'
   KEYHEALTH_ALERT_GIVE_UP_HOURS: '24'
+  KEYHEALTH_EVENT_COALESCE_SECONDS: '10'
   // The Watchdog (a dead-man's switch through the sinks) is off until a sink is named.
   KEYHEALTH_WATCHDOG_SINKS: ''
   KEYHEALTH_WATCHDOG_MINUTES: '60'

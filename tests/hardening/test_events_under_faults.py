@@ -46,7 +46,9 @@ def test_an_event_during_a_fault_leaves_its_namespace_unknown_and_pages_once(
 
     async def run() -> list[tuple[int, dict[str, Any], str]]:
         seen = []
-        async with serving(tmp_path, fleet_document(), KEYHEALTH_HTTP_RETRIES=retries) as running:
+        # Each delivery re-reads (no coalescing window), so that each meets the fault.
+        environment = {"KEYHEALTH_HTTP_RETRIES": retries, "KEYHEALTH_EVENT_COALESCE_SECONDS": "0"}
+        async with serving(tmp_path, fleet_document(), **environment) as running:
             sandbox = running.sandbox
             sandbox.apply(DeleteKey(at=sandbox.clock.now() - timedelta(seconds=1), vault=VAULT, key="k1"))
             inject(sandbox)
