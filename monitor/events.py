@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from monitor.domain.errors import EventBodyError, encodable
+from monitor.domain.names import ascii_fold, key_name_problem, vault_host_problem, version_problem
 
 MAX_EVENTS_PER_BATCH = 5000  # Event Grid delivers at most 5,000 events (1 MB) per batch
 
@@ -143,7 +145,7 @@ def parse_event(entry: object, index: int = 0) -> ParsedEvent:
     if data is not None and not isinstance(data, Mapping):
         return RejectedEvent(index, event_id, "event data is not a JSON object")
     payload = _normalised(data) if isinstance(data, Mapping) else {}
-    kind = next((k for k in KeyVaultEventType if k.value.lower() == event_type.lower()), None)
+    kind = next((k for k in KeyVaultEventType if ascii_fold(k.value) == ascii_fold(event_type)), None)
     object_id = _text(payload.get("id"))
     vault_name = _text(payload.get("vaultname"))
     vault_uri = _vault_uri(object_id, vault_name)
@@ -151,6 +153,8 @@ def parse_event(entry: object, index: int = 0) -> ParsedEvent:
         return RejectedEvent(
             index, event_id, f"{event_type} event names no vault (data.Id is no vault URL, data.VaultName is missing)"
         )
+    object_name = _text(payload.get("objectname"))
+    version = _text(payload.get("version"))
     nbf, exp = _unix(payload.get("nbf")), _unix(payload.get("exp"))
     for name in ("nbf", "exp"):
         if payload.get(name) not in (None, "") and _unix(payload.get(name)) is None:
@@ -160,17 +164,70 @@ def parse_event(entry: object, index: int = 0) -> ParsedEvent:
         "subject": _text(fields.get("subject")),
         "vault_uri": vault_uri,
         "object_type": _text(payload.get("objecttype")),
-        "object_name": _text(payload.get("objectname")),
-        "version": _text(payload.get("version")),
+        "object_name": object_name,
+        "version": version,
     }
     # JSON may carry lone surrogates (\ud800), which neither the state store nor a UTF-8 log can write:
     # accepted, such an event would fail on every delivery and Event Grid would retry it for a day.
     broken = next((name for name, text in texts.items() if text is not None and not encodable(text)), None)
     if broken is not None:
         return RejectedEvent(index, event_id, f"event {broken} is not valid Unicode text (it holds a lone surrogate)")
+    if kind is not None and vault_uri is not None:
+        # Key Vault's grammar before anything is matched or sent: a look-alike name must not reach either.
+        problem, object_name = _grammar_problem(kind, vault_uri, object_id, vault_name, object_name, version, topic)
+        if problem is not None:
+            return RejectedEvent(index, event_id, problem)
+        texts["object_name"] = object_name
     return KeyVaultEvent(
         id=event_id, event_type=event_type, kind=kind, schema=schema, time=time, nbf=nbf, exp=exp, **texts
     )
+
+
+_TOPIC = re.compile(
+    r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.KeyVault/(?:vaults|managedHSMs)/([^/]+)/?",
+    re.IGNORECASE | re.ASCII,  # ASCII: with Unicode case folding, U+212A would match the K of KeyVault
+)
+
+
+def _grammar_problem(
+    kind: KeyVaultEventType,
+    vault_uri: str,
+    object_id: str | None,
+    vault_name: str | None,
+    object_name: str | None,
+    version: str | None,
+    topic: str | None,
+) -> tuple[str | None, str | None]:
+    """(Why the event's names are not Key Vault's, or None; the key name, from data.Id when ObjectName is
+    missing). Checked: the vault host, VaultName, the topic's vault, the key name and version, in data.Id too."""
+    host = vault_uri.removeprefix("https://")
+    problem = vault_host_problem(host)
+    if problem is not None:
+        return f"data.Id: {problem}", object_name
+    vault = ascii_fold(host.split(".", 1)[0])
+    if vault_name is not None and ascii_fold(vault_name) != vault:
+        return f"data.VaultName {_shown(vault_name)} is not the vault of data.Id ({vault})", object_name
+    if topic is not None:
+        match = _TOPIC.fullmatch(topic)
+        if match is None:
+            return f"the topic {_shown(topic)} is not a Key Vault resource id", object_name
+        if ascii_fold(match.group(1)) != vault:
+            return f"the topic's vault {_shown(match.group(1))} is not the vault the event names ({vault})", object_name
+    if kind is KeyVaultEventType.VAULT_ACCESS_POLICY_CHANGED:
+        return None, object_name  # about the vault: ObjectName is the vault's own name, not read
+    path = urlsplit(object_id).path.strip("/").split("/") if object_id and object_id.startswith("https://") else []
+    if len(path) >= 2 and ascii_fold(path[0]) == "keys":
+        if object_name is None:
+            object_name = path[1]
+        elif ascii_fold(path[1]) != ascii_fold(object_name):
+            return f"data.ObjectName {_shown(object_name)} is not the key data.Id names", object_name
+        if len(path) >= 3 and (problem := version_problem(path[2])) is not None:
+            return f"data.Id's version: {problem}", object_name
+    if object_name is not None and (problem := key_name_problem(object_name)) is not None:
+        return f"data.ObjectName: {problem}", object_name
+    if version is not None and (problem := version_problem(version)) is not None:
+        return f"data.Version: {problem}", object_name
+    return None, object_name
 
 
 def _normalised(mapping: Mapping[Any, Any]) -> dict[str, Any]:
@@ -232,7 +289,8 @@ def _vault_uri(object_id: str | None, vault_name: str | None) -> str | None:
         except ValueError:  # such as an unclosed IPv6 bracket: not a URL, so it names no vault
             parts = None
         # Key Vault object ids are https URLs; any other scheme is not one, and the vault name decides.
-        if parts is not None and parts.scheme.lower() == "https" and parts.hostname:
-            return f"https://{parts.hostname}"
+        # The host as written (`hostname` would lower it the Unicode way, folding look-alikes into ASCII).
+        if parts is not None and ascii_fold(parts.scheme) == "https" and parts.netloc:
+            return f"https://{parts.netloc}"
     # Without an object id only the public cloud's naming can be assumed.
     return f"https://{vault_name}.vault.azure.net" if vault_name else None

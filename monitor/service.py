@@ -260,6 +260,7 @@ class EventOutcome(enum.Enum):
     DUPLICATE = "duplicate"  # its id was processed before (Event Grid delivers at least once): re-read anyway
     UNRELATED = "unrelated"  # a secret, a certificate, or a key no namespace lists
     NO_STATE = "no-state"  # nothing is known yet to relate it to: the next poll covers it
+    IGNORED = "ignored"  # from a vault no namespace of the inventory uses: acknowledged, never read
     # Another event for the same key (or vault) moments ago re-reads it: now, or when its window ends.
     COALESCED = "coalesced"
 
@@ -527,10 +528,14 @@ async def _handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime
         return EventResult(EventOutcome.UNRELATED)
     if event.kind is KeyVaultEventType.VAULT_ACCESS_POLICY_CHANGED or not event.object_name:
         affected = await monitor.store.namespaces_for_vault(event.vault_uri)
+        if not affected:
+            return EventResult(EventOutcome.IGNORED)
     else:
         affected = await monitor.store.namespaces_for_key(event.vault_uri, event.object_name)
-    if not affected:
-        return EventResult(EventOutcome.UNRELATED)
+        if not affected:
+            # A vault no namespace uses is not the monitor's: ignored (and counted apart), never read.
+            vault_known = bool(await monitor.store.namespaces_for_vault(event.vault_uri))
+            return EventResult(EventOutcome.UNRELATED if vault_known else EventOutcome.IGNORED)
     stored = await monitor.store.get_snapshot()
     if stored is None:
         return EventResult(EventOutcome.NO_STATE)

@@ -134,7 +134,7 @@ def key_event(
         "eventType": event_type,
         "eventTime": datetime.now(UTC).isoformat(),
         "data": {
-            "Id": f"{vault_uri}/keys/{key_name}/v" if key_name else f"{vault_uri}/",
+            "Id": f"{vault_uri}/keys/{key_name}/0123456789abcdef0123456789abcdef" if key_name else f"{vault_uri}/",
             "VaultName": host.split(".")[0],
             "ObjectType": "Key" if key_name else "Vault",
             "ObjectName": key_name or host.split(".")[0],

@@ -23,7 +23,7 @@ SHARED_BY = 40
 def _event(kind: str, name: str | None) -> KeyVaultEvent:
     data: dict[str, Any] = {"VaultName": "kv-test", "ObjectType": "Key" if name else "Vault"}
     if name:
-        data.update({"Id": f"{VAULT}/keys/{name}/v2", "ObjectName": name})
+        data.update({"Id": f"{VAULT}/keys/{name}/0123456789abcdef0123456789abcdef", "ObjectName": name})
     event = parse_event(
         {
             "id": f"e-{kind}-{name}",

@@ -78,11 +78,11 @@ def _key_event(event_type: str, **data: object) -> dict[str, object]:
         "eventType": event_type,
         "eventTime": "2026-11-22T00:00:00Z",
         "data": {
-            "Id": "https://kv-prod.vault.azure.net/keys/sb-cmk/abc",
+            "Id": "https://kv-prod.vault.azure.net/keys/sb-cmk/0123456789abcdef0123456789abcdef",
             "VaultName": "kv-prod",
             "ObjectType": "Key",
             "ObjectName": "sb-cmk",
-            "Version": "abc",
+            "Version": "0123456789abcdef0123456789abcdef",
             **data,
         },
         "dataVersion": "1",

@@ -96,7 +96,7 @@ def _status(name: str | None = None) -> tuple[int, Any]:
 def _event(event_type: str, vault_uri: str, key_name: str | None, event_id: str = "e-1") -> func.EventGridEvent:
     host_name = vault_uri.removeprefix("https://")
     data: dict[str, object] = {
-        "Id": f"{vault_uri}/keys/{key_name}/v" if key_name else f"{vault_uri}/",
+        "Id": f"{vault_uri}/keys/{key_name}/0123456789abcdef0123456789abcdef" if key_name else f"{vault_uri}/",
         "VaultName": host_name.split(".")[0],
         "ObjectType": "Key" if key_name else "Vault",
         "ObjectName": key_name or host_name.split(".")[0],
@@ -104,7 +104,7 @@ def _event(event_type: str, vault_uri: str, key_name: str | None, event_id: str 
     return func.EventGridEvent(
         id=event_id,
         data=data,
-        topic=f"/subscriptions/s/resourceGroups/rg-keyvaults/providers/Microsoft.KeyVault/vaults/{host_name}",
+        topic=f"/subscriptions/s/resourceGroups/rg-keyvaults/providers/Microsoft.KeyVault/vaults/{host_name.split('.')[0]}",
         subject=key_name or "",
         event_type=event_type,
         event_time=datetime.now(UTC),

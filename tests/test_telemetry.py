@@ -64,7 +64,7 @@ def test_a_poll_and_an_event_set_every_instrument(tmp_path: Path, emitted):
                         "eventType": near,
                         "eventTime": NOW.isoformat(),
                         "data": {
-                            "Id": f"{VAULT}/keys/k-soon/v1",
+                            "Id": f"{VAULT}/keys/k-soon/0123456789abcdef0123456789abcdef",
                             "VaultName": "kv-test",
                             "ObjectType": "Key",
                             "ObjectName": "k-soon",

@@ -10,6 +10,8 @@ from functools import lru_cache
 from typing import ClassVar
 from urllib.parse import urlsplit
 
+from monitor.domain.names import ascii_fold
+
 # Service Bus polls every listed key at this interval, at a phase nobody outside the service knows.
 POLL_INTERVAL = timedelta(seconds=300)
 MAX_KEYS_PER_NAMESPACE = 3
@@ -18,13 +20,14 @@ REQUIRED_KEY_OPS = frozenset({"wrapkey", "unwrapkey"})
 
 
 def vault_id(uri: str) -> str:
-    """The comparable form of a vault URI: case-folded, trailing slashes removed."""
-    return uri.strip().rstrip("/").lower()
+    """The comparable form of a vault URI: ASCII case folded (as Azure compares), trailing slashes removed."""
+    return ascii_fold(uri.strip().rstrip("/"))
 
 
 def name_id(name: str) -> str:
-    """The comparable form of a key, version, principal or resource name: case-folded."""
-    return name.strip().lower()
+    """The comparable form of a key, version, principal or resource name: ASCII case folded, never Unicode
+    (`str.lower()` turns U+212A KELVIN SIGN into `k`, a match Key Vault would never make)."""
+    return ascii_fold(name.strip())
 
 
 # A fleet names a handful of vaults hundreds of thousands of times: parse each spelling once.

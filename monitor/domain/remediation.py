@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from monitor.domain.errors import KeyPatternError
 from monitor.domain.fleet import NamespaceReport
 from monitor.domain.model import KeyId, KeyVersion, key_url, vault_short_name
+from monitor.domain.names import VAULT_SUFFIXES, ascii_fold, is_key_name, is_vault_name, vault_host_problem
 from monitor.domain.prediction import Status
 from monitor.domain.usability import Reason, World, assess
 
@@ -34,22 +35,13 @@ class Mode(enum.Enum):
 
 
 # The data-plane DNS suffixes of Key Vault and Managed HSM in Azure's clouds (public, China, US Government).
-KEY_VAULT_DNS_SUFFIXES = (
-    "vault.azure.net",
-    "vault.azure.cn",
-    "vault.usgovcloudapi.net",
-    "managedhsm.azure.net",
-    "managedhsm.azure.cn",
-    "managedhsm.usgovcloudapi.net",
-)
+KEY_VAULT_DNS_SUFFIXES = VAULT_SUFFIXES
 KEY_PATTERN_FORM = (
     "expected https://<vault-name>.<suffix>/keys/<key-name>, the vault host written out in full with a Key Vault "
     f"suffix ({', '.join(KEY_VAULT_DNS_SUFFIXES)}); the key name may use * and ?, nothing else may"
 )
-# Key Vault's own grammar: vault and Managed HSM names 3-24 letters, digits and single hyphens, starting with a
-# letter, ending with a letter or digit; key names 1-127 letters, digits and hyphens.
-_VAULT_NAME = re.compile(r"^[a-z](?!.*--)[a-z0-9-]{1,22}[a-z0-9]$")
-_KEY_NAME_PATTERN = re.compile(r"^[0-9a-z*?-]{1,127}$")
+# Key names as Key Vault's grammar has them (monitor/domain/names.py), with the wildcards * and ?.
+_KEY_NAME_PATTERN = re.compile(r"[0-9a-z*?-]{1,127}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +69,8 @@ class KeyPattern:
 
     def matches(self, vault_uri: str, name: str) -> bool:
         host = _vault_host(vault_uri)
-        return host == self.host and fnmatch.fnmatchcase(name.strip().lower(), self.key)
+        key = name.strip()
+        return host == self.host and is_key_name(key) and fnmatch.fnmatchcase(ascii_fold(key), self.key)
 
 
 def _vault_host(vault_uri: str) -> str | None:
@@ -91,7 +84,9 @@ def _vault_host(vault_uri: str) -> str | None:
         return None
     if port not in (None, 443) or parts.path not in ("", "/") or not parts.hostname:
         return None
-    return parts.hostname.lower()
+    # The host as written (urlsplit's `hostname` lowers it the Unicode way): Key Vault's grammar, ASCII folded.
+    host = parts.netloc.rsplit(":", 1)[0] if port is not None else parts.netloc
+    return ascii_fold(host) if vault_host_problem(host) is None else None
 
 
 def parse_key_pattern(text: str) -> KeyPattern:
@@ -104,24 +99,24 @@ def parse_key_pattern(text: str) -> KeyPattern:
     if not separator or scheme.lower() != "https":
         raise KeyPatternError(raw, KEY_PATTERN_FORM)
     host, slash, path = rest.partition("/")
-    host = host.lower()
-    if not slash or not path.lower().startswith("keys/"):
+    host = ascii_fold(host)
+    if not slash or not ascii_fold(path).startswith("keys/"):
         raise KeyPatternError(raw, KEY_PATTERN_FORM)
     if any(c in host for c in "*?[]"):
         raise KeyPatternError(raw, f"a wildcard in the vault host matches more than one vault; {KEY_PATTERN_FORM}")
     name, dot, suffix = host.partition(".")
     if not dot or suffix not in KEY_VAULT_DNS_SUFFIXES:
         raise KeyPatternError(raw, f"{host!r} is not a Key Vault or Managed HSM host; {KEY_PATTERN_FORM}")
-    if not _VAULT_NAME.match(name):
+    if not is_vault_name(name):
         raise KeyPatternError(
             raw,
             f"{name!r} is not a vault name (3-24 letters, digits and single hyphens, starting with a letter); "
             f"{KEY_PATTERN_FORM}",
         )
-    key = path[len("keys/") :].lower()
+    key = ascii_fold(path[len("keys/") :])
     if "/" in key:
         raise KeyPatternError(raw, f"patterns name keys, not versions or paths; {KEY_PATTERN_FORM}")
-    if not _KEY_NAME_PATTERN.match(key):
+    if not _KEY_NAME_PATTERN.fullmatch(key):
         raise KeyPatternError(
             raw,
             f"{key!r} is not a key name pattern (1-127 letters, digits and hyphens, with * and ?); {KEY_PATTERN_FORM}",

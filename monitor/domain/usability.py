@@ -35,6 +35,7 @@ from monitor.domain.model import (
     name_id,
     vault_id,
 )
+from monitor.domain.names import ascii_fold
 
 BEGINNING = datetime.min.replace(tzinfo=UTC)
 
@@ -104,7 +105,7 @@ class KeyState(NamedTuple):
     def version(self, version: str) -> KeyVersion | None:
         wanted = name_id(version)
         for candidate in self.versions:
-            if candidate.version.strip().lower() == wanted:  # name_id, inline: each new version checks them all
+            if ascii_fold(candidate.version.strip()) == wanted:  # name_id, inline: each new version checks them all
                 return candidate
         return None
 

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from monitor.domain.errors import ChangeRejectedError
 from monitor.domain.model import (
@@ -24,6 +25,7 @@ from monitor.domain.model import (
     UpdateVersion,
     name_id,
 )
+from monitor.domain.names import is_key_name
 from monitor.domain.usability import KeyState, VaultState
 from monitor.sandbox.keymaterial import KeyMaterial
 from monitor.sandbox.resources import SOFT_DELETE_RETENTION_DAYS
@@ -152,6 +154,8 @@ class KeyVaultApi:
         return info, vault
 
     def _key(self, info: VaultInfo, name: str, now: datetime) -> tuple[KeyId, KeyState]:
+        if not is_key_name(name):  # Key Vault refuses the name before looking (and folds only ASCII case)
+            raise BadRequestError(f"The request URI contains an invalid name: {unquote(name)}")
         key_id: KeyId = (info.id, name_id(name))
         return key_id, self.state.key_state(key_id, now)
 

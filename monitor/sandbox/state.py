@@ -33,6 +33,7 @@ from monitor.domain.model import (
     vault_id,
     vault_short_name,
 )
+from monitor.domain.names import ascii_fold
 from monitor.domain.usability import KeyState, VaultState, World
 from monitor.sandbox.resources import namespace_document, stable_uuid, subscription_of
 
@@ -281,11 +282,11 @@ class SandboxState:
         return self._vaults.get(vault)
 
     def vault_by_host(self, host: str) -> VaultInfo | None:
-        return self._by_host.get(host.lower())
+        return self._by_host.get(ascii_fold(host))
 
     def vault_by_name(self, name: str) -> VaultInfo | None:
-        wanted = name.lower()
-        return next((info for info in self._vaults.values() if info.name.lower() == wanted), None)
+        wanted = ascii_fold(name)
+        return next((info for info in self._vaults.values() if ascii_fold(info.name) == wanted), None)
 
     def vault(self, uri_or_host: str) -> VaultInfo:
         """The vault named by its URI (any spelling), its host or its ARM name.

@@ -116,11 +116,11 @@ def _near_expiry_event(name: str, vault_uri: str, at: datetime) -> Any:
             "eventType": "Microsoft.KeyVault.KeyNearExpiry",
             "eventTime": at.isoformat(),
             "data": {
-                "Id": f"{vault_uri}/keys/{name}/v1",
+                "Id": f"{vault_uri}/keys/{name}/0123456789abcdef0123456789abcdef",
                 "VaultName": host.split(".")[0],
                 "ObjectType": "Key",
                 "ObjectName": name,
-                "Version": "v1",
+                "Version": "0123456789abcdef0123456789abcdef",
             },
             "dataVersion": "1",
             "metadataVersion": "1",

@@ -57,7 +57,10 @@ def minimal_key_event(**overrides: object) -> dict[str, Any]:
         "id": "e-1",
         "eventType": "Microsoft.KeyVault.KeyExpired",
         "eventTime": "2026-11-22T00:00:00Z",
-        "data": {"Id": "https://kv-prod.vault.azure.net/keys/sb-cmk/abc", "VaultName": "kv-prod"},
+        "data": {
+            "Id": "https://kv-prod.vault.azure.net/keys/sb-cmk/0123456789abcdef0123456789abcdef",
+            "VaultName": "kv-prod",
+        },
     }
     event.update(overrides)
     return event

@@ -108,7 +108,7 @@ def test_an_event_during_the_outage_does_not_bring_back_a_verdict(tmp_path: Path
                         "eventType": "Microsoft.KeyVault.KeyNewVersionCreated",
                         "eventTime": t0.isoformat(),
                         "data": {
-                            "Id": f"{VAULT}/keys/k1/v2",
+                            "Id": f"{VAULT}/keys/k1/0123456789abcdef0123456789abcdef",
                             "VaultName": "kv-test",
                             "ObjectType": "Key",
                             "ObjectName": "k1",

@@ -131,11 +131,11 @@ def test_an_expiring_key_is_rotated_once_and_versionless_namespaces_recover(tmp_
                 "eventType": "Microsoft.KeyVault.KeyNearExpiry",
                 "eventTime": later.isoformat(),
                 "data": {
-                    "Id": f"{VAULT}/keys/k-rot/v1",
+                    "Id": f"{VAULT}/keys/k-rot/0123456789abcdef0123456789abcdef",
                     "VaultName": "kv-test",
                     "ObjectType": "Key",
                     "ObjectName": "k-rot",
-                    "Version": "v1",
+                    "Version": "0123456789abcdef0123456789abcdef",
                 },
                 "dataVersion": "1",
                 "metadataVersion": "1",
