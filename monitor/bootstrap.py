@@ -167,6 +167,8 @@ def build_monitor(settings: Settings, *, credential: AsyncTokenCredential | None
     active = credential if credential is not None else build_credential(settings)
     clients = AzureClients(active, azure_options(settings))
     store = build_store(settings, active)
+    # Every instance on this store draws each vault's request share from one budget, not a share each.
+    clients.limiter.share_budget(store.take_budget)
     sinks = build_sinks_for(settings, active)
     coalescer = EventCoalescer(settings.event_coalesce_seconds)
 

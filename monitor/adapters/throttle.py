@@ -1,13 +1,21 @@
 """Key Vault request pacing: each vault gets a share of its published service limit, and a 429's
-Retry-After holds back every request to that vault, not only the one that was refused."""
+Retry-After holds back every request to that vault, not only the one that was refused.
+
+With a shared budget (the state store's `take_budget`), the share is shared by every instance of the
+monitor: a request also needs a unit of the vault's budget for the current slice of wall-clock time,
+granted across instances in chunks, so two instances together stay within one share."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import AsyncHTTPPolicy
@@ -24,6 +32,17 @@ MAX_RETRY_AFTER = 60.0  # a longer hint is capped: a poll must end within Servic
 MIN_SLOWDOWN = 1 / 256
 RECOVERY = 1.25  # per quiet window after throttling: back to the full share in about ten windows
 _EPSILON = 1e-9  # token arithmetic in floats: 0.9999999999 tokens is one token
+# The shared budget is granted per tenth of the window: whatever the vault's own window is (fixed or
+# sliding), no 10 s then sees more than 1.1 shares from all instances together.
+SLICES_PER_WINDOW = 10
+FIRST_CHUNK = 4  # units asked for first in a slice (a small vault needs a few); doubled each time after
+# When the store cannot grant (down, throttled), each instance paces itself at this fraction of the share
+# on its own: several instances then stay near one share without talking to each other.
+FALLBACK_FRACTION = 0.25
+# Asks the store for a vault's budget, across instances: (scope, slice start, wanted, limit) -> granted.
+TakeBudget = Callable[[str, datetime, int, int], Awaitable[int]]
+
+log = logging.getLogger("keyhealth.throttle")
 
 
 def is_hsm_key_type(kty: str | None) -> bool:
@@ -42,6 +61,15 @@ class _Bucket:
     slowdown: float = 1.0
     last_change: float = 0.0
     answered: deque[float] = field(default_factory=deque)  # when requests were answered (not throttled)
+    # The shared budget this instance holds for one slice of wall-clock time.
+    grant_slice: int = -1
+    grant_left: int = 0
+    grant_chunk: int = 0  # the last chunk asked for in grant_slice
+    granting: asyncio.Lock = field(default_factory=asyncio.Lock)  # one store call per vault at a time
+    # Requests let through and not yet answered: capped, so requests paced while connections were still
+    # opening cannot reach the vault together, over its limit, once they are open.
+    in_flight: int = 0
+    room: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class VaultRateLimiter:
@@ -50,6 +78,8 @@ class VaultRateLimiter:
     A vault starts at the HSM limit (the lower one) until its keys have been seen; a vault whose keys
     are all software-protected then gets the software limit. Buckets live as long as the limiter (one
     per monitor process), so what was learnt carries over from poll to poll.
+
+    With `budget`, the share is also drawn from a budget shared by all instances (`share_budget`).
     """
 
     def __init__(
@@ -61,6 +91,8 @@ class VaultRateLimiter:
         window: float = WINDOW_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        wall: Callable[[], float] = time.time,
+        budget: TakeBudget | None = None,
     ) -> None:
         if not 0 < share <= 1:
             raise ValueError("share must be in (0, 1]")
@@ -70,8 +102,16 @@ class VaultRateLimiter:
         self.window = window
         self._clock = clock
         self._sleep = sleep
+        self._wall = wall
+        self._budget = budget
+        self._store_back_at = 0.0  # while the store fails: when to ask it again (wall clock)
         self._buckets: dict[str, _Bucket] = {}
         self.throttled = 0  # 429s seen, for the benchmark and logs
+        self.budget_calls = 0  # store calls for the shared budget, for the benchmark
+
+    def share_budget(self, budget: TakeBudget) -> None:
+        """Draw every vault's share from `budget` too: one share for all instances using the same store."""
+        self._budget = budget
 
     def _bucket(self, vault: str) -> _Bucket:
         bucket = self._buckets.get(vault)
@@ -155,10 +195,101 @@ class VaultRateLimiter:
                 continue
             self._refill(bucket)
             if bucket.tokens >= 1.0 - _EPSILON:
+                if self._budget is not None and not self._spend_shared(bucket):
+                    await self._top_up(vault, bucket)
+                    continue
                 bucket.tokens = max(bucket.tokens - 1.0, 0.0)
                 return
             # At least a millisecond: a wait below the clock's resolution would never let time pass.
             await self._sleep(max((1.0 - bucket.tokens) / self._rate(bucket), 0.001))
+
+    def most_in_flight(self, vault: str) -> int:
+        """Requests to `vault` that may be sent and unanswered at once: a tenth of the window's share."""
+        return self._slice_limit(self._bucket(vault))
+
+    @contextlib.asynccontextmanager
+    async def sending(self, vault: str) -> AsyncIterator[None]:
+        """One request to `vault`: waits for room among those in flight, then for its share; until answered."""
+        bucket = self._bucket(vault)
+        while bucket.in_flight >= self.most_in_flight(vault):
+            bucket.room.clear()
+            await bucket.room.wait()
+        bucket.in_flight += 1
+        try:
+            await self.acquire(vault)
+            yield
+        finally:
+            bucket.in_flight -= 1
+            bucket.room.set()
+
+    # -- the budget shared by all instances
+
+    def _slice_seconds(self) -> float:
+        return self.window / SLICES_PER_WINDOW
+
+    def _slice_limit(self, bucket: _Bucket) -> int:
+        """All instances together, per slice: the share of the vault's limit, a tenth of it."""
+        return max(1, math.floor(bucket.limit * self.share / SLICES_PER_WINDOW))
+
+    def _spend_shared(self, bucket: _Bucket) -> bool:
+        if bucket.grant_slice == math.floor(self._wall() / self._slice_seconds()) and bucket.grant_left > 0:
+            bucket.grant_left -= 1
+            return True
+        return False
+
+    async def _top_up(self, vault: str, bucket: _Bucket) -> None:
+        """Get more of the vault's shared budget for this slice, or wait for the next slice."""
+        assert self._budget is not None  # noqa: S101 - only called with a budget
+        async with bucket.granting:
+            slice_seconds = self._slice_seconds()
+            now = self._wall()
+            current = math.floor(now / slice_seconds)
+            if bucket.grant_slice == current and bucket.grant_left > 0:
+                return  # another request of this instance just got some
+            limit = self._slice_limit(bucket)
+            chunk = min(limit, FIRST_CHUNK if bucket.grant_slice != current else max(1, bucket.grant_chunk * 2))
+            if now < self._store_back_at:
+                granted = self._fallback_grant(bucket, current, limit)
+            else:
+                try:
+                    self.budget_calls += 1
+                    start = datetime.fromtimestamp(current * slice_seconds, UTC)
+                    granted = await self._budget(f"keyvault {vault}", start, chunk, limit)
+                except Exception as error:  # any store failure: pace locally, never stop reading
+                    if not self._store_back_at:  # once an outage, not once a request
+                        log.warning(
+                            "the shared Key Vault request budget is unavailable (%s): each instance paces every "
+                            "vault at %d %% of its share on its own until the store answers",
+                            describe_store_failure(error),
+                            round(FALLBACK_FRACTION * 100),
+                        )
+                    self._store_back_at = now + self.window
+                    granted = self._fallback_grant(bucket, current, limit)
+                else:
+                    if self._store_back_at:
+                        log.info("the shared Key Vault request budget is available again")
+                        self._store_back_at = 0.0
+            if math.floor(self._wall() / slice_seconds) != current:
+                return  # the slice ended while the store answered: what it granted is gone
+            if granted > 0:
+                if bucket.grant_slice != current:
+                    bucket.grant_slice, bucket.grant_left = current, 0
+                bucket.grant_left += granted
+                bucket.grant_chunk = chunk
+                return
+            # The slice is spent by all instances together: wait for the next.
+            await self._sleep(max((current + 1) * slice_seconds - self._wall(), 0.001))
+
+    def _fallback_grant(self, bucket: _Bucket, current: int, limit: int) -> int:
+        """Without the store: FALLBACK_FRACTION of the slice's units, once per slice."""
+        if bucket.grant_slice == current:
+            return 0
+        return max(1, math.floor(limit * FALLBACK_FRACTION))
+
+
+def describe_store_failure(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
 
 
 def retry_after_seconds(response: AsyncHttpResponse) -> float:
@@ -179,8 +310,8 @@ class VaultThrottlePolicy(AsyncHTTPPolicy[HttpRequest, AsyncHttpResponse]):
         self._vault = vault
 
     async def send(self, request: PipelineRequest[HttpRequest]) -> PipelineResponse[HttpRequest, AsyncHttpResponse]:
-        await self._limiter.acquire(self._vault)
-        response = await self.next.send(request)
+        async with self._limiter.sending(self._vault):
+            response = await self.next.send(request)
         if response.http_response.status_code == 429:
             self._limiter.pause(self._vault, retry_after_seconds(response.http_response))
         else:

@@ -27,6 +27,7 @@ class RequestRecord:
     fault: str | None
     sandbox_time: datetime
     seconds: float  # how long the answer took, wall clock
+    received: float  # when the request arrived, wall clock (time.time()): for counting per window of real time
 
 
 class RequestLog:

@@ -457,6 +457,7 @@ class Sandbox:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
+        received = time.time()
         arrived = self.clock.now()
         info, vault, base = self._classify(request)
         outcome: Outcome = "answered"
@@ -507,6 +508,7 @@ class Sandbox:
                     fault=fault,
                     sandbox_time=arrived,
                     seconds=time.monotonic() - started,
+                    received=received,
                 )
             )
 

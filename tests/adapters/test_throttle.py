@@ -4,6 +4,7 @@ vault back, and against the stand-in's enforced limit a scan at a share below 10
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -11,6 +12,7 @@ import pytest
 from azure.keyvault.keys._shared import http_challenge_cache
 
 from monitor.adapters.throttle import VaultRateLimiter
+from monitor.domain.errors import StateStoreError
 from monitor.domain.scenario import parse_scenario
 from monitor.sandbox import RateLimit, Sandbox
 from tests.builders import key, namespace, ref, scenario, version
@@ -84,6 +86,58 @@ def test_retry_after_holds_back_every_request_to_that_vault_only():
     limiter.pause("kv-a", 3600)  # an absurd hint is capped: the poll must end inside its period
     (later,) = _admitted(limiter, time, 1, "kv-a")
     assert later - first <= 61.0
+
+
+def test_without_the_store_each_instance_paces_at_a_quarter_of_the_share_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+):
+    """The shared budget's store fails for the first 15 s: requests go on at a quarter of the share (what
+    several instances can each take without talking), the store is asked once a window, not once a request,
+    one warning says so, and the share comes back with the store."""
+    time = FakeTime()
+    calls: list[float] = []
+
+    async def budget(scope: str, start: datetime, wanted: int, limit: int) -> int:
+        calls.append(time.now)
+        if time.now < 15.0:
+            raise StateStoreError("budget keyvault kv-a", "HTTP 503 ServerBusy")
+        return wanted
+
+    limiter = VaultRateLimiter(0.5, clock=time.clock, sleep=time.sleep, wall=time.clock, budget=budget)
+    with caplog.at_level(logging.INFO, logger="keyhealth.throttle"):
+        stamps = _admitted(limiter, time, 1500)
+    during = [stamp for stamp in stamps if stamp < 15.0]
+    # HSM limit (2,000 per 10 s), half of it, a quarter of that: 25 a second, from the first second.
+    assert 350 <= len(during) <= 375
+    assert _busiest_window(during, 10.0) <= 250
+    assert len([c for c in calls if c < 15.0]) == 2  # at 0 s and 10 s
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "StateStoreError" in warnings[0].getMessage()
+    assert any("available again" in r.getMessage() for r in caplog.records)
+    after = [stamp for stamp in stamps if stamp >= 20.0]
+    assert after and _busiest_window(after, 10.0) > 250  # back to the share
+
+
+def test_requests_in_flight_to_a_vault_are_capped_at_a_tenth_of_its_share():
+    limiter = VaultRateLimiter(0.5, software_limit=200, hsm_limit=200, window=1.0)
+    most = limiter.most_in_flight("kv-a")
+    assert most == 10
+    peak = 0
+    inside = 0
+
+    async def one() -> None:
+        nonlocal peak, inside
+        async with limiter.sending("kv-a"):
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.01)  # an answer that takes a while
+            inside -= 1
+
+    async def run() -> None:
+        await asyncio.gather(*(one() for _ in range(40)))
+
+    asyncio.run(run())
+    assert peak == most
 
 
 VAULTS = [f"https://kv-{n}.vault.azure.net" for n in range(2)]
