@@ -143,3 +143,36 @@ def test_vault_names_hosts_and_folding():
     assert vault_host_problem("kv-prod.vault.azure.net.evil.com") is not None
     assert vault_host_problem(f"{KELVIN}v-prod.vault.azure.net") is not None
     assert ascii_fold(f"SB-CM{KELVIN}") == f"sb-cm{KELVIN}" and name_id(f"sb-cm{KELVIN}") != "sb-cmk"
+
+
+def test_a_name_from_an_azure_answer_that_key_vault_would_refuse_is_not_sent_and_is_unknown():
+    """A key name as ARM might hand it over (say, from a namespace's keyVaultProperties): never sent to Key
+    Vault, and the read fails as unseen (ReadError: unknown), not as a missing key."""
+    from monitor.adapters.azure_clients import AzureClients, AzureOptions
+    from monitor.adapters.keyvault import KeyVaultKeys
+    from monitor.credentials import AsyncStaticTokenCredential
+    from monitor.domain.errors import ReadError
+
+    async def run() -> list[str]:
+        clients = AzureClients(
+            AsyncStaticTokenCredential("unused"), AzureOptions(keyvault_endpoint="https://127.0.0.1:9")
+        )
+        keys = KeyVaultKeys(clients)
+        reasons = []
+        try:
+            for vault, name in [
+                ("https://kv-prod.vault.azure.net", "sb-cm\u212a"),
+                ("https://kv-prod.vault.azure.net", "sb cmk"),
+                ("https://kv-prod.vault.azure.net", "k" * 128),
+                ("https://kv-prod.evil.example", "sb-cmk"),
+                ("https://kv\u2010prod.vault.azure.net", "sb-cmk"),
+            ]:
+                with pytest.raises(ReadError) as raised:
+                    await keys.get_key(vault, name)
+                reasons.append(str(raised.value))
+        finally:
+            await clients.close()
+        return reasons
+
+    reasons = asyncio.run(run())
+    assert all("not sent to Key Vault" in reason for reason in reasons), reasons
