@@ -516,6 +516,14 @@ async def handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime)
         return result
 
 
+async def _stranger_or_no_state(monitor: Monitor) -> EventOutcome:
+    """For an event from a vault no stored namespace uses: ignored (never read) once a poll has stored the
+    inventory, so a stranger's vault costs nothing; before that, nothing is known yet (no-state)."""
+    if await monitor.store.last_poll_completed() is None and await monitor.store.get_snapshot() is None:
+        return EventOutcome.NO_STATE
+    return EventOutcome.IGNORED
+
+
 async def _handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime) -> EventResult:
     """React to one Key Vault event: re-read and re-judge the namespaces that list its key (or vault).
 
@@ -529,13 +537,13 @@ async def _handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime
     if event.kind is KeyVaultEventType.VAULT_ACCESS_POLICY_CHANGED or not event.object_name:
         affected = await monitor.store.namespaces_for_vault(event.vault_uri)
         if not affected:
-            return EventResult(EventOutcome.IGNORED)
+            return EventResult(await _stranger_or_no_state(monitor))
     else:
         affected = await monitor.store.namespaces_for_key(event.vault_uri, event.object_name)
         if not affected:
-            # A vault no namespace uses is not the monitor's: ignored (and counted apart), never read.
-            vault_known = bool(await monitor.store.namespaces_for_vault(event.vault_uri))
-            return EventResult(EventOutcome.UNRELATED if vault_known else EventOutcome.IGNORED)
+            if await monitor.store.namespaces_for_vault(event.vault_uri):
+                return EventResult(EventOutcome.UNRELATED)
+            return EventResult(await _stranger_or_no_state(monitor))
     stored = await monitor.store.get_snapshot()
     if stored is None:
         return EventResult(EventOutcome.NO_STATE)

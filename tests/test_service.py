@@ -107,3 +107,39 @@ def test_a_poll_that_lost_its_lease_records_nothing(store_settings: dict[str, st
     assert taken_over.ran and not lost.ran
     assert mark == PollMark("b", t0 + timedelta(minutes=5))
     assert judged == {t0 + timedelta(minutes=5)} and taken_at == t0 + timedelta(minutes=5)
+
+
+def test_an_event_before_the_first_poll_is_no_state_and_after_it_a_strangers_vault_is_ignored(
+    store_settings: dict[str, str],
+):
+    """Before any poll stored the inventory nothing can tell a stranger's vault from the fleet's: no-state
+    (the next poll covers it). After one, the same event is ignored, and the fleet's own key is evaluated;
+    neither of the first two costs a Key Vault request."""
+    from monitor.events import KeyVaultEvent, parse_event
+    from monitor.service import handle_event
+    from tests.builders import VAULT, key_event
+
+    fleet_key = parse_event(key_event("Microsoft.KeyVault.KeyNewVersionCreated", VAULT, "k1"))
+    stranger = parse_event(
+        key_event("Microsoft.KeyVault.KeyNewVersionCreated", "https://kv-stranger.vault.azure.net", "k1", "e-2")
+    )
+
+    async def run() -> tuple[list[str], int]:
+        async with Sandbox(parsed(_fleet())) as sandbox:
+            monitor = _monitor(sandbox, store_settings)
+            now = sandbox.clock.now()
+            try:
+                assert isinstance(fleet_key, KeyVaultEvent) and isinstance(stranger, KeyVaultEvent)
+                outcomes = [(await handle_event(monitor, fleet_key, now=now)).outcome.value]
+                reads = sandbox.requests.count(service="keyvault")
+                assert (await poll(monitor, now=now)).ran
+                for event in (stranger, fleet_key):
+                    outcomes.append((await handle_event(monitor, event, now=now)).outcome.value)
+            finally:
+                assert monitor.close is not None
+                await monitor.close()
+        return outcomes, reads
+
+    outcomes, reads_before_the_poll = asyncio.run(run())
+    assert outcomes == ["no-state", "ignored", "evaluated"]
+    assert reads_before_the_poll == 0
