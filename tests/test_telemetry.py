@@ -103,6 +103,47 @@ def test_a_poll_and_an_event_set_every_instrument(tmp_path: Path, emitted):
     assert emitted.count("keyhealth.azure.request.duration", api="arm.resourcegraph", status="2xx") >= 1
 
 
+def test_the_heartbeat_gauge_is_the_age_of_the_last_complete_poll_by_any_instance(
+    tmp_path: Path, emitted, monkeypatch: pytest.MonkeyPatch
+):
+    """`keyhealth.poll.age`: absent before any poll; after instance A's poll, seconds since it (rising with
+    wall time while nobody polls); instance B, whose poll is skipped while A holds the lease, reports A's."""
+    import dataclasses
+
+    from monitor import service, telemetry
+
+    heartbeat = telemetry.PollHeartbeat()
+    monkeypatch.setattr(telemetry, "HEARTBEAT", heartbeat)
+    monkeypatch.setattr(service, "HEARTBEAT", heartbeat)
+    parsed, _ = parse_scenario(scenario([namespace("sb-ok", ref("k-ok"))], [key("k-ok")], now=format_instant(NOW)))
+    polled_at = datetime.now(UTC) - timedelta(minutes=10)
+    ages: list[int] = []
+
+    async def run() -> None:
+        with Sandbox(parsed) as sandbox:
+            environment = {**sandbox.environment(), "KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite")}
+            a = dataclasses.replace(build_monitor(Settings.from_environment(environment)), instance="a")
+            b = dataclasses.replace(build_monitor(Settings.from_environment(environment)), instance="b")
+            try:
+                ages.append(emitted.points("keyhealth.poll.age"))
+                assert (await poll(a, now=polled_at)).ran
+                ages.append(round(emitted.value("keyhealth.poll.age")))
+                monkeypatch.setattr(telemetry, "HEARTBEAT", fresh := telemetry.PollHeartbeat())
+                monkeypatch.setattr(service, "HEARTBEAT", fresh)
+                await a.store.acquire_lease(service.POLL_LEASE, "a", timedelta(minutes=4), now=datetime.now(UTC))
+                assert not (await poll(b, now=polled_at + timedelta(minutes=5))).ran
+                ages.append(round(emitted.value("keyhealth.poll.age")))
+            finally:
+                for monitor in (a, b):
+                    assert monitor.close is not None
+                    await monitor.close()
+
+    asyncio.run(run())
+    assert ages[0] == 0  # no series before a poll: no made-up age
+    assert 600 <= ages[1] <= 660
+    assert 600 <= ages[2] <= 660  # B follows A's mark, not its own skipped poll
+
+
 def test_a_poll_is_a_span_with_its_azure_calls_as_children_and_logs_carry_its_trace(tmp_path: Path):
     import logging
 
