@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from monitor import functions_host as host
+from monitor.entry import functions_host as host
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 

@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from monitor.entry.serve import MAX_BODY
+from monitor.formats.scenario_io import load_scenario
 from monitor.sandbox import Sandbox
-from monitor.scenario_io import load_scenario
-from monitor.serve import MAX_BODY
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "bench-secret-for-the-event-flood"  # noqa: S105 - the benchmark's own credential

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from monitor.formats.scenario_io import load_scenario
 from monitor.sandbox import Sandbox
-from monitor.scenario_io import load_scenario
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "bench-secret-for-the-hostile-clients"  # noqa: S105 - the benchmark's own credential

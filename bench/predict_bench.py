@@ -10,7 +10,7 @@ disabled or extended versions, soft-deletes (mostly recovered), purges, access r
 and one short vault outage.
 
 Printed: the time to build the scenario; then `evaluate` (`monitor.domain.fleet`: prediction and
-findings, on one core) as `keyhealth simulate` runs it, inside `monitor.runtime.batch_gc`, timed in
+findings, on one core) as `keyhealth simulate` runs it, inside `monitor.entry.runtime.batch_gc`, timed in
 its two halves (World build + prediction, then findings) and in total, wall and CPU, with the time the
 cyclic garbage collector took (gc callbacks) and the peak RSS. Options: --default-gc evaluates with
 Python's default collector instead; --verify N holds the usable intervals and assessments of N
@@ -58,7 +58,7 @@ from monitor.domain.model import (
 )
 from monitor.domain.prediction import Status, predict_scenario, usable_intervals, usable_intervals_by_points
 from monitor.domain.usability import World, assess
-from monitor.runtime import batch_gc
+from monitor.entry.runtime import batch_gc
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 HORIZON = datetime(2027, 11, 22, tzinfo=UTC)

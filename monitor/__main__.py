@@ -1,5 +1,5 @@
 """`python -m monitor` runs the `keyhealth` command line."""
 
-from monitor.cli import main
+from monitor.entry.cli import main
 
 raise SystemExit(main())

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from monitor.cli import main
+from monitor.entry.cli import main
 
 NOW = "2026-11-22T00:00:00Z"
 VAULT = "https://kv-test.vault.azure.net"

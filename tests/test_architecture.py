@@ -59,3 +59,68 @@ def test_only_the_composition_roots_import_adapters():
         if module.startswith("monitor.adapters")
     ]
     assert offenders == []
+
+
+# The layers, top to bottom, and what each may import of ours (besides itself and the `monitor` package's
+# version). An arrow the wrong way fails here, naming the module and the import.
+LAYERS: dict[str, set[str]] = {
+    "entry": {"app", "formats", "adapters", "sandbox", "domain"},
+    "sandbox": {"formats", "domain"},
+    "adapters": {"app.ports", "app.state", "app.telemetry", "domain"},
+    "app": {"formats", "domain"},
+    "formats": {"domain"},
+    "domain": set(),
+}
+# Outside the layers: the Functions app and `python -m monitor`, both entry points themselves.
+ENTRY_FILES = {MONITOR.parent / "function_app.py", MONITOR / "__main__.py"}
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "monitor" and parts[1] in LAYERS else None
+
+
+def _allowed(layer: str, module: str) -> bool:
+    inner = module.removeprefix("monitor.")
+    return any(inner == target or inner.startswith(f"{target}.") for target in {layer, *LAYERS[layer]})
+
+
+def test_every_module_lives_in_a_layer_folder():
+    loose = sorted(path.name for path in MONITOR.glob("*.py") if path.name not in {"__init__.py", "__main__.py"})
+    assert loose == [], "a module beside the layers: move it into the folder of its layer"
+
+
+def test_imports_run_only_down_the_layers():
+    offenders = []
+    for path in sorted(MONITOR.rglob("*.py")):
+        layer = path.relative_to(MONITOR).parts[0]
+        if layer not in LAYERS:
+            continue
+        for module in _imports(path):
+            if module == "monitor" or not module.startswith("monitor."):
+                continue
+            if not _allowed(layer, module):
+                offenders.append(f"{path.relative_to(MONITOR.parent)} imports {module}")
+    assert offenders == []
+
+
+def test_nothing_imports_an_entry_point_but_the_entry_points():
+    offenders = [
+        f"{path.relative_to(MONITOR.parent)} imports {module}"
+        for path in sorted(MONITOR.rglob("*.py"))
+        if path.relative_to(MONITOR).parts[0] != "entry" and path not in ENTRY_FILES
+        for module in _imports(path)
+        if _layer(module) == "entry"
+    ]
+    assert offenders == []
+
+
+def test_the_layer_rules_catch_an_arrow_the_wrong_way():
+    """The checks above would fail on these: each is an import against the layers."""
+    assert not _allowed("domain", "monitor.app.state")
+    assert not _allowed("app", "monitor.adapters.keyvault")
+    assert not _allowed("app", "monitor.entry.config")
+    assert not _allowed("adapters", "monitor.app.service")
+    assert not _allowed("formats", "monitor.app.ports")
+    assert not _allowed("sandbox", "monitor.app.service")
+    assert _allowed("adapters", "monitor.app.ports") and _allowed("entry", "monitor.adapters.keyvault")

@@ -14,8 +14,8 @@ from azure.keyvault.keys._shared import http_challenge_cache
 
 from monitor.domain.model import DeleteKey, Scenario
 from monitor.domain.scenario import format_instant, parse_scenario
+from monitor.formats.scenario_io import load_scenario, save_scenario
 from monitor.sandbox import Sandbox
-from monitor.scenario_io import load_scenario, save_scenario
 from tests.builders import (
     NOW,
     USER_IDENTITY,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import SETTINGS, Settings
 from monitor.domain.errors import SettingError
+from monitor.entry.config import SETTINGS, Settings
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
 

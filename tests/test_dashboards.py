@@ -8,7 +8,7 @@ from pathlib import Path
 
 import prometheus_client
 
-from monitor import telemetry
+from monitor.app import telemetry
 from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import evaluate
 from monitor.domain.scenario import parse_scenario

@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from monitor.bootstrap import build_monitor
-from monitor.config import Settings
+from monitor.app.service import EventResult, handle_event, poll
 from monitor.domain.scenario import format_instant, parse_scenario
-from monitor.events import KeyVaultEvent, parse_event
+from monitor.entry.bootstrap import build_monitor
+from monitor.entry.config import Settings
+from monitor.formats.events import KeyVaultEvent, parse_event
 from monitor.sandbox import Sandbox
-from monitor.service import EventResult, handle_event, poll
 from tests.builders import VAULT, key, namespace, ref, scenario
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from monitor.domain.errors import EventBodyError
-from monitor.events import (
+from monitor.formats.events import (
     KeyVaultEvent,
     KeyVaultEventType,
     RejectedEvent,

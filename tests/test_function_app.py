@@ -18,13 +18,13 @@ from azure.functions.timer import TimerRequest
 from azure.keyvault.keys._shared import http_challenge_cache
 
 from function_app import app
-from monitor import functions_host as host
-from monitor.bootstrap import build_monitor
-from monitor.config import Settings
+from monitor.app.service import Monitor
 from monitor.domain.model import DeleteKey, SetAccess
 from monitor.domain.scenario import parse_scenario
+from monitor.entry import functions_host as host
+from monitor.entry.bootstrap import build_monitor
+from monitor.entry.config import Settings
 from monitor.sandbox import Sandbox
-from monitor.service import Monitor
 from tests.builders import SYSTEM_PRINCIPAL, VAULT, key, namespace, ref, scenario, vault
 
 OTHER = "https://kv-other.vault.azure.net"

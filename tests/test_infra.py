@@ -23,8 +23,8 @@ import yaml
 from tree_sitter import Node
 from tree_sitter_language_pack import get_parser
 
-from monitor.config import SETTINGS, Settings
-from monitor.events import KeyVaultEventType
+from monitor.entry.config import SETTINGS, Settings
+from monitor.formats.events import KeyVaultEventType
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -41,9 +41,9 @@ PLATFORM_SETTINGS = {
     # Where the host sends its telemetry, and how it signs in (local authentication is off).
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "Functions host",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Functions host",
-    # DefaultAzureCredential (monitor/bootstrap.py) picks the user-assigned identity by it.
+    # DefaultAzureCredential (monitor/entry/bootstrap.py) picks the user-assigned identity by it.
     "AZURE_CLIENT_ID": "azure-identity",
-    # OTLP export of metrics and spans (monitor/bootstrap.py reads it).
+    # OTLP export of metrics and spans (monitor/entry/bootstrap.py reads it).
     "OTEL_EXPORTER_OTLP_ENDPOINT": "OpenTelemetry exporter",
 }
 # Flex Consumption takes the runtime from functionAppConfig and rejects these.
@@ -263,7 +263,7 @@ def _keyhealth_settings_in_bicep() -> set[str]:
 
 
 def test_every_setting_the_code_reads_is_set_in_azure():
-    """Each setting of monitor/config.py has a value in the app's settings (derived at run time, so a setting
+    """Each setting of monitor/entry/config.py has a value in the app's settings (derived at run time, so a setting
     added to the code later fails here until the Bicep sets it)."""
     assert {spec.name for spec in SETTINGS.values()} - _keyhealth_settings_in_bicep() == set()
 
@@ -344,7 +344,7 @@ def _event_grid_trigger_name() -> str:
 
 
 def test_the_event_grid_filter_lists_exactly_the_event_types_the_handler_accepts():
-    """includedEventTypes is the set monitor/events.py turns into KeyVaultEventType, no more, no fewer."""
+    """includedEventTypes is the set monitor/formats/events.py turns into KeyVaultEventType, no more, no fewer."""
     accepted = {kind.value for kind in KeyVaultEventType}
     for subscription in _event_subscriptions():
         listed = _strings(_get(subscription.body, "properties", "filter", "includedEventTypes"))
@@ -804,8 +804,8 @@ def test_main_passes_the_allow_list_and_actions_to_each_vault():
 
 
 def _instrument_names() -> set[str]:
-    """The metric names monitor/telemetry.py creates instruments with."""
-    module = ast.parse((ROOT / "monitor" / "telemetry.py").read_text())
+    """The metric names monitor/app/telemetry.py creates instruments with."""
+    module = ast.parse((ROOT / "monitor" / "app" / "telemetry.py").read_text())
     names = set()
     for node in ast.walk(module):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr.startswith("create_"):
@@ -816,7 +816,7 @@ def _instrument_names() -> set[str]:
 
 
 def test_metric_alerts_watch_metrics_the_code_emits():
-    """Every alert rule's metric is an instrument of monitor/telemetry.py; revocation, blindness and failing alert
+    """Every alert rule's metric is an instrument of monitor/app/telemetry.py; revocation, blindness and failing alert
     delivery are each watched."""
     emitted = _instrument_names()
     assert "keyhealth.monitor.blind" in emitted

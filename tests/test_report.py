@@ -15,7 +15,7 @@ from azure.keyvault.keys._shared import http_challenge_cache
 
 from monitor.domain.findings import Thresholds
 from monitor.domain.scenario import parse_scenario
-from monitor.report import build_timeline, render_html
+from monitor.formats.report import build_timeline, render_html
 from monitor.sandbox import Sandbox
 from tests.builders import SYSTEM_PRINCIPAL, VAULT, key, namespace, ref, run_cli, scenario, vault, version
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from monitor.runtime import batch_gc
+from monitor.entry.runtime import batch_gc
 
 
 def test_the_collector_is_off_inside_and_restored_after():

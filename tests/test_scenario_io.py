@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from monitor.domain.errors import ScenarioError
-from monitor.scenario_io import load_scenario, save_scenario
+from monitor.formats.scenario_io import load_scenario, save_scenario
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fleet.json"
 

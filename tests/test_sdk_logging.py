@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from monitor.bootstrap import AZURE_LOGGERS
+from monitor.entry.bootstrap import AZURE_LOGGERS
 from tests.hardening.support import fleet_document, serving
 
 

@@ -22,10 +22,10 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from monitor.config import Settings
 from monitor.domain.errors import SettingError
+from monitor.entry.config import Settings
+from monitor.entry.serve import Server, is_loopback, require_credentials
 from monitor.sandbox import Sandbox
-from monitor.serve import Server, is_loopback, require_credentials
 from tests.builders import VAULT, key, key_event, namespace, ref, run_cli, scenario
 from tests.hardening.support import FAST_AZURE, parsed
 

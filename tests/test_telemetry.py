@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from azure.keyvault.keys._shared import http_challenge_cache
 
-from monitor.bootstrap import build_monitor
-from monitor.config import Settings
+from monitor.app.service import handle_event, poll
 from monitor.domain.scenario import format_instant, parse_scenario
-from monitor.events import KeyVaultEvent, parse_event
+from monitor.entry.bootstrap import build_monitor
+from monitor.entry.config import Settings
+from monitor.formats.events import KeyVaultEvent, parse_event
 from monitor.sandbox import Sandbox
-from monitor.service import handle_event, poll
 from tests.builders import VAULT, key, namespace, ref, scenario, version
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
@@ -110,7 +110,7 @@ def test_the_heartbeat_gauge_is_the_age_of_the_last_complete_poll_by_any_instanc
     wall time while nobody polls); instance B, whose poll is skipped while A holds the lease, reports A's."""
     import dataclasses
 
-    from monitor import service, telemetry
+    from monitor.app import service, telemetry
 
     heartbeat = telemetry.PollHeartbeat()
     monkeypatch.setattr(telemetry, "HEARTBEAT", heartbeat)
@@ -147,7 +147,7 @@ def test_the_heartbeat_gauge_is_the_age_of_the_last_complete_poll_by_any_instanc
 def test_a_poll_is_a_span_with_its_azure_calls_as_children_and_logs_carry_its_trace(tmp_path: Path):
     import logging
 
-    from monitor.telemetry import TRACER, TraceContextFilter
+    from monitor.app.telemetry import TRACER, TraceContextFilter
     from tests.conftest import SPANS
 
     parsed, _ = parse_scenario(scenario([namespace("sb-one", ref("k1"))], [key("k1")], now=format_instant(NOW)))
@@ -182,7 +182,7 @@ def test_otlp_export_goes_to_the_configured_endpoint(receivers_http):
     from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    from monitor.bootstrap import telemetry_providers
+    from monitor.entry.bootstrap import telemetry_providers
 
     meter_provider, tracer_provider = telemetry_providers(
         {"OTEL_EXPORTER_OTLP_ENDPOINT": receivers_http.url("")}, prometheus=False
@@ -269,8 +269,8 @@ def test_azure_monitor_gets_our_log_records_tied_to_their_trace(receivers_http):
     other libraries' records stay out."""
     script = """
 import logging
-from monitor.bootstrap import configure_telemetry
-from monitor.telemetry import TRACER
+from monitor.entry.bootstrap import configure_telemetry
+from monitor.app.telemetry import TRACER
 assert configure_telemetry(prometheus=False)
 logging.getLogger("keyhealth.service").warning("poll could not list subscription s-1")
 with TRACER.start_as_current_span("keyhealth.poll") as span:

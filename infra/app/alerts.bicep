@@ -1,4 +1,4 @@
-// Azure Monitor metric alerts on the metrics keyhealth emits (monitor/telemetry.py), to the given action group.
+// Azure Monitor metric alerts on the metrics keyhealth emits (monitor/app/telemetry.py), to the given action group.
 // The metrics reach Application Insights as custom metrics once the app exports to Azure Monitor (see
 // infra/README.md); until a metric has arrived the rule has nothing to evaluate, so validation is skipped.
 // One log alert watches the monitor itself: it fires on the absence of completed polls, so a dead app alerts.

@@ -1,5 +1,5 @@
 // The Functions app on the Flex Consumption plan (Python 3.11), running as the monitor's user-assigned identity,
-// with every setting keyhealth reads (monitor/config.py) set here.
+// with every setting keyhealth reads (monitor/entry/config.py) set here.
 param location string
 param tags object
 param resourceToken string
@@ -106,7 +106,7 @@ var platformSettings = {
   OTEL_EXPORTER_OTLP_ENDPOINT: otlpEndpoint
 }
 
-// Every setting of monitor/config.py, with the value that suits Azure (tests/test_infra.py holds the list).
+// Every setting of monitor/entry/config.py, with the value that suits Azure (tests/test_infra.py holds the list).
 var keyhealthSettings = {
   KEYHEALTH_WARNING_DAYS: warningDays
   KEYHEALTH_CRITICAL_DAYS: criticalDays

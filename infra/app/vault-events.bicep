@@ -58,7 +58,7 @@ resource toMonitor 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-
       }
     }
     eventDeliverySchema: 'EventGridSchema'
-    // Exactly the events monitor/events.py acts on; delete, disable, purge and RBAC changes send none (the poll
+    // Exactly the events monitor/formats/events.py acts on; delete, disable, purge and RBAC changes send none (the poll
     // finds those).
     filter: {
       includedEventTypes: [

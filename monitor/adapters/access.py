@@ -14,8 +14,8 @@ from azure.core.exceptions import AzureError
 from azure.mgmt.keyvault.models import Vault as ArmVault
 
 from monitor.adapters.azure_clients import AzureClients, describe_failure
+from monitor.app.ports import VaultReading
 from monitor.domain.model import Vault, name_id, vault_id, vault_short_name
-from monitor.ports import VaultReading
 
 # Key Vault data actions behind each permission Service Bus needs.
 DATA_ACTIONS = {

@@ -31,8 +31,8 @@ from azure.mgmt.resourcegraph.aio import ResourceGraphClient
 from azure.mgmt.servicebus.aio import ServiceBusManagementClient
 
 from monitor.adapters.throttle import VaultRateLimiter, VaultThrottlePolicy
+from monitor.app.telemetry import record_azure_request
 from monitor.domain.model import vault_id
-from monitor.telemetry import record_azure_request
 
 DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 _MAX_REASON = 300

@@ -20,11 +20,11 @@ from azure.keyvault.keys.aio import KeyClient
 from opentelemetry.trace import SpanKind
 
 from monitor.adapters.azure_clients import AzureClients, describe_failure
+from monitor.app.telemetry import TRACER
 from monitor.domain.errors import ReadError
 from monitor.domain.model import Key, KeyVersion, key_url, name_id, vault_id
 from monitor.domain.names import key_name_problem, vault_host_problem
 from monitor.domain.usability import version_reasons
-from monitor.telemetry import TRACER
 
 log = logging.getLogger("keyhealth.keyvault")
 

@@ -14,9 +14,9 @@ from azure.mgmt.resourcegraph.aio import ResourceGraphClient
 
 from monitor.adapters.azure_clients import AzureClients, describe_failure
 from monitor.adapters.servicebus import ServiceBusInventory, namespace_from_document
+from monitor.app.ports import FleetListing
 from monitor.domain.errors import ReadError
 from monitor.domain.model import Namespace, name_id
-from monitor.ports import FleetListing
 
 log = logging.getLogger("keyhealth.inventory")
 

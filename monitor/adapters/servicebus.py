@@ -10,9 +10,9 @@ from azure.core.exceptions import AzureError
 from azure.mgmt.servicebus.models import SBNamespace
 
 from monitor.adapters.azure_clients import AzureClients, describe_failure
+from monitor.app.ports import FleetListing
 from monitor.domain.errors import ReadError
 from monitor.domain.model import KeyRef, Namespace, NamespaceIdentity
-from monitor.ports import FleetListing
 
 KEY_VAULT_SOURCE = "microsoft.keyvault"
 

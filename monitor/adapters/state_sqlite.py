@@ -22,9 +22,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from monitor.domain.errors import StaleWriteError, StateStoreError
-from monitor.domain.model import KeyId, name_id, vault_id
-from monitor.state import (
+from monitor.app.state import (
     BUDGET_KEPT,
     Incident,
     Lease,
@@ -37,6 +35,8 @@ from monitor.state import (
     namespace_key,
     utc,
 )
+from monitor.domain.errors import StaleWriteError, StateStoreError
+from monitor.domain.model import KeyId, name_id, vault_id
 
 __all__ = ["SCHEMA_VERSION", "SqliteStateStore"]
 
@@ -50,7 +50,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             namespace_key TEXT PRIMARY KEY,      -- lower-cased ARM id: ARM ids are case-insensitive
             namespace_id  TEXT NOT NULL,         -- the id as last written
             evaluated_at  TEXT NOT NULL,         -- UTC, fixed width, so text order is time order
-            document      TEXT NOT NULL          -- monitor.render.namespace_document(), JSON
+            document      TEXT NOT NULL          -- monitor.formats.render.namespace_document(), JSON
         )""",
         """CREATE TABLE namespace_key (
             namespace_key TEXT NOT NULL REFERENCES namespace_state (namespace_key) ON DELETE CASCADE,
@@ -86,7 +86,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     (
         """CREATE TABLE outbox (
-            id              TEXT PRIMARY KEY,    -- monitor.state.outbox_id(): sorts in the order entries were made
+            id              TEXT PRIMARY KEY,    -- monitor.app.state.outbox_id(): sorts in the order entries were made
             namespace_key   TEXT NOT NULL,
             namespace_id    TEXT NOT NULL,
             condition       TEXT NOT NULL,

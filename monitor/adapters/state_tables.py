@@ -54,9 +54,7 @@ from azure.data.tables import TableEntity, TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from monitor.adapters.azure_clients import describe_failure
-from monitor.domain.errors import StaleWriteError, StateStoreError
-from monitor.domain.model import KeyId, name_id, vault_id
-from monitor.state import (
+from monitor.app.state import (
     BUDGET_KEPT,
     Incident,
     Lease,
@@ -69,6 +67,8 @@ from monitor.state import (
     namespace_key,
     utc,
 )
+from monitor.domain.errors import StaleWriteError, StateStoreError
+from monitor.domain.model import KeyId, name_id, vault_id
 
 __all__ = ["TableStateStore"]
 

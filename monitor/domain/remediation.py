@@ -1,6 +1,6 @@
 """Remediation planning: which keys to rotate or recover and which namespaces to unpin, and why not.
 
-Pure: it proposes from judged namespaces; monitor.remediation re-reads, guards and acts. Never
+Pure: it proposes from judged namespaces; monitor.app.remediation re-reads, guards and acts. Never
 anything that disables, deletes or purges.
 """
 

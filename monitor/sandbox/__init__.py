@@ -1,8 +1,12 @@
-"""The local Azure stand-in: HTTPS ARM and Key Vault serving a scenario's World, with faults and events."""
+"""The local Azure stand-in: HTTPS ARM and Key Vault serving a scenario's World, with faults and events.
 
-from monitor.credentials import AsyncStaticTokenCredential, StaticTokenCredential
+Used by the tests, the demo and `keyhealth sandbox`; never by the app in Azure. May import
+`monitor.domain` and `monitor.formats` (to read scenario files); it behaves like Azure, refusals included.
+"""
+
 from monitor.domain.errors import ChangeRejectedError, SandboxError, SandboxNotRunningError, UnknownVaultError
 from monitor.sandbox.clock import SandboxClock
+from monitor.sandbox.credentials import AsyncStaticTokenCredential, StaticTokenCredential
 from monitor.sandbox.events import Delivery, EventSubscription, KeyVaultEvent
 from monitor.sandbox.faults import FaultRule, Faults, RateLimit
 from monitor.sandbox.requestlog import RequestLog, RequestRecord

@@ -11,9 +11,9 @@ from types import FrameType
 from typing import Any, TextIO
 
 from monitor.domain.scenario import format_instant
+from monitor.formats.scenario_io import load_scenario
 from monitor.sandbox.events import Schema
 from monitor.sandbox.server import Sandbox
-from monitor.scenario_io import load_scenario
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

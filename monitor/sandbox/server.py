@@ -31,12 +31,12 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
-from monitor.credentials import DEFAULT_TOKEN
 from monitor.domain.errors import SandboxError, SandboxNotRunningError
 from monitor.domain.model import Change, Scenario
 from monitor.sandbox.arm_api import DEFAULT_PAGE_SIZE, ArmApi
 from monitor.sandbox.certs import Certificates
 from monitor.sandbox.clock import SandboxClock
+from monitor.sandbox.credentials import DEFAULT_TOKEN
 from monitor.sandbox.events import EventPlanner, EventSubscription, Schema
 from monitor.sandbox.faults import KEYVAULT_RATE_LIMIT, FaultRule, Faults, RateLimit, RequestInfo, forbidden_message
 from monitor.sandbox.keymaterial import KeyMaterial

@@ -18,13 +18,13 @@ import pytest
 
 from monitor.adapters.azure_clients import AzureClients
 from monitor.adapters.keyvault import FULL_READ_EVERY, KeyVaultKeys
-from monitor.bootstrap import azure_options, build_monitor
-from monitor.config import Settings
+from monitor.app.service import Monitor, PollResult, poll
 from monitor.domain.model import DeleteKey, KeyVersion, NewVersion, UpdateVersion
 from monitor.domain.scenario import format_instant, parse_scenario
-from monitor.render import namespace_document
+from monitor.entry.bootstrap import azure_options, build_monitor
+from monitor.entry.config import Settings
+from monitor.formats.render import namespace_document
 from monitor.sandbox import AsyncStaticTokenCredential, Sandbox
-from monitor.service import Monitor, PollResult, poll
 from tests.builders import VAULT, key, namespace, ref, scenario, version
 
 NOW = (datetime.now(UTC) - timedelta(days=1)).replace(microsecond=0)

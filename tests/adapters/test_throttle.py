@@ -164,9 +164,9 @@ def crowded_fleet(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
 
 
 def _scan(limiter: VaultRateLimiter | None, sandbox: Sandbox) -> dict[str, str]:
-    from monitor.bootstrap import azure_readers
-    from monitor.config import Settings
-    from monitor.service import check
+    from monitor.app.service import check
+    from monitor.entry.bootstrap import azure_readers
+    from monitor.entry.config import Settings
 
     settings = Settings.from_environment()
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from monitor.cli import main
+from monitor.entry.cli import main
 from tests.alerts.receiver import AlertReceiver
 
 

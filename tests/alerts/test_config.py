@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from monitor.alert_config import parse_alert_config
-from monitor.alerting import Route, Router
+from monitor.app.alerting import Route, Router
 from monitor.domain.alert import AlertKey, sample_alert
 from monitor.domain.errors import AlertConfigError
 from monitor.domain.incidents import Level
+from monitor.entry.alert_config import parse_alert_config
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 ENV = {"TEAMS_URL": "https://example.webhook.office.com/workflows/abc?sig=x", "PD_KEY": "k" * 32}

@@ -15,11 +15,11 @@ import pytest
 
 from monitor.adapters.alerts import build_sinks
 from monitor.adapters.state_sqlite import SqliteStateStore
-from monitor.alert_config import parse_alert_config
-from monitor.alerting import Alerting, AlertPolicy, deliver, raise_alerts
+from monitor.app.alerting import Alerting, AlertPolicy, deliver, raise_alerts
 from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import NamespaceReport, evaluate
 from monitor.domain.scenario import format_instant, parse_scenario
+from monitor.entry.alert_config import parse_alert_config
 from tests.alerts.receiver import AlertReceiver
 from tests.builders import key, namespace, ref, scenario, version
 
@@ -218,7 +218,7 @@ def test_two_instances_judging_the_same_change_queue_one_notice(tmp_path: Path, 
 
 def test_two_drains_in_one_process_deliver_each_alert_once(tmp_path: Path, receivers: Receivers, ca_bundle: str):
     """A delivery timer and a wake-up in the same process at once: each alert still goes once."""
-    from monitor.service import Monitor, Readers, deliver_alerts
+    from monitor.app.service import Monitor, Readers, deliver_alerts
 
     receiver = receivers(delay=0.2)
 
@@ -244,7 +244,7 @@ def test_two_drains_in_one_process_deliver_each_alert_once(tmp_path: Path, recei
 
 def test_a_namespace_that_leaves_the_fleet_resolves_its_incidents(tmp_path: Path, receivers: Receivers, ca_bundle: str):
     """Deleted (or no longer on a customer key): its open incident resolves, to the sinks that heard it open."""
-    from monitor.alerting import resolve_removed
+    from monitor.app.alerting import resolve_removed
 
     receiver = receivers()
 

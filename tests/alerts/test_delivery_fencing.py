@@ -14,12 +14,12 @@ from typing import Any, cast
 import pytest
 
 from monitor.adapters.alerts import build_sinks
-from monitor.alert_config import parse_alert_config
-from monitor.alerting import Alerting, AlertPolicy, DeliveryReport, deliver, raise_alerts
+from monitor.app.alerting import Alerting, AlertPolicy, DeliveryReport, deliver, raise_alerts
+from monitor.app.state import OutboxEntry, StateStore
 from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import evaluate
 from monitor.domain.scenario import format_instant, parse_scenario
-from monitor.state import OutboxEntry, StateStore
+from monitor.entry.alert_config import parse_alert_config
 from tests.alerts.receiver import AlertReceiver
 from tests.builders import key, namespace, ref, scenario, version
 from tests.state.support import StoreOpener, sqlite_opener, tables_opener

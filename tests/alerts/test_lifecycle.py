@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from azure.keyvault.keys._shared import http_challenge_cache
 
-from monitor.bootstrap import build_monitor
-from monitor.config import Settings
+from monitor.app.service import EventOutcome, Monitor, deliver_alerts, handle_event, poll
 from monitor.domain.model import KeyVersion, NewVersion
 from monitor.domain.scenario import format_instant, parse_scenario
-from monitor.events import parse_event
+from monitor.entry.bootstrap import build_monitor
+from monitor.entry.config import Settings
+from monitor.formats.events import parse_event
 from monitor.sandbox import Sandbox
-from monitor.service import EventOutcome, Monitor, deliver_alerts, handle_event, poll
 from tests.alerts.receiver import AlertReceiver
 from tests.builders import key, namespace, ref, scenario, vault, version
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import Settings
+from monitor.entry.config import Settings
 from tests.alerts.receiver import AlertReceiver
 from tests.alerts.test_delivery import Harness
 

@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 from azure.keyvault.keys._shared import http_challenge_cache
 
-from monitor.config import Settings
 from monitor.domain.scenario import format_instant, parse_scenario
+from monitor.entry.config import Settings
+from monitor.entry.serve import Server
 from monitor.sandbox import Sandbox
-from monitor.serve import Server
 from tests.alerts.receiver import AlertReceiver
 from tests.builders import key, namespace, ref, scenario, version
 

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from azure.keyvault.keys._shared import http_challenge_cache
 
-from monitor.bootstrap import build_monitor
-from monitor.config import Settings
+from monitor.app.service import Monitor, deliver_alerts, poll
 from monitor.domain.errors import SettingError
+from monitor.entry.bootstrap import build_monitor
+from monitor.entry.config import Settings
 from monitor.sandbox import Sandbox
-from monitor.service import Monitor, deliver_alerts, poll
 from tests.alerts.receiver import AlertReceiver
 from tests.builders import key, namespace, ref, scenario
 from tests.hardening.support import FAST_AZURE, parsed

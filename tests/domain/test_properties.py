@@ -35,7 +35,7 @@ from monitor.domain.model import (
 from monitor.domain.prediction import NamespacePrediction, Status, predict_scenario, usable_intervals
 from monitor.domain.scenario import parse_scenario, scenario_document
 from monitor.domain.usability import World, assess
-from monitor.render import prediction_document
+from monitor.formats.render import prediction_document
 from tests.strategies import BASE, all_refs, ref_identity, scenarios, vault_uris
 
 SECOND = timedelta(seconds=1)

@@ -16,11 +16,11 @@ from typing import Any
 
 import aiohttp
 
-from monitor.config import Settings
 from monitor.domain.model import Scenario
 from monitor.domain.scenario import parse_scenario
+from monitor.entry.config import Settings
+from monitor.entry.serve import SECRET_HEADER, Server
 from monitor.sandbox import Sandbox
-from monitor.serve import SECRET_HEADER, Server
 from tests.builders import key, namespace, ref, scenario, vault, version
 
 NOW = "2026-11-22T00:00:00Z"

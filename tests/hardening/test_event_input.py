@@ -12,7 +12,7 @@ import pytest
 
 from monitor.adapters.state_sqlite import SqliteStateStore
 from monitor.domain.errors import EventBodyError
-from monitor.events import KeyVaultEvent, RejectedEvent, parse_delivery
+from monitor.formats.events import KeyVaultEvent, RejectedEvent, parse_delivery
 from tests.hardening.support import minimal_key_event
 
 

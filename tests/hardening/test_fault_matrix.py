@@ -23,13 +23,13 @@ from typing import Any
 
 import pytest
 
-from monitor.bootstrap import build_monitor
-from monitor.config import Settings
+from monitor.app.service import deliver_alerts, poll
 from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import evaluate
+from monitor.entry.bootstrap import build_monitor
+from monitor.entry.config import Settings
 from monitor.sandbox import Sandbox
 from monitor.sandbox.faults import FaultRule, Faults
-from monitor.service import deliver_alerts, poll
 from tests.alerts.receiver import AlertReceiver
 from tests.builders import key, namespace, ref, scenario, vault, version
 from tests.hardening.fuzzing import record

@@ -19,7 +19,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from monitor.domain.errors import EventBodyError
-from monitor.events import (
+from monitor.formats.events import (
     MAX_EVENTS_PER_BATCH,
     KeyVaultEvent,
     KeyVaultEventType,

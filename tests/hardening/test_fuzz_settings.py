@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.config import SETTINGS, Settings
 from monitor.domain.errors import SettingError
+from monitor.entry.config import SETTINGS, Settings
 from tests.hardening.fuzzing import NASTY_TEXT, examples, json_values, record
 
 SECRET_MARK = "PLANTEDs3cret"

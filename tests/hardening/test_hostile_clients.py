@@ -10,10 +10,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from monitor.bootstrap import build_monitor
-from monitor.config import Settings
+from monitor.entry.bootstrap import build_monitor
+from monitor.entry.config import Settings
+from monitor.entry.serve import SECRET_HEADER, Server
 from monitor.sandbox import Sandbox
-from monitor.serve import SECRET_HEADER, Server
 from tests.hardening.support import FAST_AZURE, TEST_SECRET, fleet_document, parsed
 
 GIVE_UP = 30.0  # a liveness bound for the test, far above the server's timeouts; never a speed target

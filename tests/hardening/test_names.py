@@ -150,8 +150,8 @@ def test_a_name_from_an_azure_answer_that_key_vault_would_refuse_is_not_sent_and
     Vault, and the read fails as unseen (ReadError: unknown), not as a missing key."""
     from monitor.adapters.azure_clients import AzureClients, AzureOptions
     from monitor.adapters.keyvault import KeyVaultKeys
-    from monitor.credentials import AsyncStaticTokenCredential
     from monitor.domain.errors import ReadError
+    from monitor.sandbox.credentials import AsyncStaticTokenCredential
 
     async def run() -> list[str]:
         clients = AzureClients(

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from monitor.config import Settings
+from monitor.app.service import POLL_LEASE
+from monitor.entry.config import Settings
+from monitor.entry.serve import Server
 from monitor.sandbox import Sandbox
-from monitor.serve import Server
-from monitor.service import POLL_LEASE
 from tests.hardening.support import TEST_SECRET, parsed
 from tests.hardening.test_restarts import Serve, _wait, fleet
 

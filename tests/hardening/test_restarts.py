@@ -30,11 +30,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from monitor.bootstrap import build_monitor
-from monitor.config import Settings
+from monitor.app.service import poll
 from monitor.domain.scenario import format_instant
+from monitor.entry.bootstrap import build_monitor
+from monitor.entry.config import Settings
 from monitor.sandbox import Sandbox
-from monitor.service import poll
 from tests.builders import key, namespace, ref, scenario, version
 from tests.hardening.fuzzing import EXTENDED, record
 from tests.hardening.support import TEST_SECRET, parsed

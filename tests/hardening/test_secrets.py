@@ -27,12 +27,12 @@ from typing import Any
 
 import pytest
 
-from monitor.bootstrap import build_monitor
-from monitor.cli import main
-from monitor.config import Settings
+from monitor.app.service import deliver_alerts, poll
+from monitor.entry.bootstrap import build_monitor
+from monitor.entry.cli import main
+from monitor.entry.config import Settings
+from monitor.entry.serve import Server
 from monitor.sandbox import Sandbox
-from monitor.serve import Server
-from monitor.service import deliver_alerts, poll
 from tests.alerts.receiver import AlertReceiver
 from tests.builders import key_event
 from tests.hardening.fuzzing import record

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from monitor.config import Settings
 from monitor.domain.errors import SettingError
+from monitor.entry.config import Settings
 
 
 def _refused(environment: dict[str, str]) -> SettingError:

@@ -71,8 +71,8 @@ def _scale_down(limiter: VaultRateLimiter) -> None:
 
 
 def _read_from_two_instances(shared: bool) -> list[VaultRateLimiter]:
-    from monitor.bootstrap import build_monitor
-    from monitor.config import Settings
+    from monitor.entry.bootstrap import build_monitor
+    from monitor.entry.config import Settings
 
     async def instance(monitor: object) -> None:
         keys = monitor.readers.keys  # type: ignore[attr-defined]

@@ -19,9 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from monitor.domain.model import DeleteKey, SetAccess
-from monitor.events import MAX_EVENTS_PER_BATCH
+from monitor.entry.serve import MAX_BODY
+from monitor.formats.events import MAX_EVENTS_PER_BATCH
 from monitor.sandbox import Sandbox
-from monitor.serve import MAX_BODY
 from tests.builders import SYSTEM_PRINCIPAL, key_event
 from tests.hardening.fuzzing import examples, json_values, record
 from tests.hardening.support import FAST_AZURE, OTHER, VAULT, ServeThread, fleet_document, parsed

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from azure.keyvault.keys._shared import http_challenge_cache
 
-from monitor.bootstrap import build_monitor
-from monitor.config import Settings
+from monitor.app.service import Monitor, handle_event, poll, remediate_once
 from monitor.domain.errors import RemediationError
 from monitor.domain.scenario import format_instant, parse_scenario
-from monitor.events import KeyVaultEvent, parse_event
-from monitor.render import namespace_document
+from monitor.entry.bootstrap import build_monitor
+from monitor.entry.config import Settings
+from monitor.formats.events import KeyVaultEvent, parse_event
+from monitor.formats.render import namespace_document
 from monitor.sandbox import Sandbox
-from monitor.service import Monitor, handle_event, poll, remediate_once
 from tests.builders import VAULT, key, namespace, ref, scenario, version
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
@@ -396,7 +396,7 @@ def test_the_remediate_command_shows_the_plan_and_writes_nothing_on_a_dry_run(
 ):
     import io
 
-    from monitor.cli import main
+    from monitor.entry.cli import main
 
     with Sandbox(_fleet(), clock_start=datetime.now(UTC)) as sandbox:
         for name, value in {**sandbox.environment(), **ALLOWED}.items():

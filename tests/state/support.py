@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
+from monitor.app.state import NamespaceState, StateStore
 from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import evaluate
 from monitor.domain.model import KeyRef, Namespace, NamespaceIdentity, Scenario, Snapshot
 from monitor.domain.scenario import parse_scenario, scenario_document
-from monitor.render import namespace_document
-from monitor.state import NamespaceState, StateStore
+from monitor.formats.render import namespace_document
 
 ROOT = Path(__file__).resolve().parents[2]
 AZURITE_TABLE = ROOT / "node_modules" / ".bin" / "azurite-table"
@@ -149,7 +149,7 @@ def _fleet_documents() -> tuple[tuple[Namespace, str], ...]:
 
 
 def fleet_states(evaluated_at: datetime = T0) -> list[NamespaceState]:
-    """One state a namespace of examples/fleet.json, each document exactly as monitor.render makes it."""
+    """One state a namespace of examples/fleet.json, each document exactly as monitor.formats.render makes it."""
     return [
         NamespaceState.of(namespace, json.loads(document), evaluated_at=evaluated_at)
         for namespace, document in _fleet_documents()

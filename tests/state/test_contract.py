@@ -8,8 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from monitor.domain.errors import StaleWriteError
-from monitor.state import (
+from monitor.app.state import (
     BUDGET_KEPT,
     Incident,
     Lease,
@@ -19,6 +18,7 @@ from monitor.state import (
     StateStore,
     outbox_id,
 )
+from monitor.domain.errors import StaleWriteError
 from tests.state.support import T0, StoreOpener, fleet_states, large_scenario_document, run, state
 
 KV = "https://kv-payments.vault.azure.net"

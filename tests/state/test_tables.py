@@ -17,8 +17,8 @@ from azure.data.tables.aio import TableServiceClient
 
 from monitor.adapters import state_tables
 from monitor.adapters.state_tables import TableStateStore
+from monitor.app.state import Incident
 from monitor.domain.errors import StateStoreError
-from monitor.state import Incident
 from tests.state.support import (
     AZURITE_KEY,
     T0,

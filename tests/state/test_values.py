@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from monitor.app.state import Incident, Lease, NamespaceState, StoredSnapshot, namespace_key, utc
 from monitor.domain.model import KeyRef, Namespace
-from monitor.state import Incident, Lease, NamespaceState, StoredSnapshot, namespace_key, utc
 from tests.state.support import T0
 
 NS_ID = "/subscriptions/S/resourceGroups/RG/providers/Microsoft.ServiceBus/namespaces/SB-A"

@@ -13,8 +13,7 @@ from monitor.adapters.alerts.pagerduty import EVENTS_URL, PagerDutySink
 from monitor.adapters.alerts.slack import SlackSink
 from monitor.adapters.alerts.teams import TeamsSink
 from monitor.adapters.alerts.webhook import WebhookSink
-from monitor.alert_config import SinkSpec
-from monitor.ports import AlertSink
+from monitor.app.ports import AlertSink, SinkSpec
 
 __all__ = ["SinkSet", "build_sinks"]
 

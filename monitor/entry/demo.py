@@ -18,18 +18,18 @@ from typing import Any, TextIO
 import aiohttp
 from aiohttp import web
 
-from monitor.bootstrap import build_monitor
-from monitor.config import Settings
 from monitor.domain.findings import humanize
 from monitor.domain.model import (
     Scenario,
 )
 from monitor.domain.scenario import format_instant, parse_instant
 from monitor.domain.timeline import describe_change
-from monitor.render import render_table
+from monitor.entry.bootstrap import build_monitor
+from monitor.entry.config import Settings
+from monitor.entry.serve import SECRET_HEADER, Server
+from monitor.formats.render import render_table
+from monitor.formats.scenario_io import load_scenario
 from monitor.sandbox import Sandbox
-from monitor.scenario_io import load_scenario
-from monitor.serve import SECRET_HEADER, Server
 
 DEMO_FLEET = "demo-fleet.json"
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Protocol
 
 from monitor.domain.alert import Alert
+from monitor.domain.incidents import Level
 from monitor.domain.model import Key, KeyRef, KeyVersion, Namespace, Vault
 
 __all__ = [
@@ -82,6 +83,25 @@ class AccessReader(Protocol):
     async def read_vaults(self, vault_uris: Sequence[str], *, subscriptions: Sequence[str]) -> VaultReading:
         """What ARM says about each vault; unreadable ones land in `blind`, never raise for one vault."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSpec:
+    """One configured sink, with its secrets read from their settings. repr() shows no secret."""
+
+    name: str
+    kind: str
+    min_level: Level = Level.WARNING
+    url: str | None = field(default=None, repr=False)
+    secret: str | None = field(default=None, repr=False)
+    routing_key: str | None = field(default=None, repr=False)
+    endpoint: str | None = None
+    key: str | None = field(default=None, repr=False)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every value that must never be logged (the URL too: Teams and Slack URLs carry tokens)."""
+        return tuple(s for s in (self.url, self.secret, self.routing_key, self.key) if s)
 
 
 class AlertSink(Protocol):

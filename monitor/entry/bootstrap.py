@@ -20,12 +20,12 @@ from monitor.adapters.keyvault import KeyVaultKeys
 from monitor.adapters.resourcegraph import ResourceGraphInventory
 from monitor.adapters.rotation import AzureRemediator
 from monitor.adapters.servicebus import ServiceBusInventory
-from monitor.alerting import Alerting
-from monitor.coalescing import EventCoalescer
-from monitor.config import Settings
-from monitor.remediation import Remediation
-from monitor.service import Monitor, Readers
-from monitor.state import StateStore
+from monitor.app.alerting import Alerting
+from monitor.app.coalescing import EventCoalescer
+from monitor.app.remediation import Remediation
+from monitor.app.service import Monitor, Readers
+from monitor.app.state import StateStore
+from monitor.entry.config import Settings
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
@@ -49,7 +49,7 @@ def azure_options(settings: Settings) -> AzureOptions:
 def build_credential(settings: Settings) -> AsyncTokenCredential:
     """A static token for a local stand-in, else DefaultAzureCredential (managed identity, az login, ...)."""
     if settings.static_token:
-        from monitor.credentials import AsyncStaticTokenCredential
+        from monitor.sandbox.credentials import AsyncStaticTokenCredential
 
         return AsyncStaticTokenCredential(settings.static_token)
     from azure.identity.aio import DefaultAzureCredential

@@ -9,10 +9,10 @@ from typing import Any
 
 import azure.functions as func
 
-from monitor.bootstrap import build_monitor, configure_telemetry
-from monitor.config import Settings
-from monitor.events import KeyVaultEvent, RejectedEvent, SubscriptionValidation, parse_event
-from monitor.service import EventOutcome, Monitor, deliver_alerts, handle_events, poll, status_document
+from monitor.app.service import EventOutcome, Monitor, deliver_alerts, handle_events, poll, status_document
+from monitor.entry.bootstrap import build_monitor, configure_telemetry
+from monitor.entry.config import Settings
+from monitor.formats.events import KeyVaultEvent, RejectedEvent, SubscriptionValidation, parse_event
 
 log = logging.getLogger("keyhealth")
 _monitor: Monitor | None = None

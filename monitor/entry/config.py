@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from monitor.alert_config import AlertConfig, parse_alert_config
-from monitor.alerting import AlertPolicy
+from monitor.app.alerting import AlertPolicy
 from monitor.domain.errors import AlertConfigError, KeyPatternError, SettingError, encodable
 from monitor.domain.findings import Thresholds
 from monitor.domain.remediation import Action, Mode, RemediationPolicy, parse_key_pattern
+from monitor.entry.alert_config import AlertConfig, parse_alert_config
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from monitor.alerting import Alerting, queue_action_notice
+from monitor.app.alerting import Alerting, queue_action_notice
+from monitor.app.ports import KeyReader, KeyRemediator
+from monitor.app.state import StateStore
+from monitor.app.telemetry import count_remediation
 from monitor.domain.alert import AlertAction
 from monitor.domain.errors import ReadError, RemediationError
 from monitor.domain.fleet import NamespaceReport
@@ -33,9 +36,6 @@ from monitor.domain.remediation import (
 )
 from monitor.domain.scenario import format_instant
 from monitor.domain.usability import World
-from monitor.ports import KeyReader, KeyRemediator
-from monitor.state import StateStore
-from monitor.telemetry import count_remediation
 
 LOG = logging.getLogger("keyhealth.remediation")
 ACTION_LEASE = timedelta(minutes=5)

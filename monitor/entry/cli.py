@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from monitor import __version__
-from monitor.config import Settings
 from monitor.domain.errors import KeyhealthError, ScenarioError
 from monitor.domain.findings import Severity
 from monitor.domain.fleet import FleetReport, evaluate
 from monitor.domain.model import Scenario
 from monitor.domain.scenario import parse_instant
-from monitor.render import prediction_document, render_table
-from monitor.runtime import batch_gc
-from monitor.scenario_io import load_scenario
+from monitor.entry.config import Settings
+from monitor.entry.runtime import batch_gc
+from monitor.formats.render import prediction_document, render_table
+from monitor.formats.scenario_io import load_scenario
 
 EXIT_HEALTHY = 0
 EXIT_WARNING = 1
@@ -275,8 +275,8 @@ def _scan(
     settings: Settings, subscriptions: Sequence[str] | None, now: datetime, progress: _Progress
 ) -> tuple[Scenario, FleetReport]:
     """Read the live fleet once (Azure, or the stand-in the settings point at) and judge it."""
-    from monitor.bootstrap import azure_readers
-    from monitor.service import check as check_fleet
+    from monitor.app.service import check as check_fleet
+    from monitor.entry.bootstrap import azure_readers
 
     async def scan() -> tuple[Scenario, FleetReport]:
         async with azure_readers(settings) as readers:
@@ -296,7 +296,7 @@ def _scan(
 
 
 def check(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from monitor.scenario_io import save_scenario
+    from monitor.formats.scenario_io import save_scenario
 
     settings = Settings.from_environment()
     subscriptions = args.subscription or settings.subscriptions
@@ -314,7 +314,7 @@ def check(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 
 def report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from monitor.report import build_timeline, render_html, render_png
+    from monitor.formats.report import build_timeline, render_html, render_png
 
     settings = Settings.from_environment()
     if args.live == (args.scenario is not None):
@@ -349,7 +349,7 @@ def report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 
 def demo(args: argparse.Namespace, stdout: TextIO) -> int:
-    from monitor.demo import run_demo
+    from monitor.entry.demo import run_demo
 
     pace = args.pace if args.pace is not None else (1.0 if stdout.isatty() else 0.0)
     if pace < 0:
@@ -359,7 +359,7 @@ def demo(args: argparse.Namespace, stdout: TextIO) -> int:
     if args.metrics:
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-        from monitor.bootstrap import configure_telemetry
+        from monitor.entry.bootstrap import configure_telemetry
 
         reader = InMemoryMetricReader()
         configure_telemetry(prometheus=False, extra_readers=[reader])
@@ -367,14 +367,14 @@ def demo(args: argparse.Namespace, stdout: TextIO) -> int:
         stdout, scenario_path=args.scenario, pace=pace, colour=_use_colour(args.color, stdout), width=width
     )
     if reader is not None:
-        from monitor.render import render_metrics
+        from monitor.formats.render import render_metrics
 
         stdout.write(render_metrics(reader.get_metrics_data()))
     return status
 
 
 def serve(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from monitor.serve import run_serve
+    from monitor.entry.serve import run_serve
 
     settings = Settings.from_environment()
     try:
@@ -409,8 +409,8 @@ def sandbox(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 
 def alerts_test(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from monitor.alerting import send_test_alerts
-    from monitor.bootstrap import build_credential, build_sinks_for
+    from monitor.app.alerting import send_test_alerts
+    from monitor.entry.bootstrap import build_credential, build_sinks_for
 
     settings = Settings.from_environment()
     if not settings.alert_config.sinks:
@@ -439,8 +439,8 @@ def alerts_test(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
 
 
 def remediate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from monitor.bootstrap import build_monitor
-    from monitor.service import remediate_once
+    from monitor.app.service import remediate_once
+    from monitor.entry.bootstrap import build_monitor
 
     settings = Settings.from_environment()
     now = datetime.now(UTC)

@@ -26,12 +26,9 @@ import prometheus_client
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from monitor.alerting import DeliveryReport
-from monitor.config import SETTINGS, Settings
-from monitor.domain.errors import EventBodyError, SettingError, TokenError
-from monitor.events import KeyVaultEvent, RejectedEvent, SubscriptionValidation, parse_delivery
-from monitor.ports import BearerValidator
-from monitor.service import (
+from monitor.app.alerting import DeliveryReport
+from monitor.app.ports import BearerValidator
+from monitor.app.service import (
     POLL_LEASE,
     POLL_LEASE_DURATION,
     POLL_LEASE_RENEW_EVERY,
@@ -43,8 +40,11 @@ from monitor.service import (
     poll,
     status_document,
 )
-from monitor.state import Lease, PollMark
-from monitor.telemetry import TraceContextFilter, count_event
+from monitor.app.state import Lease, PollMark
+from monitor.app.telemetry import TraceContextFilter, count_event
+from monitor.domain.errors import EventBodyError, SettingError, TokenError
+from monitor.entry.config import SETTINGS, Settings
+from monitor.formats.events import KeyVaultEvent, RejectedEvent, SubscriptionValidation, parse_delivery
 
 log = logging.getLogger("keyhealth")
 
@@ -341,7 +341,7 @@ class Server:
         cls, settings: Settings, *, now: Callable[[], datetime] = _utc_now, insecure_loopback: bool = False
     ) -> Server:
         """A server for a Monitor built from `settings`: their schedules, webhook secret and Entra ID tokens."""
-        from monitor.bootstrap import build_monitor, build_token_validator
+        from monitor.entry.bootstrap import build_monitor, build_token_validator
 
         return cls(
             build_monitor(settings),
@@ -740,7 +740,7 @@ def run_serve(
     Raises SettingError for a schedule it cannot read, or when no credential is configured (unless
     `insecure_loopback` and `host` is a loopback address).
     """
-    from monitor.bootstrap import configure_telemetry
+    from monitor.entry.bootstrap import configure_telemetry
 
     try:
         parse_schedule(settings.poll_schedule)

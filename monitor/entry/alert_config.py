@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from monitor.alerting import Route, Router
+from monitor.app.alerting import Route, Router
+from monitor.app.ports import SinkSpec
 from monitor.domain.errors import AlertConfigError
 from monitor.domain.incidents import Level
 
@@ -29,25 +30,6 @@ _FIELDS: dict[str, tuple[set[str], set[str]]] = {
     "pagerduty": ({"routing_key_setting", "url"}, {"routing_key"}),
     "eventgrid": ({"endpoint", "key_setting"}, {"endpoint"}),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class SinkSpec:
-    """One configured sink, with its secrets read from their settings. repr() shows no secret."""
-
-    name: str
-    kind: str
-    min_level: Level = Level.WARNING
-    url: str | None = field(default=None, repr=False)
-    secret: str | None = field(default=None, repr=False)
-    routing_key: str | None = field(default=None, repr=False)
-    endpoint: str | None = None
-    key: str | None = field(default=None, repr=False)
-
-    @property
-    def secrets(self) -> tuple[str, ...]:
-        """Every value that must never be logged (the URL too: Teams and Slack URLs carry tokens)."""
-        return tuple(s for s in (self.url, self.secret, self.routing_key, self.key) if s)
 
 
 @dataclass(frozen=True, slots=True)

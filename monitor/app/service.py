@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from monitor.alerting import (
+from monitor.app.alerting import (
     Alerting,
     AlertPolicy,
     DeliveryReport,
@@ -21,7 +21,12 @@ from monitor.alerting import (
     raise_alerts,
     resolve_removed,
 )
-from monitor.coalescing import EventCoalescer, Target, target_of
+from monitor.app.coalescing import EventCoalescer, Target, target_of
+from monitor.app.leases import LeaseKeeper
+from monitor.app.ports import AccessReader, AlertSink, InventoryReader, KeyReader
+from monitor.app.remediation import Outcome, Remediation, remediate
+from monitor.app.state import EVENT_DEDUPE_TTL, NamespaceState, StateStore
+from monitor.app.telemetry import HEARTBEAT, READINGS, TRACER, count_event, count_poll
 from monitor.domain.alert import Alert
 from monitor.domain.errors import ReadError
 from monitor.domain.findings import Thresholds
@@ -43,13 +48,8 @@ from monitor.domain.model import (
 from monitor.domain.remediation import Mode
 from monitor.domain.scenario import parse_scenario, scenario_document
 from monitor.domain.usability import World
-from monitor.events import KeyVaultEvent, KeyVaultEventType
-from monitor.leases import LeaseKeeper
-from monitor.ports import AccessReader, AlertSink, InventoryReader, KeyReader
-from monitor.remediation import Outcome, Remediation, remediate
-from monitor.render import namespace_document
-from monitor.state import EVENT_DEDUPE_TTL, NamespaceState, StateStore
-from monitor.telemetry import HEARTBEAT, READINGS, TRACER, count_event, count_poll
+from monitor.formats.events import KeyVaultEvent, KeyVaultEventType
+from monitor.formats.render import namespace_document
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
 

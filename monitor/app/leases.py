@@ -10,8 +10,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 
+from monitor.app.state import Lease, StateStore
 from monitor.domain.errors import StateStoreError
-from monitor.state import Lease, StateStore
 
 LOG = logging.getLogger("keyhealth.leases")
 

@@ -1,7 +1,7 @@
 """The state store port: what polls and event handlers remember between runs, and the values it holds.
 
-Kept apart from monitor.ports only while others edit that module; it belongs there and imports only
-the domain, as ports do.
+A seam like those in `monitor.app.ports`, in a file of its own for its size; it imports only the domain,
+and the stores in `monitor.adapters` (SQLite, Table Storage) implement it.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _key_id(pair: tuple[str, str]) -> KeyId:
 class NamespaceState:
     """A namespace's last judgement: its prediction document, when it was made, and the keys it lists.
 
-    `document` is what monitor.render.namespace_document() produced (JSON-ready: id, name, status_now,
+    `document` is what monitor.formats.render.namespace_document() produced (JSON-ready: id, name, status_now,
     usable_keys_now, keys_total, revoked_at_earliest, revoked_by, findings, ...). `key_ids` feed the
     key and vault index; they are normalised to (vault_id, name_id). Raises ValueError when the
     document has no id or `evaluated_at` is naive.

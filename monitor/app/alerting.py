@@ -16,6 +16,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
+from monitor.app.leases import LeaseKeeper
+from monitor.app.ports import AlertSink
+from monitor.app.state import Incident, OutboxEntry, StateStore, namespace_key, notice_id, outbox_id
+from monitor.app.telemetry import count_delivery
 from monitor.domain.alert import (
     WATCHDOG_ID,
     Alert,
@@ -41,10 +45,6 @@ from monitor.domain.incidents import (
     observe,
 )
 from monitor.domain.model import KeyId
-from monitor.leases import LeaseKeeper
-from monitor.ports import AlertSink
-from monitor.state import Incident, OutboxEntry, StateStore, namespace_key, notice_id, outbox_id
-from monitor.telemetry import count_delivery
 
 LOG = logging.getLogger("keyhealth.alerts")
 DELIVERY_LEASE = "alert-delivery"
