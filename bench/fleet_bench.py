@@ -9,7 +9,7 @@ from its own process (so it has a core of its own) with 20 ms added to every ans
 limit enforced (4,000 requests per 10 s per vault, then 429 with Retry-After).
 
 Measured, each in a fresh process:
-- our poll (`monitor.app.service.poll`: Resource Graph inventory, vault reads, paced key reads, prediction,
+- our poll (`monitor.app.poll.poll`: Resource Graph inventory, vault reads, paced key reads, prediction,
   findings, state recorded in SQLite): the first poll (nothing learnt yet: every key read in full) and
   the next one (steady state: unchanged keys confirmed from each vault's key listing), wall and CPU
   time, requests the stand-in answered, 429s, peak RSS;
@@ -188,7 +188,8 @@ def _peak_mib() -> float:
 def measure_poll(environment: dict[str, str], share: str, shared_key_vault: str, results: Connection) -> None:
     """Two polls (first, then steady state), then one event for the shared key."""
     os.environ.update(environment)
-    from monitor.app.service import handle_event, poll
+    from monitor.app.events import handle_event
+    from monitor.app.poll import poll
     from monitor.entry.bootstrap import build_monitor
     from monitor.entry.config import Settings
     from monitor.formats.events import parse_event

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from monitor.app.service import EventResult, handle_event, poll
+from monitor.app.events import EventResult, handle_event
+from monitor.app.poll import poll
 from monitor.domain.scenario import format_instant, parse_scenario
 from monitor.entry.bootstrap import build_monitor
 from monitor.entry.config import Settings

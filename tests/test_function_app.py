@@ -18,7 +18,7 @@ from azure.functions.timer import TimerRequest
 from azure.keyvault.keys._shared import http_challenge_cache
 
 from function_app import app
-from monitor.app.service import Monitor
+from monitor.app.monitor import Monitor
 from monitor.domain.model import DeleteKey, SetAccess
 from monitor.domain.scenario import parse_scenario
 from monitor.entry import functions_host as host

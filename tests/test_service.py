@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from monitor.app.service import Monitor, poll
+from monitor.app.monitor import Monitor
+from monitor.app.poll import poll
 from monitor.app.state import PollMark
 from monitor.entry.bootstrap import build_monitor
 from monitor.entry.config import Settings
@@ -115,7 +116,7 @@ def test_an_event_before_the_first_poll_is_no_state_and_after_it_a_strangers_vau
     """Before any poll stored the inventory nothing can tell a stranger's vault from the fleet's: no-state
     (the next poll covers it). After one, the same event is ignored, and the fleet's own key is evaluated;
     neither of the first two costs a Key Vault request."""
-    from monitor.app.service import handle_event
+    from monitor.app.events import handle_event
     from monitor.formats.events import KeyVaultEvent, parse_event
     from tests.builders import VAULT, key_event
 

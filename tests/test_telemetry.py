@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from azure.keyvault.keys._shared import http_challenge_cache
 
-from monitor.app.service import handle_event, poll
+from monitor.app.events import handle_event
+from monitor.app.poll import poll
 from monitor.domain.scenario import format_instant, parse_scenario
 from monitor.entry.bootstrap import build_monitor
 from monitor.entry.config import Settings
@@ -110,11 +111,13 @@ def test_the_heartbeat_gauge_is_the_age_of_the_last_complete_poll_by_any_instanc
     wall time while nobody polls); instance B, whose poll is skipped while A holds the lease, reports A's."""
     import dataclasses
 
-    from monitor.app import service, telemetry
+    from monitor.app import poll as polling
+    from monitor.app import telemetry
+    from monitor.app.monitor import POLL_LEASE
 
     heartbeat = telemetry.PollHeartbeat()
     monkeypatch.setattr(telemetry, "HEARTBEAT", heartbeat)
-    monkeypatch.setattr(service, "HEARTBEAT", heartbeat)
+    monkeypatch.setattr(polling, "HEARTBEAT", heartbeat)
     parsed, _ = parse_scenario(scenario([namespace("sb-ok", ref("k-ok"))], [key("k-ok")], now=format_instant(NOW)))
     polled_at = datetime.now(UTC) - timedelta(minutes=10)
     ages: list[int] = []
@@ -129,8 +132,8 @@ def test_the_heartbeat_gauge_is_the_age_of_the_last_complete_poll_by_any_instanc
                 assert (await poll(a, now=polled_at)).ran
                 ages.append(round(emitted.value("keyhealth.poll.age")))
                 monkeypatch.setattr(telemetry, "HEARTBEAT", fresh := telemetry.PollHeartbeat())
-                monkeypatch.setattr(service, "HEARTBEAT", fresh)
-                await a.store.acquire_lease(service.POLL_LEASE, "a", timedelta(minutes=4), now=datetime.now(UTC))
+                monkeypatch.setattr(polling, "HEARTBEAT", fresh)
+                await a.store.acquire_lease(POLL_LEASE, "a", timedelta(minutes=4), now=datetime.now(UTC))
                 assert not (await poll(b, now=polled_at + timedelta(minutes=5))).ran
                 ages.append(round(emitted.value("keyhealth.poll.age")))
             finally:

@@ -22,8 +22,9 @@ from monitor.adapters.rotation import AzureRemediator
 from monitor.adapters.servicebus import ServiceBusInventory
 from monitor.app.alerting import Alerting
 from monitor.app.coalescing import EventCoalescer
+from monitor.app.monitor import Monitor
+from monitor.app.reading import Readers
 from monitor.app.remediation import Remediation
-from monitor.app.service import Monitor, Readers
 from monitor.app.state import StateStore
 from monitor.entry.config import Settings
 

@@ -275,7 +275,7 @@ def _scan(
     settings: Settings, subscriptions: Sequence[str] | None, now: datetime, progress: _Progress
 ) -> tuple[Scenario, FleetReport]:
     """Read the live fleet once (Azure, or the stand-in the settings point at) and judge it."""
-    from monitor.app.service import check as check_fleet
+    from monitor.app.reading import check as check_fleet
     from monitor.entry.bootstrap import azure_readers
 
     async def scan() -> tuple[Scenario, FleetReport]:
@@ -439,7 +439,7 @@ def alerts_test(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
 
 
 def remediate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from monitor.app.service import remediate_once
+    from monitor.app.poll import remediate_once
     from monitor.entry.bootstrap import build_monitor
 
     settings = Settings.from_environment()

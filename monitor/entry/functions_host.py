@@ -9,7 +9,10 @@ from typing import Any
 
 import azure.functions as func
 
-from monitor.app.service import EventOutcome, Monitor, deliver_alerts, handle_events, poll, status_document
+from monitor.app.events import EventOutcome, handle_events
+from monitor.app.monitor import Monitor
+from monitor.app.poll import deliver_alerts, poll
+from monitor.app.status import status_document
 from monitor.entry.bootstrap import build_monitor, configure_telemetry
 from monitor.entry.config import Settings
 from monitor.formats.events import KeyVaultEvent, RejectedEvent, SubscriptionValidation, parse_event

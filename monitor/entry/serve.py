@@ -27,20 +27,12 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from monitor.app.alerting import DeliveryReport
+from monitor.app.events import EventOutcome, handle_events
+from monitor.app.monitor import POLL_LEASE, POLL_LEASE_DURATION, POLL_LEASE_RENEW_EVERY, Monitor
+from monitor.app.poll import PollResult, deliver_alerts, poll
 from monitor.app.ports import BearerValidator
-from monitor.app.service import (
-    POLL_LEASE,
-    POLL_LEASE_DURATION,
-    POLL_LEASE_RENEW_EVERY,
-    EventOutcome,
-    Monitor,
-    PollResult,
-    deliver_alerts,
-    handle_events,
-    poll,
-    status_document,
-)
 from monitor.app.state import Lease, PollMark
+from monitor.app.status import status_document
 from monitor.app.telemetry import TraceContextFilter, count_event
 from monitor.domain.errors import EventBodyError, SettingError, TokenError
 from monitor.entry.config import SETTINGS, Settings

@@ -18,7 +18,8 @@ import pytest
 
 from monitor.adapters.azure_clients import AzureClients
 from monitor.adapters.keyvault import FULL_READ_EVERY, KeyVaultKeys
-from monitor.app.service import Monitor, PollResult, poll
+from monitor.app.monitor import Monitor
+from monitor.app.poll import PollResult, poll
 from monitor.domain.model import DeleteKey, KeyVersion, NewVersion, UpdateVersion
 from monitor.domain.scenario import format_instant, parse_scenario
 from monitor.entry.bootstrap import azure_options, build_monitor

@@ -164,7 +164,7 @@ def crowded_fleet(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
 
 
 def _scan(limiter: VaultRateLimiter | None, sandbox: Sandbox) -> dict[str, str]:
-    from monitor.app.service import check
+    from monitor.app.reading import check
     from monitor.entry.bootstrap import azure_readers
     from monitor.entry.config import Settings
 

@@ -218,7 +218,9 @@ def test_two_instances_judging_the_same_change_queue_one_notice(tmp_path: Path, 
 
 def test_two_drains_in_one_process_deliver_each_alert_once(tmp_path: Path, receivers: Receivers, ca_bundle: str):
     """A delivery timer and a wake-up in the same process at once: each alert still goes once."""
-    from monitor.app.service import Monitor, Readers, deliver_alerts
+    from monitor.app.monitor import Monitor
+    from monitor.app.poll import deliver_alerts
+    from monitor.app.reading import Readers
 
     receiver = receivers(delay=0.2)
 

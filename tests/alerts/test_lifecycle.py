@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 from azure.keyvault.keys._shared import http_challenge_cache
 
-from monitor.app.service import EventOutcome, Monitor, deliver_alerts, handle_event, poll
+from monitor.app.events import EventOutcome, handle_event
+from monitor.app.monitor import Monitor
+from monitor.app.poll import deliver_alerts, poll
 from monitor.domain.model import KeyVersion, NewVersion
 from monitor.domain.scenario import format_instant, parse_scenario
 from monitor.entry.bootstrap import build_monitor

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from azure.keyvault.keys._shared import http_challenge_cache
 
-from monitor.app.service import Monitor, deliver_alerts, poll
+from monitor.app.monitor import Monitor
+from monitor.app.poll import deliver_alerts, poll
 from monitor.domain.errors import SettingError
 from monitor.entry.bootstrap import build_monitor
 from monitor.entry.config import Settings

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from monitor.app.service import deliver_alerts, poll
+from monitor.app.poll import deliver_alerts, poll
 from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import evaluate
 from monitor.entry.bootstrap import build_monitor

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from monitor.app.service import POLL_LEASE
+from monitor.app.monitor import POLL_LEASE
 from monitor.entry.config import Settings
 from monitor.entry.serve import Server
 from monitor.sandbox import Sandbox

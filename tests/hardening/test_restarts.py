@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from monitor.app.service import poll
+from monitor.app.poll import poll
 from monitor.domain.scenario import format_instant
 from monitor.entry.bootstrap import build_monitor
 from monitor.entry.config import Settings

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from monitor.app.service import deliver_alerts, poll
+from monitor.app.poll import deliver_alerts, poll
 from monitor.entry.bootstrap import build_monitor
 from monitor.entry.cli import main
 from monitor.entry.config import Settings

@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from monitor.app.service import poll
+from monitor.app.poll import poll
 from monitor.entry.bootstrap import build_monitor
 from monitor.entry.config import Settings
 from monitor.sandbox import Sandbox
@@ -83,7 +83,7 @@ def test_namespaces_of_an_unlistable_subscription_are_unknown_until_it_can_be_li
 def test_an_event_during_the_outage_does_not_bring_back_a_verdict(tmp_path: Path):
     """While subscription 1 cannot be listed, an event for sb-one's key re-reads the key (readable, healthy) but
     sb-one stays unknown: its key list itself is what could not be read."""
-    from monitor.app.service import handle_event
+    from monitor.app.events import handle_event
     from monitor.formats.events import KeyVaultEvent, parse_event
     from tests.builders import VAULT
 

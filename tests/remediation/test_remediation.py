@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from azure.keyvault.keys._shared import http_challenge_cache
 
-from monitor.app.service import Monitor, handle_event, poll, remediate_once
+from monitor.app.events import handle_event
+from monitor.app.monitor import Monitor
+from monitor.app.poll import poll, remediate_once
 from monitor.domain.errors import RemediationError
 from monitor.domain.scenario import format_instant, parse_scenario
 from monitor.entry.bootstrap import build_monitor

@@ -1,0 +1,103 @@
+"""The Monitor: what the poll and the event handler share (readers, the state store, alerting, remediation,
+coalescing), the poll lease's timing, and recording judgements in the store."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from monitor.app.alerting import Alerting
+from monitor.app.coalescing import EventCoalescer
+from monitor.app.ports import AlertSink
+from monitor.app.reading import Readers
+from monitor.app.remediation import Outcome, Remediation, remediate
+from monitor.app.state import NamespaceState, StateStore
+from monitor.domain.findings import Thresholds
+from monitor.domain.fleet import FleetReport
+from monitor.domain.model import KeyId, Snapshot
+from monitor.domain.remediation import Mode
+from monitor.domain.usability import World
+from monitor.formats.render import namespace_document
+
+POLL_LEASE = "poll"
+# Up to this many namespaces, an event reads each one's incidents on its own; beyond, all of them at once.
+EVENT_INCIDENTS_READ_ONE_BY_ONE = 20
+# Service Bus polls every 5 minutes; a poll that holds the lease longer has failed and must be replaceable.
+POLL_LEASE_DURATION = timedelta(minutes=4)
+# A running poll renews its lease this often, so a lease not renewed for two of these has lost its holder.
+POLL_LEASE_RENEW_EVERY = POLL_LEASE_DURATION / 4
+
+
+@dataclass(frozen=True, slots=True)
+class Monitor:
+    """What the poll and the event handler need: readers, the state store, and how to judge."""
+
+    readers: Readers
+    store: StateStore
+    thresholds: Thresholds
+    instance: str  # this process's name in the poll lease
+    subscriptions: Sequence[str] | None = None
+    concurrency: int = 32
+    # Releases the SDK clients, the credential and the store (for tests and `serve`; Functions workers never do).
+    close: Callable[[], Awaitable[None]] | None = None
+    # Incidents and their notices; None: judged and recorded, never alerted (`keyhealth check`).
+    alerting: Alerting | None = None
+    sinks: Mapping[str, AlertSink] = dataclasses.field(default_factory=dict)
+    # Rotate / recover / unpin behind guard rails; acts only when its policy's mode is not off.
+    remediation: Remediation | None = None
+    # Events for one key inside a short window share a re-read; None: every event re-reads.
+    coalescer: EventCoalescer | None = None
+
+
+def _verdict(document: Mapping[str, Any]) -> tuple[object, ...]:
+    """What must move for a namespace's state to count as changed."""
+    findings = document.get("findings") or []
+    worst = max((f.get("severity") for f in findings if isinstance(f, Mapping)), default=None, key=str)
+    return (document.get("status_now"), document.get("revoked_at_earliest"), document.get("revoked_by"), worst)
+
+
+async def record_judgements(
+    monitor: Monitor,
+    report: FleetReport,
+    *,
+    now: datetime,
+    stored: Mapping[str, NamespaceState] | None = None,
+) -> tuple[str, ...]:
+    """Store each namespace's judgement; returns the ids whose verdict changed.
+
+    `stored` is every stored state by NamespaceState.key (a poll reads them all in one go); without it
+    each namespace's is read on its own (an event touches few).
+    """
+    states = [
+        NamespaceState.of(n.prediction.namespace, namespace_document(n), evaluated_at=now) for n in report.namespaces
+    ]
+    changed = []
+    for state in states:
+        before = stored.get(state.key) if stored is not None else await monitor.store.get_namespace_state(state.id)
+        if before is None or _verdict(before.document) != _verdict(state.document):
+            changed.append(state.id)
+    await monitor.store.put_namespace_states(states)
+    return tuple(changed)
+
+
+async def remediate_report(
+    monitor: Monitor, report: FleetReport, snapshot: Snapshot, *, now: datetime
+) -> list[Outcome]:
+    if monitor.remediation is None or monitor.remediation.policy.mode is Mode.OFF:
+        return []
+    return await remediate(
+        monitor.remediation,
+        monitor.store,
+        monitor.alerting,
+        report.namespaces,
+        World(snapshot),
+        now=now,
+        holder=monitor.instance,
+    )
+
+
+def key_tags_of(snapshot: Snapshot) -> dict[KeyId, Mapping[str, str]]:
+    return {key.id: key.tags for key in snapshot.keys if key.tags}

@@ -1,0 +1,239 @@
+"""The poll: under the poll lease (renewed, fenced), read the whole fleet, judge it, record it, raise and
+resolve incidents, remediate; plus the delivery of queued notices and one-off remediation."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from monitor.app.alerting import AlertPolicy, DeliveryReport, deliver, queue_watchdog, raise_alerts, resolve_removed
+from monitor.app.leases import LeaseKeeper
+from monitor.app.monitor import (
+    POLL_LEASE,
+    POLL_LEASE_DURATION,
+    POLL_LEASE_RENEW_EVERY,
+    Monitor,
+    key_tags_of,
+    record_judgements,
+    remediate_report,
+)
+from monitor.app.reading import check
+from monitor.app.remediation import Outcome, remediate
+from monitor.app.state import EVENT_DEDUPE_TTL
+from monitor.app.telemetry import HEARTBEAT, READINGS, TRACER, count_poll
+from monitor.domain.alert import Alert
+from monitor.domain.fleet import FleetReport, evaluate
+from monitor.domain.model import BlindScope, BlindSpot, Namespace, Scenario, vault_id
+from monitor.domain.scenario import parse_scenario, scenario_document
+from monitor.domain.usability import World
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    """One poll: whether this instance ran it, and what it judged."""
+
+    ran: bool
+    report: FleetReport | None = None
+    changed: tuple[str, ...] = ()  # namespace ids whose status, window or worst finding moved
+    removed: tuple[str, ...] = ()  # namespaces no longer in the fleet
+    alerts: tuple[Alert, ...] = ()  # notices queued by this poll
+    remediation: tuple[Outcome, ...] = ()  # what remediation decided, when it is on or dry-running
+
+    def describe(self) -> str:
+        """One log line saying how the poll went."""
+        if not self.ran or self.report is None:
+            return "keyhealth: another instance holds the poll lease"
+        return (
+            f"keyhealth: polled {len(self.report.namespaces)} namespaces; "
+            f"changed {list(self.changed)}; removed {list(self.removed)}; alerts queued {len(self.alerts)}"
+        )
+
+
+async def read_fleet(monitor: Monitor, *, now: datetime) -> tuple[Scenario, FleetReport]:
+    return await check(
+        monitor.readers,
+        now=now,
+        thresholds=monitor.thresholds,
+        subscriptions=monitor.subscriptions,
+        concurrency=monitor.concurrency,
+    )
+
+
+async def poll(monitor: Monitor, *, now: datetime) -> PollResult:
+    """`_poll`, counted and timed (keyhealth.polls, keyhealth.poll.duration); updates the fleet gauges."""
+    started = time.monotonic()
+    # The Azure SDK calls inside become child spans (azure-core tracing, enabled at the composition root).
+    with TRACER.start_as_current_span("keyhealth.poll") as span:
+        try:
+            result = await _poll(monitor, now=now)
+        except Exception:
+            count_poll("failed", time.monotonic() - started)
+            span.set_attribute("keyhealth.outcome", "failed")
+            raise
+        if not result.ran or result.report is None:
+            count_poll("skipped")
+            span.set_attribute("keyhealth.outcome", "skipped")
+            # Another instance polls: the heartbeat gauge follows its mark (one small read).
+            mark = await monitor.store.last_poll_completed()
+            if mark is not None:
+                HEARTBEAT.saw(mark.at)
+            return result
+        READINGS.record(result.report, whole_fleet=not result.report.fleet_blind)
+        outcome = "blind" if result.report.fleet_blind else "ok"
+        if outcome == "ok":
+            HEARTBEAT.saw(now)
+        count_poll(outcome, time.monotonic() - started)
+        span.set_attributes(
+            {
+                "keyhealth.outcome": outcome,
+                "keyhealth.namespaces": len(result.report.namespaces),
+                "keyhealth.alerts": len(result.alerts),
+            }
+        )
+        return result
+
+
+async def _poll(monitor: Monitor, *, now: datetime) -> PollResult:
+    """Mirror Service Bus's 5-minute poll: read the whole fleet, judge it, record it.
+
+    Only the instance holding the poll lease runs it; the others return at once (ran=False).
+    Namespaces of a subscription that could not be listed are kept as they were, not forgotten.
+    """
+    lease = await monitor.store.acquire_lease(POLL_LEASE, monitor.instance, POLL_LEASE_DURATION, now=now)
+    if lease is None:
+        return PollResult(ran=False)
+    # A 100,000-namespace poll can outlast the lease: it is renewed in the background, and checked before each
+    # write, so a poll that lost it (paused, cut off, taken over) records nothing beside the new holder's.
+    keeper = LeaseKeeper(
+        monitor.store, lease, POLL_LEASE_DURATION, acquired_at=now, renew_every=POLL_LEASE_RENEW_EVERY.total_seconds()
+    )
+    try:
+        async with keeper.renewing():
+            return await _poll_holding(monitor, keeper, now=now)
+    finally:
+        await keeper.release()
+
+
+async def _poll_holding(monitor: Monitor, keeper: LeaseKeeper, *, now: datetime) -> PollResult:
+    scenario, report = await read_fleet(monitor, now=now)
+    if report.fleet_blind:
+        scenario, report = await _judge_unlisted(monitor, scenario, report)
+    if not await keeper.hold(force=True):
+        return PollResult(ran=False)
+    stored = {state.key: state for state in await monitor.store.list_namespace_states()}
+    changed = await record_judgements(monitor, report, now=now, stored=stored)
+    removed: list[str] = []
+    if not report.fleet_blind:
+        seen = {n.prediction.namespace.id.lower() for n in report.namespaces}
+        for key, state in stored.items():
+            if key not in seen and await monitor.store.delete_namespace_state(state.id):
+                removed.append(state.id)
+    alerts: list[Alert] = []
+    if monitor.alerting is not None and await keeper.hold():
+        known = {i.key: i for i in await monitor.store.list_incidents()}
+        alerts += await raise_alerts(
+            monitor.alerting, report.namespaces, key_tags=key_tags_of(scenario.snapshot), now=now, known=known
+        )
+        alerts += await resolve_removed(monitor.alerting, removed, now=now)
+    outcomes = await remediate_report(monitor, report, scenario.snapshot, now=now) if await keeper.hold() else []
+    if not await keeper.hold():
+        return PollResult(ran=False)
+    await monitor.store.put_snapshot(scenario_document(scenario), taken_at=now)
+    await monitor.store.purge_processed_events(before=now - EVENT_DEDUPE_TTL)
+    if not report.fleet_blind:
+        # Last: the mark says a whole poll was judged and stored, which a blind or failed one was not.
+        await monitor.store.record_poll_completed(monitor.instance, at=now)
+        if monitor.alerting is not None:  # the optional dead-man's switch: "still polling", now and then
+            watchdog = await queue_watchdog(monitor.alerting, namespaces=len(report.namespaces), now=now)
+            alerts += [watchdog] if watchdog is not None else []
+    return PollResult(
+        ran=True,
+        report=report,
+        changed=changed,
+        removed=tuple(removed),
+        alerts=tuple(alerts),
+        remediation=tuple(outcomes),
+    )
+
+
+async def _judge_unlisted(monitor: Monitor, scenario: Scenario, report: FleetReport) -> tuple[Scenario, FleetReport]:
+    """Add the namespaces remembered from subscriptions that could not be listed now, judged unknown.
+
+    Kept as they were, their last verdict would claim what the monitor cannot see now (a stale healthy, or a
+    stale revoked) and nothing would say so; unknown, each gets a monitor-blind finding and its blind incident
+    (its other incidents are held). They stay in the stored snapshot, so a longer outage keeps them unknown.
+    """
+    stored = await monitor.store.get_snapshot()
+    if stored is None:
+        return scenario, report
+    remembered, _ = parse_scenario(stored.document)
+    reasons = {spot.target.lower(): spot.reason for spot in report.fleet_blind}
+    listed = {namespace.id.lower() for namespace in scenario.snapshot.namespaces}
+    unlisted: list[Namespace] = []
+    blind: list[BlindSpot] = []
+    for namespace in remembered.snapshot.namespaces:
+        subscription = namespace.id.split("/")[2] if namespace.id.count("/") > 2 else ""
+        reason = reasons.get(subscription.lower(), reasons.get("*"))
+        if reason is None or namespace.id.lower() in listed:
+            continue
+        unlisted.append(namespace)
+        what = f"the namespaces of subscription {subscription}" if subscription.lower() in reasons else "subscriptions"
+        blind.append(BlindSpot(BlindScope.NAMESPACE, namespace.id, f"{what} could not be listed: {reason}"))
+    if not unlisted:
+        return scenario, report
+    # The vaults only they list were not read either: kept as remembered, so the stored snapshot stays whole,
+    # and blind, so nothing is concluded from what they were.
+    present = {vault_id(vault.uri) for vault in scenario.snapshot.vaults}
+    wanted = {vault_id(ref.vault) for namespace in unlisted for ref in namespace.keys}
+    vaults = [vault for vault in remembered.snapshot.vaults if vault.id in wanted - present]
+    unread = "not read: only namespaces whose subscription could not be listed use it"
+    blind += [BlindSpot(BlindScope.VAULT, vault.uri, unread) for vault in vaults]
+    snapshot = dataclasses.replace(
+        scenario.snapshot,
+        vaults=(*scenario.snapshot.vaults, *vaults),
+        namespaces=(*scenario.snapshot.namespaces, *unlisted),
+        blind=(*scenario.snapshot.blind, *blind),
+    )
+    scenario = dataclasses.replace(scenario, snapshot=snapshot)
+    return scenario, evaluate(scenario, monitor.thresholds)
+
+
+async def remediate_once(
+    monitor: Monitor, *, now: datetime, dry_run: bool, namespaces: Sequence[str] = ()
+) -> tuple[FleetReport, list[Outcome]]:
+    """`keyhealth remediate`: read the fleet, plan, and act as the settings allow (nothing with dry_run).
+
+    `namespaces` (names or ARM ids, any case) narrows it. Raises StateStoreError.
+    """
+    if monitor.remediation is None:
+        raise ValueError("this monitor has no remediation configured")
+    scenario, report = await read_fleet(monitor, now=now)
+    wanted = {n.lower() for n in namespaces}
+    chosen = [
+        n
+        for n in report.namespaces
+        if not wanted or n.prediction.namespace.name.lower() in wanted or n.prediction.namespace.id.lower() in wanted
+    ]
+    outcomes = await remediate(
+        monitor.remediation,
+        monitor.store,
+        monitor.alerting,
+        chosen,
+        World(scenario.snapshot),
+        now=now,
+        holder=monitor.instance,
+        dry_run=dry_run,
+    )
+    return report, outcomes
+
+
+async def deliver_alerts(monitor: Monitor, *, now: datetime) -> DeliveryReport:
+    """Send the queued alerts that are due (only one instance at a time does). Raises StateStoreError."""
+    policy = monitor.alerting.policy if monitor.alerting is not None else AlertPolicy()
+    # A holder of its own per drain: two drains in one process (a timer and a wake-up) must exclude each other too.
+    holder = f"{monitor.instance}:{uuid.uuid4().hex[:12]}"
+    return await deliver(monitor.store, monitor.sinks, now=now, policy=policy, holder=holder)

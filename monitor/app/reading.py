@@ -1,0 +1,176 @@
+"""Reading the fleet: list the namespaces, read their vaults and keys into a snapshot (blind spots
+included), then predict and judge it; `keyhealth check` is this alone, the poll and events build on it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from monitor.app.ports import AccessReader, InventoryReader, KeyReader
+from monitor.domain.errors import ReadError
+from monitor.domain.findings import Thresholds
+from monitor.domain.fleet import FleetReport, evaluate
+from monitor.domain.model import (
+    BlindScope,
+    BlindSpot,
+    Key,
+    KeyId,
+    Namespace,
+    Scenario,
+    Snapshot,
+    Vault,
+    key_url,
+    name_id,
+    vault_id,
+)
+
+ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True, slots=True)
+class Readers:
+    """The three reading ports a fleet scan needs."""
+
+    inventory: InventoryReader
+    keys: KeyReader
+    access: AccessReader
+
+
+@dataclass(frozen=True, slots=True)
+class _WantedKey:
+    vault_uri: str
+    name: str
+    pinned: frozenset[str]
+
+
+def _ignore_progress(stage: str, done: int, total: int) -> None:
+    del stage, done, total
+
+
+async def list_fleet(
+    readers: Readers, *, subscriptions: Sequence[str] | None = None
+) -> tuple[list[Namespace], list[str], list[BlindSpot]]:
+    """Every CMK namespace of the subscriptions (all visible ones when None), the subscriptions read,
+    and the subscriptions that could not be listed."""
+    if subscriptions is None:
+        try:
+            subscriptions = await readers.inventory.list_subscriptions()
+        except ReadError as failure:
+            return [], [], [BlindSpot(BlindScope.SUBSCRIPTION, "*", failure.reason)]
+    listing = await readers.inventory.list_namespaces_in(subscriptions)
+    blind = [BlindSpot(BlindScope.SUBSCRIPTION, sub, reason) for sub, reason in listing.blind.items()]
+    return listing.namespaces, list(subscriptions), blind
+
+
+async def read_snapshot(
+    readers: Readers,
+    *,
+    subscriptions: Sequence[str] | None = None,
+    concurrency: int = 32,
+    progress: ProgressCallback = _ignore_progress,
+) -> Snapshot:
+    """Read every CMK namespace, the vaults and keys they list, and who may use them.
+
+    Never raises for what it could not read: each such thing becomes a BlindSpot in the snapshot.
+    Each distinct key is read once, however many namespaces list it.
+    """
+    namespaces, read_subscriptions, blind = await list_fleet(readers, subscriptions=subscriptions)
+    progress("namespaces", len(namespaces), len(namespaces))
+    snapshot = await read_keys_of(
+        readers, namespaces, subscriptions=read_subscriptions, concurrency=concurrency, progress=progress
+    )
+    return dataclasses.replace(snapshot, blind=(*blind, *snapshot.blind))
+
+
+async def read_keys_of(
+    readers: Readers,
+    namespaces: Sequence[Namespace],
+    *,
+    subscriptions: Sequence[str],
+    concurrency: int = 32,
+    progress: ProgressCallback = _ignore_progress,
+) -> Snapshot:
+    """The snapshot of `namespaces`: the vaults and keys they list, read now (blind spots included)."""
+    blind: list[BlindSpot] = []
+    vault_uris: dict[str, str] = {}
+    wanted: dict[KeyId, _WantedKey] = {}
+    for namespace in namespaces:
+        for ref in namespace.keys:
+            vault_uris.setdefault(vault_id(ref.vault), ref.vault)
+            entry = wanted.get(ref.key_id) or _WantedKey(ref.vault, ref.name, frozenset())
+            if ref.version:
+                entry = dataclasses.replace(entry, pinned=entry.pinned | {ref.version})
+            wanted[ref.key_id] = entry
+
+    vault_reading = await readers.access.read_vaults(list(vault_uris.values()), subscriptions=subscriptions)
+    vaults: list[Vault] = []
+    for vid, uri in vault_uris.items():
+        if vid in vault_reading.found:
+            vaults.append(vault_reading.found[vid])
+        else:
+            # Listed so the snapshot stays well formed; the blind spot makes it unknown, not a default.
+            vaults.append(Vault(uri=uri))
+            blind.append(BlindSpot(BlindScope.VAULT, uri, vault_reading.blind.get(vid, "not read")))
+    deleted_vaults = {vid for vid, vault in vault_reading.found.items() if vault.deleted}
+
+    # A deleted vault's data plane is unreachable and its keys unusable anyway: do not ask.
+    to_read = [(key_id, entry) for key_id, entry in wanted.items() if key_id[0] not in deleted_vaults]
+    semaphore = asyncio.Semaphore(concurrency)
+    done = 0
+
+    # Keys read in full by an earlier poll and unchanged since are confirmed in bulk (a listing page covers
+    # many keys); a pinned version can change without its key changing, so those are always read.
+    by_vault: dict[str, list[str]] = {}
+    for _, entry in to_read:
+        if not entry.pinned:
+            by_vault.setdefault(entry.vault_uri, []).append(entry.name)
+
+    async def revalidate(uri: str, names: list[str]) -> dict[str, Key]:
+        async with semaphore:
+            return await readers.keys.revalidate(uri, names)
+
+    confirmed: dict[KeyId, Key] = {}
+    listings = await asyncio.gather(*(revalidate(uri, names) for uri, names in by_vault.items()))
+    for uri, found in zip(by_vault, listings, strict=True):
+        confirmed.update(((vault_id(uri), name), key) for name, key in found.items())
+
+    async def read(key_id: KeyId, entry: _WantedKey) -> Key | None:
+        nonlocal done
+        try:
+            if key_id in confirmed:
+                return confirmed[key_id]
+            async with semaphore:
+                return await readers.keys.get_key(entry.vault_uri, entry.name, pinned_versions=sorted(entry.pinned))
+        finally:
+            done += 1
+            progress("keys", done, len(to_read))
+
+    results = await asyncio.gather(*(read(key_id, entry) for key_id, entry in to_read), return_exceptions=True)
+    keys: list[Key] = []
+    for (key_id, entry), result in zip(to_read, results, strict=True):
+        if isinstance(result, ReadError):
+            blind.append(BlindSpot(BlindScope.KEY, key_url(entry.vault_uri, entry.name), result.reason))
+        elif isinstance(result, BaseException):
+            raise result
+        elif result is not None:
+            key_access = vault_reading.key_access.get(key_id[0], {}).get(name_id(entry.name))
+            keys.append(dataclasses.replace(result, access=key_access) if key_access else result)
+    return Snapshot(vaults=tuple(vaults), keys=tuple(keys), namespaces=tuple(namespaces), blind=tuple(blind))
+
+
+async def check(
+    readers: Readers,
+    *,
+    now: datetime,
+    thresholds: Thresholds,
+    subscriptions: Sequence[str] | None = None,
+    concurrency: int = 32,
+    progress: ProgressCallback = _ignore_progress,
+) -> tuple[Scenario, FleetReport]:
+    """One fleet scan now: read, then predict and judge. Returns the scenario it read and the report."""
+    snapshot = await read_snapshot(readers, subscriptions=subscriptions, concurrency=concurrency, progress=progress)
+    scenario = Scenario(now=now, snapshot=snapshot)
+    return scenario, evaluate(scenario, thresholds)
