@@ -57,7 +57,8 @@ from monitor.domain.model import (
     Vault,
 )
 from monitor.domain.prediction import Status, predict_scenario, usable_intervals, usable_intervals_by_points
-from monitor.domain.usability import World, assess
+from monitor.domain.usability import assess
+from monitor.domain.world import World
 from monitor.entry.runtime import batch_gc
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)

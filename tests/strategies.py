@@ -37,7 +37,7 @@ from monitor.domain.model import (
     key_url,
     name_id,
 )
-from monitor.domain.usability import World
+from monitor.domain.world import World
 
 T = TypeVar("T")
 

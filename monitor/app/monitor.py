@@ -19,7 +19,7 @@ from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import FleetReport
 from monitor.domain.model import KeyId, Snapshot
 from monitor.domain.remediation import Mode
-from monitor.domain.usability import World
+from monitor.domain.world import World
 from monitor.formats.render import namespace_document
 
 POLL_LEASE = "poll"

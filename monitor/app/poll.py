@@ -29,7 +29,7 @@ from monitor.domain.alert import Alert
 from monitor.domain.fleet import FleetReport, evaluate
 from monitor.domain.model import BlindScope, BlindSpot, Namespace, Scenario, vault_id
 from monitor.domain.scenario import parse_scenario, scenario_document
-from monitor.domain.usability import World
+from monitor.domain.world import World
 
 
 @dataclass(frozen=True, slots=True)

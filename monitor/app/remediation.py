@@ -35,7 +35,7 @@ from monitor.domain.remediation import (
     version_fit,
 )
 from monitor.domain.scenario import format_instant
-from monitor.domain.usability import World
+from monitor.domain.world import World
 
 LOG = logging.getLogger("keyhealth.remediation")
 ACTION_LEASE = timedelta(minutes=5)

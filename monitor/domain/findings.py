@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 from monitor.domain.model import KeyRef, Namespace, is_managed_hsm, vault_short_name
 from monitor.domain.prediction import NamespacePrediction, Status
 from monitor.domain.scenario import format_instant
-from monitor.domain.usability import VERSION_REASONS, Assessment, Reason, VaultState, World, assess, version_reasons
+from monitor.domain.usability import VERSION_REASONS, Assessment, Reason, assess, version_reasons
+from monitor.domain.world import VaultState, World
 
 
 class Severity(enum.IntEnum):

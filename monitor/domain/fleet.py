@@ -8,7 +8,7 @@ from datetime import datetime
 from monitor.domain.findings import Finding, FindingsJudge, Severity, Thresholds
 from monitor.domain.model import BlindScope, BlindSpot, Scenario
 from monitor.domain.prediction import NamespacePrediction, Status, predict_scenario
-from monitor.domain.usability import World
+from monitor.domain.world import World
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,16 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from monitor.domain.errors import ScenarioError
+from monitor.domain.intervals import Interval
 from monitor.domain.model import POLL_INTERVAL, KeyRef, Namespace, Scenario, name_id
-from monitor.domain.usability import (
-    Assessment,
-    Interval,
-    UsableTime,
-    World,
-    assess,
-    assess_as,
-    change_instants,
-)
+from monitor.domain.usability import Assessment, UsableTime, assess, assess_as, change_instants
+from monitor.domain.world import World
 
 # `now` and the horizon must come before this: nothing needs the far future, and near year 9999 the window's
 # arithmetic (a year's default horizon, 5-minute polls, thresholds of up to ten years) overflows.

@@ -19,7 +19,8 @@ from monitor.domain.fleet import NamespaceReport
 from monitor.domain.model import KeyId, KeyVersion, key_url, vault_short_name
 from monitor.domain.names import VAULT_SUFFIXES, ascii_fold, is_key_name, is_vault_name, vault_host_problem
 from monitor.domain.prediction import Status
-from monitor.domain.usability import Reason, World, assess
+from monitor.domain.usability import Reason, assess
+from monitor.domain.world import World
 
 
 class Action(enum.Enum):

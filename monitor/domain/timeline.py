@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from monitor.domain.fleet import FleetReport, NamespaceReport
+from monitor.domain.intervals import Interval
 from monitor.domain.model import (
     KEEP,
     BlindSpot,
@@ -29,7 +30,8 @@ from monitor.domain.model import (
 )
 from monitor.domain.prediction import Status
 from monitor.domain.scenario import format_instant
-from monitor.domain.usability import Interval, World, assess
+from monitor.domain.usability import assess
+from monitor.domain.world import World
 
 # A drawing spans at least this long, and runs this fraction past the last change it shows.
 MIN_SHOWN = timedelta(days=14)

@@ -1,46 +1,29 @@
-"""Is a key reference usable at instant t, and why not: the Service Bus CMK rules over a timeline."""
+"""Is a key reference usable at instant t, and why not: the Service Bus CMK rules over the world's
+timeline, at a point (assess) and as intervals (UsableTime) for the prediction."""
 
 from __future__ import annotations
 
 import enum
-from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from itertools import pairwise
-from operator import attrgetter
-from typing import Generic, NamedTuple, TypeVar
+from dataclasses import dataclass
+from datetime import datetime
 
-from monitor.domain.errors import ScenarioError
+from monitor.domain.intervals import Interval, Timeline, intersect
 from monitor.domain.model import (
-    KEEP,
-    KEY_CHANGES,
-    REQUIRED_PERMISSIONS,
-    BlindScope,
-    Change,
-    DeleteKey,
-    DeleteVault,
     KeyId,
     KeyRef,
     KeyVersion,
     Namespace,
-    NewVersion,
-    PurgeKey,
-    RecoverKey,
-    RecoverVault,
-    SetAccess,
-    Snapshot,
-    UpdateVersion,
-    key_id_of_url,
     name_id,
-    vault_id,
 )
-from monitor.domain.names import ascii_fold
-
-BEGINNING = datetime.min.replace(tzinfo=UTC)
-
-Interval = tuple[datetime, datetime]  # [start, end)
-_CREATED = attrgetter("created")  # a version's sort key; C-level, unlike a lambda
+from monitor.domain.world import (
+    KeyState,
+    World,
+    append_key_epoch,
+    exists_intervals,
+    grants_required,
+    key_intervals,
+    union_permissions,
+)
 
 
 class Reason(enum.Enum):
@@ -58,507 +41,6 @@ class Reason(enum.Enum):
 
 
 VERSION_REASONS = frozenset({Reason.KEY_DISABLED, Reason.KEY_NOT_YET_VALID, Reason.KEY_EXPIRED, Reason.KEY_OPS_MISSING})
-
-
-@dataclass(frozen=True, slots=True)
-class VaultState:
-    """A vault as it is during one epoch of the timeline."""
-
-    uri: str
-    exists: bool
-    soft_delete: bool
-    purge_protection: bool
-    rbac: bool
-    access: Mapping[str, frozenset[str]]  # principal name_id -> lower-case permissions
-
-    def grants(self, principal: str) -> bool:
-        permissions = self.access.get(principal, frozenset())
-        return "all" in permissions or permissions >= REQUIRED_PERMISSIONS
-
-    def missing_permissions(self, principal: str) -> tuple[str, ...]:
-        permissions = self.access.get(principal, frozenset())
-        if "all" in permissions:
-            return ()
-        spelled = {"get": "get", "wrapkey": "wrapKey", "unwrapkey": "unwrapKey"}
-        return tuple(spelled[p] for p in sorted(REQUIRED_PERMISSIONS - permissions))
-
-
-class KeyState(NamedTuple):
-    """A key as it is during one epoch of the timeline; versions are sorted by `created`.
-
-    A NamedTuple rather than a frozen dataclass: a World builds one for every key of the snapshot and
-    every key change, 400,000 for a fleet of 100,000 namespaces, at half the cost each.
-    """
-
-    exists: bool
-    deleted: bool
-    versions: tuple[KeyVersion, ...]
-
-    def current_version(self, t: datetime) -> KeyVersion | None:
-        """The newest version created at or before t (ties: the one listed last)."""
-        versions = self.versions
-        if versions and versions[-1].created <= t:  # nearly always: no search
-            return versions[-1]
-        index = bisect_right(self.versions, t, key=_CREATED)
-        return self.versions[index - 1] if index else None
-
-    def version(self, version: str) -> KeyVersion | None:
-        wanted = name_id(version)
-        for candidate in self.versions:
-            if ascii_fold(candidate.version.strip()) == wanted:  # name_id, inline: each new version checks them all
-                return candidate
-        return None
-
-    def instants(self) -> Iterator[datetime]:
-        """Every instant at which a version's standing can change."""
-        for v in self.versions:
-            yield v.created
-            if v.nbf is not None:
-                yield v.nbf
-            if v.exp is not None:
-                yield v.exp
-
-
-MISSING_KEY = KeyState(exists=False, deleted=False, versions=())
-
-S = TypeVar("S")
-
-
-class Timeline(Generic[S]):
-    """A piecewise-constant state: `states[i]` holds from `starts[i]` until `starts[i + 1]`."""
-
-    __slots__ = ("starts", "states")
-
-    def __init__(self, initial: S) -> None:
-        self.starts: list[datetime] = [BEGINNING]
-        self.states: list[S] = [initial]
-
-    def at(self, t: datetime) -> S:
-        return self.states[bisect_right(self.starts, t) - 1]
-
-    @property
-    def latest(self) -> S:
-        return self.states[-1]
-
-    def set_from(self, t: datetime, state: S) -> None:
-        """Record that `state` holds from t on; changes must arrive in time order."""
-        if self.starts[-1] == t:
-            self.states[-1] = state
-        else:
-            self.starts.append(t)
-            self.states.append(state)
-
-    def epochs_within(self, start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime, S]]:
-        """(start, end, state) for each epoch overlapping [start, end), clipped to it."""
-        starts, states = self.starts, self.states
-        last = len(starts) - 1
-        for index in range(bisect_right(starts, start) - 1, last + 1):
-            epoch_start = starts[index]
-            if epoch_start >= end:
-                break
-            epoch_end = starts[index + 1] if index < last and starts[index + 1] < end else end
-            yield max(epoch_start, start), epoch_end, states[index]
-
-    def epochs_between(self, start: datetime, end: datetime) -> Iterator[tuple[datetime, S]]:
-        """(epoch start, state) for each epoch overlapping [start, end)."""
-        first = bisect_right(self.starts, start) - 1
-        for index in range(first, len(self.starts)):
-            if self.starts[index] >= end:
-                break
-            yield self.starts[index], self.states[index]
-
-
-def grants_required(permissions: frozenset[str] | None) -> bool:
-    """Rule 2 for one principal's lower-case permissions on a vault (None: it has no entry)."""
-    return permissions is not None and ("all" in permissions or permissions >= REQUIRED_PERMISSIONS)
-
-
-class AccessHistory:
-    """One vault's effective key permissions per principal, over time.
-
-    A set_access changes one principal. Recording each change against that principal alone, rather
-    than copying the vault's whole access map into a new VaultState, keeps a vault with many
-    principals and many changes linear in size: with 15,000 principals on a vault, a copy per
-    change cost over a megabyte each.
-    """
-
-    __slots__ = ("changed", "initial")
-
-    def __init__(self, initial: Mapping[str, frozenset[str]]) -> None:
-        self.initial = initial  # principal name_id -> lower-case permissions, before any change
-        # Only principals some change touched; None in a timeline means "no entry".
-        self.changed: dict[str, Timeline[frozenset[str] | None]] = {}
-
-    def set_from(self, t: datetime, principal: str, permissions: frozenset[str]) -> None:
-        """Record `principal`'s permissions from t on; changes must arrive in time order."""
-        timeline = self.changed.get(principal)
-        if timeline is None:
-            timeline = self.changed[principal] = Timeline(self.initial.get(principal))
-        timeline.set_from(t, permissions)
-
-    def permissions(self, principal: str, t: datetime) -> frozenset[str] | None:
-        """`principal`'s permissions at t, or None when it has no entry."""
-        timeline = self.changed.get(principal)
-        return self.initial.get(principal) if timeline is None else timeline.at(t)
-
-    def principals(self, t: datetime) -> Iterator[str]:
-        """Every principal with an entry at t: those of the snapshot, then those changes added."""
-        for principal in self.initial:
-            if self.permissions(principal, t) is not None:
-                yield principal
-        for principal in self.changed:
-            if principal not in self.initial and self.permissions(principal, t) is not None:
-                yield principal
-
-    def grant_intervals(
-        self, principal: str, start: datetime, end: datetime, extra: frozenset[str] | None = None
-    ) -> list[Interval]:
-        """The intervals within [start, end) during which `principal` holds get, wrapKey and unwrapKey.
-
-        `extra`: permissions granted on the key itself (RBAC at key scope), which hold throughout.
-        """
-        timeline = self.changed.get(principal)
-        if timeline is None:
-            return [(start, end)] if grants_required(_union(self.initial.get(principal), extra)) else []
-        intervals: list[Interval] = []
-        for epoch_start, epoch_end, permissions in timeline.epochs_within(start, end):
-            if grants_required(_union(permissions, extra)):
-                merge_append(intervals, epoch_start, epoch_end)
-        return intervals
-
-
-def _union(permissions: frozenset[str] | None, extra: frozenset[str] | None) -> frozenset[str] | None:
-    if extra is None:
-        return permissions
-    return extra if permissions is None else permissions | extra
-
-
-class AccessAt(Mapping[str, frozenset[str]]):
-    """A vault's access map as it stands at one instant: a read-only view of its AccessHistory."""
-
-    __slots__ = ("_at", "_history")
-
-    def __init__(self, history: AccessHistory, at: datetime) -> None:
-        self._history = history
-        self._at = at
-
-    def __getitem__(self, principal: str) -> frozenset[str]:
-        permissions = self._history.permissions(principal, self._at)
-        if permissions is None:
-            raise KeyError(principal)
-        return permissions
-
-    def __iter__(self) -> Iterator[str]:
-        return self._history.principals(self._at)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def __repr__(self) -> str:
-        return f"AccessAt({dict(self)!r})"
-
-
-def merge_append(intervals: list[Interval], start: datetime, end: datetime) -> None:
-    """Append [start, end) to sorted, merged intervals none of which ends after `start`.
-
-    An empty interval is dropped and one that touches the last is merged into it, so the list stays
-    in its one canonical form: sorted, disjoint, not touching.
-    """
-    if start >= end:
-        return
-    if intervals and intervals[-1][1] == start:
-        intervals[-1] = (intervals[-1][0], end)
-    else:
-        intervals.append((start, end))
-
-
-def intersect(first: Sequence[Interval], second: Sequence[Interval]) -> list[Interval]:
-    """Where both of two canonical interval lists hold, as a canonical list."""
-    result: list[Interval] = []
-    i = j = 0
-    while i < len(first) and j < len(second):
-        first_start, first_end = first[i]
-        second_start, second_end = second[j]
-        merge_append(result, max(first_start, second_start), min(first_end, second_end))
-        if first_end < second_end:
-            i += 1
-        else:
-            j += 1
-    return result
-
-
-def _sorted_versions(versions: Iterable[KeyVersion]) -> tuple[KeyVersion, ...]:
-    if isinstance(versions, tuple):
-        if len(versions) < 2:  # most keys: nothing to compare
-            return versions
-        for earlier, later in pairwise(versions):
-            if earlier.created > later.created:
-                break
-        else:  # already in order (as listed, usually): share the tuple rather than copy it
-            return versions
-    return tuple(sorted(versions, key=_CREATED))
-
-
-def _with_version(versions: tuple[KeyVersion, ...], new: KeyVersion) -> tuple[KeyVersion, ...]:
-    """`versions` plus `new`, sorted by `created` as a stable sort would place it."""
-    if not versions or versions[-1].created <= new.created:  # the usual rotation: it is the newest
-        return (*versions, new)
-    return _sorted_versions((*versions, new))
-
-
-class World:
-    """Every vault's and key's state over time: the snapshot with the changes applied in order.
-
-    Raises ScenarioError (with the change's JSON path) for a change that cannot apply.
-    """
-
-    def __init__(self, snapshot: Snapshot, changes: Iterable[Change] = ()) -> None:
-        self._load(snapshot)
-        changes = tuple(changes)
-        try:
-            self._apply_by_target(changes)
-        except ScenarioError:
-            # Report the change that fails first in time order: apply them again, in that order.
-            self._load(snapshot)
-            self._apply_in_time_order(changes)
-            raise  # pragma: no cover - the same change fails either way, so the line above raises
-
-    def _load(self, snapshot: Snapshot) -> None:
-        """Every vault's and key's state from the snapshot, before any change."""
-        self.vaults: dict[str, Timeline[VaultState]] = {}
-        # Rules 1 and 2 over time, per vault id, apart from the VaultStates so that intervals need not
-        # walk every epoch of a busy vault: whether it exists, and each principal's permissions.
-        self.existence: dict[str, Timeline[bool]] = {}
-        self.access: dict[str, AccessHistory] = {}
-        # Each key's timeline once a change touches it, else its one state: `key()` wraps that in a
-        # fresh one-epoch Timeline when asked. Building ~300,000 timelines that would never change
-        # added a million long-lived objects, and the garbage collector's full passes over them cost
-        # seconds. One map for both: at this size each lookup misses the processor's caches, and
-        # looking in two maps cost about a microsecond per reference.
-        self._keys: dict[KeyId, Timeline[KeyState] | KeyState] = {}
-        # vault URI as spelled -> vault id: a fleet spells each vault's URI a handful of ways, and
-        # references and changes name it hundreds of thousands of times.
-        self._vault_ids: dict[str, str] = {}
-        # Vaults list one permission set for many principals: lower-case each distinct set once.
-        lowered: dict[frozenset[str], frozenset[str]] = {}
-        for vault in snapshot.vaults:
-            access = {}
-            for principal, spelled in vault.access.items():
-                perms = frozenset(spelled)  # the very object when it is a frozenset already
-                low = lowered.get(perms)
-                if low is None:
-                    low = lowered[perms] = frozenset(p.lower() for p in perms)
-                access[name_id(principal)] = low
-            history = self.access[vault.id] = AccessHistory(access)
-            self.existence[vault.id] = Timeline(not vault.deleted)
-            self.vaults[vault.id] = Timeline(
-                VaultState(
-                    uri=vault.uri,
-                    exists=not vault.deleted,
-                    soft_delete=vault.soft_delete,
-                    purge_protection=vault.purge_protection,
-                    rbac=vault.rbac,
-                    access=AccessAt(history, BEGINNING),
-                )
-            )
-        # Permissions granted at a key's own scope (RBAC), per key id and principal; they never change.
-        self.key_access: dict[KeyId, dict[str, frozenset[str]]] = {}
-        keys, vault_ids = self._keys, self._vault_ids
-        for key in snapshot.keys:
-            key_vault = vault_ids.get(key.vault)
-            if key_vault is None:
-                key_vault = self.vault_id(key.vault)
-            key_id = (key_vault, name_id(key.name))
-            keys[key_id] = KeyState(True, key.deleted, _sorted_versions(key.versions))
-            if key.access:
-                self.key_access[key_id] = {
-                    name_id(p): frozenset(x.lower() for x in perms) for p, perms in key.access.items()
-                }
-        # What the monitor could not read: rules that depend on it are unknown, not failed.
-        self.blind_vaults: dict[str, str] = {}
-        self.blind_keys: dict[KeyId, str] = {}
-        self.blind_namespaces: dict[str, str] = {}  # by name_id of the ARM id
-        for spot in snapshot.blind:
-            if spot.scope is BlindScope.NAMESPACE:
-                self.blind_namespaces[name_id(spot.target)] = spot.reason
-            elif spot.scope is BlindScope.VAULT:
-                self.blind_vaults[self.vault_id(spot.target)] = spot.reason
-            elif spot.scope is BlindScope.KEY and (blind_key := key_id_of_url(spot.target)) is not None:
-                self.blind_keys[blind_key] = spot.reason
-
-    def _apply_in_time_order(self, changes: tuple[Change, ...]) -> None:
-        # Ties as listed: a stable sort on `at` alone, with the index kept for errors.
-        ats = [change.at for change in changes]
-        for index in sorted(range(len(changes)), key=ats.__getitem__):
-            self._apply(index, changes[index])
-
-    def _apply_by_target(self, changes: tuple[Change, ...]) -> None:
-        """The same World as `_apply_in_time_order`, applying each key's and each vault's changes together.
-
-        A change bears only on its own key, or on its own vault (its existence and access), so each
-        target's changes in time order (ties as listed) are all that matter. Target by target, in the
-        order the changes first name them, each key's state is still in the processor's caches for its
-        next change, and its timeline lies near those of the keys listed beside it, which prediction
-        visits next: one pass in time order hops across the fleet at every change.
-        """
-        by_target: dict[str | KeyId, list[int]] = {}
-        vault_ids = self._vault_ids
-        for index, change in enumerate(changes):
-            vault = vault_ids.get(change.vault)
-            if vault is None:
-                vault = self.vault_id(change.vault)
-            target = (vault, name_id(change.key)) if isinstance(change, KEY_CHANGES) else vault
-            indices = by_target.get(target)
-            if indices is None:
-                by_target[target] = [index]
-            else:
-                indices.append(index)
-        apply = self._apply_to
-        for target, indices in by_target.items():
-            # The target, worked out above, goes along: each change would otherwise work it out again.
-            vault, key_id = (target, None) if isinstance(target, str) else (target[0], target)
-            if len(indices) > 1:
-                ats = [changes[index].at for index in indices]
-                if any(later < earlier for earlier, later in pairwise(ats)):
-                    indices.sort(key=lambda index: changes[index].at)  # stable: ties stay as listed
-            for index in indices:
-                apply(index, changes[index], vault, key_id)
-
-    def vault_id(self, uri: str) -> str:
-        """`model.vault_id(uri)`, remembered per spelling."""
-        found = self._vault_ids.get(uri)
-        if found is None:
-            found = self._vault_ids[uri] = vault_id(uri)
-        return found
-
-    def key_id(self, ref: KeyRef) -> KeyId:
-        """`ref.key_id`, with the vault id remembered."""
-        return (self.vault_id(ref.vault), name_id(ref.name))
-
-    def key_permissions(self, key_id: KeyId, principal: str) -> frozenset[str] | None:
-        """`principal`'s permissions granted on the key itself, or None."""
-        granted = self.key_access.get(key_id)
-        return granted.get(principal) if granted is not None else None
-
-    def vault(self, uri: str) -> Timeline[VaultState] | None:
-        return self.vaults.get(self.vault_id(uri))
-
-    def key(self, key_id: KeyId) -> Timeline[KeyState]:
-        entry = self._keys.get(key_id)
-        if entry is None:
-            return _MISSING_TIMELINE
-        return entry if isinstance(entry, Timeline) else Timeline(entry)
-
-    def key_entry(self, key_id: KeyId) -> Timeline[KeyState] | KeyState:
-        """The key's timeline once a change touches it, else its one state (MISSING_KEY: no such key)."""
-        return self._keys.get(key_id, MISSING_KEY)
-
-    def key_at(self, key_id: KeyId, t: datetime) -> KeyState:
-        """`key(key_id).at(t)`, without building a timeline for a key no change touches."""
-        entry = self._keys.get(key_id, MISSING_KEY)
-        return entry.at(t) if isinstance(entry, Timeline) else entry
-
-    def intervals_of_key(self, key_id: KeyId, version: str | None, start: datetime, end: datetime) -> list[Interval]:
-        """`key_intervals(key(key_id), ...)`, without building a timeline for a key no change touches."""
-        entry = self._keys.get(key_id, MISSING_KEY)
-        if isinstance(entry, Timeline):
-            return key_intervals(entry, version, start, end)
-        intervals: list[Interval] = []
-        _append_key_epoch(intervals, entry, version, start, end)
-        return intervals
-
-    def _apply(self, index: int, change: Change) -> None:
-        vault = self.vault_id(change.vault)
-        key_id = (vault, name_id(change.key)) if isinstance(change, KEY_CHANGES) else None
-        self._apply_to(index, change, vault, key_id)
-
-    def _apply_to(self, index: int, change: Change, vault: str, key_id: KeyId | None) -> None:
-        """Apply `change`, whose vault id is `vault` and key id `key_id` (None: not a key change)."""
-        vault_timeline = self.vaults.get(vault)
-        if vault_timeline is None:
-            raise ScenarioError(f"$.changes[{index}].vault", f"unknown vault {change.vault!r} (not in $.vaults)")
-        if key_id is None:
-            self._apply_to_vault(change, vault, vault_timeline)
-            return
-        entry = self._keys.get(key_id)
-        if isinstance(entry, Timeline):
-            timeline = entry
-        elif entry is not None:  # the first change to a snapshot key: from now on it has a timeline
-            timeline = self._keys[key_id] = Timeline(entry)
-        elif isinstance(change, NewVersion):
-            timeline = self._keys[key_id] = Timeline(MISSING_KEY)
-        else:
-            assert isinstance(change, KEY_CHANGES)  # noqa: S101 - narrows the type; holds by construction
-            raise ScenarioError(
-                f"$.changes[{index}].key",
-                f"unknown key {change.key!r} in vault {change.vault!r} "
-                "(not in $.keys, nor created by an earlier new_version)",
-            )
-        state: KeyState = timeline.states[-1]
-        new_state: KeyState
-        if isinstance(change, NewVersion):
-            if state.exists and state.version(change.version.version) is not None:
-                raise ScenarioError(
-                    f"$.changes[{index}].version.version",
-                    f"key {change.key!r} already has version {change.version.version!r}",
-                )
-            # KeyState(...) rather than dataclasses.replace: the same value, at a third of the cost.
-            if state.exists:
-                new_state = KeyState(True, state.deleted, _with_version(state.versions, change.version))
-            else:
-                new_state = KeyState(exists=True, deleted=False, versions=(change.version,))
-        elif isinstance(change, UpdateVersion):
-            new_state = _updated(state, change, f"$.changes[{index}]")
-        elif isinstance(change, DeleteKey):
-            new_state = KeyState(state.exists, True, state.versions)
-        elif isinstance(change, RecoverKey):
-            new_state = KeyState(state.exists, False, state.versions)
-        elif isinstance(change, PurgeKey):
-            new_state = MISSING_KEY
-        else:  # pragma: no cover - the Change union is exhaustive
-            raise AssertionError(change)
-        timeline.set_from(change.at, new_state)
-
-    def _apply_to_vault(self, change: Change, vault: str, vault_timeline: Timeline[VaultState]) -> None:
-        if isinstance(change, SetAccess):
-            history = self.access[vault]
-            history.set_from(change.at, name_id(change.principal), frozenset(p.lower() for p in change.permissions))
-            # A new epoch whose map is the history as of change.at: the state before it keeps its own view.
-            vault_timeline.set_from(change.at, replace(vault_timeline.latest, access=AccessAt(history, change.at)))
-        elif isinstance(change, (DeleteVault, RecoverVault)):  # a tuple: isinstance of a union costs more
-            exists = isinstance(change, RecoverVault)
-            vault_timeline.set_from(change.at, replace(vault_timeline.latest, exists=exists))
-            self.existence[vault].set_from(change.at, exists)
-        else:  # pragma: no cover - every other change is a key change
-            raise AssertionError(change)
-
-
-def _updated(state: KeyState, change: UpdateVersion, path: str) -> KeyState:
-    if not state.exists:
-        raise ScenarioError(f"{path}.key", f"key {change.key!r} does not exist at {change.at.isoformat()}")
-    if change.version is None:
-        target = state.current_version(change.at)
-        if target is None:
-            raise ScenarioError(f"{path}.version", f"key {change.key!r} has no current version at that time")
-    else:
-        found = state.version(change.version)
-        if found is None:
-            raise ScenarioError(f"{path}.version", f"key {change.key!r} has no version {change.version!r}")
-        target = found
-    updated = target
-    if change.enabled is not KEEP:
-        updated = replace(updated, enabled=change.enabled)
-    if change.nbf is not KEEP:
-        updated = replace(updated, nbf=change.nbf)
-    if change.exp is not KEEP:
-        updated = replace(updated, exp=change.exp)
-    if change.key_ops is not KEEP:
-        updated = replace(updated, key_ops=change.key_ops)
-    versions = tuple(updated if v is target else v for v in state.versions)
-    return KeyState(state.exists, state.deleted, versions)
-
-
-_MISSING_TIMELINE: Timeline[KeyState] = Timeline(MISSING_KEY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -605,7 +87,7 @@ def assess_as(world: World, ref: KeyRef, principal: str | None, t: datetime) -> 
             return Assessment(ref, principal, (Reason.VAULT_MISSING,), None)
         # The same answer as vault_state.grants(principal), without going through the Mapping view.
         if principal is not None and not grants_required(
-            _union(world.access[vault].permissions(principal, t), world.key_permissions(key_id, principal))
+            union_permissions(world.access[vault].permissions(principal, t), world.key_permissions(key_id, principal))
         ):
             reasons.append(Reason.ACCESS_DENIED)
     key_blind = world.blind_keys.get(key_id)
@@ -651,105 +133,10 @@ def version_reasons(version: KeyVersion, t: datetime) -> list[Reason]:
     return reasons
 
 
-# --- usability as intervals ------------------------------------------------------------------------
 # Each rule holds on half-open intervals [from, until): a state holds from its change on, a version is
 # current from its `created`, valid from `nbf` and until `exp`. So a reference's usable time is the
 # intersection of the vault's, the principal's and the key's intervals, computed without judging any
 # instant. `assess` stays the reference the intervals must agree with.
-
-
-def exists_intervals(existence: Timeline[bool], start: datetime, end: datetime) -> list[Interval]:
-    """The intervals within [start, end) during which a vault exists (rule 1)."""
-    intervals: list[Interval] = []
-    for epoch_start, epoch_end, exists in existence.epochs_within(start, end):
-        if exists:
-            merge_append(intervals, epoch_start, epoch_end)
-    return intervals
-
-
-def key_intervals(timeline: Timeline[KeyState], version: str | None, start: datetime, end: datetime) -> list[Interval]:
-    """The intervals within [start, end) during which rules 3 to 5 hold for the key.
-
-    `version` is the pinned version, or None to follow the current one.
-    """
-    intervals: list[Interval] = []
-    # Timeline.epochs_within, without a generator: most keys with a timeline have two or three epochs.
-    starts, states = timeline.starts, timeline.states
-    last = len(starts) - 1
-    for index in range(bisect_right(starts, start) - 1, last + 1):
-        epoch_start = starts[index]
-        if epoch_start >= end:
-            break
-        epoch_end = starts[index + 1] if index < last and starts[index + 1] < end else end
-        _append_key_epoch(intervals, states[index], version, max(epoch_start, start), epoch_end)
-    return intervals
-
-
-def _append_key_epoch(
-    intervals: list[Interval], state: KeyState, version: str | None, epoch_start: datetime, epoch_end: datetime
-) -> None:
-    """Append the part of one epoch [epoch_start, epoch_end), in which the key is `state`, that passes rules 3 to 5."""
-    if not state.exists or state.deleted:
-        return
-    if version is not None:
-        pinned = state.version(version)
-        if pinned is not None:
-            _append_valid(intervals, pinned, max(epoch_start, pinned.created), epoch_end)
-        return
-    # versions are sorted by `created`: each is current from its own `created` until the next
-    # one's (ties: the later-listed one wins, and the earlier gets an empty span). Start from the
-    # one current at the epoch's start: those before it are never current within the epoch.
-    versions = state.versions
-    if not versions:
-        return  # a key listed with no version has no current one: never usable
-    last = len(versions) - 1
-    first = last
-    # Nearly always the newest version is current at the epoch's start already: no search, and the older
-    # versions (which cost a cache miss each at this size) are not even looked at.
-    if last > 0 and versions[last].created > epoch_start:
-        first = max(bisect_right(versions, epoch_start, key=_CREATED) - 1, 0)
-    for index in range(first, last + 1):
-        candidate = versions[index]
-        created = candidate.created
-        if created >= epoch_end:
-            break
-        start = created if created > epoch_start else epoch_start
-        until = versions[index + 1].created if index < last else epoch_end
-        end = until if until < epoch_end else epoch_end
-        # _append_valid, inline: this runs for nearly every reference of a fleet.
-        # has_required_ops holds for any version that lists no key_ops: most do, and skip the property.
-        if not candidate.enabled or (candidate.key_ops is not None and not candidate.has_required_ops):
-            continue
-        nbf, exp = candidate.nbf, candidate.exp
-        if nbf is not None and nbf > start:
-            start = nbf
-        if exp is not None and exp < end:
-            end = exp
-        if start >= end:
-            continue
-        if intervals and intervals[-1][1] == start:
-            intervals[-1] = (intervals[-1][0], end)
-        else:
-            intervals.append((start, end))
-
-
-def _append_valid(intervals: list[Interval], version: KeyVersion, start: datetime, end: datetime) -> None:
-    """Append the part of [start, end) in which `version` passes rules 4 and 5 (see version_reasons)."""
-    # has_required_ops holds for any version that lists no key_ops: most do, and skip the property.
-    if not version.enabled or (version.key_ops is not None and not version.has_required_ops):
-        return
-    nbf, exp = version.nbf, version.exp
-    if nbf is not None and nbf > start:
-        start = nbf
-    if exp is not None and exp < end:
-        end = exp
-    # merge_append, inline: this runs for nearly every reference of a fleet.
-    if start >= end:
-        return
-    if intervals and intervals[-1][1] == start:
-        intervals[-1] = (intervals[-1][0], end)
-    else:
-        intervals.append((start, end))
 
 
 class UsableTime:
@@ -797,7 +184,7 @@ class UsableTime:
             intervals = key_intervals(entry, version, start, end)
         else:
             intervals = []
-            _append_key_epoch(intervals, entry, version, start, end)
+            append_key_epoch(intervals, entry, version, start, end)
         if not (reachable is self._whole or reachable == self._whole):
             intervals = intersect(reachable, intervals)
         if not intervals:
@@ -832,9 +219,6 @@ class UsableTime:
         grants = history.grant_intervals(principal, start, end, extra)
         # Skip intersecting when the vault is there throughout.
         return grants if exists is whole else intersect(exists, grants)
-
-
-# --- point evaluation helpers, kept for checking the intervals against `assess` -------------------
 
 
 def change_instants(world: World, ref: KeyRef, start: datetime, end: datetime) -> list[datetime]:

@@ -34,7 +34,8 @@ from monitor.domain.model import (
 )
 from monitor.domain.prediction import NamespacePrediction, Status, predict_scenario, usable_intervals
 from monitor.domain.scenario import parse_scenario, scenario_document
-from monitor.domain.usability import World, assess
+from monitor.domain.usability import assess
+from monitor.domain.world import World
 from monitor.formats.render import prediction_document
 from tests.strategies import BASE, all_refs, ref_identity, scenarios, vault_uris
 

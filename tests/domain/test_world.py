@@ -8,7 +8,7 @@ import pytest
 
 from monitor.domain.errors import ScenarioError
 from monitor.domain.model import Key, KeyVersion, Snapshot, UpdateVersion, Vault
-from monitor.domain.usability import World
+from monitor.domain.world import World
 
 VAULT = "https://kv-test.vault.azure.net"
 T1 = datetime(2026, 12, 1, tzinfo=UTC)
