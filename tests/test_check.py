@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from azure.keyvault.keys._shared import http_challenge_cache
 
+from monitor.domain.documents import format_instant
 from monitor.domain.model import DeleteKey, Scenario
-from monitor.domain.scenario import format_instant, parse_scenario
+from monitor.domain.scenario import parse_scenario
 from monitor.formats.scenario_io import load_scenario, save_scenario
 from monitor.sandbox import Sandbox
 from tests.builders import (

@@ -14,7 +14,8 @@ from azure.keyvault.keys._shared import http_challenge_cache
 
 from monitor.app.events import handle_event
 from monitor.app.poll import poll
-from monitor.domain.scenario import format_instant, parse_scenario
+from monitor.domain.documents import format_instant
+from monitor.domain.scenario import parse_scenario
 from monitor.entry.bootstrap import build_monitor
 from monitor.entry.config import Settings
 from monitor.formats.events import KeyVaultEvent, parse_event

@@ -28,7 +28,8 @@ from monitor.app.telemetry import HEARTBEAT, READINGS, TRACER, count_poll
 from monitor.domain.alert import Alert
 from monitor.domain.fleet import FleetReport, evaluate
 from monitor.domain.model import BlindScope, BlindSpot, Namespace, Scenario, vault_id
-from monitor.domain.scenario import parse_scenario, scenario_document
+from monitor.domain.scenario import parse_scenario
+from monitor.domain.scenario_writing import scenario_document
 from monitor.domain.world import World
 
 

@@ -20,6 +20,7 @@ from monitor.app.ports import KeyReader, KeyRemediator
 from monitor.app.state import StateStore
 from monitor.app.telemetry import count_remediation
 from monitor.domain.alert import AlertAction
+from monitor.domain.documents import format_instant
 from monitor.domain.errors import ReadError, RemediationError
 from monitor.domain.fleet import NamespaceReport
 from monitor.domain.incidents import Level
@@ -34,7 +35,6 @@ from monitor.domain.remediation import (
     policy_rotates_at,
     version_fit,
 )
-from monitor.domain.scenario import format_instant
 from monitor.domain.world import World
 
 LOG = logging.getLogger("keyhealth.remediation")

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
+from monitor.domain.documents import format_instant, parse_instant
 from monitor.domain.findings import Finding, humanize
 from monitor.domain.fleet import NamespaceReport
 from monitor.domain.incidents import Condition, Level, Notice
 from monitor.domain.model import KeyId
 from monitor.domain.prediction import Status
-from monitor.domain.scenario import format_instant, parse_instant
 
 SCHEMA = "keyhealth.alert/1"
 _DEDUP_KEY_LIMIT = 255  # PagerDuty's limit on dedup_key

@@ -9,9 +9,9 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from monitor.domain.documents import format_instant
 from monitor.domain.model import KeyRef, Namespace, is_managed_hsm, vault_short_name
 from monitor.domain.prediction import NamespacePrediction, Status
-from monitor.domain.scenario import format_instant
 from monitor.domain.usability import VERSION_REASONS, Assessment, Reason, assess, version_reasons
 from monitor.domain.world import VaultState, World
 

@@ -1,13 +1,14 @@
-"""Scenario documents (parsed JSON or YAML) <-> Scenario values, with errors that name the JSON path."""
+"""Scenario documents -> Scenario values: every field checked against the spec, with errors that name
+the JSON path."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
+from monitor.domain.documents import DocumentReader, check_once, describe_value, format_instant, parse_instant
 from monitor.domain.errors import ScenarioError
 from monitor.domain.model import (
     KEEP,
@@ -35,8 +36,6 @@ from monitor.domain.model import (
     vault_id,
 )
 
-T = TypeVar("T")
-
 CHANGE_OPS = (
     "new_version",
     "update_version",
@@ -50,140 +49,12 @@ CHANGE_OPS = (
 _TOP_FIELDS = {"now", "horizon", "vaults", "keys", "namespaces", "changes", "blind"}
 
 
-def format_instant(t: datetime) -> str:
-    """ISO 8601 in UTC with a `Z`, as the scenario format writes times."""
-    t = t.astimezone(UTC)
-    text = t.strftime("%Y-%m-%dT%H:%M:%S")
-    if t.microsecond:
-        text += f".{t.microsecond:06d}".rstrip("0")
-    return text + "Z"
-
-
-def parse_instant(value: object, path: str) -> datetime:
-    """An ISO 8601 time (a string, or a datetime a YAML loader made); no offset means UTC.
-
-    Raises ScenarioError naming `path` when it is not one.
-    """
-    if isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, date):
-        parsed = datetime(value.year, value.month, value.day)
-    elif isinstance(value, str) and value.strip():
-        try:
-            parsed = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise ScenarioError(path, f"{value!r} is not an ISO 8601 time such as 2026-11-22T00:00:00Z") from None
-    else:
-        raise ScenarioError(path, f"expected an ISO 8601 time such as 2026-11-22T00:00:00Z, got {_describe(value)}")
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    try:
-        return parsed.astimezone(UTC)
-    except OverflowError:  # an offset that moves it before year 1 or past 9999 in UTC
-        raise ScenarioError(path, f"{value!r} lies outside the years 1 to 9999 in UTC") from None
-
-
-def _describe(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, int | float):
-        return f"the number {value}"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__
-
-
-@dataclass
-class _Reader:
-    """Reads one document, remembering unknown fields as warnings."""
-
-    warnings: list[str] = field(default_factory=list)
-
-    def obj(self, value: object, path: str, known: set[str] | None = None) -> Mapping[str, Any]:
-        if not isinstance(value, Mapping):
-            raise ScenarioError(path, f"expected an object, got {_describe(value)}")
-        if known is not None:
-            for name in value:
-                if name not in known:
-                    self.warnings.append(f"{path}.{name}: unknown field, ignored")
-        return value
-
-    def items(self, parent: Mapping[str, Any], name: str, path: str, *, required: bool = False) -> list[Any]:
-        if name not in parent or parent[name] is None:
-            if required:
-                raise ScenarioError(f"{path}.{name}", "required list is missing")
-            return []
-        value = parent[name]
-        if not isinstance(value, list):
-            raise ScenarioError(f"{path}.{name}", f"expected a list, got {_describe(value)}")
-        return value
-
-    def text(self, parent: Mapping[str, Any], name: str, path: str) -> str:
-        value = parent.get(name)
-        if not isinstance(value, str) or not value.strip():
-            problem = "is required" if value is None else f"must be a non-empty string, got {_describe(value)}"
-            raise ScenarioError(f"{path}.{name}", problem)
-        return value.strip()
-
-    def optional_text(self, parent: Mapping[str, Any], name: str, path: str) -> str | None:
-        value = parent.get(name)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise ScenarioError(f"{path}.{name}", f"must be a string or null, got {_describe(value)}")
-        return value.strip() or None
-
-    def flag(self, parent: Mapping[str, Any], name: str, path: str, default: bool) -> bool:
-        value = parent.get(name, default)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise ScenarioError(f"{path}.{name}", f"must be true or false, got {_describe(value)}")
-        return value
-
-    def optional_instant(self, parent: Mapping[str, Any], name: str, path: str) -> datetime | None:
-        value = parent.get(name)
-        return None if value is None else parse_instant(value, f"{path}.{name}")
-
-    def access(self, parent: Mapping[str, Any], path: str) -> dict[str, frozenset[str]]:
-        """An `access` map: principal id -> permission names."""
-        access: dict[str, frozenset[str]] = {}
-        seen: dict[str, str] = {}
-        raw = parent.get("access")
-        if raw is not None:
-            for principal, permissions in self.obj(raw, f"{path}.access").items():
-                entry = f"{path}.access.{principal}"
-                _once(seen, name_id(str(principal)), entry, f"principal {principal!r} (ids compare case-insensitively)")
-                access[str(principal).strip()] = frozenset(self.strings(permissions, entry))
-        return access
-
-    def strings(self, value: object, path: str) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            raise ScenarioError(path, f"expected a list of strings, got {_describe(value)}")
-        for index, item in enumerate(value):
-            if not isinstance(item, str):
-                raise ScenarioError(f"{path}[{index}]", f"expected a string, got {_describe(item)}")
-        return tuple(item.strip() for item in value)
-
-
-def _once(seen: dict[T, str], identity: T, path: str, what: str) -> None:
-    if identity in seen:
-        raise ScenarioError(path, f"duplicate {what}: already given at {seen[identity]}")
-    seen[identity] = path
-
-
 def parse_scenario(document: object) -> tuple[Scenario, list[str]]:
     """Build a Scenario from a parsed document; also return warnings about ignored fields.
 
     Raises ScenarioError naming the JSON path of the first problem found.
     """
-    reader = _Reader()
+    reader = DocumentReader()
     root = reader.obj(document, "$", _TOP_FIELDS)
     if "now" not in root:
         raise ScenarioError("$.now", "required time is missing")
@@ -195,7 +66,7 @@ def parse_scenario(document: object) -> tuple[Scenario, list[str]]:
     vaults = [_vault(reader, v, f"$.vaults[{i}]") for i, v in enumerate(reader.items(root, "vaults", "$"))]
     vault_paths: dict[str, str] = {}
     for index, vault in enumerate(vaults):
-        _once(vault_paths, vault.id, f"$.vaults[{index}].uri", f"vault {vault.uri!r}")
+        check_once(vault_paths, vault.id, f"$.vaults[{index}].uri", f"vault {vault.uri!r}")
 
     def known_vault(uri: str, path: str) -> None:
         if vault_id(uri) not in vault_paths:
@@ -207,7 +78,7 @@ def parse_scenario(document: object) -> tuple[Scenario, list[str]]:
         path = f"$.keys[{index}]"
         key = _key(reader, item, path)
         known_vault(key.vault, f"{path}.vault")
-        _once(key_paths, key.id, f"{path}.name", f"key {key.name!r} in vault {key.vault!r}")
+        check_once(key_paths, key.id, f"{path}.name", f"key {key.name!r} in vault {key.vault!r}")
         keys.append(key)
 
     namespaces = []
@@ -216,8 +87,8 @@ def parse_scenario(document: object) -> tuple[Scenario, list[str]]:
     for index, item in enumerate(reader.items(root, "namespaces", "$")):
         path = f"$.namespaces[{index}]"
         namespace = _namespace(reader, item, path)
-        _once(namespace_names, name_id(namespace.name), f"{path}.name", f"namespace name {namespace.name!r}")
-        _once(namespace_ids, name_id(namespace.id), f"{path}.id", f"namespace id {namespace.id!r}")
+        check_once(namespace_names, name_id(namespace.name), f"{path}.name", f"namespace name {namespace.name!r}")
+        check_once(namespace_ids, name_id(namespace.id), f"{path}.id", f"namespace id {namespace.id!r}")
         for ref_index, ref in enumerate(namespace.keys):
             known_vault(ref.vault, f"{path}.keys[{ref_index}].vault")
         namespaces.append(namespace)
@@ -236,7 +107,7 @@ def parse_scenario(document: object) -> tuple[Scenario, list[str]]:
     return scenario, reader.warnings
 
 
-def _vault(reader: _Reader, value: object, path: str) -> Vault:
+def _vault(reader: DocumentReader, value: object, path: str) -> Vault:
     item = reader.obj(value, path, {"uri", "soft_delete", "purge_protection", "rbac", "access", "deleted"})
     uri = reader.text(item, "uri", path)
     try:
@@ -258,7 +129,7 @@ def _vault(reader: _Reader, value: object, path: str) -> Vault:
     )
 
 
-def _blind_spot(reader: _Reader, value: object, path: str) -> BlindSpot:
+def _blind_spot(reader: DocumentReader, value: object, path: str) -> BlindSpot:
     item = reader.obj(value, path, {"scope", "target", "reason"})
     scope = item.get("scope")
     scopes = [s.value for s in BlindScope]
@@ -270,7 +141,7 @@ def _blind_spot(reader: _Reader, value: object, path: str) -> BlindSpot:
 _VERSION_FIELDS = {"version", "created", "enabled", "nbf", "exp", "key_ops", "kty", "key_size"}
 
 
-def _key_version(reader: _Reader, value: object, path: str, default_created: datetime | None) -> KeyVersion:
+def _key_version(reader: DocumentReader, value: object, path: str, default_created: datetime | None) -> KeyVersion:
     item = reader.obj(value, path, _VERSION_FIELDS)
     if item.get("created") is None and default_created is not None:
         created = default_created
@@ -281,7 +152,7 @@ def _key_version(reader: _Reader, value: object, path: str, default_created: dat
     key_ops = item.get("key_ops")
     key_size = item.get("key_size")
     if key_size is not None and (isinstance(key_size, bool) or not isinstance(key_size, int) or key_size <= 0):
-        raise ScenarioError(f"{path}.key_size", f"must be a positive whole number, got {_describe(key_size)}")
+        raise ScenarioError(f"{path}.key_size", f"must be a positive whole number, got {describe_value(key_size)}")
     return KeyVersion(
         version=reader.text(item, "version", path),
         created=created,
@@ -294,24 +165,24 @@ def _key_version(reader: _Reader, value: object, path: str, default_created: dat
     )
 
 
-def _tags(reader: _Reader, item: Mapping[str, object], path: str) -> dict[str, str]:
+def _tags(reader: DocumentReader, item: Mapping[str, object], path: str) -> dict[str, str]:
     tags: dict[str, str] = {}
     if item.get("tags") is not None:
         for tag, tag_value in reader.obj(item["tags"], f"{path}.tags").items():
             if not isinstance(tag_value, str):
-                raise ScenarioError(f"{path}.tags.{tag}", f"must be a string, got {_describe(tag_value)}")
+                raise ScenarioError(f"{path}.tags.{tag}", f"must be a string, got {describe_value(tag_value)}")
             tags[str(tag)] = tag_value
     return tags
 
 
-def _key(reader: _Reader, value: object, path: str) -> Key:
+def _key(reader: DocumentReader, value: object, path: str) -> Key:
     item = reader.obj(value, path, {"vault", "name", "deleted", "rotation_policy", "versions", "access", "tags"})
     versions = []
     seen: dict[str, str] = {}
     for index, raw in enumerate(reader.items(item, "versions", path)):
         version_path = f"{path}.versions[{index}]"
         version = _key_version(reader, raw, version_path, None)
-        _once(seen, name_id(version.version), f"{version_path}.version", f"version {version.version!r}")
+        check_once(seen, name_id(version.version), f"{version_path}.version", f"version {version.version!r}")
         versions.append(version)
     policy = item.get("rotation_policy")
     if policy is not None:
@@ -327,7 +198,7 @@ def _key(reader: _Reader, value: object, path: str) -> Key:
     )
 
 
-def _namespace(reader: _Reader, value: object, path: str) -> Namespace:
+def _namespace(reader: DocumentReader, value: object, path: str) -> Namespace:
     item = reader.obj(value, path, {"id", "name", "tags", "identity", "keys"})
     resource_id = reader.text(item, "id", path)
     name = reader.text(item, "name", path) if "name" in item else resource_id.rstrip("/").rsplit("/", 1)[-1]
@@ -341,7 +212,7 @@ def _namespace(reader: _Reader, value: object, path: str) -> Namespace:
             for resource, principal in reader.obj(
                 raw_identity["user_assigned"], f"{path}.identity.user_assigned"
             ).items():
-                _once(
+                check_once(
                     seen_identities,
                     name_id(str(resource)),
                     f"{path}.identity.user_assigned.{resource}",
@@ -350,7 +221,7 @@ def _namespace(reader: _Reader, value: object, path: str) -> Namespace:
                 if principal is not None and not isinstance(principal, str):
                     raise ScenarioError(
                         f"{path}.identity.user_assigned.{resource}",
-                        f"must be the identity's principal id (a string) or null, got {_describe(principal)}",
+                        f"must be the identity's principal id (a string) or null, got {describe_value(principal)}",
                     )
                 user_assigned[str(resource)] = principal
         identity = NamespaceIdentity(
@@ -381,7 +252,7 @@ def _namespace(reader: _Reader, value: object, path: str) -> Namespace:
             name_id(ref.version) if ref.version else None,
             name_id(ref.identity) if ref.identity else None,
         )
-        _once(seen, identity_key, ref_path, f"key reference to {ref.url}")
+        check_once(seen, identity_key, ref_path, f"key reference to {ref.url}")
         refs.append(ref)
     return Namespace(id=resource_id, name=name, keys=tuple(refs), identity=identity, tags=tags)
 
@@ -399,7 +270,7 @@ _CHANGE_FIELDS: Mapping[str, set[str]] = {
 _VAULT_ONLY_OPS = {"set_access", "delete_vault", "recover_vault"}
 
 
-def _change(reader: _Reader, value: object, path: str) -> Change:
+def _change(reader: DocumentReader, value: object, path: str) -> Change:
     item = reader.obj(value, path)
     op = item.get("op")
     if not isinstance(op, str) or op not in _CHANGE_FIELDS:  # a list or an object is no op (nor hashable)
@@ -438,7 +309,7 @@ def _change(reader: _Reader, value: object, path: str) -> Change:
 
 
 def _update_version(
-    reader: _Reader, item: Mapping[str, Any], path: str, at: datetime, vault: str, key: str
+    reader: DocumentReader, item: Mapping[str, Any], path: str, at: datetime, vault: str, key: str
 ) -> UpdateVersion:
     settable = ("enabled", "nbf", "exp", "key_ops")
     if not any(name in item for name in settable):
@@ -459,105 +330,3 @@ def _update_version(
             else reader.strings(item["key_ops"], f"{path}.key_ops")
         ),
     )
-
-
-# --- writing -------------------------------------------------------------------------------------
-
-
-def _optional_instant(t: datetime | None) -> str | None:
-    return None if t is None else format_instant(t)
-
-
-def version_document(version: KeyVersion) -> dict[str, object]:
-    """One version as the format writes it."""
-    return {
-        "version": version.version,
-        "created": format_instant(version.created),
-        "enabled": version.enabled,
-        "nbf": _optional_instant(version.nbf),
-        "exp": _optional_instant(version.exp),
-        "key_ops": None if version.key_ops is None else list(version.key_ops),
-        "kty": version.kty,
-        "key_size": version.key_size,
-    }
-
-
-def scenario_document(scenario: Scenario) -> dict[str, object]:
-    """The scenario as a JSON-ready document that `parse_scenario` reads back to an equal value."""
-    snapshot = scenario.snapshot
-    document: dict[str, object] = {"now": format_instant(scenario.now)}
-    if scenario.horizon is not None:
-        document["horizon"] = format_instant(scenario.horizon)
-    document["vaults"] = [_vault_document(v) for v in snapshot.vaults]
-    document["keys"] = [
-        {
-            "vault": k.vault,
-            "name": k.name,
-            "deleted": k.deleted,
-            "rotation_policy": None if k.rotation_policy is None else dict(k.rotation_policy),
-            "versions": [version_document(v) for v in k.versions],
-            **({"access": _access_document(k.access)} if k.access else {}),
-            **({"tags": dict(k.tags)} if k.tags else {}),
-        }
-        for k in snapshot.keys
-    ]
-    document["namespaces"] = [
-        {
-            "id": n.id,
-            "name": n.name,
-            "tags": dict(n.tags),
-            "identity": {
-                "principal_id": n.identity.principal_id,
-                "user_assigned": dict(n.identity.user_assigned),
-            },
-            "keys": [{"vault": r.vault, "name": r.name, "version": r.version, "identity": r.identity} for r in n.keys],
-        }
-        for n in snapshot.namespaces
-    ]
-    if scenario.changes:
-        document["changes"] = [change_document(c) for c in scenario.changes]
-    if snapshot.blind:
-        document["blind"] = [{"scope": b.scope.value, "target": b.target, "reason": b.reason} for b in snapshot.blind]
-    return document
-
-
-def _access_document(access: Mapping[str, frozenset[str]]) -> dict[str, list[str]]:
-    return {principal: sorted(perms) for principal, perms in access.items()}
-
-
-def _vault_document(vault: Vault) -> dict[str, object]:
-    document: dict[str, object] = {
-        "uri": vault.uri,
-        "soft_delete": vault.soft_delete,
-        "purge_protection": vault.purge_protection,
-        "rbac": vault.rbac,
-        "access": _access_document(vault.access),
-    }
-    if vault.deleted:
-        document["deleted"] = True
-    return document
-
-
-def change_document(change: Change) -> dict[str, object]:
-    """One change as the format writes it."""
-    document: dict[str, object] = {"at": format_instant(change.at), "op": change.op, "vault": change.vault}
-    if isinstance(change, SetAccess):
-        document["principal"] = change.principal
-        document["permissions"] = sorted(change.permissions)
-        return document
-    if isinstance(change, DeleteVault | RecoverVault):
-        return document
-    document["key"] = change.key
-    if isinstance(change, NewVersion):
-        document["version"] = version_document(change.version)
-    elif isinstance(change, UpdateVersion):
-        document["version"] = change.version
-        if change.enabled is not KEEP:
-            document["enabled"] = change.enabled
-        if change.nbf is not KEEP:
-            document["nbf"] = _optional_instant(change.nbf)
-        if change.exp is not KEEP:
-            document["exp"] = _optional_instant(change.exp)
-        if change.key_ops is not KEEP:
-            document["key_ops"] = None if change.key_ops is None else list(change.key_ops)
-    return document

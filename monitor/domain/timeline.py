@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from monitor.domain.documents import format_instant
 from monitor.domain.fleet import FleetReport, NamespaceReport
 from monitor.domain.intervals import Interval
 from monitor.domain.model import (
@@ -29,7 +30,6 @@ from monitor.domain.model import (
     vault_short_name,
 )
 from monitor.domain.prediction import Status
-from monitor.domain.scenario import format_instant
 from monitor.domain.usability import assess
 from monitor.domain.world import World
 

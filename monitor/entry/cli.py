@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from monitor import __version__
+from monitor.domain.documents import parse_instant
 from monitor.domain.errors import KeyhealthError, ScenarioError
 from monitor.domain.findings import Severity
 from monitor.domain.fleet import FleetReport, evaluate
 from monitor.domain.model import Scenario
-from monitor.domain.scenario import parse_instant
 from monitor.entry.config import Settings
 from monitor.entry.runtime import batch_gc
 from monitor.formats.render import prediction_document, render_table

@@ -18,11 +18,11 @@ from typing import Any, TextIO
 import aiohttp
 from aiohttp import web
 
+from monitor.domain.documents import format_instant, parse_instant
 from monitor.domain.findings import humanize
 from monitor.domain.model import (
     Scenario,
 )
-from monitor.domain.scenario import format_instant, parse_instant
 from monitor.domain.timeline import describe_change
 from monitor.entry.bootstrap import build_monitor
 from monitor.entry.config import Settings

@@ -6,10 +6,10 @@ import textwrap
 from datetime import datetime
 from typing import Any
 
+from monitor.domain.documents import format_instant
 from monitor.domain.findings import Finding, Severity, humanize
 from monitor.domain.fleet import FleetReport, NamespaceReport
 from monitor.domain.prediction import Status
-from monitor.domain.scenario import format_instant
 
 
 def _instant(t: datetime | None) -> str | None:

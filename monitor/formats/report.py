@@ -13,12 +13,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from monitor import __version__
+from monitor.domain.documents import format_instant
 from monitor.domain.errors import ScenarioError
 from monitor.domain.findings import Thresholds, humanize
 from monitor.domain.fleet import judge
 from monitor.domain.model import Scenario
 from monitor.domain.prediction import Status, predict_scenario
-from monitor.domain.scenario import format_instant
 from monitor.domain.timeline import FleetTimeline, NamespaceTimeline, fleet_timeline
 
 # The timeline's geometry, in SVG user units (the drawing scales with the page).

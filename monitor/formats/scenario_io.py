@@ -9,7 +9,8 @@ import yaml
 
 from monitor.domain.errors import ScenarioError
 from monitor.domain.model import Scenario
-from monitor.domain.scenario import parse_scenario, scenario_document
+from monitor.domain.scenario import parse_scenario
+from monitor.domain.scenario_writing import scenario_document
 
 YAML_SUFFIXES = {".yaml", ".yml"}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from monitor.domain.scenario import format_instant
+from monitor.domain.documents import format_instant
 from monitor.formats.scenario_io import load_scenario
 from monitor.sandbox.events import Schema
 from monitor.sandbox.server import Sandbox

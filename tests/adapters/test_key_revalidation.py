@@ -20,8 +20,9 @@ from monitor.adapters.azure_clients import AzureClients
 from monitor.adapters.keyvault import FULL_READ_EVERY, KeyVaultKeys
 from monitor.app.monitor import Monitor
 from monitor.app.poll import PollResult, poll
+from monitor.domain.documents import format_instant
 from monitor.domain.model import DeleteKey, KeyVersion, NewVersion, UpdateVersion
-from monitor.domain.scenario import format_instant, parse_scenario
+from monitor.domain.scenario import parse_scenario
 from monitor.entry.bootstrap import azure_options, build_monitor
 from monitor.entry.config import Settings
 from monitor.formats.render import namespace_document

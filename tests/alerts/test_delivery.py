@@ -16,9 +16,10 @@ import pytest
 from monitor.adapters.alerts import build_sinks
 from monitor.adapters.state_sqlite import SqliteStateStore
 from monitor.app.alerting import Alerting, AlertPolicy, deliver, raise_alerts
+from monitor.domain.documents import format_instant
 from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import NamespaceReport, evaluate
-from monitor.domain.scenario import format_instant, parse_scenario
+from monitor.domain.scenario import parse_scenario
 from monitor.entry.alert_config import parse_alert_config
 from tests.alerts.receiver import AlertReceiver
 from tests.builders import key, namespace, ref, scenario, version

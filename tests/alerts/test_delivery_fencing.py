@@ -16,9 +16,10 @@ import pytest
 from monitor.adapters.alerts import build_sinks
 from monitor.app.alerting import Alerting, AlertPolicy, DeliveryReport, deliver, raise_alerts
 from monitor.app.state import OutboxEntry, StateStore
+from monitor.domain.documents import format_instant
 from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import evaluate
-from monitor.domain.scenario import format_instant, parse_scenario
+from monitor.domain.scenario import parse_scenario
 from monitor.entry.alert_config import parse_alert_config
 from tests.alerts.receiver import AlertReceiver
 from tests.builders import key, namespace, ref, scenario, version

@@ -21,8 +21,9 @@ from azure.keyvault.keys._shared import http_challenge_cache
 from monitor.app.events import EventOutcome, handle_event
 from monitor.app.monitor import Monitor
 from monitor.app.poll import deliver_alerts, poll
+from monitor.domain.documents import format_instant
 from monitor.domain.model import KeyVersion, NewVersion
-from monitor.domain.scenario import format_instant, parse_scenario
+from monitor.domain.scenario import parse_scenario
 from monitor.entry.bootstrap import build_monitor
 from monitor.entry.config import Settings
 from monitor.formats.events import parse_event

@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 from azure.keyvault.keys._shared import http_challenge_cache
 
-from monitor.domain.scenario import format_instant, parse_scenario
+from monitor.domain.documents import format_instant
+from monitor.domain.scenario import parse_scenario
 from monitor.entry.config import Settings
 from monitor.entry.serve import Server
 from monitor.sandbox import Sandbox

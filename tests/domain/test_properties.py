@@ -33,7 +33,8 @@ from monitor.domain.model import (
     Vault,
 )
 from monitor.domain.prediction import NamespacePrediction, Status, predict_scenario, usable_intervals
-from monitor.domain.scenario import parse_scenario, scenario_document
+from monitor.domain.scenario import parse_scenario
+from monitor.domain.scenario_writing import scenario_document
 from monitor.domain.usability import assess
 from monitor.domain.world import World
 from monitor.formats.render import prediction_document

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from monitor.domain.errors import ScenarioError
 from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import evaluate
-from monitor.domain.scenario import scenario_document
+from monitor.domain.scenario_writing import scenario_document
 from monitor.formats.scenario_io import load_scenario
 from tests.hardening.fuzzing import NASTY_TEXT, examples, json_values, record
 from tests.strategies import scenarios

@@ -31,7 +31,7 @@ import pytest
 from aiohttp import web
 
 from monitor.app.poll import poll
-from monitor.domain.scenario import format_instant
+from monitor.domain.documents import format_instant
 from monitor.entry.bootstrap import build_monitor
 from monitor.entry.config import Settings
 from monitor.sandbox import Sandbox

@@ -21,7 +21,8 @@ from monitor.app.state import NamespaceState, StateStore
 from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import evaluate
 from monitor.domain.model import KeyRef, Namespace, NamespaceIdentity, Scenario, Snapshot
-from monitor.domain.scenario import parse_scenario, scenario_document
+from monitor.domain.scenario import parse_scenario
+from monitor.domain.scenario_writing import scenario_document
 from monitor.formats.render import namespace_document
 
 ROOT = Path(__file__).resolve().parents[2]

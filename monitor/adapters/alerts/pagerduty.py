@@ -10,8 +10,8 @@ from typing import Any
 from monitor.adapters.alerts.common import remedies, unusable_keys
 from monitor.adapters.alerts.http import HttpPoster
 from monitor.domain.alert import Alert
+from monitor.domain.documents import format_instant
 from monitor.domain.incidents import Level, Notice
-from monitor.domain.scenario import format_instant
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 _SUMMARY = 1024  # PagerDuty truncates a longer summary

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from monitor.adapters.alerts.http import HttpPoster
 from monitor.domain.alert import Alert
-from monitor.domain.scenario import format_instant
+from monitor.domain.documents import format_instant
 
 SIGNATURE_HEADER = "X-KeyHealth-Signature-256"
 
