@@ -15,8 +15,8 @@ import pytest
 from azure.data.tables import TableEntity, UpdateMode
 from azure.data.tables.aio import TableServiceClient
 
-from monitor.adapters import state_tables
 from monitor.adapters.state_tables import TableStateStore
+from monitor.adapters.tables import codec, snapshot
 from monitor.app.state import Incident
 from monitor.domain.errors import StateStoreError
 from tests.state.support import (
@@ -107,7 +107,8 @@ def test_replacing_a_snapshot_removes_the_old_chunks_and_orphans(azurite: Azurit
 
 def test_readers_never_see_a_half_replaced_snapshot(azurite: Azurite, prefix: str, monkeypatch: pytest.MonkeyPatch):
     """While one instance keeps replacing a many-chunk snapshot, another only ever reads whole documents it wrote."""
-    monkeypatch.setattr(state_tables, "_PIECE", 512)  # small pieces: a small document spans many chunk entities
+    for module in (codec, snapshot):  # small pieces: a small document spans many chunk entities
+        monkeypatch.setattr(module, "_PIECE", 512)
     documents = [{"version": n, "padding": [f"{n}-{i}-{i * n:x}" for i in range(2_000)]} for n in range(4)]
 
     async def scenario() -> list[object]:
@@ -137,7 +138,8 @@ def test_a_reader_whose_snapshot_is_replaced_mid_read_follows_the_new_head(
     azurite: Azurite, prefix: str, monkeypatch: pytest.MonkeyPatch
 ):
     """When the chunks a reader was about to read are replaced and removed, it reads the new snapshot instead."""
-    monkeypatch.setattr(state_tables, "_PIECE", 512)
+    for module in (codec, snapshot):
+        monkeypatch.setattr(module, "_PIECE", 512)
     old = {"version": 1, "padding": [f"old-{i}" for i in range(3_000)]}
     new = {"version": 2, "padding": [f"new-{i}" for i in range(3_000)]}
 

@@ -1,0 +1,266 @@
+"""Namespace states and the key index on Table Storage: each namespace's judgement, and which namespaces
+list a key or use a vault (kept in an order that never loses a listed key's entry)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import UpdateMode
+
+from monitor.adapters.tables.base import TableBase
+from monitor.adapters.tables.codec import (
+    _CONFLICTS,
+    _PARTITION_SAFE,
+    _RACE_RETRIES,
+    KEY_INDEX,
+    NAMESPACES,
+    _back_off,
+    _create_or_replace,
+    _digest,
+    _etag,
+    _failures,
+    _joined,
+    _key_ids_from,
+    _key_ids_json,
+    _pack,
+    _pieces,
+    _time,
+    _unpack,
+)
+from monitor.app.state import (
+    NamespaceState,
+    namespace_key,
+)
+from monitor.domain.errors import StateStoreError
+from monitor.domain.model import KeyId, name_id, vault_id
+
+
+class NamespaceTables(TableBase):
+    """Namespace states and the key index on Table Storage: each namespace's judgement, and which namespaces"""
+
+    # -- namespace states and the key index
+
+    @staticmethod
+    def _namespace_partition(key: str) -> str:
+        # By subscription: a fleet's namespaces spread over partitions, and a human can find them.
+        parts = key.strip("/").split("/")
+        if len(parts) > 1 and parts[0] == "subscriptions" and _PARTITION_SAFE.match(parts[1]):
+            return parts[1]
+        return "-"
+
+    def _namespace_address(self, namespace_id: str) -> tuple[str, str]:
+        key = namespace_key(namespace_id)
+        return self._namespace_partition(key), _digest(key)
+
+    def _state_entity(self, state: NamespaceState, indexed: frozenset[KeyId]) -> dict[str, Any]:
+        partition, row = self._namespace_address(state.id)
+        return {
+            "PartitionKey": partition,
+            "RowKey": row,
+            "NamespaceId": state.id,
+            "Name": state.name or "",
+            "StatusNow": state.status_now or "",
+            "EvaluatedAt": state.evaluated_at,
+            "KeyIds": _key_ids_json(state.key_ids),
+            # Every key that may have an index entry for this namespace: what a later write must clean up.
+            "IndexedKeyIds": _key_ids_json(indexed),
+            **_pieces(_pack(state.document), "Doc", what=f"namespace {state.id}"),
+        }
+
+    @staticmethod
+    def _state_from(entity: Mapping[str, Any]) -> NamespaceState:
+        what = f"namespace {entity.get('NamespaceId')}"
+        return NamespaceState(
+            document=_unpack(_joined(entity, "Doc"), what),
+            evaluated_at=_time(entity["EvaluatedAt"]),
+            key_ids=_key_ids_from(entity, "KeyIds"),
+        )
+
+    def _index_address(self, key_id: KeyId, namespace: str) -> tuple[str, str]:
+        vault, name = key_id
+        return _digest(vault), f"{_digest(name)}-{_digest(namespace_key(namespace))}"
+
+    async def _add_index(self, namespace_id: str, key_ids: Iterable[KeyId]) -> None:
+        client = await self._table(KEY_INDEX)
+
+        async def add(key_id: KeyId) -> None:
+            partition, row = self._index_address(key_id, namespace_id)
+            entity = {
+                "PartitionKey": partition,
+                "RowKey": row,
+                "VaultId": key_id[0],
+                "KeyName": key_id[1],
+                "NamespaceId": namespace_id,
+            }
+            with _failures(f"index namespace {namespace_id}"):
+                await client.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+        await asyncio.gather(*(add(key_id) for key_id in key_ids))  # at most three: unbounded is fine
+
+    async def _remove_index(self, namespace_id: str, key_ids: Iterable[KeyId]) -> None:
+        client = await self._table(KEY_INDEX)
+
+        async def remove(key_id: KeyId) -> None:
+            partition, row = self._index_address(key_id, namespace_id)
+            with _failures(f"unindex namespace {namespace_id}"):
+                await client.delete_entity(partition, row)  # a missing entity is not an error
+
+        await asyncio.gather(*(remove(key_id) for key_id in key_ids))
+
+    async def _settle_index(self, namespace_id: str, candidates: frozenset[KeyId]) -> None:
+        """Leave the index holding the keys the stored state lists, and forget the rest of `candidates`.
+
+        Every writer adds its keys' entries only after storing its state, then runs this. Each round
+        removes what the state read does not list, puts back what it does (another settler, working
+        from an older read, may have removed it), and ends only when the state did not change
+        meanwhile; then it narrows IndexedKeyIds to the keys, so later writes need not clean up. So
+        once every writer has finished, no listed key lacks its entry. Removal can lose a race with a
+        superseded writer's late addition: such an extra entry is harmless, as lookups confirm
+        each candidate against its state, and goes with the namespace's next key change.
+        """
+        partition, row = self._namespace_address(namespace_id)
+        what = f"index of namespace {namespace_id}"
+        for attempt in range(_RACE_RETRIES):
+            await _back_off(attempt)
+            current = await self._get(NAMESPACES, partition, row, what=what)
+            keys = _key_ids_from(current, "KeyIds")
+            indexed = _key_ids_from(current, "IndexedKeyIds")
+            await self._remove_index(namespace_id, (candidates | indexed) - keys)
+            if current is not None:
+                await self._add_index(str(current["NamespaceId"]), keys)
+            again = await self._get(NAMESPACES, partition, row, what=what)
+            if again is None and current is None:
+                return  # gone, and nobody put it back: a later put adds its own entries after this
+            if again is None or current is None or _etag(again.metadata) != _etag(current.metadata):
+                continue  # someone wrote meanwhile: settle against what they stored
+            if indexed == keys:
+                return
+            narrowed = dict(current)
+            narrowed["IndexedKeyIds"] = _key_ids_json(keys)
+            client = await self._table(NAMESPACES)
+            with _failures(what):
+                try:
+                    await client.update_entity(
+                        narrowed,
+                        mode=UpdateMode.REPLACE,
+                        etag=_etag(current.metadata),
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                except _CONFLICTS:
+                    continue
+            return
+        # Writers keep coming. Removing nothing more, make sure what the state lists now is indexed: any state
+        # stored after this read gets its entries from its own writer, after all our removals.
+        current = await self._get(NAMESPACES, partition, row, what=what)
+        if current is not None:
+            await self._add_index(str(current["NamespaceId"]), _key_ids_from(current, "KeyIds"))
+
+    async def _put_state(self, state: NamespaceState) -> bool:
+        partition, row = self._namespace_address(state.id)
+        client = await self._table(NAMESPACES)
+        what = f"namespace {state.id}"
+        for attempt in range(_RACE_RETRIES):
+            await _back_off(attempt)
+            current = await self._get(NAMESPACES, partition, row, what=what)
+            if current is not None and current["EvaluatedAt"] > state.evaluated_at:
+                return False
+            old_keys = _key_ids_from(current, "KeyIds")
+            old_indexed = _key_ids_from(current, "IndexedKeyIds") | old_keys
+            indexed = old_indexed | state.key_ids
+            entity = self._state_entity(state, indexed)
+            with _failures(what):
+                try:
+                    await _create_or_replace(client, entity, None if current is None else _etag(current.metadata))
+                except _CONFLICTS:
+                    continue  # someone wrote this namespace since we read it: judge again
+            if old_keys == old_indexed == state.key_ids:
+                return True  # the index already holds exactly these keys
+            await self._add_index(state.id, state.key_ids)
+            await self._settle_index(state.id, indexed)
+            return True
+        raise StateStoreError(what, f"still contended after {_RACE_RETRIES} tries")
+
+    async def put_namespace_states(self, states: Iterable[NamespaceState]) -> list[str]:
+        latest: dict[str, NamespaceState] = {}
+        for state in states:
+            previous = latest.get(state.key)
+            if previous is None or state.evaluated_at >= previous.evaluated_at:
+                latest[state.key] = state
+        written = await self._gather(self._put_state(state) for state in latest.values())
+        return sorted((s.id for s, ok in zip(latest.values(), written, strict=True) if not ok), key=namespace_key)
+
+    async def get_namespace_state(self, namespace_id: str) -> NamespaceState | None:
+        partition, row = self._namespace_address(namespace_id)
+        entity = await self._get(NAMESPACES, partition, row, what=f"namespace {namespace_id}")
+        return None if entity is None else self._state_from(entity)
+
+    async def list_namespace_states(self) -> list[NamespaceState]:
+        client = await self._table(NAMESPACES)
+        with _failures("list namespaces"):
+            entities = [entity async for entity in client.list_entities()]
+        return sorted((self._state_from(e) for e in entities), key=lambda s: s.key)
+
+    async def delete_namespace_state(self, namespace_id: str) -> bool:
+        partition, row = self._namespace_address(namespace_id)
+        client = await self._table(NAMESPACES)
+        what = f"namespace {namespace_id}"
+        for attempt in range(_RACE_RETRIES):
+            await _back_off(attempt)
+            current = await self._get(NAMESPACES, partition, row, what=what)
+            if current is None:
+                return False
+            with _failures(what):
+                try:
+                    await client.delete_entity(
+                        partition, row, etag=_etag(current.metadata), match_condition=MatchConditions.IfNotModified
+                    )
+                except _CONFLICTS:
+                    continue
+            indexed = _key_ids_from(current, "IndexedKeyIds") | _key_ids_from(current, "KeyIds")
+            await self._settle_index(str(current["NamespaceId"]), indexed)
+            return True
+        raise StateStoreError(what, f"still contended after {_RACE_RETRIES} tries")
+
+    async def _confirmed(self, entries: Iterable[Mapping[str, Any]], listed: Callable[[KeyId], bool]) -> list[str]:
+        """Ids of the namespaces behind index `entries` whose stored state lists a key for which `listed` holds.
+
+        The index may briefly hold more than the states do (see _settle_index); the state decides.
+        """
+        candidates = {namespace_key(str(e["NamespaceId"])): str(e["NamespaceId"]) for e in entries}
+
+        async def confirm(namespace_id: str) -> str | None:
+            partition, row = self._namespace_address(namespace_id)
+            client = await self._table(NAMESPACES)
+            with _failures(f"namespace {namespace_id}"):
+                try:
+                    entity = await client.get_entity(partition, row, select=["NamespaceId", "KeyIds"])
+                except ResourceNotFoundError:
+                    return None
+            return str(entity["NamespaceId"]) if any(map(listed, _key_ids_from(entity, "KeyIds"))) else None
+
+        confirmed = await self._gather(confirm(namespace_id) for namespace_id in candidates.values())
+        return sorted((c for c in confirmed if c is not None), key=namespace_key)
+
+    async def namespaces_for_key(self, vault_uri: str, key_name: str) -> list[str]:
+        wanted = (vault_id(vault_uri), name_id(key_name))
+        key_hash = _digest(wanted[1])
+        entries = await self._query(
+            KEY_INDEX,
+            "PartitionKey eq @vault and RowKey ge @low and RowKey lt @high",
+            what=f"namespaces for key {key_name}",
+            vault=_digest(wanted[0]),
+            low=f"{key_hash}-",
+            high=f"{key_hash}.",  # '.' sorts right after '-': the range is every row starting key_hash-
+        )
+        return await self._confirmed(entries, lambda key_id: key_id == wanted)
+
+    async def namespaces_for_vault(self, vault_uri: str) -> list[str]:
+        wanted = vault_id(vault_uri)
+        entries = await self._query(
+            KEY_INDEX, "PartitionKey eq @vault", what=f"namespaces for vault {vault_uri}", vault=_digest(wanted)
+        )
+        return await self._confirmed(entries, lambda key_id: key_id[0] == wanted)
