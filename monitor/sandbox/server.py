@@ -11,17 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import json
-import logging
-import math
-import re
 import shutil
 import socket
 import ssl
 import tempfile
 import threading
-import time
-import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -38,28 +32,20 @@ from monitor.sandbox.certs import Certificates
 from monitor.sandbox.clock import SandboxClock
 from monitor.sandbox.credentials import DEFAULT_TOKEN
 from monitor.sandbox.events import EventPlanner, EventSubscription, Schema
-from monitor.sandbox.faults import KEYVAULT_RATE_LIMIT, FaultRule, Faults, RateLimit, RequestInfo, forbidden_message
+from monitor.sandbox.faults import KEYVAULT_RATE_LIMIT, Faults, RateLimit
 from monitor.sandbox.keymaterial import KeyMaterial
 from monitor.sandbox.keyvault_api import MAX_PAGE_SIZE, KeyVaultApi
 from monitor.sandbox.rbac import Rbac
-from monitor.sandbox.requestlog import Outcome, RequestLog, RequestRecord
+from monitor.sandbox.requestlog import RequestLog
 from monitor.sandbox.resources import NAMESPACE_TYPE
+from monitor.sandbox.routing import SandboxRequests
 from monitor.sandbox.state import DEFAULT_TENANT, SandboxState, VaultInfo
-from monitor.sandbox.wire import ApiRequest, ApiResponse, Service, default_error, error_response
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
-KEYVAULT_PREFIX = "/keyvault/"
-_ARM_VAULT = re.compile(r"/providers/Microsoft\.KeyVault/vaults/([^/]+)", re.IGNORECASE)
 _STARTUP_TIMEOUT = 30.0
 
 
-def _seconds(value: float) -> str:
-    """A Retry-After value: whole seconds as Key Vault sends them, fractions only when asked for."""
-    return str(int(value)) if float(value).is_integer() else f"{value:.3f}"
-
-
-class Sandbox:
+class Sandbox(SandboxRequests):
     """A local stand-in for ARM and Key Vault, serving a Scenario's World at a movable clock's instant.
 
     Use it as a context manager (`with Sandbox(scenario) as sandbox:`) to run the server on a
@@ -439,165 +425,3 @@ class Sandbox:
         """`flush_events` on the sandbox's own loop."""
         self._plan()
         await asyncio.gather(*(subscription.queue.join() for subscription in self._subscriptions))
-
-    # --- requests -------------------------------------------------------------------------------------
-
-    def _classify(self, request: web.Request) -> tuple[RequestInfo, VaultInfo | None, str]:
-        """(what fault rules match on, the vault it is for, this service's base URL)."""
-        path = request.path
-        next_page = any(name.lower() == "$skiptoken" for name in request.query)
-        if path.startswith(KEYVAULT_PREFIX):
-            host, _, rest = path[len(KEYVAULT_PREFIX) :].partition("/")
-            info = self.state.vault_by_host(host)
-            base = f"{self.url}{KEYVAULT_PREFIX}{host}"
-            return RequestInfo("keyvault", host.lower(), request.method, "/" + rest, next_page), info, base
-        named = _ARM_VAULT.search(path)
-        info = self.state.vault_by_name(named[1]) if named else None
-        return RequestInfo("arm", info.host if info else None, request.method, path, next_page), info, self.url
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        started = time.monotonic()
-        received = time.time()
-        arrived = self.clock.now()
-        info, vault, base = self._classify(request)
-        outcome: Outcome = "answered"
-        status: int | None = None
-        fault: str | None = None
-        try:
-            if self.faults.latency > 0:
-                await asyncio.sleep(self.faults.latency)
-            if info.service == "keyvault" and (vault is None or not self.state.vault_exists(vault, arrived)):
-                outcome = "reset"  # no such vault now: the client fails to connect, as DNS would fail it
-                return self._reset(request)
-            if not _has_bearer_token(request):
-                reply = self._unauthorized(info.service, vault)
-            else:
-                rule = self.faults.take(info)
-                fault = rule.kind if rule else None
-                if rule is not None and rule.kind == "reset":
-                    outcome = "reset"
-                    return self._reset(request)
-                if rule is not None and rule.kind == "hang":
-                    outcome = "hung"
-                    assert self._stopping is not None  # noqa: S101 - narrows the type; holds by construction
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopping.wait(), rule.seconds)
-                    return self._reset(request)
-                if rule is not None and rule.kind == "delay":
-                    await asyncio.sleep(rule.seconds)
-                if rule is not None and rule.kind == "status":
-                    reply = self._fault_reply(rule, info, vault)
-                else:
-                    reply = await self._answer(request, info, vault, base)
-                if rule is not None and rule.kind == "truncate":
-                    response = self._web_response(reply, info.service, truncate=True)
-                    status = response.status
-                    return response
-            response = self._web_response(reply, info.service)
-            status = response.status
-            return response
-        finally:
-            self.requests.append(
-                RequestRecord(
-                    service=info.service,
-                    vault=info.vault,
-                    method=request.method,
-                    path=info.path if info.service == "keyvault" else request.path,
-                    status=status,
-                    outcome=outcome,
-                    fault=fault,
-                    sandbox_time=arrived,
-                    seconds=time.monotonic() - started,
-                    received=received,
-                )
-            )
-
-    async def _answer(self, request: web.Request, info: RequestInfo, vault: VaultInfo | None, base: str) -> ApiResponse:
-        if info.service == "keyvault" and vault is not None:
-            wait = self.faults.admit(vault.host)
-            if wait is not None:
-                code, message = default_error("keyvault", 429)
-                return error_response("keyvault", 429, code, message, headers={"Retry-After": str(math.ceil(wait))})
-        raw = await request.read()
-        try:
-            body = json.loads(raw) if raw.strip() else None
-        except ValueError:
-            return error_response(info.service, 400, *_bad_json(info.service))
-        api_request = ApiRequest(
-            service=info.service,
-            method=request.method,
-            path=info.path,
-            query={name.lower(): value for name, value in request.query.items()},
-            body=body,
-            now=self.clock.now(),
-            base_url=base,
-            vault_host=vault.host if info.service == "keyvault" and vault else None,
-        )
-        api = self._keyvault if info.service == "keyvault" else self._arm
-        try:
-            return api.handle(api_request)
-        except Exception:  # a sandbox bug must not look like a network failure to the client under test
-            log.exception("sandbox failed to answer %s %s", request.method, request.path)
-            code, message = default_error(info.service, 500)
-            return error_response(info.service, 500, code, message)
-
-    def _unauthorized(self, service: Service, vault: VaultInfo | None) -> ApiResponse:
-        authority = f"https://login.microsoftonline.com/{self.state.tenant_id}"
-        if service == "keyvault":
-            resource = "https://managedhsm.azure.net" if vault and vault.managed_hsm else "https://vault.azure.net"
-            challenge = f'Bearer authorization="{authority}", resource="{resource}"'
-        else:
-            challenge = (
-                f'Bearer authorization_uri="{authority}", error="invalid_token", '
-                "error_description=\"The authentication failed because of missing 'Authorization' header.\""
-            )
-        code, message = default_error(service, 401)
-        return error_response(service, 401, code, message, headers={"WWW-Authenticate": challenge})
-
-    def _fault_reply(self, rule: FaultRule, info: RequestInfo, vault: VaultInfo | None) -> ApiResponse:
-        code, message = default_error(info.service, rule.status)
-        if info.service == "keyvault" and rule.status == 403 and rule.message is None:
-            action = "Microsoft.KeyVault/vaults/keys/read"
-            message = forbidden_message(rule.inner_code, vault.name if vault else "", self.state.tenant_id, action)
-        headers = {"Retry-After": _seconds(rule.retry_after)} if rule.retry_after is not None else None
-        return error_response(
-            info.service,
-            rule.status,
-            rule.code or code,
-            rule.message or message,
-            inner_code=rule.inner_code,
-            headers=headers,
-        )
-
-    def _web_response(self, reply: ApiResponse, service: Service, *, truncate: bool = False) -> web.Response:
-        headers = {"x-ms-request-id": str(uuid.uuid4()), "Cache-Control": "no-cache"}
-        if service == "keyvault":
-            headers.update({"x-ms-keyvault-region": "westeurope", "x-ms-keyvault-service-version": "1.9.2000.1"})
-        else:
-            headers["x-ms-correlation-request-id"] = str(uuid.uuid4())
-        headers.update(reply.headers)
-        if reply.body is None:
-            return web.Response(status=reply.status, headers=headers)
-        body = json.dumps(reply.body, separators=(",", ":")).encode()
-        if truncate:
-            body = body[: len(body) // 2]
-        headers["Content-Type"] = "application/json; charset=utf-8"
-        return web.Response(status=reply.status, body=body, headers=headers)
-
-    @staticmethod
-    def _reset(request: web.Request) -> web.Response:
-        """Drop the connection with no answer; the response returned is never sent."""
-        if request.transport is not None:
-            request.transport.abort()
-        return web.Response(status=599)
-
-
-def _has_bearer_token(request: web.Request) -> bool:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and bool(token.strip())
-
-
-def _bad_json(service: Service) -> tuple[str, str]:
-    if service == "keyvault":
-        return "BadParameter", "The request body is not valid JSON."
-    return "InvalidRequestContent", "The request content was invalid and could not be deserialized."
