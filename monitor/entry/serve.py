@@ -17,14 +17,11 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
-import aiohttp.http_exceptions
 import prometheus_client
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
 from monitor.app.alerting import DeliveryReport
 from monitor.app.events import EventOutcome, handle_events
@@ -36,6 +33,16 @@ from monitor.app.status import status_document
 from monitor.app.telemetry import TraceContextFilter, count_event
 from monitor.domain.errors import EventBodyError, SettingError, TokenError
 from monitor.entry.config import SETTINGS, Settings
+from monitor.entry.connections import (
+    ABANDONED,
+    BODY_TIMEOUT,
+    HEADER_TIMEOUT,
+    LINGER,
+    MAX_CONNECTIONS,
+    CappedSite,
+    QuietAccessLogger,
+)
+from monitor.entry.schedule import next_fire, parse_schedule, schedule_period
 from monitor.formats.events import KeyVaultEvent, RejectedEvent, SubscriptionValidation, parse_delivery
 
 log = logging.getLogger("keyhealth")
@@ -50,110 +57,6 @@ HEALTH_CACHE_SECONDS = 5.0
 LOGGED_PER_DELIVERY = 10  # rejected entries logged one by one per delivery; the rest are counted and summed up
 # The origin Event Grid names in the CloudEvents abuse-protection handshake; nobody else may subscribe us.
 EVENT_GRID_ORIGIN = "eventgrid.azure.net"
-# A client gets this long to send a whole request head after connecting (or after the last answer on a kept-alive
-# connection), and this long for its body: slow clients cannot hold connections open.
-HEADER_TIMEOUT = 15.0
-BODY_TIMEOUT = 30.0
-LINGER = 2.0
-MAX_CONNECTIONS = 256  # open connections at once; the next is answered 503 and closed
-
-
-# --- NCRONTAB: second minute hour day month weekday ----------------------------------------------------
-
-_FIELDS = (("second", 0, 59), ("minute", 0, 59), ("hour", 0, 23), ("day", 1, 31), ("month", 1, 12), ("weekday", 0, 6))
-
-
-@dataclass(frozen=True, slots=True)
-class Schedule:
-    """A parsed NCRONTAB schedule: the values each field allows (weekday 0 is Sunday)."""
-
-    text: str
-    seconds: frozenset[int]
-    minutes: frozenset[int]
-    hours: frozenset[int]
-    days: frozenset[int]
-    months: frozenset[int]
-    weekdays: frozenset[int]
-
-
-def _field_values(name: str, text: str, low: int, high: int) -> frozenset[int]:
-    values: set[int] = set()
-    for part in text.split(","):
-        span, _, step_text = part.partition("/")
-        try:
-            step = int(step_text) if step_text else 1
-            if span == "*":
-                start, end = low, high
-            elif "-" in span:
-                first, _, last = span.partition("-")
-                start, end = int(first), int(last)
-            else:
-                start = int(span)
-                end = high if step_text else start
-        except ValueError:
-            raise ValueError(f"{name} field {text!r}: {part!r} is not *, a number, a range or a step") from None
-        if name == "weekday" and end == 7:  # 7 is Sunday too
-            values.add(0)
-            end = 6 if start <= 6 else 7
-            if start == 7:
-                continue
-        if step < 1 or not low <= start <= end <= high:
-            raise ValueError(f"{name} field {text!r}: {part!r} is outside {low}-{high}")
-        values.update(range(start, end + 1, step))
-    return frozenset(values)
-
-
-def parse_schedule(text: str) -> Schedule:
-    """Parse a six-field NCRONTAB schedule (`*`, numbers, lists, ranges, `*/n`, `a-b/n`).
-
-    Raises ValueError naming the field that is not understood.
-    """
-    parts = text.split()
-    if len(parts) != len(_FIELDS):
-        raise ValueError(f"{text!r} has {len(parts)} fields; NCRONTAB has 6: second minute hour day month weekday")
-    values = [_field_values(name, part, low, high) for part, (name, low, high) in zip(parts, _FIELDS, strict=True)]
-    return Schedule(" ".join(parts), *values)
-
-
-def next_fire(schedule: Schedule | str, after: datetime) -> datetime:
-    """The first instant strictly after `after` (UTC, whole seconds) that `schedule` fires at.
-
-    Day and weekday must both match when both are restricted. Raises ValueError when the schedule
-    never fires (such as 30 February) within eight years.
-    """
-    cron = parse_schedule(schedule) if isinstance(schedule, str) else schedule
-    t = after.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)
-    limit = t + timedelta(days=366 * 8)
-    while t < limit:
-        if t.month not in cron.months:
-            year, month = (t.year + 1, 1) if t.month == 12 else (t.year, t.month + 1)
-            t = t.replace(year=year, month=month, day=1, hour=0, minute=0, second=0)
-            continue
-        weekday = (t.weekday() + 1) % 7  # Python: Monday 0; cron: Sunday 0
-        if t.day not in cron.days or weekday not in cron.weekdays:
-            t = t.replace(hour=0, minute=0, second=0) + timedelta(days=1)
-            continue
-        if t.hour not in cron.hours:
-            t = t.replace(minute=0, second=0) + timedelta(hours=1)
-            continue
-        if t.minute not in cron.minutes:
-            t = t.replace(second=0) + timedelta(minutes=1)
-            continue
-        later = [s for s in cron.seconds if s >= t.second]
-        if not later:
-            t = t.replace(second=0) + timedelta(minutes=1)
-            continue
-        return t.replace(second=min(later))
-    raise ValueError(f"schedule {cron.text!r} never fires")
-
-
-def schedule_period(schedule: Schedule | str, at: datetime) -> timedelta:
-    """The gap between the schedule's next two firings after `at`."""
-    first = next_fire(schedule, at)
-    return next_fire(schedule, first) - first
-
-
-# --- the service ---------------------------------------------------------------------------------------
 
 
 def _utc_now() -> datetime:
@@ -170,64 +73,8 @@ class PollRecord:
     result: PollResult | None = None
 
 
-class _QuietAccessLogger(AbstractAccessLogger):
-    """One line a request, with the path but never the query string (it may carry the webhook secret)."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info("%s %s %s %.3fs", request.method, request.path, response.status, time)
-
-
 def _json(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(body, status=status, headers=headers)
-
-
-# What reading a body raises when the client hangs up or cuts the body short.
-_ABANDONED = (ConnectionError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError)
-
-_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\nRetry-After: 5\r\n\r\n"
-
-
-class _Busy(asyncio.Protocol):
-    """What a connection past the cap talks to: one 503 and the connection closed, no request handler at all."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - TCP: holds by construction
-        transport.write(_BUSY)
-        transport.close()
-
-
-class _CappedSite(web.TCPSite):
-    """A TCP site that hands connections past `max_connections` to `_Busy` instead of holding them all."""
-
-    def __init__(
-        self, runner: web.AppRunner, host: str, port: int, *, max_connections: int, on_refused: Callable[[], None]
-    ) -> None:
-        super().__init__(runner, host, port)
-        self._max_connections = max_connections
-        self._on_refused = on_refused
-
-    async def start(self) -> None:
-        self._runner._reg_site(self)  # what BaseSite.start does; TCPSite.start's listener is replaced below
-        server = self._runner.server
-        assert server is not None  # noqa: S101 - set up by the runner first
-
-        loop = asyncio.get_running_loop()
-        # A burst of accepts creates handlers before any registers with the server (connection_made comes a loop
-        # step later): those in between are counted too, or a burst would pass the cap.
-        pending = [0]
-
-        def settle() -> None:
-            pending[0] -= 1
-
-        def protocol() -> asyncio.Protocol:
-            if len(server.connections) + pending[0] >= self._max_connections:
-                self._on_refused()
-                return _Busy()
-            pending[0] += 1
-            loop.call_soon(settle)  # queued before the transport queues connection_made, so it runs just before
-            return server()
-
-        self._server = await loop.create_server(protocol, self._host, self._port)
 
 
 async def _known_subscriptions(monitor: Monitor) -> set[str]:
@@ -497,7 +344,7 @@ class Server:
             answer = self._refuse(request, 408, f"the body did not arrive within {self._body_timeout:g} s")
             answer.force_close()  # the connection goes with the answer: the rest of the body is never waited for
             return answer
-        except _ABANDONED as error:
+        except ABANDONED as error:
             # The client went away mid-body (or cut it short): nothing to answer, nothing worth a traceback.
             log.info(
                 "keyhealth: %s %s: the client abandoned its body (%s)",
@@ -670,14 +517,14 @@ class Server:
             log.warning("keyhealth: serving WITHOUT credentials (--insecure-loopback): any local process can call it")
         self._runner = web.AppRunner(
             self.app,
-            access_log_class=_QuietAccessLogger,
+            access_log_class=QuietAccessLogger,
             shutdown_timeout=30.0,
             # aiohttp also arms this at connect: a client that has not sent a whole request head by then is cut off.
             keepalive_timeout=self._header_timeout,
             lingering_time=LINGER,  # after an early answer (408, 413), drain what the client still sends this long
         )
         await self._runner.setup()
-        site = _CappedSite(self._runner, host, port, max_connections=self._max_connections, on_refused=self._count_busy)
+        site = CappedSite(self._runner, host, port, max_connections=self._max_connections, on_refused=self._count_busy)
         await site.start()
         bound = self._runner.addresses[0][1] if self._runner.addresses else port
         self.url = f"http://{host}:{bound}"
