@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from monitor.app.alerting import AlertPolicy, DeliveryReport, deliver, queue_watchdog, raise_alerts, resolve_removed
+from monitor.app.alerting import AlertPolicy, queue_watchdog, raise_alerts, resolve_removed
+from monitor.app.delivery import DeliveryReport, deliver
 from monitor.app.leases import LeaseKeeper
 from monitor.app.monitor import (
     POLL_LEASE,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from monitor.app.alerting import Route, Router
+from monitor.app.alert_routes import Route, Router
 from monitor.app.ports import SinkSpec
 from monitor.domain.errors import AlertConfigError
 from monitor.domain.incidents import Level

@@ -409,7 +409,7 @@ def sandbox(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 
 def alerts_test(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from monitor.app.alerting import send_test_alerts
+    from monitor.app.delivery import send_test_alerts
     from monitor.entry.bootstrap import build_credential, build_sinks_for
 
     settings = Settings.from_environment()

@@ -23,7 +23,7 @@ from typing import Any
 import prometheus_client
 from aiohttp import web
 
-from monitor.app.alerting import DeliveryReport
+from monitor.app.delivery import DeliveryReport
 from monitor.app.events import EventOutcome, handle_events
 from monitor.app.monitor import POLL_LEASE, POLL_LEASE_DURATION, POLL_LEASE_RENEW_EVERY, Monitor
 from monitor.app.poll import PollResult, deliver_alerts, poll

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from monitor.app.alerting import Route, Router
+from monitor.app.alert_routes import Route, Router
 from monitor.domain.alert import AlertKey, sample_alert
 from monitor.domain.errors import AlertConfigError
 from monitor.domain.incidents import Level

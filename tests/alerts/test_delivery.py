@@ -15,7 +15,8 @@ import pytest
 
 from monitor.adapters.alerts import build_sinks
 from monitor.adapters.state_sqlite import SqliteStateStore
-from monitor.app.alerting import Alerting, AlertPolicy, deliver, raise_alerts
+from monitor.app.alerting import Alerting, AlertPolicy, raise_alerts
+from monitor.app.delivery import deliver
 from monitor.domain.documents import format_instant
 from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import NamespaceReport, evaluate

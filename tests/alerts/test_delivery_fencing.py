@@ -14,7 +14,8 @@ from typing import Any, cast
 import pytest
 
 from monitor.adapters.alerts import build_sinks
-from monitor.app.alerting import Alerting, AlertPolicy, DeliveryReport, deliver, raise_alerts
+from monitor.app.alerting import Alerting, AlertPolicy, raise_alerts
+from monitor.app.delivery import DeliveryReport, deliver
 from monitor.app.state import OutboxEntry, StateStore
 from monitor.domain.documents import format_instant
 from monitor.domain.findings import Thresholds
