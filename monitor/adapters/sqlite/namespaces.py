@@ -1,0 +1,133 @@
+"""Namespace states and the key index in SQLite: each namespace's judgement, and which namespaces list a
+key or use a vault."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+
+from monitor.adapters.sqlite.base import SqliteBase
+from monitor.adapters.sqlite.codec import _consistent_read, _immediate, _json, _select_in, _text, _time
+from monitor.app.state import (
+    NamespaceState,
+    namespace_key,
+)
+from monitor.domain.model import KeyId, name_id, vault_id
+
+
+class SqliteNamespaces(SqliteBase):
+    """Namespace states and the key index in SQLite: each namespace's judgement, and which namespaces list a"""
+
+    # -- namespace states and the key index
+
+    async def put_namespace_states(self, states: Iterable[NamespaceState]) -> list[str]:
+        latest: dict[str, NamespaceState] = {}
+        for state in states:
+            previous = latest.get(state.key)
+            if previous is None or state.evaluated_at >= previous.evaluated_at:
+                latest[state.key] = state
+        rows = [
+            (key, state, _text(state.evaluated_at, "evaluated_at"), _json(state.document))
+            for key, state in latest.items()
+        ]
+
+        def put(connection: sqlite3.Connection) -> list[str]:
+            stale: list[str] = []
+            with _immediate(connection):
+                # Statements a batch, not a namespace: a poll writes the whole fleet's states at once.
+                keys = [row[0] for row in rows]
+                stored = dict(_select_in(connection, "SELECT namespace_key, evaluated_at FROM namespace_state", keys))
+                fresh = []
+                for key, state, evaluated_at, document in rows:
+                    if key in stored and stored[key] > evaluated_at:
+                        stale.append(state.id)
+                    else:
+                        fresh.append((key, state, evaluated_at, document))
+                connection.executemany(
+                    """INSERT INTO namespace_state (namespace_key, namespace_id, evaluated_at, document)
+                       VALUES (?, ?, ?, ?)
+                       ON CONFLICT (namespace_key) DO UPDATE SET
+                           namespace_id = excluded.namespace_id,
+                           evaluated_at = excluded.evaluated_at,
+                           document = excluded.document""",
+                    [(key, state.id, evaluated_at, document) for key, state, evaluated_at, document in fresh],
+                )
+                indexed: dict[str, set[KeyId]] = {}
+                for key, vault, name in _select_in(
+                    connection, "SELECT namespace_key, vault_id, key_name FROM namespace_key", [r[0] for r in fresh]
+                ):
+                    indexed.setdefault(key, set()).add((vault, name))
+                # The key index is rewritten only where a namespace's keys changed (rarely, after the first poll).
+                moved = [(key, state) for key, state, _, _ in fresh if indexed.get(key, set()) != state.key_ids]
+                connection.executemany("DELETE FROM namespace_key WHERE namespace_key = ?", [(k,) for k, _ in moved])
+                connection.executemany(
+                    "INSERT INTO namespace_key (namespace_key, vault_id, key_name) VALUES (?, ?, ?)",
+                    [(key, vault, name) for key, state in moved for vault, name in state.key_ids],
+                )
+            return sorted(stale, key=namespace_key)
+
+        return await self._call(put)
+
+    @staticmethod
+    def _state(row: tuple[str, str, str], key_ids: Iterable[KeyId]) -> NamespaceState:
+        _, evaluated_at, document = row
+        return NamespaceState(
+            document=json.loads(document), evaluated_at=_time(evaluated_at), key_ids=frozenset(key_ids)
+        )
+
+    async def get_namespace_state(self, namespace_id: str) -> NamespaceState | None:
+        key = namespace_key(namespace_id)
+
+        def get(connection: sqlite3.Connection) -> NamespaceState | None:
+            with _consistent_read(connection):
+                row = connection.execute(
+                    "SELECT namespace_key, evaluated_at, document FROM namespace_state WHERE namespace_key = ?", (key,)
+                ).fetchone()
+                if row is None:
+                    return None
+                keys = connection.execute(
+                    "SELECT vault_id, key_name FROM namespace_key WHERE namespace_key = ?", (key,)
+                ).fetchall()
+            return self._state(row, keys)
+
+        return await self._call(get)
+
+    async def list_namespace_states(self) -> list[NamespaceState]:
+        def list_all(connection: sqlite3.Connection) -> list[NamespaceState]:
+            with _consistent_read(connection):
+                rows = connection.execute(
+                    "SELECT namespace_key, evaluated_at, document FROM namespace_state ORDER BY namespace_key"
+                ).fetchall()
+                keys: dict[str, list[KeyId]] = {}
+                for key, vault, name in connection.execute(
+                    "SELECT namespace_key, vault_id, key_name FROM namespace_key"
+                ):
+                    keys.setdefault(key, []).append((vault, name))
+            return [self._state(row, keys.get(row[0], ())) for row in rows]
+
+        return await self._call(list_all)
+
+    async def delete_namespace_state(self, namespace_id: str) -> bool:
+        key = namespace_key(namespace_id)
+
+        def delete(connection: sqlite3.Connection) -> bool:
+            with _immediate(connection):
+                # The index rows go with it: ON DELETE CASCADE.
+                return connection.execute("DELETE FROM namespace_state WHERE namespace_key = ?", (key,)).rowcount > 0
+
+        return await self._call(delete)
+
+    async def namespaces_for_key(self, vault_uri: str, key_name: str) -> list[str]:
+        query = """SELECT DISTINCT s.namespace_id, s.namespace_key FROM namespace_key k
+                   JOIN namespace_state s USING (namespace_key)
+                   WHERE k.vault_id = ? AND k.key_name = ? ORDER BY s.namespace_key"""
+        args = (vault_id(vault_uri), name_id(key_name))
+        return await self._call(lambda c: [row[0] for row in c.execute(query, args)])
+
+    async def namespaces_for_vault(self, vault_uri: str) -> list[str]:
+        query = """SELECT DISTINCT s.namespace_id, s.namespace_key FROM namespace_key k
+                   JOIN namespace_state s USING (namespace_key)
+                   WHERE k.vault_id = ? ORDER BY s.namespace_key"""
+        args = (vault_id(vault_uri),)
+        return await self._call(lambda c: [row[0] for row in c.execute(query, args)])
