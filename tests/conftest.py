@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.state.support import Azurite
+from tests.adapters.state.support import Azurite
 
 # One provider for the test process (OpenTelemetry allows setting it once): read in memory, and through
 # Prometheus as `serve` installs it, so its /metrics route can be scraped.

@@ -22,9 +22,9 @@ from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import evaluate
 from monitor.domain.scenario import parse_scenario
 from monitor.entry.alert_config import parse_alert_config
+from tests.adapters.state.support import StoreOpener, sqlite_opener, tables_opener
 from tests.alerts.receiver import AlertReceiver
 from tests.builders import key, namespace, ref, scenario, version
-from tests.state.support import StoreOpener, sqlite_opener, tables_opener
 
 T0 = datetime(2026, 11, 22, tzinfo=UTC)
 POLICY = AlertPolicy()

@@ -9,7 +9,7 @@ store is unreachable or refuses the key. All logs at DEBUG (the Azure SDKs' incl
 answers, the store's rows, and str/repr of every exception and object along the way are searched for them.
 
 Already shown elsewhere: sink secrets when every sink fails (tests/alerts/test_secrets.py), the webhook secret
-in serve's access log (tests/test_serve.py::test_the_secret_is_required_when_set).
+in serve's access log (tests/entry/test_serve.py::test_the_secret_is_required_when_set).
 """
 
 from __future__ import annotations

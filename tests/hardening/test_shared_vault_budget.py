@@ -22,9 +22,9 @@ from azure.keyvault.keys._shared import http_challenge_cache
 from monitor.adapters.throttle import SLICES_PER_WINDOW, VaultRateLimiter
 from monitor.domain.scenario import parse_scenario
 from monitor.sandbox import RateLimit, Sandbox
+from tests.adapters.state.support import Azurite
 from tests.builders import key, namespace, ref, scenario, version
 from tests.hardening.fuzzing import record
-from tests.state.support import Azurite
 
 VAULT = "https://kv-shared.vault.azure.net"
 KEYS = 60

@@ -2,9 +2,9 @@
 line and a count; nothing crashes; good events in the same batch are still handled.
 
 Already shown elsewhere: 400 for a body that is not JSON or an empty list, 413 over 1 MiB with a length,
-415 for text/plain (tests/test_serve.py::test_bad_bodies_are_400_413_and_415), 401 without the secret
-(tests/test_serve.py::test_the_secret_is_required_when_set), a rejected entry beside a good one
-(tests/test_serve.py::test_a_cloudevents_batch_with_a_new_version_re_evaluates_and_counts_rejects).
+415 for text/plain (tests/entry/test_serve.py::test_bad_bodies_are_400_413_and_415), 401 without the secret
+(tests/entry/test_serve.py::test_the_secret_is_required_when_set), a rejected entry beside a good one
+(tests/entry/test_serve.py::test_a_cloudevents_batch_with_a_new_version_re_evaluates_and_counts_rejects).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from monitor.formats.events import (
     parse_delivery,
 )
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 PUBLISHED = [
     (
         "azure-rest-api-specs/eventgrid-keyvault-2018-01-01/event-grid-schema/secret_new_version_created.json",

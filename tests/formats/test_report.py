@@ -19,7 +19,7 @@ from monitor.formats.report import build_timeline, render_html
 from monitor.sandbox import Sandbox
 from tests.builders import SYSTEM_PRINCIPAL, VAULT, key, namespace, ref, run_cli, scenario, vault, version
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fleet.json"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fleet.json"
 OTHER_VAULT = "https://kv-other.vault.azure.net"
 T0 = datetime(2026, 11, 22, tzinfo=UTC)
 

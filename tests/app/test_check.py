@@ -350,7 +350,7 @@ def test_bad_settings_are_refused_before_any_request(sandbox: Sandbox, monkeypat
 
 def test_the_example_fleet_reads_back_as_simulate_predicts_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Every namespace of examples/fleet.json, a deleted vault and RBAC vault among them, reads back as simulated."""
-    example, _ = load_scenario(Path(__file__).resolve().parent.parent / "examples" / "fleet.json")
+    example, _ = load_scenario(Path(__file__).resolve().parents[2] / "examples" / "fleet.json")
     # A live read sees the present: what the timeline plans for later is not there yet.
     present = dataclasses.replace(example, changes=tuple(c for c in example.changes if c.at <= example.now))
     expected_file = tmp_path / "present.json"

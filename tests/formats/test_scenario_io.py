@@ -10,7 +10,7 @@ import pytest
 from monitor.domain.errors import ScenarioError
 from monitor.formats.scenario_io import load_scenario, save_scenario
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fleet.json"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fleet.json"
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml", ".yml"])

@@ -19,7 +19,7 @@ from monitor.adapters.state_tables import TableStateStore
 from monitor.adapters.tables import codec, snapshot
 from monitor.app.state import Incident
 from monitor.domain.errors import StateStoreError
-from tests.state.support import (
+from tests.adapters.state.support import (
     AZURITE_KEY,
     T0,
     Azurite,

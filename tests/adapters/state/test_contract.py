@@ -19,7 +19,7 @@ from monitor.app.state import (
     outbox_id,
 )
 from monitor.domain.errors import StaleWriteError
-from tests.state.support import T0, StoreOpener, fleet_states, large_scenario_document, run, state
+from tests.adapters.state.support import T0, StoreOpener, fleet_states, large_scenario_document, run, state
 
 KV = "https://kv-payments.vault.azure.net"
 KV2 = "https://kv-orders.vault.azure.net"

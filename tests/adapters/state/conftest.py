@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.state.support import Azurite, StoreOpener, sqlite_opener, tables_opener
+from tests.adapters.state.support import Azurite, StoreOpener, sqlite_opener, tables_opener
 
 
 @pytest.fixture

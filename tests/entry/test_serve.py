@@ -21,7 +21,7 @@ from tests.hardening.support import TEST_SECRET, Running
 from tests.hardening.support import serving as serving_document
 
 OTHER = "https://kv-other.vault.azure.net"
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"  # the builders' namespaces' subscription
 VALIDATION = FIXTURES / "microsoftdocs-azure-docs/end-point-validation-event-grid-events-schema_2179f4c"
 

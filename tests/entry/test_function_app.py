@@ -28,7 +28,7 @@ from monitor.sandbox import Sandbox
 from tests.builders import SYSTEM_PRINCIPAL, VAULT, key, namespace, ref, scenario, vault
 
 OTHER = "https://kv-other.vault.azure.net"
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @cache

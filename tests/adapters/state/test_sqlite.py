@@ -12,8 +12,8 @@ import pytest
 
 from monitor.adapters.state_sqlite import SCHEMA_VERSION, SqliteStateStore
 from monitor.domain.errors import StateStoreError
-from tests.state import workers
-from tests.state.support import T0, state
+from tests.adapters.state import workers
+from tests.adapters.state.support import T0, state
 
 
 def test_an_in_memory_store_works_and_is_private():

@@ -13,7 +13,7 @@ import pytest
 from monitor.domain.findings import Code
 from tests.builders import VAULT, key, namespace, ref, run_cli, scenario, simulate, vault, version
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "fleet.json"
 
 

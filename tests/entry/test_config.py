@@ -9,7 +9,7 @@ import pytest
 from monitor.domain.errors import SettingError
 from monitor.entry.config import SETTINGS, Settings
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("spec", SETTINGS.values(), ids=lambda s: s.name)
@@ -76,7 +76,7 @@ def test_the_local_settings_example_lists_every_setting_with_a_valid_value():
     """local.settings.json.example names every setting, and its values pass validation."""
     import json
 
-    example = json.loads((Path(__file__).resolve().parent.parent / "local.settings.json.example").read_text())
+    example = json.loads((Path(__file__).resolve().parents[2] / "local.settings.json.example").read_text())
     values = example["Values"]
     assert {spec.name for spec in SETTINGS.values()} <= set(values)
     Settings.from_environment({k: v for k, v in values.items() if k.startswith("KEYHEALTH_")})

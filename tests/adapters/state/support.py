@@ -25,7 +25,7 @@ from monitor.domain.scenario import parse_scenario
 from monitor.domain.scenario_writing import scenario_document
 from monitor.formats.render import namespace_document
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 AZURITE_TABLE = ROOT / "node_modules" / ".bin" / "azurite-table"
 # Azurite's published development account: a well-known key, not a secret.
 AZURITE_ACCOUNT = "devstoreaccount1"

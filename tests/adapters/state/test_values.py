@@ -8,7 +8,7 @@ import pytest
 
 from monitor.app.state import Incident, Lease, NamespaceState, StoredSnapshot, namespace_key, utc
 from monitor.domain.model import KeyRef, Namespace
-from tests.state.support import T0
+from tests.adapters.state.support import T0
 
 NS_ID = "/subscriptions/S/resourceGroups/RG/providers/Microsoft.ServiceBus/namespaces/SB-A"
 
