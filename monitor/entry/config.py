@@ -2,312 +2,162 @@
 
 from __future__ import annotations
 
-import math
 import os
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from monitor.app.alerting import AlertPolicy
-from monitor.domain.errors import AlertConfigError, KeyPatternError, SettingError, encodable
+from monitor.domain.errors import AlertConfigError, SettingError, encodable
 from monitor.domain.findings import Thresholds
 from monitor.domain.remediation import Action, Mode, RemediationPolicy, parse_key_pattern
 from monitor.entry.alert_config import AlertConfig, parse_alert_config
-
-
-@dataclass(frozen=True, slots=True)
-class SettingSpec:
-    """How one setting is named, defaulted, parsed and described (mirrored in the README)."""
-
-    name: str
-    default: str
-    description: str
-    parse: Callable[[str, str], Any]
-    secret: bool = False
-
-
-def _number(low: float, high: float, what: str) -> Callable[[str, str], float]:
-    def parse(name: str, raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise SettingError(name, raw, f"expected {what}") from None
-        if math.isnan(value) or not low <= value <= high:
-            raise SettingError(name, raw, f"expected {what} from {low:g} to {high:g}")
-        return value
-
-    return parse
-
-
-def _whole(low: int, high: int, what: str) -> Callable[[str, str], int]:
-    def parse(name: str, raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise SettingError(name, raw, f"expected {what}, a whole number") from None
-        if not low <= value <= high:
-            raise SettingError(name, raw, f"expected {what} from {low} to {high}")
-        return value
-
-    return parse
-
-
-def _https_url(optional: bool) -> Callable[[str, str], str | None]:
-    def parse(name: str, raw: str) -> str | None:
-        if not raw:
-            if optional:
-                return None
-            raise SettingError(name, raw, "is required")
-        try:
-            parts = urlsplit(raw)
-        except ValueError:  # such as an unclosed IPv6 bracket
-            parts = None
-        if parts is None or parts.scheme != "https" or not parts.hostname:
-            raise SettingError(name, raw, "expected an https:// URL")
-        return raw.rstrip("/")
-
-    return parse
-
-
-def _existing_file(name: str, raw: str) -> str | None:
-    if not raw:
-        return None
-    try:
-        found = Path(raw).is_file()
-    except OSError as error:  # such as a name too long for the file system, which is_file does not swallow
-        raise SettingError(name, raw, f"cannot be read: {error.strerror or error}") from None
-    if not found:
-        raise SettingError(name, raw, "no such file")
-    return raw
-
-
-def _text(name: str, raw: str) -> str | None:
-    del name
-    return raw or None
-
-
-def _sink_names(name: str, raw: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
-    for sink in names:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", sink):
-            raise SettingError(name, raw, f"{sink!r} is not a sink name")
-    return names
-
-
-def _subscriptions(name: str, raw: str) -> tuple[str, ...] | None:
-    items = tuple(part.strip() for part in raw.replace(";", ",").split(",") if part.strip())
-    for item in items:
-        if "/" in item or " " in item:
-            raise SettingError(name, raw, f"{item!r} is not a subscription id")
-    return items or None
-
-
-def _choice(*allowed: str) -> Callable[[str, str], str]:
-    def parse(name: str, raw: str) -> str:
-        value = raw.lower()
-        if value not in allowed:
-            raise SettingError(name, raw, f"expected one of: {', '.join(allowed)}")
-        return value
-
-    return parse
-
-
-def _ncrontab(name: str, raw: str) -> str:
-    fields = raw.split()
-    if len(fields) != 6:
-        raise SettingError(name, raw, "expected an NCRONTAB schedule of 6 fields: second minute hour day month weekday")
-    return " ".join(fields)
-
-
-def _patterns(name: str, raw: str) -> tuple[str, ...]:
-    del name
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
-
-
-def _key_patterns(name: str, raw: str) -> tuple[str, ...]:
-    """Each pattern must pin one vault host of a known cloud: refused at start-up, not matched loosely later."""
-    patterns = []
-    for part in _patterns(name, raw):
-        try:
-            patterns.append(str(parse_key_pattern(part)))
-        except KeyPatternError as error:
-            raise SettingError(name, raw, f"pattern {error.pattern!r}: {error.problem}") from None
-    return tuple(dict.fromkeys(patterns))
-
-
-def _actions(name: str, raw: str) -> frozenset[str]:
-    chosen = frozenset(part.strip().lower() for part in raw.split(",") if part.strip())
-    unknown = sorted(chosen - {"rotate", "recover", "unpin"})
-    if unknown:
-        raise SettingError(name, raw, f"unknown action {unknown[0]!r}: expected rotate, recover or unpin")
-    return chosen
-
-
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-
-
-def _tenant(name: str, raw: str) -> str | None:
-    if not raw:
-        return None
-    if not _GUID.match(raw):
-        raise SettingError(name, raw, "expected the tenant's id, a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47")
-    return raw.lower()
-
-
-def _audiences(name: str, raw: str) -> tuple[str, ...]:
-    items = tuple(part.strip() for part in raw.split(",") if part.strip())
-    for item in items:
-        if not (_GUID.match(item) or re.match(r"^(api|https)://[^\s,]+$", item)):
-            raise SettingError(
-                name, raw, f"{item!r} is neither an application id (a GUID) nor an api:// or https:// URI"
-            )
-    return items
-
-
-def _guids(name: str, raw: str) -> tuple[str, ...]:
-    items = tuple(part.strip().lower() for part in raw.split(",") if part.strip())
-    for item in items:
-        if not _GUID.match(item):
-            raise SettingError(name, raw, f"{item!r} is not an application or object id (a GUID)")
-    return items
-
-
-def _table_prefix(name: str, raw: str) -> str:
-    # Table names are ASCII letters and digits; str.isalnum alone would pass 'é' or '٣', which Azure refuses.
-    if not (raw.isascii() and raw[:1].isalpha() and raw.isalnum() and len(raw) <= 41):
-        raise SettingError(name, raw, "expected a letter then up to 40 letters or digits")
-    return raw
-
+from monitor.entry.setting_values import (
+    SettingSpec,
+    parse_actions,
+    parse_audiences,
+    parse_choice,
+    parse_existing_file,
+    parse_guids,
+    parse_https_url,
+    parse_key_patterns,
+    parse_ncrontab,
+    parse_number,
+    parse_patterns,
+    parse_sink_names,
+    parse_subscriptions,
+    parse_table_prefix,
+    parse_tenant,
+    parse_text,
+    parse_whole,
+)
 
 SETTINGS: dict[str, SettingSpec] = {
     "warning_days": SettingSpec(
         "KEYHEALTH_WARNING_DAYS",
         "30",
         "A predicted revocation (or key expiry) this many days ahead or closer is a warning.",
-        _number(0, 3650, "a number of days, such as 30 or 0.5"),
+        parse_number(0, 3650, "a number of days, such as 30 or 0.5"),
     ),
     "critical_days": SettingSpec(
         "KEYHEALTH_CRITICAL_DAYS",
         "7",
         "A predicted revocation (or key expiry) this many days ahead or closer is critical.",
-        _number(0, 3650, "a number of days, such as 7 or 0.5"),
+        parse_number(0, 3650, "a number of days, such as 7 or 0.5"),
     ),
     "subscriptions": SettingSpec(
         "KEYHEALTH_SUBSCRIPTIONS",
         "",
         "Comma-separated subscription ids to scan; empty: every subscription the identity can see.",
-        _subscriptions,
+        parse_subscriptions,
     ),
     "arm_endpoint": SettingSpec(
         "KEYHEALTH_ARM_ENDPOINT",
         "https://management.azure.com",
         "Azure Resource Manager base URL (another cloud, or a local stand-in).",
-        _https_url(optional=False),
+        parse_https_url(optional=False),
     ),
     "keyvault_endpoint": SettingSpec(
         "KEYHEALTH_KEYVAULT_ENDPOINT",
         "",
         "Reach every vault under this base URL by host name (a local stand-in); empty: each vault's own URI.",
-        _https_url(optional=True),
+        parse_https_url(optional=True),
     ),
     "ca_bundle": SettingSpec(
         "KEYHEALTH_CA_BUNDLE",
         "",
         "PEM file of extra certificate authorities to trust (a local stand-in); empty: the system's.",
-        _existing_file,
+        parse_existing_file,
     ),
     "static_token": SettingSpec(
         "KEYHEALTH_STATIC_TOKEN",
         "",
         "Bearer token for a local stand-in instead of DefaultAzureCredential; never set it against Azure.",
-        _text,
+        parse_text,
         secret=True,
     ),
     "http_retries": SettingSpec(
         "KEYHEALTH_HTTP_RETRIES",
         "3",
         "Retries of a failed Azure request (429 waits for Retry-After; others back off exponentially).",
-        _whole(0, 10, "a retry count"),
+        parse_whole(0, 10, "a retry count"),
     ),
     "http_timeout_seconds": SettingSpec(
         "KEYHEALTH_HTTP_TIMEOUT_SECONDS",
         "30",
         "Seconds to wait for one Azure response before retrying or giving up (then: unknown).",
-        _number(1, 600, "a number of seconds"),
+        parse_number(1, 600, "a number of seconds"),
     ),
     "poll_schedule": SettingSpec(
         "KEYHEALTH_POLL_SCHEDULE",
         "0 */5 * * * *",
         "NCRONTAB schedule of the full poll (Functions timer and `serve`); Service Bus polls every 5 minutes.",
-        _ncrontab,
+        parse_ncrontab,
     ),
     "state_store": SettingSpec(
         "KEYHEALTH_STATE_STORE",
         "sqlite",
         "Where polls and events remember state: sqlite (one machine) or tables (Azure Table Storage).",
-        _choice("sqlite", "tables"),
+        parse_choice("sqlite", "tables"),
     ),
     "sqlite_path": SettingSpec(
         "KEYHEALTH_SQLITE_PATH",
         "keyhealth-state.sqlite",
         "SQLite state file for the sqlite store.",
-        _text,
+        parse_text,
     ),
     "tables_endpoint": SettingSpec(
         "KEYHEALTH_TABLES_ENDPOINT",
         "",
         "Table service URL for the tables store, reached with the app's managed identity.",
-        _https_url(optional=True),
+        parse_https_url(optional=True),
     ),
     "tables_connection_string": SettingSpec(
         "KEYHEALTH_TABLES_CONNECTION_STRING",
         "",
         "Connection string for the tables store instead of an endpoint (Azurite locally); a secret.",
-        _text,
+        parse_text,
         secret=True,
     ),
     "table_prefix": SettingSpec(
         "KEYHEALTH_TABLE_PREFIX",
         "keyhealth",
         "Prefix of the tables store's table names, so deployments can share an account.",
-        _table_prefix,
+        parse_table_prefix,
     ),
     "concurrency": SettingSpec(
         "KEYHEALTH_CONCURRENCY",
         "32",
         "Key reads in flight at once during a scan.",
-        _whole(1, 1024, "a number of requests"),
+        parse_whole(1, 1024, "a number of requests"),
     ),
     "keyvault_share": SettingSpec(
         "KEYHEALTH_KEYVAULT_SHARE",
         "50",
         "Percent of each vault's published request limit (4,000 per 10 s for software keys, 2,000 for HSM keys) "
         "the key reads may use; the rest is left to the vault's other users.",
-        _number(1, 100, "a percentage"),
+        parse_number(1, 100, "a percentage"),
     ),
     "inventory": SettingSpec(
         "KEYHEALTH_INVENTORY",
         "resource-graph",
         "How namespaces are found: `resource-graph` (one paged query for every subscription, ARM listing when it "
         "is refused) or `arm` (a listing per subscription).",
-        _choice("resource-graph", "arm"),
+        parse_choice("resource-graph", "arm"),
     ),
     "log_level": SettingSpec(
         "KEYHEALTH_LOG_LEVEL",
         "info",
         "Log level of keyhealth's own lines: debug, info, warning or error. Only `debug` lets the Azure SDK's "
         "per-request HTTP logging through; otherwise the SDK logs at WARNING.",
-        _choice("debug", "info", "warning", "error"),
+        parse_choice("debug", "info", "warning", "error"),
     ),
     "webhook_secret": SettingSpec(
         "KEYHEALTH_WEBHOOK_SECRET",
         "",
         "Shared secret `keyhealth serve` accepts on its routes (?code= or x-keyhealth-key); a secret.",
-        _text,
+        parse_text,
         secret=True,
     ),
     "auth_tenant_id": SettingSpec(
@@ -315,125 +165,125 @@ SETTINGS: dict[str, SettingSpec] = {
         "",
         "Microsoft Entra tenant whose bearer tokens `keyhealth serve` accepts (Event Grid's Entra ID delivery, "
         "scrapers); empty: no tokens.",
-        _tenant,
+        parse_tenant,
     ),
     "auth_audience": SettingSpec(
         "KEYHEALTH_AUTH_AUDIENCE",
         "",
         "Comma-separated audiences a bearer token must carry: the app registration's application id and/or URI.",
-        _audiences,
+        parse_audiences,
     ),
     "auth_authority": SettingSpec(
         "KEYHEALTH_AUTH_AUTHORITY",
         "https://login.microsoftonline.com",
         "Microsoft Entra authority that issues the tokens and publishes their signing keys (another cloud's).",
-        _https_url(optional=False),
+        parse_https_url(optional=False),
     ),
     "auth_allowed_callers": SettingSpec(
         "KEYHEALTH_AUTH_ALLOWED_CALLERS",
         "",
         "Comma-separated client application ids (appid/azp) or object ids (oid) whose tokens are accepted; "
         "empty: any caller with a valid token for the audience.",
-        _guids,
+        parse_guids,
     ),
     "alerts": SettingSpec(
         "KEYHEALTH_ALERTS",
         "",
         "Alert sinks and routes: JSON, or @ and a JSON file's path (README, Alerts); empty: the log only.",
-        _text,
+        parse_text,
     ),
     "alert_renotify_hours": SettingSpec(
         "KEYHEALTH_ALERT_RENOTIFY_HOURS",
         "4",
         "Re-notify an unresolved critical or revoked incident this often; 0: never.",
-        _number(0, 24 * 30, "a number of hours"),
+        parse_number(0, 24 * 30, "a number of hours"),
     ),
     "alert_retry_seconds": SettingSpec(
         "KEYHEALTH_ALERT_RETRY_SECONDS",
         "30",
         "First wait before resending an alert a sink refused; it doubles up to 15 minutes.",
-        _number(1, 3600, "a number of seconds"),
+        parse_number(1, 3600, "a number of seconds"),
     ),
     "alert_give_up_hours": SettingSpec(
         "KEYHEALTH_ALERT_GIVE_UP_HOURS",
         "24",
         "Stop resending an alert this long after it was made; it is logged as undeliverable.",
-        _number(0.01, 24 * 30, "a number of hours"),
+        parse_number(0.01, 24 * 30, "a number of hours"),
     ),
     "event_coalesce_seconds": SettingSpec(
         "KEYHEALTH_EVENT_COALESCE_SECONDS",
         "10",
         "Events for the same key (or vault) within this many seconds share one Key Vault re-read: the first "
         "reads at once, the rest once at the window's end; 0: every event re-reads.",
-        _number(0, 300, "a number of seconds"),
+        parse_number(0, 300, "a number of seconds"),
     ),
     "watchdog_sinks": SettingSpec(
         "KEYHEALTH_WATCHDOG_SINKS",
         "",
         "Comma-separated sinks of KEYHEALTH_ALERTS that get a Watchdog notice (always firing, severity info) "
         "after complete polls: a dead-man's switch for the receiver; empty: off.",
-        _sink_names,
+        parse_sink_names,
     ),
     "watchdog_minutes": SettingSpec(
         "KEYHEALTH_WATCHDOG_MINUTES",
         "60",
         "At most one Watchdog notice per this many minutes (across every instance).",
-        _number(5, 24 * 60, "a number of minutes"),
+        parse_number(5, 24 * 60, "a number of minutes"),
     ),
     "delivery_schedule": SettingSpec(
         "KEYHEALTH_DELIVERY_SCHEDULE",
         "*/15 * * * * *",
         "NCRONTAB schedule on which queued alerts are sent (Functions timer; `serve` also sends at once).",
-        _ncrontab,
+        parse_ncrontab,
     ),
     "portal_url": SettingSpec(
         "KEYHEALTH_PORTAL_URL",
         "https://portal.azure.com",
         "Azure portal base URL for links in alerts (another cloud's portal).",
-        _https_url(optional=False),
+        parse_https_url(optional=False),
     ),
     "remediation": SettingSpec(
         "KEYHEALTH_REMEDIATION",
         "off",
         "Remediation: off, dry-run (plan, log and alert what would be done) or on (act).",
-        _choice("off", "dry-run", "on"),
+        parse_choice("off", "dry-run", "on"),
     ),
     "remediation_actions": SettingSpec(
         "KEYHEALTH_REMEDIATION_ACTIONS",
         "rotate,recover",
         "Actions remediation may take: rotate, recover, unpin (unpin only when listed).",
-        _actions,
+        parse_actions,
     ),
     "remediation_keys": SettingSpec(
         "KEYHEALTH_REMEDIATION_KEYS",
         "",
         "Keys remediation may rotate or recover: comma-separated key URLs, https://<vault host>/keys/<name>, the "
         "name may use * and ?; empty: none.",
-        _key_patterns,
+        parse_key_patterns,
     ),
     "remediation_namespaces": SettingSpec(
         "KEYHEALTH_REMEDIATION_NAMESPACES",
         "",
         "Namespaces remediation may unpin: comma-separated patterns on namespace names; empty: none.",
-        _patterns,
+        parse_patterns,
     ),
     "remediation_rotate_days": SettingSpec(
         "KEYHEALTH_REMEDIATION_ROTATE_DAYS",
         "7",
         "Rotate a key when its expiry would revoke a namespace within this many days.",
-        _number(0.01, 365, "a number of days"),
+        parse_number(0.01, 365, "a number of days"),
     ),
     "remediation_key_lifetime_days": SettingSpec(
         "KEYHEALTH_REMEDIATION_KEY_LIFETIME_DAYS",
         "365",
         "Expiry of a version remediation creates when the key has no rotation policy expiry.",
-        _number(1, 3650, "a number of days"),
+        parse_number(1, 3650, "a number of days"),
     ),
     "remediation_max_per_hour": SettingSpec(
         "KEYHEALTH_REMEDIATION_MAX_PER_HOUR",
         "10",
         "At most this many remediation writes an hour, across instances.",
-        _whole(1, 1000, "a number of actions"),
+        parse_whole(1, 1000, "a number of actions"),
     ),
 }
 
