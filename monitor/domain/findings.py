@@ -12,8 +12,9 @@ from datetime import datetime, timedelta
 from monitor.domain.documents import format_instant
 from monitor.domain.model import KeyRef, Namespace, is_managed_hsm, vault_short_name
 from monitor.domain.prediction import NamespacePrediction, Status
+from monitor.domain.states import VaultState
 from monitor.domain.usability import VERSION_REASONS, Assessment, Reason, assess, version_reasons
-from monitor.domain.world import VaultState, World
+from monitor.domain.world import World
 
 
 class Severity(enum.IntEnum):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from monitor.domain.intervals import Interval, Timeline, intersect
+from monitor.domain.key_time import append_key_epoch, exists_intervals, key_intervals
 from monitor.domain.model import (
     KeyId,
     KeyRef,
@@ -15,15 +16,8 @@ from monitor.domain.model import (
     Namespace,
     name_id,
 )
-from monitor.domain.world import (
-    KeyState,
-    World,
-    append_key_epoch,
-    exists_intervals,
-    grants_required,
-    key_intervals,
-    union_permissions,
-)
+from monitor.domain.states import KeyState, grants_required, union_permissions
+from monitor.domain.world import World
 
 
 class Reason(enum.Enum):

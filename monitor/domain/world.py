@@ -1,22 +1,19 @@
 """The world's state over time: vaults, keys, versions and access as a scenario's snapshot and changes
-make them, queried at an instant (World), and each key's usable time as intervals."""
+make them, queried at an instant (World) for the usability rules."""
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 from itertools import pairwise
-from operator import attrgetter
-from typing import NamedTuple
 
 from monitor.domain.errors import ScenarioError
-from monitor.domain.intervals import BEGINNING, Interval, Timeline, merge_append
+from monitor.domain.intervals import BEGINNING, Interval, Timeline
+from monitor.domain.key_time import MISSING_TIMELINE, append_key_epoch, key_intervals
 from monitor.domain.model import (
     KEEP,
     KEY_CHANGES,
-    REQUIRED_PERMISSIONS,
     BlindScope,
     Change,
     DeleteKey,
@@ -35,161 +32,7 @@ from monitor.domain.model import (
     name_id,
     vault_id,
 )
-from monitor.domain.names import ascii_fold
-
-BY_CREATED = attrgetter("created")  # a version's sort key; C-level, unlike a lambda
-
-
-@dataclass(frozen=True, slots=True)
-class VaultState:
-    """A vault as it is during one epoch of the timeline."""
-
-    uri: str
-    exists: bool
-    soft_delete: bool
-    purge_protection: bool
-    rbac: bool
-    access: Mapping[str, frozenset[str]]  # principal name_id -> lower-case permissions
-
-    def grants(self, principal: str) -> bool:
-        permissions = self.access.get(principal, frozenset())
-        return "all" in permissions or permissions >= REQUIRED_PERMISSIONS
-
-    def missing_permissions(self, principal: str) -> tuple[str, ...]:
-        permissions = self.access.get(principal, frozenset())
-        if "all" in permissions:
-            return ()
-        spelled = {"get": "get", "wrapkey": "wrapKey", "unwrapkey": "unwrapKey"}
-        return tuple(spelled[p] for p in sorted(REQUIRED_PERMISSIONS - permissions))
-
-
-class KeyState(NamedTuple):
-    """A key as it is during one epoch of the timeline; versions are sorted by `created`.
-
-    A NamedTuple rather than a frozen dataclass: a World builds one for every key of the snapshot and
-    every key change, 400,000 for a fleet of 100,000 namespaces, at half the cost each.
-    """
-
-    exists: bool
-    deleted: bool
-    versions: tuple[KeyVersion, ...]
-
-    def current_version(self, t: datetime) -> KeyVersion | None:
-        """The newest version created at or before t (ties: the one listed last)."""
-        versions = self.versions
-        if versions and versions[-1].created <= t:  # nearly always: no search
-            return versions[-1]
-        index = bisect_right(self.versions, t, key=BY_CREATED)
-        return self.versions[index - 1] if index else None
-
-    def version(self, version: str) -> KeyVersion | None:
-        wanted = name_id(version)
-        for candidate in self.versions:
-            if ascii_fold(candidate.version.strip()) == wanted:  # name_id, inline: each new version checks them all
-                return candidate
-        return None
-
-    def instants(self) -> Iterator[datetime]:
-        """Every instant at which a version's standing can change."""
-        for v in self.versions:
-            yield v.created
-            if v.nbf is not None:
-                yield v.nbf
-            if v.exp is not None:
-                yield v.exp
-
-
-MISSING_KEY = KeyState(exists=False, deleted=False, versions=())
-
-
-def grants_required(permissions: frozenset[str] | None) -> bool:
-    """Rule 2 for one principal's lower-case permissions on a vault (None: it has no entry)."""
-    return permissions is not None and ("all" in permissions or permissions >= REQUIRED_PERMISSIONS)
-
-
-class AccessHistory:
-    """One vault's effective key permissions per principal, over time.
-
-    A set_access changes one principal. Recording each change against that principal alone, rather
-    than copying the vault's whole access map into a new VaultState, keeps a vault with many
-    principals and many changes linear in size: with 15,000 principals on a vault, a copy per
-    change cost over a megabyte each.
-    """
-
-    __slots__ = ("changed", "initial")
-
-    def __init__(self, initial: Mapping[str, frozenset[str]]) -> None:
-        self.initial = initial  # principal name_id -> lower-case permissions, before any change
-        # Only principals some change touched; None in a timeline means "no entry".
-        self.changed: dict[str, Timeline[frozenset[str] | None]] = {}
-
-    def set_from(self, t: datetime, principal: str, permissions: frozenset[str]) -> None:
-        """Record `principal`'s permissions from t on; changes must arrive in time order."""
-        timeline = self.changed.get(principal)
-        if timeline is None:
-            timeline = self.changed[principal] = Timeline(self.initial.get(principal))
-        timeline.set_from(t, permissions)
-
-    def permissions(self, principal: str, t: datetime) -> frozenset[str] | None:
-        """`principal`'s permissions at t, or None when it has no entry."""
-        timeline = self.changed.get(principal)
-        return self.initial.get(principal) if timeline is None else timeline.at(t)
-
-    def principals(self, t: datetime) -> Iterator[str]:
-        """Every principal with an entry at t: those of the snapshot, then those changes added."""
-        for principal in self.initial:
-            if self.permissions(principal, t) is not None:
-                yield principal
-        for principal in self.changed:
-            if principal not in self.initial and self.permissions(principal, t) is not None:
-                yield principal
-
-    def grant_intervals(
-        self, principal: str, start: datetime, end: datetime, extra: frozenset[str] | None = None
-    ) -> list[Interval]:
-        """The intervals within [start, end) during which `principal` holds get, wrapKey and unwrapKey.
-
-        `extra`: permissions granted on the key itself (RBAC at key scope), which hold throughout.
-        """
-        timeline = self.changed.get(principal)
-        if timeline is None:
-            return [(start, end)] if grants_required(union_permissions(self.initial.get(principal), extra)) else []
-        intervals: list[Interval] = []
-        for epoch_start, epoch_end, permissions in timeline.epochs_within(start, end):
-            if grants_required(union_permissions(permissions, extra)):
-                merge_append(intervals, epoch_start, epoch_end)
-        return intervals
-
-
-def union_permissions(permissions: frozenset[str] | None, extra: frozenset[str] | None) -> frozenset[str] | None:
-    if extra is None:
-        return permissions
-    return extra if permissions is None else permissions | extra
-
-
-class AccessAt(Mapping[str, frozenset[str]]):
-    """A vault's access map as it stands at one instant: a read-only view of its AccessHistory."""
-
-    __slots__ = ("_at", "_history")
-
-    def __init__(self, history: AccessHistory, at: datetime) -> None:
-        self._history = history
-        self._at = at
-
-    def __getitem__(self, principal: str) -> frozenset[str]:
-        permissions = self._history.permissions(principal, self._at)
-        if permissions is None:
-            raise KeyError(principal)
-        return permissions
-
-    def __iter__(self) -> Iterator[str]:
-        return self._history.principals(self._at)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def __repr__(self) -> str:
-        return f"AccessAt({dict(self)!r})"
+from monitor.domain.states import BY_CREATED, MISSING_KEY, AccessAt, AccessHistory, KeyState, VaultState
 
 
 def _sorted_versions(versions: Iterable[KeyVersion]) -> tuple[KeyVersion, ...]:
@@ -461,100 +304,3 @@ def _updated(state: KeyState, change: UpdateVersion, path: str) -> KeyState:
         updated = replace(updated, key_ops=change.key_ops)
     versions = tuple(updated if v is target else v for v in state.versions)
     return KeyState(state.exists, state.deleted, versions)
-
-
-MISSING_TIMELINE: Timeline[KeyState] = Timeline(MISSING_KEY)
-
-
-def exists_intervals(existence: Timeline[bool], start: datetime, end: datetime) -> list[Interval]:
-    """The intervals within [start, end) during which a vault exists (rule 1)."""
-    intervals: list[Interval] = []
-    for epoch_start, epoch_end, exists in existence.epochs_within(start, end):
-        if exists:
-            merge_append(intervals, epoch_start, epoch_end)
-    return intervals
-
-
-def key_intervals(timeline: Timeline[KeyState], version: str | None, start: datetime, end: datetime) -> list[Interval]:
-    """The intervals within [start, end) during which rules 3 to 5 hold for the key.
-
-    `version` is the pinned version, or None to follow the current one.
-    """
-    intervals: list[Interval] = []
-    # Timeline.epochs_within, without a generator: most keys with a timeline have two or three epochs.
-    starts, states = timeline.starts, timeline.states
-    last = len(starts) - 1
-    for index in range(bisect_right(starts, start) - 1, last + 1):
-        epoch_start = starts[index]
-        if epoch_start >= end:
-            break
-        epoch_end = starts[index + 1] if index < last and starts[index + 1] < end else end
-        append_key_epoch(intervals, states[index], version, max(epoch_start, start), epoch_end)
-    return intervals
-
-
-def append_key_epoch(
-    intervals: list[Interval], state: KeyState, version: str | None, epoch_start: datetime, epoch_end: datetime
-) -> None:
-    """Append the part of one epoch [epoch_start, epoch_end), in which the key is `state`, that passes rules 3 to 5."""
-    if not state.exists or state.deleted:
-        return
-    if version is not None:
-        pinned = state.version(version)
-        if pinned is not None:
-            _append_valid(intervals, pinned, max(epoch_start, pinned.created), epoch_end)
-        return
-    # versions are sorted by `created`: each is current from its own `created` until the next
-    # one's (ties: the later-listed one wins, and the earlier gets an empty span). Start from the
-    # one current at the epoch's start: those before it are never current within the epoch.
-    versions = state.versions
-    if not versions:
-        return  # a key listed with no version has no current one: never usable
-    last = len(versions) - 1
-    first = last
-    # Nearly always the newest version is current at the epoch's start already: no search, and the older
-    # versions (which cost a cache miss each at this size) are not even looked at.
-    if last > 0 and versions[last].created > epoch_start:
-        first = max(bisect_right(versions, epoch_start, key=BY_CREATED) - 1, 0)
-    for index in range(first, last + 1):
-        candidate = versions[index]
-        created = candidate.created
-        if created >= epoch_end:
-            break
-        start = created if created > epoch_start else epoch_start
-        until = versions[index + 1].created if index < last else epoch_end
-        end = until if until < epoch_end else epoch_end
-        # _append_valid, inline: this runs for nearly every reference of a fleet.
-        # has_required_ops holds for any version that lists no key_ops: most do, and skip the property.
-        if not candidate.enabled or (candidate.key_ops is not None and not candidate.has_required_ops):
-            continue
-        nbf, exp = candidate.nbf, candidate.exp
-        if nbf is not None and nbf > start:
-            start = nbf
-        if exp is not None and exp < end:
-            end = exp
-        if start >= end:
-            continue
-        if intervals and intervals[-1][1] == start:
-            intervals[-1] = (intervals[-1][0], end)
-        else:
-            intervals.append((start, end))
-
-
-def _append_valid(intervals: list[Interval], version: KeyVersion, start: datetime, end: datetime) -> None:
-    """Append the part of [start, end) in which `version` passes rules 4 and 5 (see version_reasons)."""
-    # has_required_ops holds for any version that lists no key_ops: most do, and skip the property.
-    if not version.enabled or (version.key_ops is not None and not version.has_required_ops):
-        return
-    nbf, exp = version.nbf, version.exp
-    if nbf is not None and nbf > start:
-        start = nbf
-    if exp is not None and exp < end:
-        end = exp
-    # merge_append, inline: this runs for nearly every reference of a fleet.
-    if start >= end:
-        return
-    if intervals and intervals[-1][1] == start:
-        intervals[-1] = (intervals[-1][0], end)
-    else:
-        intervals.append((start, end))

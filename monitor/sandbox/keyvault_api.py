@@ -26,7 +26,7 @@ from monitor.domain.model import (
     name_id,
 )
 from monitor.domain.names import is_key_name
-from monitor.domain.world import KeyState, VaultState
+from monitor.domain.states import KeyState, VaultState
 from monitor.sandbox.keymaterial import KeyMaterial
 from monitor.sandbox.resources import SOFT_DELETE_RETENTION_DAYS
 from monitor.sandbox.state import SandboxState, VaultInfo, current_version, find_version, visible_versions

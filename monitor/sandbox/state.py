@@ -34,7 +34,8 @@ from monitor.domain.model import (
     vault_short_name,
 )
 from monitor.domain.names import ascii_fold
-from monitor.domain.world import KeyState, VaultState, World
+from monitor.domain.states import KeyState, VaultState
+from monitor.domain.world import World
 from monitor.sandbox.resources import namespace_document, stable_uuid, subscription_of
 
 DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
