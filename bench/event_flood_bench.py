@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from monitor.entry.serve import MAX_BODY
+from monitor.entry.webhook import MAX_BODY
 from monitor.formats.scenario_io import load_scenario
 from monitor.sandbox import Sandbox
 

@@ -15,7 +15,7 @@ from azure.keyvault.keys._shared import http_challenge_cache
 
 from monitor.domain.model import DeleteKey, SetAccess
 from monitor.entry.schedule import next_fire, parse_schedule, schedule_period
-from monitor.entry.serve import MAX_BODY
+from monitor.entry.webhook import MAX_BODY
 from tests.builders import SYSTEM_PRINCIPAL, VAULT, key, key_event, namespace, ref, scenario, vault
 from tests.hardening.support import TEST_SECRET, Running
 from tests.hardening.support import serving as serving_document

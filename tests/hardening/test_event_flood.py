@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.domain.model import UpdateVersion
-from monitor.entry.serve import MAX_BODY
+from monitor.entry.webhook import MAX_BODY
 from tests.hardening.support import VAULT, fleet_document, serving
 
 EXPIRED = "Microsoft.KeyVault.KeyExpired"  # the shortest key event type: 5,000 fit in one 1 MB delivery

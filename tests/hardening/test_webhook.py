@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from monitor.domain.model import DeleteKey, SetAccess
-from monitor.entry.serve import MAX_BODY
+from monitor.entry.webhook import MAX_BODY
 from monitor.formats.events import MAX_EVENTS_PER_BATCH
 from monitor.sandbox import Sandbox
 from tests.builders import SYSTEM_PRINCIPAL, key_event
