@@ -10,7 +10,8 @@ limit enforced (4,000 requests per 10 s per vault, then 429 with Retry-After).
 
 Measured, each in a fresh process:
 - our poll (`monitor.app.poll.poll`: Resource Graph inventory, vault reads, paced key reads, prediction,
-  findings, state recorded in SQLite): the first poll (nothing learnt yet: every key read in full) and
+  findings, state recorded in each store `--stores` names: SQLite, and Table Storage in an Azurite
+  the benchmark starts): the first poll (nothing learnt yet: every key read in full) and
   the next one (steady state: unchanged keys confirmed from each vault's key listing), wall and CPU
   time, requests the stand-in answered, 429s, peak RSS;
 - a naive scanner, what a user would write with the sync SDKs: list subscriptions, list each
@@ -30,11 +31,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import multiprocessing
 import os
 import resource
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -120,6 +124,60 @@ def build_fleet(namespaces: int) -> dict[str, Any]:
     return {"now": NOW, "vaults": vaults, "keys": keys, "namespaces": documents, "changes": []}
 
 
+# --- Table Storage: Azurite, as the tests run it ------------------------------------------------------
+
+AZURITE_TABLE = Path(__file__).resolve().parents[1] / "node_modules" / ".bin" / "azurite-table"
+# Azurite's published development account: a well-known key, not a secret.
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+class Azurite:
+    """An in-memory azurite-table on a free loopback port, for the benchmark's Table Storage polls."""
+
+    def __init__(self, workdir: Path) -> None:
+        if not AZURITE_TABLE.exists():
+            raise SystemExit(f"{AZURITE_TABLE} is missing: run `npm ci` (make does), or pass --stores sqlite")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        self._log = (workdir / "azurite.log").open("wb")
+        command = [str(AZURITE_TABLE), "--tableHost", "127.0.0.1", "--tablePort", str(self.port)]
+        command += ["--inMemoryPersistence", "--silent", "--disableTelemetry"]
+        self._process = subprocess.Popen(command, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT)  # noqa: S603
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.__exit__()
+        raise SystemExit("azurite-table did not start within 60 s")
+
+    def settings(self, table_prefix: str) -> dict[str, str]:
+        """App settings for a fresh set of tables (one prefix a fleet size) in this Azurite."""
+        connection = (
+            f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+            f"TableEndpoint=http://127.0.0.1:{self.port}/devstoreaccount1;"
+        )
+        return {
+            "KEYHEALTH_STATE_STORE": "tables",
+            "KEYHEALTH_TABLES_CONNECTION_STRING": connection,
+            "KEYHEALTH_TABLE_PREFIX": table_prefix,
+        }
+
+    def __enter__(self) -> Azurite:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+        self._log.close()
+
+
 # --- the stand-in, in a process of its own --------------------------------------------------------------
 
 
@@ -185,8 +243,10 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure_poll(environment: dict[str, str], share: str, shared_key_vault: str, results: Connection) -> None:
-    """Two polls (first, then steady state), then one event for the shared key."""
+def measure_poll(
+    environment: dict[str, str], store: dict[str, str], share: str, shared_key_vault: str, results: Connection
+) -> None:
+    """Two polls (first, then steady state), then one event for the shared key, on the store `store` names."""
     os.environ.update(environment)
     from monitor.app.events import handle_event
     from monitor.app.poll import poll
@@ -199,6 +259,7 @@ def measure_poll(environment: dict[str, str], share: str, shared_key_vault: str,
         {
             **os.environ,
             "KEYHEALTH_SQLITE_PATH": str(Path(state_dir) / "state.sqlite"),
+            **store,
             "KEYHEALTH_KEYVAULT_SHARE": share,
             "KEYHEALTH_CONCURRENCY": "128",
         }
@@ -368,7 +429,14 @@ def run_scale(namespaces: int, args: argparse.Namespace, workdir: Path) -> dict[
     )
     stand_in = StandIn(str(path), args.latency)
     try:
-        ours = _in_child(measure_poll, (stand_in.environment, str(args.share), _vault(0)), stand_in)
+        stores = {}
+        for store in args.stores:
+            stand_in.reset()
+            settings = args.azurite.settings(f"b{namespaces}") if store == "tables" else {}
+            stores[store] = _in_child(
+                measure_poll, (stand_in.environment, settings, str(args.share), _vault(0)), stand_in
+            )
+        ours = stores[args.stores[0]]
         naive = None
         if namespaces == max(args.scales) and args.naive_namespaces != 0:
             limit = namespaces if args.naive_namespaces < 0 else min(args.naive_namespaces, namespaces)
@@ -385,7 +453,8 @@ def run_scale(namespaces: int, args: argparse.Namespace, workdir: Path) -> dict[
         "references": references,
         "distinct_keys": distinct,
         "busiest_vault_keys": busiest_vault_keys,
-        "ours": ours,
+        "ours": ours,  # the first store named (--stores), as before
+        "stores": stores,
         "naive": naive,
         "lower_bound": bound,
     }
@@ -400,13 +469,15 @@ def _print(scale: dict[str, Any]) -> None:
         f"{'run':<28}{'wall s':>9}{'cpu s':>9}{'requests':>10}{'key reads':>10}{'429s':>6}{'peak MiB':>10}"
         f"{'stand-in cpu s':>16}"
     )
-    for label in ("first", "steady"):
-        run = ours[label]
-        s = run["stand_in"]
-        print(
-            f"{'our poll (' + label + ')':<28}{run['wall_s']:>9.2f}{run['cpu_s']:>9.2f}{s['requests']:>10,}"
-            f"{s['keyvault']:>10,}{s['throttled']:>6}{ours['peak_rss_mib']:>10.0f}{s['cpu_ms'] / 1000:>16.2f}"
-        )
+    for store, measured in scale["stores"].items():
+        for label in ("first", "steady"):
+            run = measured[label]
+            s = run["stand_in"]
+            print(
+                f"{'our poll (' + label + ', ' + store + ')':<28}{run['wall_s']:>9.2f}{run['cpu_s']:>9.2f}"
+                f"{s['requests']:>10,}{s['keyvault']:>10,}{s['throttled']:>6}{measured['peak_rss_mib']:>10.0f}"
+                f"{s['cpu_ms'] / 1000:>16.2f}"
+            )
     if naive is not None:
         s = naive["stand_in"]
         print(
@@ -429,11 +500,12 @@ def _print(scale: dict[str, Any]) -> None:
         f"  steady poll: {ours['steady']['stand_in']['busiest_vault']:,} requests to the busiest vault (unchanged "
         "keys confirmed from its key listing, 25 a request)"
     )
-    event = ours["event"]
-    print(
-        f"  event for the shared key: {event['namespaces']:,} namespaces re-judged and recorded in "
-        f"{event['wall_s']:.2f} s ({event['stand_in']['keyvault']} key reads, outcome {event['outcome']})"
-    )
+    for store, measured in scale["stores"].items():
+        event = measured["event"]
+        print(
+            f"  event for the shared key ({store}): {event['namespaces']:,} namespaces re-judged and recorded in "
+            f"{event['wall_s']:.2f} s ({event['stand_in']['keyvault']} key reads, outcome {event['outcome']})"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -448,10 +520,20 @@ def main(argv: list[str] | None = None) -> int:
         help="time the naive scanner on this many namespaces of the largest fleet and extrapolate "
         "(-1: the whole fleet; 0: skip it)",
     )
+    parser.add_argument(
+        "--stores",
+        default="sqlite,tables",
+        help="state stores to poll on, in order (sqlite; tables: Table Storage in an Azurite the benchmark starts)",
+    )
     parser.add_argument("--json", type=Path, default=Path("fleet-bench.json"), help="where to write the figures")
     args = parser.parse_args(argv)
     args.scales = sorted(int(s) for s in args.scales.split(","))
-    with tempfile.TemporaryDirectory(prefix="keyhealth-fleet-") as workdir:
+    args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    unknown = sorted(set(args.stores) - {"sqlite", "tables"})
+    if unknown or not args.stores:
+        parser.error(f"--stores: expected sqlite and/or tables, got {args.stores}")
+    with tempfile.TemporaryDirectory(prefix="keyhealth-fleet-") as workdir, contextlib.ExitStack() as stack:
+        args.azurite = stack.enter_context(Azurite(Path(workdir))) if "tables" in args.stores else None
         scales = [run_scale(n, args, Path(workdir)) for n in args.scales]
     for scale in scales:
         _print(scale)

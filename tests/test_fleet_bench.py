@@ -28,6 +28,9 @@ def test_a_small_run_writes_every_figure(tmp_path: Path, capsys):
     largest = figures["scales"][-1]
     steady, first = largest["ours"]["steady"], largest["ours"]["first"]
     assert steady["namespaces"] == 120 and steady["statuses"] == {"healthy": 120}
+    # The same polls on Table Storage (the store infra/ deploys), in the Azurite the benchmark started.
+    on_tables = largest["stores"]["tables"]
+    assert on_tables["steady"]["statuses"] == {"healthy": 120} and on_tables["event"]["outcome"] == "evaluated"
     assert first["stand_in"]["throttled"] == steady["stand_in"]["throttled"] == 0
     # The steady poll confirms unchanged keys from the listing: fewer Key Vault requests than distinct keys.
     assert steady["stand_in"]["keyvault"] < largest["distinct_keys"] <= first["stand_in"]["keyvault"]
