@@ -23,7 +23,7 @@ from monitor.adapters.azure_clients import AzureClients, describe_failure
 from monitor.app.telemetry import TRACER
 from monitor.domain.errors import ReadError
 from monitor.domain.model import Key, KeyVersion, key_url, name_id, vault_id
-from monitor.domain.names import key_name_problem, vault_host_problem
+from monitor.domain.names import key_name_problem, vault_uri_host
 from monitor.domain.usability import version_reasons
 
 log = logging.getLogger("keyhealth.keyvault")
@@ -197,12 +197,6 @@ class _FullRead:
     due: float  # monotonic: from then on it is read in full again, whatever its listing shows
 
 
-def _host_as_written(vault_uri: str) -> str:
-    """The vault URI's host without Key Vault's own port (`hostname` would lower it the Unicode way)."""
-    netloc = urlsplit(vault_uri.strip()).netloc
-    return netloc[: -len(":443")] if netloc.endswith(":443") else netloc
-
-
 class KeyVaultKeys:
     """KeyReader: the current version and pinned versions in full; every version's attributes when the
     current one is unusable (to tell whether an older one would do).
@@ -232,7 +226,9 @@ class KeyVaultKeys:
         what = key_url(vault_uri, name)
         # A name from an Azure answer is checked too: one Key Vault would refuse is never sent, and what it
         # names is not seen (unknown), not judged.
-        problem = key_name_problem(name) or vault_host_problem(_host_as_written(vault_uri))
+        problem = key_name_problem(name)
+        if problem is None and vault_uri_host(vault_uri) is None:
+            problem = f"{vault_uri.strip()!r} is not a Key Vault or Managed HSM URI (https://<vault>.vault.azure.net)"
         if problem is not None:
             raise ReadError(what, f"not sent to Key Vault: {problem}")
         client = self._clients.key_client(vault_uri)

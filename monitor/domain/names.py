@@ -11,6 +11,7 @@ event, a scenario or an Azure answer is checked here before it is matched or sen
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 _UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _ASCII_LOWER = str.maketrans(_UPPER, _UPPER.lower())
@@ -72,3 +73,19 @@ def _shown(text: str) -> str:
     # ascii(): a hostile name is shown escaped (U+212A as \u212a), clipped, never as look-alike text
     shown = ascii(text)
     return shown if len(shown) <= 80 else shown[:79] + "…"
+
+
+def vault_uri_host(vault_uri: str) -> str | None:
+    """The lower-case host of an https vault URI without a path (port 443 allowed), else None."""
+    try:
+        parts = urlsplit(vault_uri.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() != "https" or parts.username or parts.password or parts.query or parts.fragment:
+        return None
+    if port not in (None, 443) or parts.path not in ("", "/") or not parts.hostname:
+        return None
+    # The host as written (urlsplit's `hostname` lowers it the Unicode way): Key Vault's grammar, ASCII folded.
+    host = parts.netloc.rsplit(":", 1)[0] if port is not None else parts.netloc
+    return ascii_fold(host) if vault_host_problem(host) is None else None

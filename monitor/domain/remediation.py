@@ -12,12 +12,11 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit
 
 from monitor.domain.errors import KeyPatternError
 from monitor.domain.fleet import NamespaceReport
 from monitor.domain.model import KeyId, KeyVersion, key_url, vault_short_name
-from monitor.domain.names import VAULT_SUFFIXES, ascii_fold, is_key_name, is_vault_name, vault_host_problem
+from monitor.domain.names import VAULT_SUFFIXES, ascii_fold, is_key_name, is_vault_name, vault_uri_host
 from monitor.domain.prediction import Status
 from monitor.domain.usability import Reason, assess
 from monitor.domain.world import World
@@ -69,25 +68,9 @@ class KeyPattern:
         return not any(c in self.key for c in "*?")
 
     def matches(self, vault_uri: str, name: str) -> bool:
-        host = _vault_host(vault_uri)
+        host = vault_uri_host(vault_uri)
         key = name.strip()
         return host == self.host and is_key_name(key) and fnmatch.fnmatchcase(ascii_fold(key), self.key)
-
-
-def _vault_host(vault_uri: str) -> str | None:
-    """The lower-case host of an https vault URI without a path (port 443 allowed), else None."""
-    try:
-        parts = urlsplit(vault_uri.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme.lower() != "https" or parts.username or parts.password or parts.query or parts.fragment:
-        return None
-    if port not in (None, 443) or parts.path not in ("", "/") or not parts.hostname:
-        return None
-    # The host as written (urlsplit's `hostname` lowers it the Unicode way): Key Vault's grammar, ASCII folded.
-    host = parts.netloc.rsplit(":", 1)[0] if port is not None else parts.netloc
-    return ascii_fold(host) if vault_host_problem(host) is None else None
 
 
 def parse_key_pattern(text: str) -> KeyPattern:
