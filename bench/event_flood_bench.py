@@ -19,17 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.serve_process import free_port, serve_environment, start_serve
 from monitor.entry.webhook import MAX_BODY
 from monitor.formats.scenario_io import load_scenario
 from monitor.sandbox import Sandbox
@@ -45,12 +42,6 @@ parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
 parser.add_argument("--events", type=int, default=5000, help="events per flood (5,000 fit in one 1 MB POST)")
 parser.add_argument("--window", type=float, default=10.0, help="KEYHEALTH_EVENT_COALESCE_SECONDS")
 parser.add_argument("--json", type=Path)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _forged(count: int, *, seed: int, key: str = KEY, vault: str = VAULT) -> list[dict[str, Any]]:
@@ -191,24 +182,17 @@ def _sum_outcomes(summaries: list[dict[str, Any]]) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder, Sandbox(load_scenario(FLEET)[0]) as sandbox:
-        ports = [_free_port(), _free_port()]
-        environment = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("KEYHEALTH_")},
-            **sandbox.environment(),
-            "KEYHEALTH_SQLITE_PATH": str(Path(folder) / "state.sqlite"),
-            "KEYHEALTH_WEBHOOK_SECRET": SECRET,
-            "KEYHEALTH_EVENT_COALESCE_SECONDS": str(args.window),
+        ports = [free_port(), free_port()]
+        environment = serve_environment(
+            sandbox,
+            folder,
+            SECRET,
+            KEYHEALTH_EVENT_COALESCE_SECONDS=str(args.window),
             # Only the start-up poll: a scheduled one would read the key too and blur the figures.
-            "KEYHEALTH_POLL_SCHEDULE": "0 0 0 1 1 *",
-        }
-        processes = []
+            KEYHEALTH_POLL_SCHEDULE="0 0 0 1 1 *",
+        )
         logs = [Path(folder) / f"serve-{n}.log" for n in range(len(ports))]
-        for port, log_path in zip(ports, logs, strict=True):
-            command = [sys.executable, "-m", "monitor", "serve", "--host", "127.0.0.1", "--port", str(port)]
-            with log_path.open("wb") as log:
-                processes.append(
-                    subprocess.Popen(command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
-                )
+        processes = [start_serve(port, environment, log) for port, log in zip(ports, logs, strict=True)]
         try:
             for port in ports:
                 asyncio.run(_wait_healthy(port))

@@ -18,28 +18,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.serve_process import free_port, serve_environment, start_serve
 from monitor.formats.scenario_io import load_scenario
 from monitor.sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "bench-secret-for-the-hostile-clients"  # noqa: S105 - the benchmark's own credential
 FLEET = REPO / "monitor" / "data" / "demo-fleet.json"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def _slowloris(port: int) -> float:
@@ -156,16 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder, Sandbox(load_scenario(FLEET)[0]) as sandbox:
         log_path = Path(folder) / "serve.log"
-        port = _free_port()
-        environment = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("KEYHEALTH_")},
-            **sandbox.environment(),
-            "KEYHEALTH_SQLITE_PATH": str(Path(folder) / "state.sqlite"),
-            "KEYHEALTH_WEBHOOK_SECRET": SECRET,
-        }
-        command = [sys.executable, "-m", "monitor", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+        port = free_port()
+        process = start_serve(port, serve_environment(sandbox, folder, SECRET), log_path)
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
