@@ -16,12 +16,7 @@ from monitor.domain.errors import StateStoreError
 
 
 class SqliteBase:
-    """StateStore backed by SQLite at `path` (':memory:' for a private, throwaway store).
-
-    One connection per store, used by one worker thread at a time; other processes open their own
-    store on the same file and SQLite's file locks keep them apart, waiting up to `busy_timeout`
-    seconds for each other.
-    """
+    """What every part of SqliteStateStore uses: the one connection, migrated on open, and its worker thread."""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
         self._path = os.fspath(path)

@@ -16,11 +16,7 @@ from monitor.adapters.tables.codec import _PREFIX, _TABLES, T, _failures, _publi
 
 
 class TableBase:
-    """StateStore on Azure Table Storage (or Azurite): identity-based in Azure, connection string locally.
-
-    `table_prefix` names this deployment's tables (letters and digits), so environments can share an
-    account; `concurrency` bounds the requests one batch keeps in flight.
-    """
+    """What every part of TableStateStore uses: the service client, a client per table, bounded concurrency."""
 
     def __init__(self, service: TableServiceClient, *, table_prefix: str = "keyhealth", concurrency: int = 16) -> None:
         if not _PREFIX.match(table_prefix):
