@@ -3,18 +3,18 @@ coalescing), the poll lease's timing, and recording judgements in the store."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from monitor.app.alerting import Alerting
 from monitor.app.coalescing import EventCoalescer
 from monitor.app.ports import AlertSink
 from monitor.app.reading import Readers
 from monitor.app.remediation import Outcome, Remediation, remediate
-from monitor.app.state import NamespaceState, StateStore
+from monitor.app.state import NamespaceState, StateStore, StateSummary
 from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import FleetReport
 from monitor.domain.model import KeyId, Snapshot
@@ -52,34 +52,44 @@ class Monitor:
     coalescer: EventCoalescer | None = None
 
 
-def _verdict(document: Mapping[str, Any]) -> tuple[object, ...]:
-    """What must move for a namespace's state to count as changed."""
-    findings = document.get("findings") or []
-    worst = max((f.get("severity") for f in findings if isinstance(f, Mapping)), default=None, key=str)
-    return (document.get("status_now"), document.get("revoked_at_earliest"), document.get("revoked_by"), worst)
-
-
 async def record_judgements(
     monitor: Monitor,
     report: FleetReport,
     *,
     now: datetime,
-    stored: Mapping[str, NamespaceState] | None = None,
+    stored: Mapping[str, StateSummary] | None = None,
 ) -> tuple[str, ...]:
-    """Store each namespace's judgement; returns the ids whose verdict changed.
+    """Store each namespace's judgement that says something new; returns the ids whose verdict changed.
 
-    `stored` is every stored state by NamespaceState.key (a poll reads them all in one go); without it
-    each namespace's is read on its own (an event touches few).
+    `stored` summarises every stored state by key (a poll reads them all in one go, without documents);
+    without it each namespace's state is read on its own (an event touches few). A judgement that says
+    what is stored already is not written again: the last complete poll's mark says it still held then.
     """
     states = [
         NamespaceState.of(n.prediction.namespace, namespace_document(n), evaluated_at=now) for n in report.namespaces
     ]
+    if stored is None:
+        gate = asyncio.Semaphore(monitor.concurrency)
+
+        async def read(namespace_id: str) -> NamespaceState | None:
+            async with gate:
+                return await monitor.store.get_namespace_state(namespace_id)
+
+        found = await asyncio.gather(*(read(state.id) for state in states))
+        stored = {state.key: state.summary() for state in found if state is not None}
+        previous = None
+    else:
+        previous = stored
     changed = []
+    news = []
     for state in states:
-        before = stored.get(state.key) if stored is not None else await monitor.store.get_namespace_state(state.id)
-        if before is None or _verdict(before.document) != _verdict(state.document):
+        before = stored.get(state.key)
+        if before is None or before.verdict != state.verdict:
             changed.append(state.id)
-    await monitor.store.put_namespace_states(states)
+        if before is None or before.digest != state.digest:
+            news.append(state)
+    if news:
+        await monitor.store.put_namespace_states(news, previous=previous)
     return tuple(changed)
 
 

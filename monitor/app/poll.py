@@ -126,7 +126,7 @@ async def _poll_holding(monitor: Monitor, keeper: LeaseKeeper, *, now: datetime)
         scenario, report = await _judge_unlisted(monitor, scenario, report)
     if not await keeper.hold(force=True):
         return PollResult(ran=False)
-    stored = {state.key: state for state in await monitor.store.list_namespace_states()}
+    stored = {summary.key: summary for summary in await monitor.store.list_namespace_summaries()}
     changed = await record_judgements(monitor, report, now=now, stored=stored)
     removed: list[str] = []
     if not report.fleet_blind:

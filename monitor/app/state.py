@@ -7,6 +7,7 @@ and the stores in `monitor.adapters` (SQLite, Table Storage) implement it.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ __all__ = [
     "OutboxEntry",
     "PollMark",
     "StateStore",
+    "StateSummary",
     "StoredSnapshot",
     "check_budget_request",
     "check_outbox_of",
@@ -114,6 +116,50 @@ class NamespaceState:
     def findings(self) -> list[Mapping[str, Any]]:
         value = self.document.get("findings")
         return [f for f in value if isinstance(f, Mapping)] if isinstance(value, list) else []
+
+    @property
+    def digest(self) -> str:
+        """A digest of what the state says (document and keys, not when): equal digests need no new write."""
+        content = {"document": self.document, "keys": sorted(self.key_ids)}
+        canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    @property
+    def verdict(self) -> str:
+        """What must move for the state to count as changed (status, revocation window, worst finding), as JSON."""
+        worst = max((f.get("severity") for f in self.findings), default=None, key=str)
+        document = self.document
+        return json.dumps(
+            [document.get("status_now"), document.get("revoked_at_earliest"), document.get("revoked_by"), worst]
+        )
+
+    def summary(self, version: str | None = None) -> StateSummary:
+        return StateSummary(self.id, self.evaluated_at, self.digest, self.verdict, self.key_ids, version)
+
+
+@dataclass(frozen=True, slots=True)
+class StateSummary:
+    """What a poll needs of a stored state to tell whether a new judgement changes it, without its document.
+
+    `digest` and `verdict` are NamespaceState.digest and .verdict of what is stored ('' for a state stored
+    before they were kept: it counts as changed). `version` is the store's own token for the stored entity
+    (an ETag): given back with the state that replaces it, the store can write it without reading it again;
+    None when the store must read first.
+    """
+
+    id: str
+    evaluated_at: datetime
+    digest: str
+    verdict: str
+    key_ids: frozenset[KeyId] = frozenset()
+    version: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "evaluated_at", utc(self.evaluated_at, "evaluated_at"))
+
+    @property
+    def key(self) -> str:
+        return namespace_key(self.id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,13 +311,24 @@ class StateStore(Protocol):
 
     # -- namespace states, and the key and vault index they maintain
 
-    async def put_namespace_states(self, states: Iterable[NamespaceState]) -> list[str]:
+    async def put_namespace_states(
+        self, states: Iterable[NamespaceState], *, previous: Mapping[str, StateSummary] | None = None
+    ) -> list[str]:
         """Store each state, replacing the namespace's previous one, and update the key index.
 
         A state evaluated earlier than the one stored is not written (a slow writer must not undo a
         newer judgement); an equal or later one replaces it. Returns the ids left alone that way.
         Within one batch, the last state of a namespace wins.
+
+        `previous` is what list_namespace_summaries() returned (by key) when the caller read it: the store
+        may write a state conditioned on its summary's version instead of reading it first, and takes a
+        namespace absent from it as new. Whatever was written since is still respected, as without it.
         """
+        ...
+
+    async def list_namespace_summaries(self) -> list[StateSummary]:
+        """A summary of every stored state, with its version, sorted by comparable namespace id: what a poll
+        compares its judgements with, without reading every document."""
         ...
 
     async def get_namespace_state(self, namespace_id: str) -> NamespaceState | None:

@@ -94,6 +94,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (scope, window_start)
         )""",
     ),
+    (
+        # What a poll compares its judgements with, without reading documents ('' for states stored before).
+        "ALTER TABLE namespace_state ADD COLUMN digest TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE namespace_state ADD COLUMN verdict TEXT NOT NULL DEFAULT ''",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

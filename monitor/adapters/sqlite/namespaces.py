@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from monitor.adapters.sqlite.base import SqliteBase
 from monitor.adapters.sqlite.codec import _consistent_read, _immediate, _json, _select_in, _text, _time
 from monitor.app.state import (
     NamespaceState,
+    StateSummary,
     namespace_key,
 )
 from monitor.domain.model import KeyId, name_id, vault_id
@@ -21,14 +22,17 @@ class SqliteNamespaces(SqliteBase):
 
     # -- namespace states and the key index
 
-    async def put_namespace_states(self, states: Iterable[NamespaceState]) -> list[str]:
+    async def put_namespace_states(
+        self, states: Iterable[NamespaceState], *, previous: Mapping[str, StateSummary] | None = None
+    ) -> list[str]:
+        # One transaction reads what it needs anyway: `previous` saves nothing here.
         latest: dict[str, NamespaceState] = {}
         for state in states:
-            previous = latest.get(state.key)
-            if previous is None or state.evaluated_at >= previous.evaluated_at:
+            before = latest.get(state.key)
+            if before is None or state.evaluated_at >= before.evaluated_at:
                 latest[state.key] = state
         rows = [
-            (key, state, _text(state.evaluated_at, "evaluated_at"), _json(state.document))
+            (key, state, _text(state.evaluated_at, "evaluated_at"), _json(state.document), state.digest, state.verdict)
             for key, state in latest.items()
         ]
 
@@ -39,19 +43,26 @@ class SqliteNamespaces(SqliteBase):
                 keys = [row[0] for row in rows]
                 stored = dict(_select_in(connection, "SELECT namespace_key, evaluated_at FROM namespace_state", keys))
                 fresh = []
-                for key, state, evaluated_at, document in rows:
+                for row in rows:
+                    key, state, evaluated_at = row[:3]
                     if key in stored and stored[key] > evaluated_at:
                         stale.append(state.id)
                     else:
-                        fresh.append((key, state, evaluated_at, document))
+                        fresh.append(row)
                 connection.executemany(
-                    """INSERT INTO namespace_state (namespace_key, namespace_id, evaluated_at, document)
-                       VALUES (?, ?, ?, ?)
+                    """INSERT INTO namespace_state
+                           (namespace_key, namespace_id, evaluated_at, document, digest, verdict)
+                       VALUES (?, ?, ?, ?, ?, ?)
                        ON CONFLICT (namespace_key) DO UPDATE SET
                            namespace_id = excluded.namespace_id,
                            evaluated_at = excluded.evaluated_at,
-                           document = excluded.document""",
-                    [(key, state.id, evaluated_at, document) for key, state, evaluated_at, document in fresh],
+                           document = excluded.document,
+                           digest = excluded.digest,
+                           verdict = excluded.verdict""",
+                    [
+                        (key, state.id, evaluated_at, document, digest, verdict)
+                        for key, state, evaluated_at, document, digest, verdict in fresh
+                    ],
                 )
                 indexed: dict[str, set[KeyId]] = {}
                 for key, vault, name in _select_in(
@@ -59,7 +70,7 @@ class SqliteNamespaces(SqliteBase):
                 ):
                     indexed.setdefault(key, set()).add((vault, name))
                 # The key index is rewritten only where a namespace's keys changed (rarely, after the first poll).
-                moved = [(key, state) for key, state, _, _ in fresh if indexed.get(key, set()) != state.key_ids]
+                moved = [(row[0], row[1]) for row in fresh if indexed.get(row[0], set()) != row[1].key_ids]
                 connection.executemany("DELETE FROM namespace_key WHERE namespace_key = ?", [(k,) for k, _ in moved])
                 connection.executemany(
                     "INSERT INTO namespace_key (namespace_key, vault_id, key_name) VALUES (?, ?, ?)",
@@ -105,6 +116,25 @@ class SqliteNamespaces(SqliteBase):
                 ):
                     keys.setdefault(key, []).append((vault, name))
             return [self._state(row, keys.get(row[0], ())) for row in rows]
+
+        return await self._call(list_all)
+
+    async def list_namespace_summaries(self) -> list[StateSummary]:
+        def list_all(connection: sqlite3.Connection) -> list[StateSummary]:
+            with _consistent_read(connection):
+                rows = connection.execute(
+                    "SELECT namespace_key, namespace_id, evaluated_at, digest, verdict FROM namespace_state"
+                    " ORDER BY namespace_key"
+                ).fetchall()
+                keys: dict[str, set[KeyId]] = {}
+                for key, vault, name in connection.execute(
+                    "SELECT namespace_key, vault_id, key_name FROM namespace_key"
+                ):
+                    keys.setdefault(key, set()).add((vault, name))
+            return [
+                StateSummary(namespace_id, _time(evaluated_at), digest, verdict, frozenset(keys.get(key, ())))
+                for key, namespace_id, evaluated_at, digest, verdict in rows
+            ]
 
         return await self._call(list_all)
 

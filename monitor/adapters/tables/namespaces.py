@@ -4,12 +4,12 @@ list a key or use a vault (kept in an order that never loses a listed key's entr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import UpdateMode
+from azure.data.tables import TableTransactionError, UpdateMode
 
 from monitor.adapters.tables.base import TableBase
 from monitor.adapters.tables.codec import (
@@ -33,10 +33,38 @@ from monitor.adapters.tables.codec import (
 )
 from monitor.app.state import (
     NamespaceState,
+    StateSummary,
     namespace_key,
 )
 from monitor.domain.errors import StateStoreError
 from monitor.domain.model import KeyId, name_id, vault_id
+
+_BATCH = 100  # entities an entity-group transaction may hold
+_BATCH_BYTES = 2_000_000  # of documents in one: binary goes base64 (4/3) under the 4 MiB payload limit
+_SUMMARY = ["NamespaceId", "EvaluatedAt", "Digest", "Verdict", "KeyIds", "IndexedKeyIds"]
+
+
+def _replacing(etag: str) -> dict[str, Any]:
+    return {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified}
+
+
+_Write = tuple[NamespaceState, str | None, dict[str, Any]]  # a state, the ETag it replaces (None: new), its entity
+
+
+def _transactions(group: list[_Write]) -> Iterator[list[_Write]]:
+    """One partition's writes in chunks one transaction may hold."""
+    chunk: list[_Write] = []
+    size = 0
+    for item in group:
+        entity = item[2]
+        weight = 2_000 + sum(len(v) for v in entity.values() if isinstance(v, bytes))
+        if chunk and (len(chunk) == _BATCH or size + weight > _BATCH_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += weight
+    if chunk:
+        yield chunk
 
 
 class NamespaceTables(TableBase):
@@ -66,6 +94,8 @@ class NamespaceTables(TableBase):
             "StatusNow": state.status_now or "",
             "EvaluatedAt": state.evaluated_at,
             "KeyIds": _key_ids_json(state.key_ids),
+            "Digest": state.digest,
+            "Verdict": state.verdict,
             # Every key that may have an index entry for this namespace: what a later write must clean up.
             "IndexedKeyIds": _key_ids_json(indexed),
             **_pieces(_pack(state.document), "Doc", what=f"namespace {state.id}"),
@@ -184,14 +214,109 @@ class NamespaceTables(TableBase):
             return True
         raise StateStoreError(what, f"still contended after {_RACE_RETRIES} tries")
 
-    async def put_namespace_states(self, states: Iterable[NamespaceState]) -> list[str]:
+    async def put_namespace_states(
+        self, states: Iterable[NamespaceState], *, previous: Mapping[str, StateSummary] | None = None
+    ) -> list[str]:
         latest: dict[str, NamespaceState] = {}
         for state in states:
-            previous = latest.get(state.key)
-            if previous is None or state.evaluated_at >= previous.evaluated_at:
+            before = latest.get(state.key)
+            if before is None or state.evaluated_at >= before.evaluated_at:
                 latest[state.key] = state
-        written = await self._gather(self._put_state(state) for state in latest.values())
-        return sorted((s.id for s, ok in zip(latest.values(), written, strict=True) if not ok), key=namespace_key)
+        stale: list[str] = []
+        careful: list[NamespaceState] = []  # read first, then written conditionally, one by one
+        batched: list[tuple[NamespaceState, str | None]] = []  # (state, the ETag it replaces; None: a new one)
+        for key, state in latest.items():
+            summary = previous.get(key) if previous is not None else None
+            if previous is not None and summary is None:
+                batched.append((state, None))
+            elif summary is not None and summary.version is not None and summary.key_ids == state.key_ids:
+                if summary.evaluated_at > state.evaluated_at:
+                    stale.append(state.id)
+                else:
+                    batched.append((state, summary.version))
+            else:
+                careful.append(state)
+        refused = await self._put_batched(batched)
+        careful += refused
+        written = await self._gather(self._put_state(state) for state in careful)
+        stale += [state.id for state, ok in zip(careful, written, strict=True) if not ok]
+        return sorted(stale, key=namespace_key)
+
+    async def _put_batched(self, batched: list[tuple[NamespaceState, str | None]]) -> list[NamespaceState]:
+        """Write states as entity-group transactions (one partition, up to 100 entities, a few MiB each), each
+        replacing what was at its ETag or inserting a new one; then index the new ones, batched by vault.
+
+        Returns the states of the transactions Azure refused (someone wrote meanwhile): the caller writes
+        those the careful way. A new state's IndexedKeyIds are its keys: no entry of it needs removing, so
+        adding its entries after it is stored is all the index needs (see _settle_index).
+        """
+        groups: dict[str, list[_Write]] = {}
+        for state, etag in batched:
+            entity = self._state_entity(state, state.key_ids)
+            groups.setdefault(entity["PartitionKey"], []).append((state, etag, entity))
+        chunks = [chunk for group in groups.values() for chunk in _transactions(group)]
+        client = await self._table(NAMESPACES)
+
+        async def submit(chunk: list[_Write]) -> bool:
+            operations = [
+                ("create", entity) if etag is None else ("update", entity, _replacing(etag))
+                for _, etag, entity in chunk
+            ]
+            with _failures(f"namespaces of partition {chunk[0][2]['PartitionKey']}"):
+                try:
+                    await client.submit_transaction(operations)
+                except TableTransactionError:
+                    return False
+            return True
+
+        accepted = await self._gather(submit(chunk) for chunk in chunks)
+        refused = [state for chunk, ok in zip(chunks, accepted, strict=True) if not ok for state, _, _ in chunk]
+        created = [
+            state for chunk, ok in zip(chunks, accepted, strict=True) if ok for state, etag, _ in chunk if etag is None
+        ]
+        await self._index_batched(created)
+        return refused
+
+    async def _index_batched(self, states: Iterable[NamespaceState]) -> None:
+        entries: dict[str, dict[str, dict[str, Any]]] = {}
+        for state in states:
+            for key_id in state.key_ids:
+                partition, row = self._index_address(key_id, state.id)
+                entries.setdefault(partition, {})[row] = {
+                    "PartitionKey": partition,
+                    "RowKey": row,
+                    "VaultId": key_id[0],
+                    "KeyName": key_id[1],
+                    "NamespaceId": state.id,
+                }
+        client = await self._table(KEY_INDEX)
+
+        async def submit(chunk: list[dict[str, Any]]) -> None:
+            with _failures(f"index of vault partition {chunk[0]['PartitionKey']}"):
+                await client.submit_transaction([("upsert", entity, {"mode": UpdateMode.REPLACE}) for entity in chunk])
+
+        rows = [list(partition.values()) for partition in entries.values()]
+        await self._gather(submit(part[i : i + _BATCH]) for part in rows for i in range(0, len(part), _BATCH))
+
+    async def list_namespace_summaries(self) -> list[StateSummary]:
+        client = await self._table(NAMESPACES)
+        with _failures("list namespace summaries"):
+            entities = [entity async for entity in client.list_entities(select=_SUMMARY)]
+        summaries = []
+        for entity in entities:
+            keys = _key_ids_from(entity, "KeyIds")
+            settled = _key_ids_from(entity, "IndexedKeyIds") == keys  # else a write must settle the index
+            summaries.append(
+                StateSummary(
+                    str(entity["NamespaceId"]),
+                    _time(entity["EvaluatedAt"]),
+                    str(entity.get("Digest") or ""),
+                    str(entity.get("Verdict") or ""),
+                    keys,
+                    _etag(entity.metadata) if settled else None,
+                )
+            )
+        return sorted(summaries, key=lambda s: s.key)
 
     async def get_namespace_state(self, namespace_id: str) -> NamespaceState | None:
         partition, row = self._namespace_address(namespace_id)

@@ -116,6 +116,70 @@ def test_deleting_a_namespace_state_forgets_it_and_its_index_entries(open_store:
     run(open_store, check)
 
 
+def test_summaries_say_what_is_stored_without_the_documents(open_store: StoreOpener):
+    """Each stored state's summary carries its id, time, digest, verdict and keys, sorted by namespace."""
+    states = fleet_states()
+
+    async def check(store: StateStore) -> None:
+        assert await store.list_namespace_summaries() == []
+        await store.put_namespace_states(states)
+        summaries = await store.list_namespace_summaries()
+        assert summaries == [s.summary() for s in sorted(states, key=lambda s: s.key)]
+        assert all(a.digest != b.digest for a, b in zip(summaries, summaries[1:], strict=False))
+
+    run(open_store, check)
+
+
+def test_digest_and_verdict_move_with_what_the_state_says():
+    """The digest ignores when a state was judged but not what it says; the verdict moves only with the status,
+    the revocation window or the worst finding."""
+    base = state("sb-one", (KV, "k1"))
+    later = replace(base, evaluated_at=T0 + MINUTE)
+    other_keys = state("sb-one", (KV, "k2"))
+    revoked = state("sb-one", (KV, "k1"), status_now="revoked")
+    assert base.digest == later.digest and base.verdict == later.verdict
+    assert base.digest != other_keys.digest and base.verdict == other_keys.verdict
+    assert base.digest != revoked.digest and base.verdict != revoked.verdict
+
+
+def test_writes_from_summaries_insert_replace_and_index(open_store: StoreOpener):
+    """States written with the summaries read before them (new ones absent from them) are stored and indexed as
+    any write is, and their summaries come back."""
+    first = [state(f"sb-{n}", (KV, f"k{n % 3}")) for n in range(250)]
+    second = [state(f"sb-{n}", (KV, f"k{n % 3}"), evaluated_at=T0 + MINUTE, status_now="revoked") for n in range(250)]
+
+    async def check(store: StateStore) -> None:
+        assert await store.put_namespace_states(first, previous={}) == []
+        previous = {s.key: s for s in await store.list_namespace_summaries()}
+        assert await store.put_namespace_states(second, previous=previous) == []
+        assert await store.list_namespace_states() == sorted(second, key=lambda s: s.key)
+        k1 = state("any", (KV, "k1")).key_ids
+        expected = sorted((s.id for s in second if s.key_ids == k1), key=str.lower)
+        assert await store.namespaces_for_key(KV, "k1") == expected
+        assert len(await store.namespaces_for_vault(KV)) == 250
+
+    run(open_store, check)
+
+
+def test_writes_from_old_summaries_respect_what_was_written_since(open_store: StoreOpener):
+    """A poll that read the summaries, then lost a race to an event's newer write (or to a namespace that
+    appeared meanwhile), neither overwrites the newer judgement nor fails: it reports those left alone."""
+    stored = state("sb-a", (KV, "k1"))
+    appeared = state("sb-new", (KV, "k1"), evaluated_at=T0 + 2 * MINUTE, status_now="revoked")
+    event = state("sb-a", (KV, "k1"), evaluated_at=T0 + 2 * MINUTE, status_now="revoked")
+    poll = [state("sb-a", (KV, "k1"), evaluated_at=T0 + MINUTE), state("sb-new", (KV, "k1"), evaluated_at=T0 + MINUTE)]
+
+    async def check(store: StateStore) -> None:
+        await store.put_namespace_states([stored])
+        previous = {s.key: s for s in await store.list_namespace_summaries()}
+        await store.put_namespace_states([event, appeared])
+        assert sorted(await store.put_namespace_states(poll, previous=previous)) == sorted(s.id for s in poll)
+        assert await store.get_namespace_state(stored.id) == event
+        assert await store.get_namespace_state(appeared.id) == appeared
+
+    run(open_store, check)
+
+
 # -- the key and vault index
 
 
