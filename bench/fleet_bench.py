@@ -32,8 +32,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import resource
@@ -57,6 +59,9 @@ IDENTITY = (
 )
 PRINCIPAL = "00000000-0000-0000-0000-00000000c0de"
 SHARED_KEY = "sb-shared"
+LISTING_PAGE = 25  # Key Vault's largest key listing page
+INVENTORY_PAGE = 1000  # Resource Graph's largest page
+COMPETENT_THREADS = 16
 
 
 def _subscription(index: int) -> str:
@@ -244,21 +249,28 @@ def _peak_mib() -> float:
 
 
 def measure_poll(
-    environment: dict[str, str], store: dict[str, str], share: str, shared_key_vault: str, results: Connection
+    environment: dict[str, str],
+    store: dict[str, str],
+    share: str,
+    shared_key_vault: str,
+    labels: tuple[str, ...],
+    results: Connection,
 ) -> None:
-    """Two polls (first, then steady state), then one event for the shared key, on the store `store` names."""
+    """A poll for each of `labels` in this process ("first" then "steady": one instance; "fresh" alone: another
+    instance after those, with nothing read itself), then (after "steady") one event for the shared key and
+    the CPU floor, on the store `store` names."""
     os.environ.update(environment)
+    profile_dir = os.environ.get("KEYHEALTH_BENCH_PROFILE", "")
+    store_name = store.get("KEYHEALTH_STATE_STORE", "sqlite")
     from monitor.app.events import handle_event
     from monitor.app.poll import poll
     from monitor.entry.bootstrap import build_monitor
     from monitor.entry.config import Settings
     from monitor.formats.events import parse_event
 
-    state_dir = tempfile.mkdtemp(prefix="keyhealth-bench-")
     settings = Settings.from_environment(
         {
             **os.environ,
-            "KEYHEALTH_SQLITE_PATH": str(Path(state_dir) / "state.sqlite"),
             **store,
             "KEYHEALTH_KEYVAULT_SHARE": share,
             "KEYHEALTH_CONCURRENCY": "128",
@@ -290,11 +302,17 @@ def measure_poll(
         monitor = build_monitor(settings)
         measured: dict[str, Any] = {}
         try:
-            for label in ("first", "steady"):
+            for label in labels:
                 results.send(("reset", None))
                 results.recv()
+                profiler = cProfile.Profile() if profile_dir else None
                 wall, cpu = time.perf_counter(), time.process_time()
+                if profiler is not None:
+                    profiler.enable()
                 result = await poll(monitor, now=now)
+                if profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(str(Path(profile_dir) / f"{label}-{store_name}.prof"))
                 measured[label] = {
                     "wall_s": time.perf_counter() - wall,
                     "cpu_s": time.process_time() - cpu,
@@ -305,6 +323,9 @@ def measure_poll(
                 }
                 results.send(("stats", None))
                 measured[label]["stand_in"] = results.recv()
+            if "steady" not in labels:
+                return measured
+            measured["floor"] = await _cpu_floor(monitor, now)
             (event,) = [e for e in (parse_event(item) for item in event_payload)]
             results.send(("reset", None))
             results.recv()
@@ -325,6 +346,29 @@ def measure_poll(
     measured = asyncio.run(run())
     measured["peak_rss_mib"] = _peak_mib()
     results.send(("done", measured))
+
+
+async def _cpu_floor(monitor: Any, now: datetime) -> dict[str, float]:
+    """What any poll of this fleet must compute in-process, timed on the snapshot just stored: predict and find
+    (evaluate), render each namespace's state and compare it with the stored one (record, nothing changed)."""
+    from monitor.app.state import NamespaceState
+    from monitor.domain.fleet import evaluate
+    from monitor.domain.model import Scenario
+    from monitor.domain.scenario import parse_scenario
+    from monitor.formats.render import namespace_document
+
+    stored = await monitor.store.get_snapshot()
+    scenario, _ = parse_scenario(stored.document)
+    cpu = time.process_time()
+    report = evaluate(Scenario(now=now, snapshot=scenario.snapshot), monitor.thresholds)
+    judged = time.process_time()
+    digests = [
+        NamespaceState.of(n.prediction.namespace, namespace_document(n), evaluated_at=now).digest
+        for n in report.namespaces
+    ]
+    rendered = time.process_time()
+    del digests
+    return {"evaluate_s": judged - cpu, "render_s": rendered - judged, "cpu_s": rendered - cpu}
 
 
 def measure_naive(environment: dict[str, str], limit: int, results: Connection) -> None:
@@ -380,6 +424,66 @@ def measure_naive(environment: dict[str, str], limit: int, results: Connection) 
     )
 
 
+def measure_competent(environment: dict[str, str], threads: int, results: Connection) -> None:
+    """The scanner a competent user writes: sync SDKs, the inventory listed once, each distinct key read once
+    on a pool of `threads` threads (the SDK's own retry policy honours Key Vault's 429 Retry-After)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from azure.keyvault.keys import KeyClient
+    from azure.mgmt.resource.subscriptions import SubscriptionClient
+    from azure.mgmt.servicebus import ServiceBusManagementClient
+
+    from monitor.sandbox import StaticTokenCredential
+
+    arm, vaults_at, ca = (
+        environment["KEYHEALTH_ARM_ENDPOINT"],
+        environment["KEYHEALTH_KEYVAULT_ENDPOINT"],
+        environment["KEYHEALTH_CA_BUNDLE"],
+    )
+    credential = StaticTokenCredential()
+    wall, cpu = time.perf_counter(), time.process_time()
+    wanted: set[tuple[str, str, str]] = set()
+    namespaces = references = 0
+    subscriptions = SubscriptionClient(credential, base_url=arm, connection_verify=ca)
+    for subscription in subscriptions.subscriptions.list():
+        servicebus = ServiceBusManagementClient(
+            credential, subscription.subscription_id or "", base_url=arm, connection_verify=ca
+        )
+        for namespace in servicebus.namespaces.list():
+            namespaces += 1
+            encryption = namespace.properties.encryption if namespace.properties else None
+            for entry in (encryption.key_vault_properties or []) if encryption else []:
+                references += 1
+                host = (entry.key_vault_uri or "").split("//", 1)[-1].rstrip("/").lower()
+                wanted.add((host, (entry.key_name or "").lower(), (entry.key_version or "").lower()))
+    clients = {
+        host: KeyClient(f"{vaults_at}/{host}", credential, verify_challenge_resource=False, connection_verify=ca)
+        for host in {host for host, _, _ in wanted}
+    }
+
+    def read(item: tuple[str, str, str]) -> bool:
+        host, name, version = item
+        return bool(clients[host].get_key(name, version or None).properties.enabled)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        usable = sum(pool.map(read, sorted(wanted)))
+    results.send(
+        (
+            "done",
+            {
+                "wall_s": time.perf_counter() - wall,
+                "cpu_s": time.process_time() - cpu,
+                "namespaces": namespaces,
+                "references": references,
+                "keys_read": len(wanted),
+                "usable": usable,
+                "threads": threads,
+                "peak_rss_mib": _peak_mib(),
+            },
+        )
+    )
+
+
 def _in_child(target: Any, args: tuple[Any, ...], stand_in: StandIn) -> dict[str, Any]:
     """Run `target` in a fresh process, relaying its reset/stats requests to the stand-in."""
     context = multiprocessing.get_context("spawn")
@@ -387,6 +491,9 @@ def _in_child(target: Any, args: tuple[Any, ...], stand_in: StandIn) -> dict[str
     process = context.Process(target=target, args=(*args, theirs))
     process.start()
     while True:
+        while not ours.poll(1.0):
+            if not process.is_alive():  # it died before answering: say so instead of waiting for ever
+                raise SystemExit(f"{target.__name__} failed in its process (exit code {process.exitcode})")
         kind, payload = ours.recv()
         if kind == "reset":
             stand_in.reset()
@@ -402,16 +509,35 @@ def _in_child(target: Any, args: tuple[Any, ...], stand_in: StandIn) -> dict[str
 # --- the run ---------------------------------------------------------------------------------------------
 
 
-def lower_bound(busiest_vault_requests: int, share: float, latency: float) -> dict[str, float]:
-    """The larger of the busiest vault's requests at the allowed rate and one round-trip chain.
+def lower_bound(
+    namespaces: int, keys_per_vault: list[int], share: float, latency: float, cpu_floor_s: float = 0.0
+) -> dict[str, float]:
+    """The tight bound of a poll of this fleet: its fewest requests at the allowed rate or its sequential
+    round trips, whichever is longer, then the CPU any poll must spend once everything is read.
 
-    The requests are the fleet's, not our poll's: one read of each distinct key the busiest vault holds.
-    A steady poll that confirms unchanged keys from the vault's listing makes fewer (see the table)."""
+    Steady (nothing changed): each vault's keys confirmed from its listing, 25 a page: Σ⌈keys/25⌉ Key Vault
+    requests, the busiest vault's pages one after another. First: each distinct key read once. The chain:
+    subscriptions, the Resource Graph inventory (⌈namespaces/1000⌉ pages in turn), the vaults, then the
+    busiest vault's listing pages (steady) or one key read (first)."""
     allowed = 4000 * share / 10.0  # requests a second to one vault of software keys
-    # subscriptions -> Resource Graph -> vaults of a subscription -> deleted vaults -> one key read
-    chain = 5 * latency
-    throughput = busiest_vault_requests / allowed
-    return {"throughput_s": throughput, "chain_s": chain, "bound_s": max(throughput, chain), "allowed_per_s": allowed}
+    pages = [math.ceil(keys / LISTING_PAGE) for keys in keys_per_vault]
+    inventory_pages = math.ceil(namespaces / INVENTORY_PAGE)
+    steady_trips = 1 + inventory_pages + 1 + max(pages, default=0)
+    first_trips = 1 + inventory_pages + 1 + 1
+    steady_io = max(max(pages, default=0) / allowed, steady_trips * latency)
+    first_io = max(max(keys_per_vault, default=0) / allowed, first_trips * latency)
+    return {
+        "allowed_per_s": allowed,
+        "steady_requests": sum(pages),
+        "steady_round_trips": steady_trips,
+        "steady_io_s": steady_io,
+        "first_requests": sum(keys_per_vault),
+        "first_round_trips": first_trips,
+        "first_io_s": first_io,
+        "cpu_floor_s": cpu_floor_s,
+        "steady_s": steady_io + cpu_floor_s,
+        "first_s": first_io + cpu_floor_s,
+    }
 
 
 def run_scale(namespaces: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -421,7 +547,7 @@ def run_scale(namespaces: int, args: argparse.Namespace, workdir: Path) -> dict[
     references = sum(len(n["keys"]) for n in fleet["namespaces"])
     listed = {(r["vault"], r["name"]) for n in fleet["namespaces"] for r in n["keys"]}
     distinct = len(listed)
-    busiest_vault_keys = max(Counter(vault for vault, _ in listed).values())
+    keys_per_vault = sorted(Counter(vault for vault, _ in listed).values())
     print(
         f"fleet {namespaces:,} namespaces: {references:,} key references, {distinct:,} distinct keys in {VAULTS} "
         f"vaults; stand-in latency {args.latency * 1000:.0f} ms",
@@ -431,12 +557,24 @@ def run_scale(namespaces: int, args: argparse.Namespace, workdir: Path) -> dict[
     try:
         stores = {}
         for store in args.stores:
+            if store == "tables":
+                settings = args.azurite.settings(f"b{namespaces}")
+            else:
+                settings = {"KEYHEALTH_SQLITE_PATH": str(workdir / f"state-{namespaces}.sqlite")}
+            common = (stand_in.environment, settings, str(args.share), _vault(0))
             stand_in.reset()
-            settings = args.azurite.settings(f"b{namespaces}") if store == "tables" else {}
-            stores[store] = _in_child(
-                measure_poll, (stand_in.environment, settings, str(args.share), _vault(0)), stand_in
-            )
+            stores[store] = _in_child(measure_poll, (*common, ("first", "steady")), stand_in)
+            # Another instance (a fresh process) polls next: what it costs with only the store to go on.
+            stand_in.reset()
+            fresh = _in_child(measure_poll, (*common, ("fresh",)), stand_in)
+            stores[store]["fresh"] = fresh["fresh"]
+            stores[store]["fresh_peak_rss_mib"] = fresh["peak_rss_mib"]
         ours = stores[args.stores[0]]
+        competent = None
+        if not args.no_competent:
+            stand_in.reset()
+            competent = _in_child(measure_competent, (stand_in.environment, COMPETENT_THREADS), stand_in)
+            competent["stand_in"] = stand_in.stats()
         naive = None
         if namespaces == max(args.scales) and args.naive_namespaces != 0:
             limit = namespaces if args.naive_namespaces < 0 else min(args.naive_namespaces, namespaces)
@@ -447,70 +585,89 @@ def run_scale(namespaces: int, args: argparse.Namespace, workdir: Path) -> dict[
             naive["extrapolated"] = naive["references"] < references
     finally:
         stand_in.stop()
-    bound = lower_bound(busiest_vault_keys, args.share / 100, args.latency)
+    floor = min(measured["floor"]["cpu_s"] for measured in stores.values())
+    bound = lower_bound(namespaces, keys_per_vault, args.share / 100, args.latency, floor)
     return {
         "namespaces": namespaces,
         "references": references,
         "distinct_keys": distinct,
-        "busiest_vault_keys": busiest_vault_keys,
+        "busiest_vault_keys": keys_per_vault[-1],
         "ours": ours,  # the first store named (--stores), as before
         "stores": stores,
+        "competent": competent,
         "naive": naive,
         "lower_bound": bound,
     }
 
 
+def _row(label: str, wall: float, cpu: float, stand_in: dict[str, Any], rss: float) -> None:
+    print(
+        f"{label:<34}{wall:>9.2f}{cpu:>9.2f}{stand_in['requests']:>10,}{stand_in['keyvault']:>10,}"
+        f"{stand_in['throttled']:>6}{rss:>10.0f}{stand_in['cpu_ms'] / 1000:>16.2f}"
+    )
+
+
 def _print(scale: dict[str, Any]) -> None:
-    ours, naive, bound = scale["ours"], scale["naive"], scale["lower_bound"]
+    naive, competent, bound = scale["naive"], scale["competent"], scale["lower_bound"]
     print(
         f"\n== {scale['namespaces']:,} namespaces ({scale['references']:,} references, {scale['distinct_keys']:,} keys)"
     )
     print(
-        f"{'run':<28}{'wall s':>9}{'cpu s':>9}{'requests':>10}{'key reads':>10}{'429s':>6}{'peak MiB':>10}"
+        f"{'run':<34}{'wall s':>9}{'cpu s':>9}{'requests':>10}{'key reads':>10}{'429s':>6}{'peak MiB':>10}"
         f"{'stand-in cpu s':>16}"
     )
     for store, measured in scale["stores"].items():
-        for label in ("first", "steady"):
+        for label in ("first", "steady", "fresh"):
             run = measured[label]
-            s = run["stand_in"]
-            print(
-                f"{'our poll (' + label + ', ' + store + ')':<28}{run['wall_s']:>9.2f}{run['cpu_s']:>9.2f}"
-                f"{s['requests']:>10,}{s['keyvault']:>10,}{s['throttled']:>6}{measured['peak_rss_mib']:>10.0f}"
-                f"{s['cpu_ms'] / 1000:>16.2f}"
-            )
+            rss = measured["fresh_peak_rss_mib" if label == "fresh" else "peak_rss_mib"]
+            name = "fresh instance" if label == "fresh" else label
+            _row(f"our poll ({name}, {store})", run["wall_s"], run["cpu_s"], run["stand_in"], rss)
+    if competent is not None:
+        label = f"competent scanner ({competent['threads']} threads)"
+        _row(label, competent["wall_s"], competent["cpu_s"], competent["stand_in"], competent["peak_rss_mib"])
     if naive is not None:
-        s = naive["stand_in"]
-        print(
-            f"{'naive scanner':<28}{naive['wall_s']:>9.2f}{naive['cpu_s']:>9.2f}{s['requests']:>10,}"
-            f"{s['keyvault']:>10,}{s['throttled']:>6}{naive['peak_rss_mib']:>10.0f}{s['cpu_ms'] / 1000:>16.2f}"
-        )
+        _row("naive scanner", naive["wall_s"], naive["cpu_s"], naive["stand_in"], naive["peak_rss_mib"])
         if naive["extrapolated"]:
             print(
                 f"  naive timed on {naive['namespaces']:,} namespaces ({naive['references']:,} references); "
                 f"for the whole fleet, extrapolated: {naive['extrapolated_wall_s']:.1f} s"
             )
-        print(f"  speed-up over naive: {naive['extrapolated_wall_s'] / ours['steady']['wall_s']:.1f}x")
     print(
-        f"  lower bound {bound['bound_s']:.2f} s (busiest vault's {scale['busiest_vault_keys']:,} keys read once "
-        f"each at {bound['allowed_per_s']:.0f}/s = {bound['throughput_s']:.2f} s; round-trip chain "
-        f"{bound['chain_s']:.2f} s); our steady poll is {ours['steady']['wall_s'] / bound['bound_s']:.1f}x it, "
-        f"the first {ours['first']['wall_s'] / bound['bound_s']:.1f}x"
+        f"  tight bound, steady: {bound['steady_s']:.2f} s = max({bound['steady_requests']:,} Key Vault requests "
+        f"(Σ⌈keys per vault / 25⌉), the busiest vault's at {bound['allowed_per_s']:.0f}/s; "
+        f"{bound['steady_round_trips']} round trips in turn) {bound['steady_io_s']:.2f} s "
+        f"+ CPU floor {bound['cpu_floor_s']:.2f} s (evaluate, render, compare)"
     )
     print(
-        f"  steady poll: {ours['steady']['stand_in']['busiest_vault']:,} requests to the busiest vault (unchanged "
-        "keys confirmed from its key listing, 25 a request)"
+        f"  tight bound, first: {bound['first_s']:.2f} s = max({bound['first_requests']:,} key reads, the busiest "
+        f"vault's at {bound['allowed_per_s']:.0f}/s; {bound['first_round_trips']} round trips) "
+        f"{bound['first_io_s']:.2f} s + CPU floor {bound['cpu_floor_s']:.2f} s"
     )
     for store, measured in scale["stores"].items():
+        first, steady, fresh = (measured[label]["wall_s"] for label in ("first", "steady", "fresh"))
+        versus = [f"steady {steady / bound['steady_s']:.1f}x the bound", f"first {first / bound['first_s']:.1f}x"]
+        if competent is not None:
+            versus.append(
+                f"competent scanner {competent['wall_s'] / steady:.1f}x our steady, "
+                f"{competent['wall_s'] / first:.1f}x our first"
+            )
+        if naive is not None:
+            versus.append(f"naive {naive['extrapolated_wall_s'] / steady:.0f}x our steady")
+        versus.append(f"fresh instance {fresh / steady:.2f}x steady")
+        print(f"  {store}: " + "; ".join(versus))
         event = measured["event"]
         print(
             f"  event for the shared key ({store}): {event['namespaces']:,} namespaces re-judged and recorded in "
             f"{event['wall_s']:.2f} s ({event['stand_in']['keyvault']} key reads, outcome {event['outcome']})"
         )
+    if "tables" in scale["stores"] and "sqlite" in scale["stores"]:
+        ratio = scale["stores"]["tables"]["steady"]["wall_s"] / scale["stores"]["sqlite"]["steady"]["wall_s"]
+        print(f"  steady poll on Table Storage: {ratio:.2f}x the SQLite steady poll")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scales", default="1000,3000,10000", help="fleet sizes in namespaces (comma-separated)")
+    parser.add_argument("--scales", default="1000,10000", help="fleet sizes in namespaces (comma-separated)")
     parser.add_argument("--latency", type=float, default=0.020, help="seconds added to every stand-in answer")
     parser.add_argument("--share", type=float, default=50.0, help="KEYHEALTH_KEYVAULT_SHARE for our poll (percent)")
     parser.add_argument(
@@ -525,10 +682,18 @@ def main(argv: list[str] | None = None) -> int:
         default="sqlite,tables",
         help="state stores to poll on, in order (sqlite; tables: Table Storage in an Azurite the benchmark starts)",
     )
+    parser.add_argument(
+        "--large", action="store_true", help="add the 100,000-namespace fleet (50,000 keys; about half an hour)"
+    )
+    parser.add_argument("--no-competent", action="store_true", help="skip the competent scanner (16 threads)")
+    parser.add_argument("--profile", type=Path, help="write cProfile stats of each of our polls into this folder")
     parser.add_argument("--json", type=Path, default=Path("fleet-bench.json"), help="where to write the figures")
     args = parser.parse_args(argv)
-    args.scales = sorted(int(s) for s in args.scales.split(","))
+    args.scales = sorted({int(s) for s in args.scales.split(",")} | ({100_000} if args.large else set()))
     args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        os.environ["KEYHEALTH_BENCH_PROFILE"] = str(args.profile.resolve())  # the children inherit it
     unknown = sorted(set(args.stores) - {"sqlite", "tables"})
     if unknown or not args.stores:
         parser.error(f"--stores: expected sqlite and/or tables, got {args.stores}")

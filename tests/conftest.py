@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -90,6 +92,19 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(params=["sqlite", "tables"])
+def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """App settings for a fresh store of each kind: a SQLite file, or fresh tables in the session's Azurite."""
+    if request.param == "sqlite":
+        return {"KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite")}
+    azurite = request.getfixturevalue("azurite")
+    return {
+        "KEYHEALTH_STATE_STORE": "tables",
+        "KEYHEALTH_TABLES_CONNECTION_STRING": azurite.connection_string,
+        "KEYHEALTH_TABLE_PREFIX": f"t{uuid.uuid4().hex[:16]}",
+    }
 
 
 @pytest.fixture

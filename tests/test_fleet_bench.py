@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.fleet_bench import build_fleet, lower_bound, main
 
 
@@ -16,9 +18,13 @@ def test_the_fleet_has_the_documented_shape():
     assert sum(1 for n in fleet["namespaces"] if any(r["name"] == "sb-shared" for r in n["keys"])) == 20
 
 
-def test_the_lower_bound_is_the_longer_of_throughput_and_the_chain():
-    assert lower_bound(250, 0.5, 0.02)["bound_s"] == 1.25  # 250 reads at 200/s
-    assert lower_bound(2, 0.5, 0.02)["bound_s"] == 0.1  # five round trips of 20 ms
+def test_the_tight_bound_is_the_longer_of_throughput_and_the_chain_then_the_cpu_floor():
+    # 10,000 namespaces, 20 vaults of 250 keys: 10 listing pages each, 200 requests; 10 inventory pages.
+    bound = lower_bound(10_000, [250] * 20, 0.5, 0.02, cpu_floor_s=1.0)
+    assert bound["steady_requests"] == 200 and bound["steady_round_trips"] == 1 + 10 + 1 + 10
+    assert bound["steady_s"] == pytest.approx(22 * 0.02 + 1.0)  # the chain beats 10 pages at 200/s
+    assert bound["first_requests"] == 5_000
+    assert bound["first_s"] == pytest.approx(250 / 200 + 1.0)  # the busiest vault's 250 reads at 200/s
 
 
 def test_a_small_run_writes_every_figure(tmp_path: Path, capsys):
@@ -35,4 +41,11 @@ def test_a_small_run_writes_every_figure(tmp_path: Path, capsys):
     # The steady poll confirms unchanged keys from the listing: fewer Key Vault requests than distinct keys.
     assert steady["stand_in"]["keyvault"] < largest["distinct_keys"] <= first["stand_in"]["keyvault"]
     assert largest["naive"]["references"] == 30 and largest["naive"]["extrapolated"]
+    # Another instance's first poll, with only the store to go on, confirms keys from the listings too.
+    assert on_tables["fresh"]["statuses"] == {"healthy": 120}
+    # (a fresh process also meets each vault's authentication challenge once: at most one request a vault more)
+    assert on_tables["fresh"]["stand_in"]["keyvault"] <= on_tables["steady"]["stand_in"]["keyvault"] + 20
+    assert on_tables["fresh"]["stand_in"]["keyvault"] < largest["distinct_keys"]
+    assert largest["competent"]["keys_read"] == largest["distinct_keys"] and largest["competent"]["usable"] > 0
+    assert largest["lower_bound"]["cpu_floor_s"] > 0
     assert "marginal cost" in capsys.readouterr().out

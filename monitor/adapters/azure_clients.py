@@ -30,7 +30,7 @@ from azure.mgmt.resource.subscriptions.aio import SubscriptionClient
 from azure.mgmt.resourcegraph.aio import ResourceGraphClient
 from azure.mgmt.servicebus.aio import ServiceBusManagementClient
 
-from monitor.adapters.throttle import VaultRateLimiter, VaultThrottlePolicy
+from monitor.adapters.throttle import GraphQuota, GraphQuotaPolicy, VaultRateLimiter, VaultThrottlePolicy
 from monitor.app.telemetry import record_azure_request
 from monitor.domain.model import vault_id
 
@@ -130,6 +130,7 @@ class AzureClients:
         self.options = options
         self._clients: dict[tuple[str, str], Any] = {}
         self.limiter = VaultRateLimiter(options.keyvault_share)
+        self.graph_quota = GraphQuota()
         self._session: aiohttp.ClientSession | None = None
 
     def _kwargs(self, api: str) -> dict[str, Any]:
@@ -214,13 +215,12 @@ class AzureClients:
         )
 
     def resource_graph(self) -> ResourceGraphClient:
-        return self._cached(
-            "resourcegraph",
-            "",
-            lambda: ResourceGraphClient(
-                self.credential, base_url=self.options.arm_endpoint, **self._kwargs("arm.resourcegraph")
-            ),
-        )
+        def build() -> ResourceGraphClient:
+            kwargs = self._kwargs("arm.resourcegraph")
+            kwargs["per_retry_policies"] = [GraphQuotaPolicy(self.graph_quota), *kwargs["per_retry_policies"]]
+            return ResourceGraphClient(self.credential, base_url=self.options.arm_endpoint, **kwargs)
+
+        return self._cached("resourcegraph", "", build)
 
     def subscriptions(self) -> SubscriptionClient:
         return self._cached(

@@ -197,6 +197,90 @@ class _FullRead:
     due: float  # monotonic: from then on it is read in full again, whatever its listing shows
 
 
+RECORD_FORMAT = 1  # of the records take_changed_records writes: a reader skips records of another format
+
+
+def _epoch(t: datetime | None) -> float | None:
+    return None if t is None else t.timestamp()
+
+
+def _from_epoch(value: object) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("not a time")
+    return datetime.fromtimestamp(value, UTC)
+
+
+def _record_of(entry: _FullRead, due_wall: float) -> list[Any]:
+    version = entry.current
+    return [
+        entry.key.vault,
+        entry.key.name,
+        [
+            version.version,
+            _epoch(version.created),
+            version.enabled,
+            _epoch(version.nbf),
+            _epoch(version.exp),
+            None if version.key_ops is None else list(version.key_ops),
+            version.kty,
+            version.key_size,
+        ],
+        dict(entry.key.tags),
+        [_epoch(t) if isinstance(t, datetime) else t for t in entry.validator],
+        due_wall,
+    ]
+
+
+def _entry_of(record: object, wall_to_clock: float) -> _FullRead | None:
+    """A record as _record_of wrote it, or None for anything else (a full read costs less than a wrong key)."""
+    if not (isinstance(record, list) and len(record) == 6):
+        return None
+    vault, name, raw_version, tags, raw_validator, due_wall = record
+    if not (isinstance(raw_version, list) and len(raw_version) == 8):
+        return None
+    if not (isinstance(raw_validator, list) and len(raw_validator) == 5):
+        return None
+    try:
+        number, created, enabled, nbf, exp, key_ops, kty, key_size = raw_version
+        texts = (vault, name, number)
+        if not all(isinstance(text, str) for text in texts) or not isinstance(enabled, bool):
+            return None
+        if key_ops is not None and not (isinstance(key_ops, list) and all(isinstance(op, str) for op in key_ops)):
+            return None
+        if (kty is not None and not isinstance(kty, str)) or (key_size is not None and type(key_size) is not int):
+            return None
+        if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+            return None
+        created_at, updated_at, listed_enabled, listed_nbf, listed_exp = raw_validator
+        if listed_enabled is not None and not isinstance(listed_enabled, bool):
+            return None
+        version = KeyVersion(
+            version=number,
+            created=_from_epoch(created) or _UNKNOWN_CREATION,
+            enabled=enabled,
+            nbf=_from_epoch(nbf),
+            exp=_from_epoch(exp),
+            key_ops=None if key_ops is None else tuple(key_ops),
+            kty=kty,
+            key_size=key_size,
+        )
+        validator: Validator = (
+            _from_epoch(created_at),
+            _from_epoch(updated_at),
+            listed_enabled,
+            _from_epoch(listed_nbf),
+            _from_epoch(listed_exp),
+        )
+        if validator[1] is None or isinstance(due_wall, bool) or not isinstance(due_wall, int | float):
+            return None
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+    key = Key(vault=vault, name=name, versions=(version,), tags={str(k): v for k, v in tags.items()})
+    return _FullRead(key, version, validator, float(due_wall) + wall_to_clock)
+
+
 class KeyVaultKeys:
     """KeyReader: the current version and pinned versions in full; every version's attributes when the
     current one is unusable (to tell whether an older one would do).
@@ -211,10 +295,18 @@ class KeyVaultKeys:
     any write to a key (new version, enable, expiry, operations, tags) changes `updated`.
     """
 
-    def __init__(self, clients: AzureClients, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clients: AzureClients,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self._clients = clients
         self._clock = clock
+        self._wall = wall
         self._full_reads: dict[tuple[str, str], _FullRead] = {}
+        self._changed_vaults: set[str] = set()  # whose full reads changed since take_changed_records
         self._list_refused_until: dict[str, float] = {}
         self._next_sweep = 0.0
 
@@ -234,7 +326,8 @@ class KeyVaultKeys:
         client = self._clients.key_client(vault_uri)
         pinned_versions = tuple(pinned_versions)
         cache_key = (vault_id(vault_uri), name_id(name))
-        self._full_reads.pop(cache_key, None)
+        if self._full_reads.pop(cache_key, None) is not None:
+            self._changed_vaults.add(cache_key[0])
         try:
             current = await _current_version(client, name)
         except AzureError as error:
@@ -268,7 +361,40 @@ class KeyVaultKeys:
             # Staggered by name: keys first read together are not all due for a full read in the same poll.
             stagger = 0.75 + 0.25 * (zlib.crc32("/".join(cache_key).encode()) / 0xFFFFFFFF)
             self._full_reads[cache_key] = _FullRead(key, latest, validator, self._clock() + FULL_READ_EVERY * stagger)
+            self._changed_vaults.add(cache_key[0])
         return key
+
+    # -- full reads shared with other instances through the state store
+
+    def take_changed_records(self) -> dict[str, dict[str, Any]]:
+        """The full reads of each vault whose reads changed since the last call, by vault_id, as JSON-ready
+        records another instance can `recall`; the vaults are then counted unchanged."""
+        moment, wall = self._clock(), self._wall()
+        records: dict[str, dict[str, Any]] = {vault: {} for vault in self._changed_vaults}
+        for (vault, name), entry in self._full_reads.items():
+            if vault in records and moment < entry.due:
+                records[vault][name] = _record_of(entry, wall + entry.due - moment)
+        self._changed_vaults.clear()
+        return {vault: {"format": RECORD_FORMAT, "keys": keys} for vault, keys in records.items()}
+
+    def recall(self, records_by_vault: Mapping[str, Mapping[str, Any]]) -> int:
+        """Take in full reads another instance made (what take_changed_records gave it), where this one has
+        none; records past due or unreadable are skipped (the key is read in full instead). Returns how many."""
+        moment, wall = self._clock(), self._wall()
+        recalled = 0
+        for vault, document in records_by_vault.items():
+            keys = document.get("keys") if document.get("format") == RECORD_FORMAT else None
+            if not isinstance(keys, Mapping):
+                continue
+            for name, record in keys.items():
+                cache_key = (vault, str(name))
+                if cache_key in self._full_reads:
+                    continue
+                entry = _entry_of(record, moment - wall)
+                if entry is not None and moment < entry.due and entry.key.id == cache_key:
+                    self._full_reads[cache_key] = entry
+                    recalled += 1
+        return recalled
 
     async def revalidate(self, vault_uri: str, names: Sequence[str]) -> dict[str, Key]:
         """Of `names`, by name_id, the keys whose last full read still holds, as the vault's key listing shows.

@@ -3,7 +3,9 @@
 Tables (`prefix` + name, created when missing), as PartitionKey / RowKey: properties:
 
 - namespaces: subscription id from the ARM id ("-" if none) / sha256(lower-cased ARM id): NamespaceId, Name,
-  StatusNow, EvaluatedAt, KeyIds and IndexedKeyIds (JSON lists), Doc00… (zlib-compressed JSON document)
+  StatusNow, EvaluatedAt, KeyIds and IndexedKeyIds (JSON lists), Digest and Verdict (what a poll compares
+  with, read without the document), Doc00… (zlib-compressed JSON document). A poll writes changed states
+  100 to an entity-group transaction per partition, each conditioned on the ETag its summary was read with.
 - keyindex: sha256(vault_id) / sha256(key name_id) "-" sha256(lower-cased ARM id): VaultId, KeyName,
   NamespaceId. One partition a vault answers namespaces_for_vault; a RowKey range answers namespaces_for_key.
 - snapshot: "snapshot" / "head": Generation, TakenAt, Chunks, Sha256, Bytes; and
@@ -17,6 +19,9 @@ Tables (`prefix` + name, created when missing), as PartitionKey / RowKey: proper
 - leases: "lease" / sha256(lease name): Name, Holder, ExpiresAt, Token (the fencing token; a released lease
   keeps its entity, Holder "", so the next token is still larger)
 - marks: "poll" / "last-complete": Holder, At (the last complete poll: one small entity, read on its own)
+- keyrecords: sha256(vault_id) / "0000", "0001"…: VaultId, WrittenAt, Generation, Chunks, D00… (pieces of the
+  zlib JSON of what polls learnt of the vault's keys); row 0000 is written last, and a reader that finds
+  rows of another generation skips the vault (its keys are then read in full: the records are a cache)
 - budgets: sha256(scope) / window start (UTC, "%Y%m%dT%H%M%S.%fZ", so text order is time order): Scope,
   WindowStart, Granted
 

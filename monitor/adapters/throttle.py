@@ -317,3 +317,76 @@ class VaultThrottlePolicy(AsyncHTTPPolicy[HttpRequest, AsyncHttpResponse]):
         else:
             self._limiter.answered(self._vault)
         return response
+
+
+# Resource Graph tells each answer's caller its query quota: what is left, and when the window resets.
+GRAPH_QUOTA_REMAINING = "x-ms-user-quota-remaining"
+GRAPH_QUOTA_RESETS_AFTER = "x-ms-user-quota-resets-after"
+# The reset is given in whole seconds, perhaps cut down: waiting this much longer never lands early.
+GRAPH_RESET_MARGIN = 1.0
+
+
+def _hms_seconds(text: str) -> float | None:
+    """hh:mm:ss (as Resource Graph writes x-ms-user-quota-resets-after) in seconds; None for anything else."""
+    parts = text.strip().split(":")
+    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+        return None
+    hours, minutes, seconds = (int(part) for part in parts)
+    return float(hours * 3600 + minutes * 60 + seconds)
+
+
+class GraphQuota:
+    """Resource Graph's per-user query quota (documented as 15 queries per 5-second window, subject to change),
+    as its answers state it: once none is left, the next query waits for the window to reset instead of being
+    refused. A 100,000-namespace inventory is 100 pages, each a query."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._remaining: int | None = None  # None: not told, or the window it was told of has passed
+        self._resets_at = 0.0
+        self._lock = asyncio.Lock()
+        self.waited = 0.0  # seconds spent waiting for the quota (for benchmarks and logs)
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            if self._remaining is not None and self._clock() >= self._resets_at:
+                self._remaining = None
+            if self._remaining is not None and self._remaining <= 0:
+                wait = self._resets_at - self._clock()
+                self.waited += max(wait, 0.0)
+                await self._sleep(max(wait, 0.0))
+                self._remaining = None
+            if self._remaining is not None:
+                self._remaining -= 1  # this query, until its answer says what is left
+
+    def saw(self, response: AsyncHttpResponse) -> None:
+        remaining_text = response.headers.get(GRAPH_QUOTA_REMAINING)
+        resets = _hms_seconds(response.headers.get(GRAPH_QUOTA_RESETS_AFTER) or "")
+        if remaining_text is None or resets is None:
+            return  # not told: nothing to pace by (a 429 still gets the retry policy's back-off)
+        try:
+            remaining = int(remaining_text)
+        except ValueError:
+            return
+        self._remaining = max(remaining, 0)
+        self._resets_at = self._clock() + resets + GRAPH_RESET_MARGIN
+
+
+class GraphQuotaPolicy(AsyncHTTPPolicy[HttpRequest, AsyncHttpResponse]):
+    """Per attempt (retries included): wait for Resource Graph's quota, then learn it from the answer."""
+
+    def __init__(self, quota: GraphQuota) -> None:
+        super().__init__()
+        self._quota = quota
+
+    async def send(self, request: PipelineRequest[HttpRequest]) -> PipelineResponse[HttpRequest, AsyncHttpResponse]:
+        await self._quota.acquire()
+        response = await self.next.send(request)
+        self._quota.saw(response.http_response)
+        return response

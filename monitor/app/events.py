@@ -20,6 +20,7 @@ from monitor.app.monitor import (
     remediate_report,
 )
 from monitor.app.remediation import Outcome
+from monitor.app.state import namespace_key
 from monitor.app.telemetry import READINGS, TRACER, count_event
 from monitor.domain.alert import Alert
 from monitor.domain.errors import ReadError
@@ -141,12 +142,12 @@ async def _handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime
     if event.kind is None or event.vault_uri is None:
         return EventResult(EventOutcome.UNRELATED)
     if event.kind is KeyVaultEventType.VAULT_ACCESS_POLICY_CHANGED or not event.object_name:
-        affected = await monitor.store.namespaces_for_vault(event.vault_uri)
-        if not affected:
+        summaries = await monitor.store.summaries_for_vault(event.vault_uri)
+        if not summaries:
             return EventResult(await _stranger_or_no_state(monitor))
     else:
-        affected = await monitor.store.namespaces_for_key(event.vault_uri, event.object_name)
-        if not affected:
+        summaries = await monitor.store.summaries_for_key(event.vault_uri, event.object_name)
+        if not summaries:
             if await monitor.store.namespaces_for_vault(event.vault_uri):
                 return EventResult(EventOutcome.UNRELATED)
             return EventResult(await _stranger_or_no_state(monitor))
@@ -154,12 +155,13 @@ async def _handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime
     if stored is None:
         return EventResult(EventOutcome.NO_STATE)
     known, _ = parse_scenario(stored.document)
-    wanted = {namespace_id.lower() for namespace_id in affected}
-    namespaces = [n for n in known.snapshot.namespaces if n.id.lower() in wanted]
+    wanted = {summary.key for summary in summaries}
+    namespaces = [n for n in known.snapshot.namespaces if namespace_key(n.id) in wanted]
     subscriptions = sorted({n.id.split("/")[2] for n in known.snapshot.namespaces if n.id.count("/") > 2})
     snapshot = await _reread_for_event(monitor, known.snapshot, namespaces, event, subscriptions)
     report = evaluate(Scenario(now=now, snapshot=snapshot), monitor.thresholds)
-    await record_judgements(monitor, report, now=now)
+    # The summaries just read say what is stored: only what changed is written, conditioned on their versions.
+    await record_judgements(monitor, report, now=now, stored={summary.key: summary for summary in summaries})
     alerts: list[Alert] = []
     if monitor.alerting is not None:
         # A shared key's event touches many namespaces: one read of the incidents beats one read per condition.

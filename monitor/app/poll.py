@@ -4,6 +4,7 @@ resolve incidents, remediate; plus the delivery of queued notices and one-off re
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -27,11 +28,14 @@ from monitor.app.remediation import Outcome, remediate
 from monitor.app.state import EVENT_DEDUPE_TTL
 from monitor.app.telemetry import HEARTBEAT, READINGS, TRACER, count_poll
 from monitor.domain.alert import Alert
+from monitor.domain.errors import StateStoreError
 from monitor.domain.fleet import FleetReport, evaluate
 from monitor.domain.model import BlindScope, BlindSpot, Namespace, Scenario, vault_id
 from monitor.domain.scenario import parse_scenario
 from monitor.domain.scenario_writing import scenario_document
 from monitor.domain.world import World
+
+log = logging.getLogger("keyhealth.poll")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +124,30 @@ async def _poll(monitor: Monitor, *, now: datetime) -> PollResult:
         await keeper.release()
 
 
+async def _recall_key_records(monitor: Monitor) -> None:
+    """Take in what earlier polls, by any instance, learnt of the keys: a poll on a fresh or another instance
+    then confirms unchanged keys from the listings as cheaply as the instance that read them. Only a cache:
+    a store that cannot answer costs full reads, not the poll."""
+    try:
+        records = await monitor.store.list_key_records()
+    except StateStoreError as error:
+        log.warning("keyhealth: key records not read (%s); keys are read in full", error)
+        return
+    monitor.readers.keys.recall(records)
+
+
+async def _share_key_records(monitor: Monitor, *, now: datetime) -> None:
+    records = monitor.readers.keys.take_changed_records()
+    if not records:
+        return
+    try:
+        await monitor.store.put_key_records(records, written_at=now)
+    except StateStoreError as error:
+        log.warning("keyhealth: key records not stored (%s); other instances read those keys in full", error)
+
+
 async def _poll_holding(monitor: Monitor, keeper: LeaseKeeper, *, now: datetime) -> PollResult:
+    await _recall_key_records(monitor)
     scenario, report = await read_fleet(monitor, now=now)
     if report.fleet_blind:
         scenario, report = await _judge_unlisted(monitor, scenario, report)
@@ -145,6 +172,7 @@ async def _poll_holding(monitor: Monitor, keeper: LeaseKeeper, *, now: datetime)
     if not await keeper.hold():
         return PollResult(ran=False)
     await monitor.store.put_snapshot(scenario_document(scenario), taken_at=now)
+    await _share_key_records(monitor, now=now)
     await monitor.store.purge_processed_events(before=now - EVENT_DEDUPE_TTL)
     if not report.fleet_blind:
         # Last: the mark says a whole poll was judged and stored, which a blind or failed one was not.

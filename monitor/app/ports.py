@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from monitor.domain.alert import Alert
 from monitor.domain.incidents import Level
@@ -74,6 +74,15 @@ class KeyReader(Protocol):
     async def revalidate(self, vault_uri: str, names: Sequence[str]) -> dict[str, Key]:
         """Of `names` (keys in one vault), those this reader read in full before and can confirm unchanged
         more cheaply than by reading each again, by name_id. Read the rest with get_key. Never raises."""
+        ...
+
+    def take_changed_records(self) -> dict[str, dict[str, Any]]:
+        """What this reader learnt of each vault's keys since the last call (JSON-ready, by vault id), for the
+        state store, so another instance's `recall` lets it revalidate them too."""
+        ...
+
+    def recall(self, records_by_vault: Mapping[str, Mapping[str, Any]]) -> int:
+        """Take in records another instance stored; what this reader read itself wins. Returns how many."""
         ...
 
 

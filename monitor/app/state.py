@@ -351,6 +351,15 @@ class StateStore(Protocol):
         """Ids of the namespaces whose stored state lists any key of the vault."""
         ...
 
+    async def summaries_for_key(self, vault_uri: str, key_name: str) -> list[StateSummary]:
+        """The summaries (with versions) of the namespaces namespaces_for_key names, in its order: what an event
+        needs to route itself and then write only what changed, without reading each state."""
+        ...
+
+    async def summaries_for_vault(self, vault_uri: str) -> list[StateSummary]:
+        """The summaries of the namespaces namespaces_for_vault names, in its order."""
+        ...
+
     # -- the last snapshot a poll read
 
     async def put_snapshot(self, document: Mapping[str, Any], *, taken_at: datetime) -> bool:
@@ -359,6 +368,19 @@ class StateStore(Protocol):
 
     async def get_snapshot(self) -> StoredSnapshot | None:
         """The last stored snapshot, whole and consistent, or None."""
+        ...
+
+    # -- what polls learnt of each vault's keys: any instance, fresh or not, confirms unchanged keys from a listing
+
+    async def put_key_records(self, records: Mapping[str, Mapping[str, Any]], *, written_at: datetime) -> None:
+        """Store each vault's records (a JSON-ready document, by vault id), replacing that vault's earlier ones.
+
+        They are a cache its reader checks against Key Vault's listing before trusting anything in them, so
+        the last writer wins."""
+        ...
+
+    async def list_key_records(self) -> dict[str, dict[str, Any]]:
+        """Every vault's last stored records, by vault id ({} when none)."""
         ...
 
     # -- the last complete poll: one small record, cheap for any instance to read (health checks, heartbeats)

@@ -97,6 +97,8 @@ class RateLimit:
 
 
 KEYVAULT_RATE_LIMIT = RateLimit()
+# Resource Graph's per-user quota: 15 queries in a 5-second window, told in every answer's headers.
+GRAPH_QUOTA = RateLimit(15, 5.0)
 
 
 class Faults:
@@ -115,6 +117,8 @@ class Faults:
         self._rate_limit = rate_limit
         self._hits: dict[str, deque[float]] = {}
         self.latency = 0.0  # seconds added before every answer
+        self.graph_quota: RateLimit | None = GRAPH_QUOTA
+        self._graph_window: tuple[float, int] | None = None  # (start, queries in it)
 
     # --- rules ----------------------------------------------------------------------------------------
 
@@ -268,6 +272,23 @@ class Faults:
         with self._lock:
             self._rate_limit = limit
             self._hits.clear()
+
+    def admit_graph(self) -> tuple[bool, int, float]:
+        """Count one Resource Graph query against the caller's quota window (one window starts at the first query
+        after the last one ended): (admitted, queries left in the window, seconds until it resets)."""
+        with self._lock:
+            quota = self.graph_quota
+            if quota is None:
+                return True, 15, 5.0
+            now = self._monotonic()
+            if self._graph_window is None or now >= self._graph_window[0] + quota.window:
+                self._graph_window = (now, 0)
+            start, used = self._graph_window
+            resets = max(start + quota.window - now, 0.0)
+            if used >= quota.requests:
+                return False, 0, resets
+            self._graph_window = (start, used + 1)
+            return True, quota.requests - used - 1, resets
 
     def admit(self, vault: str) -> float | None:
         """Count one request to `vault`; None when admitted, else the seconds until one would be."""

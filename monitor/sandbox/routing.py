@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ from monitor.sandbox.wire import ApiRequest, ApiResponse, Service, default_error
 
 log = logging.getLogger("monitor.sandbox.server")  # the name it had, so log filters keep matching
 KEYVAULT_PREFIX = "/keyvault/"
+_RESOURCE_GRAPH = re.compile(r"^/providers/Microsoft\.ResourceGraph/resources/?$", re.IGNORECASE)
 _ARM_VAULT = re.compile(r"/providers/Microsoft\.KeyVault/vaults/([^/]+)", re.IGNORECASE)
 
 
@@ -124,6 +126,25 @@ class SandboxRequests:
             if wait is not None:
                 code, message = default_error("keyvault", 429)
                 return error_response("keyvault", 429, code, message, headers={"Retry-After": str(math.ceil(wait))})
+        quota_headers: dict[str, str] = {}
+        if info.service == "arm" and request.method == "POST" and _RESOURCE_GRAPH.match(info.path):
+            admitted, remaining, resets = self.faults.admit_graph()
+            # hh:mm:ss, whole seconds cut down as Azure's may be: a client must not take them for exact.
+            quota_headers = {
+                "x-ms-user-quota-remaining": str(remaining),
+                "x-ms-user-quota-resets-after": time.strftime("%H:%M:%S", time.gmtime(math.floor(resets))),
+            }
+            if not admitted:
+                message = "The request was throttled: the user's Resource Graph query quota is used up. Retry later."
+                return error_response("arm", 429, "RateLimiting", message, headers=quota_headers)
+        answer = await self._api_answer(request, info, vault, base)
+        if quota_headers:
+            answer = dataclasses.replace(answer, headers={**answer.headers, **quota_headers})
+        return answer
+
+    async def _api_answer(
+        self, request: web.Request, info: RequestInfo, vault: VaultInfo | None, base: str
+    ) -> ApiResponse:
         raw = await request.read()
         try:
             body = json.loads(raw) if raw.strip() else None

@@ -8,7 +8,9 @@ real clock, so the scenario is set a day before it: every write lands well in th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -211,3 +213,101 @@ def test_full_reads_expire_and_recent_writes_are_never_confirmed(tmp_path: Path)
     confirmed, still, expired = asyncio.run(run())
     assert confirmed == still == {"k-0", "k-1", "k-2"}
     assert expired == set()
+
+
+# -- full reads shared through the state store: a poll on another (or a restarted) instance
+
+
+def _instance(sandbox: Sandbox, store: dict[str, str], name: str) -> Monitor:
+    environment = {**sandbox.environment(), **store}
+    return dataclasses.replace(build_monitor(Settings.from_environment(environment)), instance=name)
+
+
+def _across_instances(store: dict[str, str], change: Any = None) -> tuple[list[str], int, PollResult, PollResult]:
+    """Instance a polls; then b, a process that has read nothing itself, polls the same store (after `change`).
+    Returns b's key GETs and listings, b's poll, and the poll of a monitor with a store of its own."""
+
+    async def run() -> tuple[list[str], int, PollResult, PollResult]:
+        with Sandbox(_fleet()) as sandbox:
+            first = _instance(sandbox, store, "a")
+            try:
+                await poll(first, now=NOW)
+            finally:
+                assert first.close is not None
+                await first.close()
+            when = NOW
+            if change is not None:
+                sandbox.apply(change)
+                when = LATER
+                sandbox.clock.set(when)
+            sandbox.requests.clear()
+            second = _instance(sandbox, store, "b")
+            try:
+                polled = await poll(second, now=when + timedelta(minutes=5))
+            finally:
+                assert second.close is not None
+                await second.close()
+            gets, listings = _key_gets(sandbox), _listings(sandbox)
+            with tempfile.TemporaryDirectory() as alone:
+                return gets, listings, polled, await _fresh_poll(sandbox, Path(alone), when + timedelta(minutes=5))
+
+    return asyncio.run(run())
+
+
+def test_a_fresh_instance_confirms_from_the_listing_what_another_instance_read(store_settings: dict[str, str]):
+    """What a's poll learnt of each key is in the store: b's first poll reads the listing (2 pages for 30 keys),
+    no key in full, and judges as a monitor that read everything itself."""
+    gets, listings, polled, alone = _across_instances(store_settings)
+    assert gets == [] and listings == 2
+    assert polled.ran and _documents(polled) == _documents(alone)
+
+
+def test_a_fresh_instance_still_sees_a_key_written_after_the_other_read_it(store_settings: dict[str, str]):
+    """The stored records are a cache the listing checks: a key disabled after a's read is read in full by b."""
+    gets, _, polled, alone = _across_instances(store_settings, CHANGES["disabled"])
+    assert set(gets) == {"k-03"}  # its current version, then its versions (it is unusable now)
+    assert _documents(polled) == _documents(alone)
+    assert json.loads(_documents(polled)["sb-03"])["status_now"] != "healthy"
+
+
+def test_records_past_due_forged_or_misfiled_are_not_recalled():
+    """A record whose full read is due (by the wall clock the instances share), one that is not a record, and one
+    filed under another key's name are all left out: those keys are read in full."""
+    real_now = datetime.now(UTC).replace(microsecond=0)
+    created = format_instant(NOW - timedelta(days=30))
+    parsed, _ = parse_scenario(
+        scenario(
+            [namespace("sb", ref("k-0"), ref("k-1"))],
+            [key("k-0", version("v1", created)), key("k-1", version("v1", created))],
+            now=format_instant(real_now),
+        )
+    )
+    wall = [1_000_000.0]
+
+    async def run() -> tuple[int, int, int, int]:
+        with Sandbox(parsed) as sandbox:
+            settings = Settings.from_environment(sandbox.environment())
+            clients = AzureClients(AsyncStaticTokenCredential(), azure_options(settings))
+            try:
+                reader = KeyVaultKeys(clients, clock=lambda: 0.0, wall=lambda: wall[0])
+                for name in ("k-0", "k-1"):
+                    await reader.get_key(VAULT, name)
+                records = reader.take_changed_records()
+                again = reader.take_changed_records()
+                (vault,) = records
+                fresh = KeyVaultKeys(clients, clock=lambda: 50.0, wall=lambda: wall[0] + 50)
+                recalled = fresh.recall(records)
+                confirmed = len(await fresh.revalidate(VAULT, ["k-0", "k-1"]))
+                late = KeyVaultKeys(clients, clock=lambda: 0.0, wall=lambda: wall[0] + FULL_READ_EVERY)
+                past_due = late.recall(records)
+                keys = records[vault]["keys"]
+                forged = {vault: {**records[vault], "keys": {"k-0": ["not", "a", "record"], "k-1": keys["k-0"]}}}
+                bad = KeyVaultKeys(clients, clock=lambda: 0.0, wall=lambda: wall[0]).recall(forged)
+                return len(again), recalled + 10 * confirmed, past_due, bad
+            finally:
+                await clients.close()
+
+    again, recalled_and_confirmed, past_due, bad = asyncio.run(run())
+    assert again == 0  # nothing changed since the first take
+    assert recalled_and_confirmed == 2 + 10 * 2
+    assert past_due == 0 and bad == 0

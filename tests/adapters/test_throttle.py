@@ -200,3 +200,67 @@ def test_when_the_vault_throttles_anyway_the_scan_waits_and_still_sees_everythin
     assert set(statuses.values()) == {"healthy"}
     assert crowded_fleet.requests.count(service="keyvault", status=429) > 0
     assert limiter.throttled > 0
+
+
+# -- Resource Graph's per-user quota
+
+
+def test_the_inventory_waits_for_resource_graph_s_quota_instead_of_being_refused():
+    """With the stand-in's quota cut to 3 queries a second, eight inventory queries in a row by one monitor see no
+    429: each answer says what is left, and the query after the last one waits for the window to reset."""
+    from monitor.adapters.azure_clients import AzureClients
+    from monitor.adapters.resourcegraph import ResourceGraphInventory
+    from monitor.entry.bootstrap import azure_options
+    from monitor.entry.config import Settings
+    from monitor.sandbox import AsyncStaticTokenCredential
+
+    parsed, _ = parse_scenario(scenario([namespace("sb-a", ref("k1"))], [key("k1")]))
+
+    async def run() -> tuple[list[int], float, int]:
+        with Sandbox(parsed) as sandbox:
+            sandbox.faults.graph_quota = RateLimit(3, 1.0)
+            clients = AzureClients(
+                AsyncStaticTokenCredential(), azure_options(Settings.from_environment(sandbox.environment()))
+            )
+            try:
+                inventory = ResourceGraphInventory(clients)
+                subscriptions = await inventory.list_subscriptions()
+                found = [len((await inventory.list_namespaces_in(subscriptions)).namespaces) for _ in range(8)]
+                statuses = [r.status for r in sandbox.requests.records if "ResourceGraph" in r.path]
+                return found, clients.graph_quota.waited, statuses.count(429) + 100 * (len(statuses) != 8)
+            finally:
+                await clients.close()
+
+    found, waited, refused = asyncio.run(run())
+    assert found == [1] * 8
+    assert refused == 0  # eight queries, none of them a 429
+    assert waited > 0
+
+
+def test_the_graph_quota_reads_resource_graph_s_headers():
+    """remaining 0 and a reset in 00:00:03 hold the next query back 3 s plus the margin for cut-down seconds;
+    headers absent or malformed change nothing."""
+    from monitor.adapters.throttle import GRAPH_RESET_MARGIN, GraphQuota
+
+    class Answer:
+        def __init__(self, headers: dict[str, str]) -> None:
+            self.headers = headers
+
+    time = FakeTime()
+    quota = GraphQuota(clock=time.clock, sleep=time.sleep)
+
+    async def run() -> list[float]:
+        stamps = []
+        await quota.acquire()
+        quota.saw(Answer({"x-ms-user-quota-remaining": "1", "x-ms-user-quota-resets-after": "00:00:04"}))  # type: ignore[arg-type]
+        await quota.acquire()
+        stamps.append(time.now)
+        quota.saw(Answer({"x-ms-user-quota-remaining": "0", "x-ms-user-quota-resets-after": "00:00:03"}))  # type: ignore[arg-type]
+        await quota.acquire()
+        stamps.append(time.now)
+        quota.saw(Answer({"x-ms-user-quota-remaining": "zero", "x-ms-user-quota-resets-after": "3s"}))  # type: ignore[arg-type]
+        await quota.acquire()
+        stamps.append(time.now)
+        return stamps
+
+    assert asyncio.run(run()) == [0.0, 3.0 + GRAPH_RESET_MARGIN, 3.0 + GRAPH_RESET_MARGIN]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -33,18 +32,6 @@ def clear_challenge_cache() -> Iterator[None]:
     http_challenge_cache.clear()
     yield
     http_challenge_cache.clear()
-
-
-@pytest.fixture(params=["sqlite", "tables"])
-def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    if request.param == "sqlite":
-        return {"KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite")}
-    azurite = request.getfixturevalue("azurite")
-    return {
-        "KEYHEALTH_STATE_STORE": "tables",
-        "KEYHEALTH_TABLES_CONNECTION_STRING": azurite.connection_string,
-        "KEYHEALTH_TABLE_PREFIX": f"t{uuid.uuid4().hex[:16]}",
-    }
 
 
 def _environment(sandbox: Sandbox, tmp_path: Path, ca_bundle: str, hook: str, pager: str) -> dict[str, str]:

@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from monitor.app.monitor import Monitor
 from monitor.app.poll import poll
@@ -23,20 +18,6 @@ from tests.builders import key, namespace, ref, scenario
 from tests.hardening.support import FAST_AZURE, parsed
 
 LISTING = "/subscriptions/00000000-0000-0000-0000-000000000000/providers/Microsoft.ServiceBus/namespaces$"
-
-
-@pytest.fixture(params=["sqlite", "tables"])
-def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """App settings for a fresh store of each kind: a SQLite file, or fresh tables in Azurite."""
-    if request.param == "sqlite":
-        yield {"KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite")}
-        return
-    azurite = request.getfixturevalue("azurite")
-    yield {
-        "KEYHEALTH_STATE_STORE": "tables",
-        "KEYHEALTH_TABLES_CONNECTION_STRING": azurite.connection_string,
-        "KEYHEALTH_TABLE_PREFIX": f"t{uuid.uuid4().hex[:16]}",
-    }
 
 
 def _monitor(sandbox: Sandbox, store: dict[str, str], instance: str = "instance-a") -> Monitor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -340,3 +341,40 @@ def test_resource_graph_pages_come_from_the_first_pages_result_set(sandbox: Sand
 
     names, refused = asyncio.run(query())
     assert sorted(names) == expected and refused == "400"
+
+
+def test_resource_graph_answers_with_the_user_quota_and_refuses_past_it(sandbox: Sandbox) -> None:
+    """Every answer carries x-ms-user-quota-remaining and x-ms-user-quota-resets-after (hh:mm:ss); the 16th
+    query inside one 5-second window is a 429 RateLimiting, as Resource Graph throttles a user."""
+    from azure.core.rest import HttpRequest
+    from azure.mgmt.resourcegraph.aio import ResourceGraphClient
+
+    from monitor.adapters.resourcegraph import API_VERSION, NAMESPACE_QUERY, QUERY_PATH
+
+    async def queries() -> list[tuple[int, str | None, str | None, str]]:
+        answers = []
+        async with ResourceGraphClient(
+            AsyncStaticTokenCredential(), base_url=sandbox.url, connection_verify=str(sandbox.ca_path), retry_total=0
+        ) as client:
+            body = {"subscriptions": [SUB_A], "query": NAMESPACE_QUERY, "options": {"$top": 10}}
+            for _ in range(16):
+                request = HttpRequest("POST", QUERY_PATH, params={"api-version": API_VERSION}, json=body)
+                response = await client._send_request(request)
+                await response.read()
+                code = response.json().get("error", {}).get("code", "") if response.status_code != 200 else ""
+                headers = response.headers
+                answers.append(
+                    (
+                        response.status_code,
+                        headers.get("x-ms-user-quota-remaining"),
+                        headers.get("x-ms-user-quota-resets-after"),
+                        code,
+                    )
+                )
+        return answers
+
+    answers = asyncio.run(queries())
+    assert [a[0] for a in answers] == [200] * 15 + [429]
+    assert [a[1] for a in answers] == [str(n) for n in range(14, -1, -1)] + ["0"]
+    assert all(re.fullmatch(r"00:00:0[0-5]", a[2] or "") for a in answers)
+    assert answers[-1][3] == "RateLimiting"

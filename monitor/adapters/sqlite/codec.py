@@ -99,6 +99,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE namespace_state ADD COLUMN digest TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE namespace_state ADD COLUMN verdict TEXT NOT NULL DEFAULT ''",
     ),
+    (
+        """CREATE TABLE key_record (
+            vault_id   TEXT PRIMARY KEY,         -- monitor.domain.model.vault_id()
+            written_at TEXT NOT NULL,
+            document   BLOB NOT NULL             -- zlib-compressed JSON: what a poll learnt of the vault's keys
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -148,16 +148,35 @@ class SqliteNamespaces(SqliteBase):
 
         return await self._call(delete)
 
+    async def _summaries_where(self, where: str, args: tuple[str, ...]) -> list[StateSummary]:
+        def select(connection: sqlite3.Connection) -> list[StateSummary]:
+            with _consistent_read(connection):
+                rows = connection.execute(
+                    f"""SELECT namespace_key, namespace_id, evaluated_at, digest, verdict FROM namespace_state
+                        WHERE namespace_key IN (SELECT namespace_key FROM namespace_key WHERE {where})
+                        ORDER BY namespace_key""",  # noqa: S608 - `where` is one of this class's own clauses
+                    args,
+                ).fetchall()
+                keys: dict[str, set[KeyId]] = {}
+                for key, vault, name in _select_in(
+                    connection, "SELECT namespace_key, vault_id, key_name FROM namespace_key", [r[0] for r in rows]
+                ):
+                    keys.setdefault(key, set()).add((vault, name))
+            return [
+                StateSummary(namespace_id, _time(evaluated_at), digest, verdict, frozenset(keys.get(key, ())))
+                for key, namespace_id, evaluated_at, digest, verdict in rows
+            ]
+
+        return await self._call(select)
+
+    async def summaries_for_key(self, vault_uri: str, key_name: str) -> list[StateSummary]:
+        return await self._summaries_where("vault_id = ? AND key_name = ?", (vault_id(vault_uri), name_id(key_name)))
+
+    async def summaries_for_vault(self, vault_uri: str) -> list[StateSummary]:
+        return await self._summaries_where("vault_id = ?", (vault_id(vault_uri),))
+
     async def namespaces_for_key(self, vault_uri: str, key_name: str) -> list[str]:
-        query = """SELECT DISTINCT s.namespace_id, s.namespace_key FROM namespace_key k
-                   JOIN namespace_state s USING (namespace_key)
-                   WHERE k.vault_id = ? AND k.key_name = ? ORDER BY s.namespace_key"""
-        args = (vault_id(vault_uri), name_id(key_name))
-        return await self._call(lambda c: [row[0] for row in c.execute(query, args)])
+        return [summary.id for summary in await self.summaries_for_key(vault_uri, key_name)]
 
     async def namespaces_for_vault(self, vault_uri: str) -> list[str]:
-        query = """SELECT DISTINCT s.namespace_id, s.namespace_key FROM namespace_key k
-                   JOIN namespace_state s USING (namespace_key)
-                   WHERE k.vault_id = ? ORDER BY s.namespace_key"""
-        args = (vault_id(vault_uri),)
-        return await self._call(lambda c: [row[0] for row in c.execute(query, args)])
+        return [summary.id for summary in await self.summaries_for_vault(vault_uri)]

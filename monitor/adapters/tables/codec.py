@@ -50,7 +50,7 @@ async def _create_or_replace(client: TableClient, entity: dict[str, Any], etag: 
     )
 
 
-NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS, BUDGETS = (
+NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS, BUDGETS, KEY_RECORDS = (
     "namespaces",
     "keyindex",
     "snapshot",
@@ -59,8 +59,9 @@ NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS, BUDGETS = (
     "leases",
     "marks",
     "budgets",
+    "keyrecords",
 )
-_TABLES = (NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS, BUDGETS)
+_TABLES = (NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS, BUDGETS, KEY_RECORDS)
 _WINDOW_ROW = "%Y%m%dT%H%M%S.%fZ"
 _POLL_MARK = ("poll", "last-complete")
 _RELEASED = datetime(1970, 1, 1, tzinfo=UTC)  # a released lease's expiry: before any `now`

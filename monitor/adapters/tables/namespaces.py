@@ -8,12 +8,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import TableTransactionError, UpdateMode
+from azure.data.tables import TableEntity, TableTransactionError, UpdateMode
 
 from monitor.adapters.tables.base import TableBase
 from monitor.adapters.tables.codec import (
     _CONFLICTS,
+    _NO_ECHO,
     _PARTITION_SAFE,
     _RACE_RETRIES,
     KEY_INDEX,
@@ -46,6 +46,22 @@ _SUMMARY = ["NamespaceId", "EvaluatedAt", "Digest", "Verdict", "KeyIds", "Indexe
 
 def _replacing(etag: str) -> dict[str, Any]:
     return {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified}
+
+
+_ROWS_PER_QUERY = 14  # Azure allows 15 comparisons in a filter: the partition's, and 14 rows'
+
+
+def _summary_of(entity: TableEntity) -> StateSummary:
+    keys = _key_ids_from(entity, "KeyIds")
+    settled = _key_ids_from(entity, "IndexedKeyIds") == keys  # else a write must settle the index
+    return StateSummary(
+        str(entity["NamespaceId"]),
+        _time(entity["EvaluatedAt"]),
+        str(entity.get("Digest") or ""),
+        str(entity.get("Verdict") or ""),
+        keys,
+        _etag(entity.metadata) if settled else None,
+    )
 
 
 _Write = tuple[NamespaceState, str | None, dict[str, Any]]  # a state, the ETag it replaces (None: new), its entity
@@ -259,7 +275,7 @@ class NamespaceTables(TableBase):
 
         async def submit(chunk: list[_Write]) -> bool:
             operations = [
-                ("create", entity) if etag is None else ("update", entity, _replacing(etag))
+                ("create", entity, _NO_ECHO) if etag is None else ("update", entity, _replacing(etag))
                 for _, etag, entity in chunk
             ]
             with _failures(f"namespaces of partition {chunk[0][2]['PartitionKey']}"):
@@ -302,21 +318,7 @@ class NamespaceTables(TableBase):
         client = await self._table(NAMESPACES)
         with _failures("list namespace summaries"):
             entities = [entity async for entity in client.list_entities(select=_SUMMARY)]
-        summaries = []
-        for entity in entities:
-            keys = _key_ids_from(entity, "KeyIds")
-            settled = _key_ids_from(entity, "IndexedKeyIds") == keys  # else a write must settle the index
-            summaries.append(
-                StateSummary(
-                    str(entity["NamespaceId"]),
-                    _time(entity["EvaluatedAt"]),
-                    str(entity.get("Digest") or ""),
-                    str(entity.get("Verdict") or ""),
-                    keys,
-                    _etag(entity.metadata) if settled else None,
-                )
-            )
-        return sorted(summaries, key=lambda s: s.key)
+        return sorted((_summary_of(entity) for entity in entities), key=lambda s: s.key)
 
     async def get_namespace_state(self, namespace_id: str) -> NamespaceState | None:
         partition, row = self._namespace_address(namespace_id)
@@ -350,27 +352,46 @@ class NamespaceTables(TableBase):
             return True
         raise StateStoreError(what, f"still contended after {_RACE_RETRIES} tries")
 
-    async def _confirmed(self, entries: Iterable[Mapping[str, Any]], listed: Callable[[KeyId], bool]) -> list[str]:
-        """Ids of the namespaces behind index `entries` whose stored state lists a key for which `listed` holds.
-
-        The index may briefly hold more than the states do (see _settle_index); the state decides.
-        """
-        candidates = {namespace_key(str(e["NamespaceId"])): str(e["NamespaceId"]) for e in entries}
-
-        async def confirm(namespace_id: str) -> str | None:
+    async def _summaries_of(self, namespace_ids: Iterable[str]) -> list[StateSummary]:
+        """The stored summaries of `namespace_ids` (those stored): a query for each 14 of one partition, as
+        Azure allows no more than 15 comparisons in a filter."""
+        by_partition: dict[str, list[str]] = {}
+        for namespace_id in {namespace_key(n): n for n in namespace_ids}.values():
             partition, row = self._namespace_address(namespace_id)
+            by_partition.setdefault(partition, []).append(row)
+        queries = [
+            (partition, rows[i : i + _ROWS_PER_QUERY])
+            for partition, rows in by_partition.items()
+            for i in range(0, len(rows), _ROWS_PER_QUERY)
+        ]
+
+        async def query(partition: str, rows: list[str]) -> list[TableEntity]:
             client = await self._table(NAMESPACES)
-            with _failures(f"namespace {namespace_id}"):
-                try:
-                    entity = await client.get_entity(partition, row, select=["NamespaceId", "KeyIds"])
-                except ResourceNotFoundError:
-                    return None
-            return str(entity["NamespaceId"]) if any(map(listed, _key_ids_from(entity, "KeyIds"))) else None
+            names = {f"r{n}": row for n, row in enumerate(rows)}
+            rows_filter = " or ".join(f"RowKey eq @{name}" for name in names)
+            # Spaces inside the brackets: the SDK substitutes @parameters word by word.
+            with _failures("namespace summaries"):
+                return [
+                    entity
+                    async for entity in client.query_entities(
+                        f"PartitionKey eq @p and ( {rows_filter} )",
+                        parameters={"p": partition, **names},
+                        select=_SUMMARY,
+                    )
+                ]
 
-        confirmed = await self._gather(confirm(namespace_id) for namespace_id in candidates.values())
-        return sorted((c for c in confirmed if c is not None), key=namespace_key)
+        found = await self._gather(query(partition, rows) for partition, rows in queries)
+        return sorted((_summary_of(entity) for entities in found for entity in entities), key=lambda s: s.key)
 
-    async def namespaces_for_key(self, vault_uri: str, key_name: str) -> list[str]:
+    async def _confirmed(
+        self, entries: Iterable[Mapping[str, Any]], listed: Callable[[KeyId], bool]
+    ) -> list[StateSummary]:
+        """The summaries of the namespaces behind index `entries` whose stored state lists a key for which `listed`
+        holds. The index may briefly hold more than the states do (see _settle_index); the state decides."""
+        summaries = await self._summaries_of(str(e["NamespaceId"]) for e in entries)
+        return [summary for summary in summaries if any(map(listed, summary.key_ids))]
+
+    async def summaries_for_key(self, vault_uri: str, key_name: str) -> list[StateSummary]:
         wanted = (vault_id(vault_uri), name_id(key_name))
         key_hash = _digest(wanted[1])
         entries = await self._query(
@@ -383,9 +404,15 @@ class NamespaceTables(TableBase):
         )
         return await self._confirmed(entries, lambda key_id: key_id == wanted)
 
-    async def namespaces_for_vault(self, vault_uri: str) -> list[str]:
+    async def summaries_for_vault(self, vault_uri: str) -> list[StateSummary]:
         wanted = vault_id(vault_uri)
         entries = await self._query(
             KEY_INDEX, "PartitionKey eq @vault", what=f"namespaces for vault {vault_uri}", vault=_digest(wanted)
         )
         return await self._confirmed(entries, lambda key_id: key_id[0] == wanted)
+
+    async def namespaces_for_key(self, vault_uri: str, key_name: str) -> list[str]:
+        return [summary.id for summary in await self.summaries_for_key(vault_uri, key_name)]
+
+    async def namespaces_for_vault(self, vault_uri: str) -> list[str]:
+        return [summary.id for summary in await self.summaries_for_vault(vault_uri)]

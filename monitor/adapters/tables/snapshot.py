@@ -1,5 +1,5 @@
 """The fleet snapshot on Table Storage: chunks of one generation, then a head entity that points at them,
-so a reader never sees half of a snapshot."""
+so a reader never sees half of a snapshot; and the key records, a partition a vault, kept the same way."""
 
 from __future__ import annotations
 
@@ -21,9 +21,11 @@ from monitor.adapters.tables.codec import (
     _RACE_RETRIES,
     _SNAPSHOT_PARTITION,
     _SNAPSHOT_READS,
+    KEY_RECORDS,
     SNAPSHOT,
     _back_off,
     _create_or_replace,
+    _digest,
     _etag,
     _failures,
     _joined,
@@ -136,3 +138,62 @@ class SnapshotTables(TableBase):
                 return StoredSnapshot(document=document, taken_at=_time(head["TakenAt"]))
             # A newer snapshot replaced this one (and removed its chunks) while we read: follow the new head.
         raise StateStoreError("snapshot", f"changed or incomplete on {_SNAPSHOT_READS} reads in a row")
+
+    # -- key records: a partition a vault; rows 0001… hold the rest of the document, row 0000 last points at them
+
+    async def put_key_records(self, records: Mapping[str, Mapping[str, Any]], *, written_at: datetime) -> None:
+        written = utc(written_at, "written_at")
+        packed = await asyncio.to_thread(lambda: {vault: _pack(document) for vault, document in records.items()})
+        client = await self._table(KEY_RECORDS)
+        per_entity = _PIECE * _PIECES_PER_ENTITY
+
+        async def put(vault: str, data: bytes) -> None:
+            generation = uuid.uuid4().hex
+            chunks = [data[i : i + per_entity] for i in range(0, len(data), per_entity)] or [b""]
+
+            def entity(number: int) -> dict[str, Any]:
+                return {
+                    "PartitionKey": _digest(vault),
+                    "RowKey": f"{number:04d}",
+                    "VaultId": vault,
+                    "WrittenAt": written,
+                    "Generation": generation,
+                    "Chunks": len(chunks),
+                    **_pieces(chunks[number], "D", what=f"key records of {vault}"),
+                }
+
+            with _failures(f"key records of {vault}"):
+                # The head (row 0) last: a reader that finds rows of another generation skips the vault.
+                await asyncio.gather(
+                    *(client.upsert_entity(entity(n), mode=UpdateMode.REPLACE) for n in range(1, len(chunks)))
+                )
+                await client.upsert_entity(entity(0), mode=UpdateMode.REPLACE)
+
+        await self._gather(put(vault, data) for vault, data in packed.items())
+
+    async def list_key_records(self) -> dict[str, dict[str, Any]]:
+        client = await self._table(KEY_RECORDS)
+        with _failures("key records"):
+            entities = [entity async for entity in client.list_entities()]
+        partitions: dict[str, dict[str, Any]] = {}
+        for entity in entities:
+            partitions.setdefault(str(entity["PartitionKey"]), {})[str(entity["RowKey"])] = entity
+
+        def readable() -> dict[str, dict[str, Any]]:
+            records = {}
+            for rows in partitions.values():
+                head = rows.get("0000")
+                if head is None:
+                    continue
+                chunks = [rows.get(f"{n:04d}") for n in range(int(head["Chunks"]))]
+                if any(chunk is None or chunk["Generation"] != head["Generation"] for chunk in chunks):
+                    continue  # being rewritten: read the vault's keys in full this once
+                try:
+                    records[str(head["VaultId"])] = _unpack(
+                        b"".join(_joined(c, "D") for c in chunks if c), "key records"
+                    )
+                except StateStoreError:
+                    continue  # an unreadable cache is no cache
+            return records
+
+        return await asyncio.to_thread(readable)

@@ -60,7 +60,17 @@ def test_the_store_creates_its_tables_when_missing(azurite: Azurite, prefix: str
 
     assert asyncio.run(scenario()) == {
         f"{prefix}{t}"
-        for t in ("namespaces", "keyindex", "snapshot", "events", "incidents", "leases", "marks", "budgets")
+        for t in (
+            "namespaces",
+            "keyindex",
+            "snapshot",
+            "events",
+            "incidents",
+            "leases",
+            "marks",
+            "budgets",
+            "keyrecords",
+        )
     }
 
 
@@ -271,3 +281,24 @@ def test_concurrent_writers_leave_every_listed_key_in_the_raw_index(azurite: Azu
 
     listed, indexed = asyncio.run(scenario())
     assert listed <= indexed
+
+
+def test_key_records_being_rewritten_are_skipped_not_half_read(azurite: Azurite, prefix: str):
+    """A vault's records span several entities when large; a reader that finds rows of two generations (a writer
+    between its rows and its head) skips that vault, whose keys are then read in full, and keeps the others."""
+    rng = random.Random(5)
+    large = {"format": 1, "keys": {f"k{n:05d}": f"{rng.getrandbits(512):0128x}" for n in range(20_000)}}
+    small = {"format": 1, "keys": {"k": "v"}}
+
+    async def scenario() -> tuple[int, dict[str, Any]]:
+        async with opened(azurite, prefix) as store:
+            await store.put_key_records({"kv-large": large, "kv-small": small}, written_at=T0)
+            stored = [e for e in await rows(store, "keyrecords") if e["VaultId"] == "kv-large"]
+            client = await store._table("keyrecords")
+            second = next(e for e in stored if e["RowKey"] == "0001")
+            await client.upsert_entity({**second, "Generation": "another"}, mode=UpdateMode.REPLACE)
+            return len(stored), await store.list_key_records()
+
+    chunks, listed = asyncio.run(scenario())
+    assert chunks > 1
+    assert listed == {"kv-small": small}
