@@ -329,8 +329,14 @@ def measure_poll(
             (event,) = [e for e in (parse_event(item) for item in event_payload)]
             results.send(("reset", None))
             results.recv()
+            profiler = cProfile.Profile() if profile_dir else None
             wall = time.perf_counter()
+            if profiler is not None:
+                profiler.enable()
             outcome = await handle_event(monitor, event, now=now)  # type: ignore[arg-type]
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(str(Path(profile_dir) / f"event-{store_name}.prof"))
             measured["event"] = {
                 "wall_s": time.perf_counter() - wall,
                 "namespaces": len(outcome.namespaces),

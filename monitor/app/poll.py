@@ -3,6 +3,8 @@ resolve incidents, remediate; plus the delivery of queued notices and one-off re
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -148,12 +150,20 @@ async def _share_key_records(monitor: Monitor, *, now: datetime) -> None:
 
 async def _poll_holding(monitor: Monitor, keeper: LeaseKeeper, *, now: datetime) -> PollResult:
     await _recall_key_records(monitor)
-    scenario, report = await read_fleet(monitor, now=now)
-    if report.fleet_blind:
-        scenario, report = await _judge_unlisted(monitor, scenario, report)
+    # What is stored is read while the fleet is: the store's round trips overlap Azure's.
+    summaries = asyncio.ensure_future(monitor.store.list_namespace_summaries())
+    try:
+        scenario, report = await read_fleet(monitor, now=now)
+        if report.fleet_blind:
+            scenario, report = await _judge_unlisted(monitor, scenario, report)
+        stored = {summary.key: summary for summary in await summaries}
+    finally:
+        if not summaries.done():
+            summaries.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StateStoreError):
+                await summaries
     if not await keeper.hold(force=True):
         return PollResult(ran=False)
-    stored = {summary.key: summary for summary in await monitor.store.list_namespace_summaries()}
     changed = await record_judgements(monitor, report, now=now, stored=stored)
     removed: list[str] = []
     if not report.fleet_blind:

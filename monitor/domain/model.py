@@ -19,11 +19,17 @@ REQUIRED_PERMISSIONS = frozenset({"get", "wrapkey", "unwrapkey"})
 REQUIRED_KEY_OPS = frozenset({"wrapkey", "unwrapkey"})
 
 
+# A fleet names its few vaults and keys hundreds of thousands of times a poll: each spelling is folded once.
+_FOLDED = 1 << 17
+
+
+@lru_cache(maxsize=_FOLDED)
 def vault_id(uri: str) -> str:
     """The comparable form of a vault URI: ASCII case folded (as Azure compares), trailing slashes removed."""
     return ascii_fold(uri.strip().rstrip("/"))
 
 
+@lru_cache(maxsize=_FOLDED)
 def name_id(name: str) -> str:
     """The comparable form of a key, version, principal or resource name: ASCII case folded, never Unicode
     (`str.lower()` turns U+212A KELVIN SIGN into `k`, a match Key Vault would never make)."""

@@ -3,7 +3,7 @@ the JSON path."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,6 +47,46 @@ CHANGE_OPS = (
     "recover_vault",
 )
 _TOP_FIELDS = {"now", "horizon", "vaults", "keys", "namespaces", "changes", "blind"}
+
+
+def scenario_subset(document: Mapping[str, object], namespace_keys: Collection[str]) -> dict[str, object]:
+    """`document` (a scenario document) cut down to the namespaces whose lower-cased ids are in `namespace_keys`,
+    and the keys and vaults they list: what parse_scenario then reads for them, at a fraction of the whole
+    fleet's cost. Anything malformed is kept for parse_scenario to refuse."""
+
+    def text(item: object, name: str) -> str:
+        value = item.get(name) if isinstance(item, Mapping) else None
+        return value if isinstance(value, str) else ""
+
+    raw_namespaces = document.get("namespaces")
+    namespaces = [
+        n
+        for n in (raw_namespaces if isinstance(raw_namespaces, list) else [])
+        if not isinstance(n, Mapping) or text(n, "id").strip().rstrip("/").lower() in namespace_keys
+    ]
+    refs = [
+        ref
+        for namespace in namespaces
+        if isinstance(namespace, Mapping) and isinstance(namespace.get("keys"), list)
+        for ref in namespace["keys"]
+    ]
+    changes = document.get("changes")
+    changed = [c for c in changes if isinstance(c, Mapping)] if isinstance(changes, list) else []
+    wanted_vaults = {vault_id(text(item, "vault")) for item in (*refs, *changed)}
+    wanted_keys = {(vault_id(text(r, "vault")), name_id(text(r, "name"))) for r in refs}
+    raw_keys = document.get("keys")
+    keys = [
+        k
+        for k in (raw_keys if isinstance(raw_keys, list) else [])
+        if not isinstance(k, Mapping) or (vault_id(text(k, "vault")), name_id(text(k, "name"))) in wanted_keys
+    ]
+    raw_vaults = document.get("vaults")
+    vaults = [
+        v
+        for v in (raw_vaults if isinstance(raw_vaults, list) else [])
+        if not isinstance(v, Mapping) or vault_id(text(v, "uri")) in wanted_vaults
+    ]
+    return {**document, "vaults": vaults, "keys": keys, "namespaces": namespaces}
 
 
 def parse_scenario(document: object) -> tuple[Scenario, list[str]]:
