@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-extended lint typecheck audit unit browser bench bench-fleet clean
+.PHONY: demo test test-extended lint typecheck audit unit browser bench bench-fleet bench-fleet-large clean
 
 $(STAMP): pyproject.toml requirements.txt $(wildcard package.json package-lock.json)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "keyhealth needs Python 3.11 or newer: set PYTHON=python3.11")'
@@ -54,6 +54,9 @@ bench: $(STAMP)
 
 bench-fleet: $(STAMP)
 	$(BIN)/python -m bench.fleet_bench
+
+bench-fleet-large: $(STAMP)
+	$(BIN)/python -m bench.fleet_bench --large
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

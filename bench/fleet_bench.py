@@ -61,6 +61,7 @@ PRINCIPAL = "00000000-0000-0000-0000-00000000c0de"
 SHARED_KEY = "sb-shared"
 LISTING_PAGE = 25  # Key Vault's largest key listing page
 INVENTORY_PAGE = 1000  # Resource Graph's largest page
+GRAPH_QUOTA = (15, 5.0)  # Resource Graph's documented per-user quota: queries per window of seconds
 COMPETENT_THREADS = 16
 
 
@@ -523,19 +524,25 @@ def lower_bound(
 
     Steady (nothing changed): each vault's keys confirmed from its listing, 25 a page: Σ⌈keys/25⌉ Key Vault
     requests, the busiest vault's pages one after another. First: each distinct key read once. The chain:
-    subscriptions, the Resource Graph inventory (⌈namespaces/1000⌉ pages in turn), the vaults, then the
-    busiest vault's listing pages (steady) or one key read (first)."""
+    subscriptions, the Resource Graph inventory (⌈namespaces/1000⌉ pages in turn, and no faster than its
+    quota of 15 queries per 5 s lets them through), the vaults, then the busiest vault's listing pages
+    (steady) or one key read (first)."""
     allowed = 4000 * share / 10.0  # requests a second to one vault of software keys
     pages = [math.ceil(keys / LISTING_PAGE) for keys in keys_per_vault]
     inventory_pages = math.ceil(namespaces / INVENTORY_PAGE)
+    windows = math.ceil(inventory_pages / GRAPH_QUOTA[0])
+    inventory_s = max(inventory_pages * latency, (windows - 1) * GRAPH_QUOTA[1] + latency)
     steady_trips = 1 + inventory_pages + 1 + max(pages, default=0)
     first_trips = 1 + inventory_pages + 1 + 1
-    steady_io = max(max(pages, default=0) / allowed, steady_trips * latency)
-    first_io = max(max(keys_per_vault, default=0) / allowed, first_trips * latency)
+    steady_chain = (steady_trips - inventory_pages) * latency + inventory_s
+    first_chain = (first_trips - inventory_pages) * latency + inventory_s
+    steady_io = max(max(pages, default=0) / allowed, steady_chain)
+    first_io = max(max(keys_per_vault, default=0) / allowed, first_chain)
     return {
         "allowed_per_s": allowed,
         "steady_requests": sum(pages),
         "steady_round_trips": steady_trips,
+        "inventory_s": inventory_s,
         "steady_io_s": steady_io,
         "first_requests": sum(keys_per_vault),
         "first_round_trips": first_trips,
@@ -641,7 +648,8 @@ def _print(scale: dict[str, Any]) -> None:
     print(
         f"  tight bound, steady: {bound['steady_s']:.2f} s = max({bound['steady_requests']:,} Key Vault requests "
         f"(Σ⌈keys per vault / 25⌉), the busiest vault's at {bound['allowed_per_s']:.0f}/s; "
-        f"{bound['steady_round_trips']} round trips in turn) {bound['steady_io_s']:.2f} s "
+        f"{bound['steady_round_trips']} round trips in turn, the inventory's at Resource Graph's quota "
+        f"{bound['inventory_s']:.2f} s) {bound['steady_io_s']:.2f} s "
         f"+ CPU floor {bound['cpu_floor_s']:.2f} s (evaluate, render, compare)"
     )
     print(

@@ -25,6 +25,8 @@ def test_the_tight_bound_is_the_longer_of_throughput_and_the_chain_then_the_cpu_
     assert bound["steady_s"] == pytest.approx(22 * 0.02 + 1.0)  # the chain beats 10 pages at 200/s
     assert bound["first_requests"] == 5_000
     assert bound["first_s"] == pytest.approx(250 / 200 + 1.0)  # the busiest vault's 250 reads at 200/s
+    # 100,000 namespaces: 100 inventory pages, 15 per 5 s window: 6 windows waited before the last pages.
+    assert lower_bound(100_000, [2500] * 20, 0.5, 0.02)["inventory_s"] == pytest.approx(6 * 5.0 + 0.02)
 
 
 def test_a_small_run_writes_every_figure(tmp_path: Path, capsys):

@@ -3,9 +3,10 @@
 Tables (`prefix` + name, created when missing), as PartitionKey / RowKey: properties:
 
 - namespaces: subscription id from the ARM id ("-" if none) / sha256(lower-cased ARM id): NamespaceId, Name,
-  StatusNow, EvaluatedAt, KeyIds and IndexedKeyIds (JSON lists), Digest and Verdict (what a poll compares
-  with, read without the document), Doc00… (zlib-compressed JSON document). A poll writes changed states
-  100 to an entity-group transaction per partition, each conditioned on the ETag its summary was read with.
+  StatusNow, EvaluatedAt, KeyIds and IndexedKeyIds (JSON lists), Summary (JSON: evaluated at, digest,
+  verdict, keys, whether the index is settled: what a poll compares with, read without the document),
+  Doc00… (zlib-compressed JSON document). A poll writes changed states 100 to an entity-group
+  transaction per partition, each conditioned on the ETag its summary was read with.
 - keyindex: sha256(vault_id) / sha256(key name_id) "-" sha256(lower-cased ARM id): VaultId, KeyName,
   NamespaceId. One partition a vault answers namespaces_for_vault; a RowKey range answers namespaces_for_key.
 - snapshot: "snapshot" / "head": Generation, TakenAt, Chunks, Sha256, Bytes; and

@@ -3,7 +3,6 @@ coalescing), the poll lease's timing, and recording judgements in the store."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from monitor.domain.world import World
 from monitor.formats.render import namespace_document
 
 POLL_LEASE = "poll"
+RECORD_BATCH = 2000  # namespace states made and written at a time
 # Up to this many namespaces, an event reads each one's incidents on its own; beyond, all of them at once.
 EVENT_INCIDENTS_READ_ONE_BY_ONE = 20
 # Service Bus polls every 5 minutes; a poll that holds the lease longer has failed and must be replaceable.
@@ -57,39 +57,27 @@ async def record_judgements(
     report: FleetReport,
     *,
     now: datetime,
-    stored: Mapping[str, StateSummary] | None = None,
+    stored: Mapping[str, StateSummary],
 ) -> tuple[str, ...]:
     """Store each namespace's judgement that says something new; returns the ids whose verdict changed.
 
-    `stored` summarises every stored state by key (a poll reads them all in one go, without documents);
-    without it each namespace's state is read on its own (an event touches few). A judgement that says
-    what is stored already is not written again: the last complete poll's mark says it still held then.
+    `stored` summarises the stored states by key (what list_namespace_summaries or summaries_for_key read,
+    without documents). A judgement that says what is stored already is not written again: the last
+    complete poll's mark says it still held then. States are made and written RECORD_BATCH at a time, so
+    a 100,000-namespace poll never holds every document at once.
     """
-    states = [
-        NamespaceState.of(n.prediction.namespace, namespace_document(n), evaluated_at=now) for n in report.namespaces
-    ]
-    if stored is None:
-        gate = asyncio.Semaphore(monitor.concurrency)
-
-        async def read(namespace_id: str) -> NamespaceState | None:
-            async with gate:
-                return await monitor.store.get_namespace_state(namespace_id)
-
-        found = await asyncio.gather(*(read(state.id) for state in states))
-        stored = {state.key: state.summary() for state in found if state is not None}
-        previous = None
-    else:
-        previous = stored
     changed = []
-    news = []
-    for state in states:
-        before = stored.get(state.key)
-        if before is None or before.verdict != state.verdict:
-            changed.append(state.id)
-        if before is None or before.digest != state.digest:
-            news.append(state)
-    if news:
-        await monitor.store.put_namespace_states(news, previous=previous)
+    for start in range(0, len(report.namespaces), RECORD_BATCH):
+        news = []
+        for judged in report.namespaces[start : start + RECORD_BATCH]:
+            state = NamespaceState.of(judged.prediction.namespace, namespace_document(judged), evaluated_at=now)
+            before = stored.get(state.key)
+            if before is None or before.verdict != state.verdict:
+                changed.append(state.id)
+            if before is None or before.digest != state.digest:
+                news.append(state)
+        if news:
+            await monitor.store.put_namespace_states(news, previous=stored)
     return tuple(changed)
 
 

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from monitor.adapters.packing import packed_json
 from monitor.app.state import (
     utc,
 )
@@ -129,7 +130,7 @@ def _json(value: Mapping[str, Any]) -> str:
 
 
 def _compress(document: Mapping[str, Any]) -> bytes:
-    return zlib.compress(_json(document).encode("utf-8"), 6)
+    return packed_json(document)
 
 
 def _decompress(data: bytes) -> dict[str, Any]:

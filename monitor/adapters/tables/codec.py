@@ -21,6 +21,7 @@ from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
 from monitor.adapters.azure_clients import describe_failure
+from monitor.adapters.packing import packed_json
 from monitor.app.state import (
     utc,
 )
@@ -90,7 +91,7 @@ def _joined(entity: Mapping[str, Any], prefix: str) -> bytes:
 
 
 def _pack(document: Mapping[str, Any]) -> bytes:
-    return zlib.compress(json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), 6)
+    return packed_json(document)
 
 
 def _unpack(data: bytes, what: str) -> dict[str, Any]:

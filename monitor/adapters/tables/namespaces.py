@@ -4,7 +4,10 @@ list a key or use a vault (kept in an order that never loses a listed key's entr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from azure.core import MatchConditions
@@ -41,7 +44,15 @@ from monitor.domain.model import KeyId, name_id, vault_id
 
 _BATCH = 100  # entities an entity-group transaction may hold
 _BATCH_BYTES = 2_000_000  # of documents in one: binary goes base64 (4/3) under the 4 MiB payload limit
-_SUMMARY = ["NamespaceId", "EvaluatedAt", "Digest", "Verdict", "KeyIds", "IndexedKeyIds"]
+# A summary is one property (JSON): the SDK's cost of reading an entity grows with its properties.
+_SUMMARY = ["NamespaceId", "Summary"]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _summary_json(state: NamespaceState, settled: bool) -> str:
+    """[evaluated_at, digest, verdict, key ids, settled]: settled when IndexedKeyIds is the keys (nothing to clean)."""
+    keys = sorted([vault, name] for vault, name in state.key_ids)
+    return json.dumps([state.evaluated_at.isoformat(), state.digest, state.verdict, keys, settled])
 
 
 def _replacing(etag: str) -> dict[str, Any]:
@@ -49,19 +60,25 @@ def _replacing(etag: str) -> dict[str, Any]:
 
 
 _ROWS_PER_QUERY = 14  # Azure allows 15 comparisons in a filter: the partition's, and 14 rows'
+_OR_QUERIES_AT_MOST = 4  # per partition; past that, one query of the whole partition
 
 
 def _summary_of(entity: TableEntity) -> StateSummary:
-    keys = _key_ids_from(entity, "KeyIds")
-    settled = _key_ids_from(entity, "IndexedKeyIds") == keys  # else a write must settle the index
-    return StateSummary(
-        str(entity["NamespaceId"]),
-        _time(entity["EvaluatedAt"]),
-        str(entity.get("Digest") or ""),
-        str(entity.get("Verdict") or ""),
-        keys,
-        _etag(entity.metadata) if settled else None,
-    )
+    namespace_id = str(entity["NamespaceId"])
+    try:
+        evaluated_at, digest, verdict, keys, settled = json.loads(entity.get("Summary") or "")
+        summary = StateSummary(
+            namespace_id,
+            datetime.fromisoformat(evaluated_at),
+            str(digest),
+            str(verdict),
+            frozenset((str(vault), str(name)) for vault, name in keys),
+            _etag(entity.metadata) if settled is True else None,  # else a write must settle the index first
+        )
+    except (ValueError, TypeError):
+        # Stored before summaries were kept, or unreadable: changed, and written the careful way (read first).
+        return StateSummary(namespace_id, _EPOCH, "", "", frozenset(), None)
+    return summary
 
 
 _Write = tuple[NamespaceState, str | None, dict[str, Any]]  # a state, the ETag it replaces (None: new), its entity
@@ -110,8 +127,7 @@ class NamespaceTables(TableBase):
             "StatusNow": state.status_now or "",
             "EvaluatedAt": state.evaluated_at,
             "KeyIds": _key_ids_json(state.key_ids),
-            "Digest": state.digest,
-            "Verdict": state.verdict,
+            "Summary": _summary_json(state, indexed == state.key_ids),
             # Every key that may have an index entry for this namespace: what a later write must clean up.
             "IndexedKeyIds": _key_ids_json(indexed),
             **_pieces(_pack(state.document), "Doc", what=f"namespace {state.id}"),
@@ -187,6 +203,8 @@ class NamespaceTables(TableBase):
                 return
             narrowed = dict(current)
             narrowed["IndexedKeyIds"] = _key_ids_json(keys)
+            with contextlib.suppress(ValueError, TypeError):  # an unreadable summary stays: it reads as changed
+                narrowed["Summary"] = json.dumps([*json.loads(current.get("Summary") or "")[:4], True])
             client = await self._table(NAMESPACES)
             with _failures(what):
                 try:
@@ -353,32 +371,38 @@ class NamespaceTables(TableBase):
         raise StateStoreError(what, f"still contended after {_RACE_RETRIES} tries")
 
     async def _summaries_of(self, namespace_ids: Iterable[str]) -> list[StateSummary]:
-        """The stored summaries of `namespace_ids` (those stored): a query for each 14 of one partition, as
-        Azure allows no more than 15 comparisons in a filter."""
-        by_partition: dict[str, list[str]] = {}
-        for namespace_id in {namespace_key(n): n for n in namespace_ids}.values():
+        """The stored summaries of `namespace_ids` (those stored), partition by partition: a query for each 14
+        rows (Azure allows 15 comparisons in a filter); for more than _OR_QUERIES_AT_MOST such queries, one
+        query of the whole partition instead, filtered here. Azure answers a filter of OR'ed RowKeys with a
+        scan of the partition, so a partition is scanned at most that many times, whatever the event."""
+        by_partition: dict[str, dict[str, str]] = {}  # partition -> row -> comparable id
+        for key, namespace_id in {namespace_key(n): n for n in namespace_ids}.items():
             partition, row = self._namespace_address(namespace_id)
-            by_partition.setdefault(partition, []).append(row)
-        queries = [
-            (partition, rows[i : i + _ROWS_PER_QUERY])
-            for partition, rows in by_partition.items()
-            for i in range(0, len(rows), _ROWS_PER_QUERY)
-        ]
+            by_partition.setdefault(partition, {})[row] = key
+        queries: list[tuple[str, list[str] | None]] = []
+        for partition, rows in by_partition.items():
+            if len(rows) > _ROWS_PER_QUERY * _OR_QUERIES_AT_MOST:
+                queries.append((partition, None))
+            else:
+                ordered = sorted(rows)
+                queries += [
+                    (partition, ordered[i : i + _ROWS_PER_QUERY]) for i in range(0, len(ordered), _ROWS_PER_QUERY)
+                ]
 
-        async def query(partition: str, rows: list[str]) -> list[TableEntity]:
+        async def query(partition: str, rows: list[str] | None) -> list[TableEntity]:
             client = await self._table(NAMESPACES)
-            names = {f"r{n}": row for n, row in enumerate(rows)}
-            rows_filter = " or ".join(f"RowKey eq @{name}" for name in names)
+            names = {f"r{n}": row for n, row in enumerate(rows or ())}
             # Spaces inside the brackets: the SDK substitutes @parameters word by word.
+            rows_filter = " and ( " + " or ".join(f"RowKey eq @{name}" for name in names) + " )" if names else ""
             with _failures("namespace summaries"):
-                return [
+                found = [
                     entity
                     async for entity in client.query_entities(
-                        f"PartitionKey eq @p and ( {rows_filter} )",
-                        parameters={"p": partition, **names},
-                        select=_SUMMARY,
+                        f"PartitionKey eq @p{rows_filter}", parameters={"p": partition, **names}, select=_SUMMARY
                     )
                 ]
+            wanted = set(by_partition[partition].values())
+            return [entity for entity in found if namespace_key(str(entity.get("NamespaceId"))) in wanted]
 
         found = await self._gather(query(partition, rows) for partition, rows in queries)
         return sorted((_summary_of(entity) for entities in found for entity in entities), key=lambda s: s.key)

@@ -8,6 +8,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -302,3 +303,26 @@ def test_key_records_being_rewritten_are_skipped_not_half_read(azurite: Azurite,
     chunks, listed = asyncio.run(scenario())
     assert chunks > 1
     assert listed == {"kv-small": small}
+
+
+def test_a_state_stored_before_summaries_reads_as_changed_and_is_rewritten_with_one(azurite: Azurite, prefix: str):
+    """An entity an earlier keyhealth wrote has no Summary: its summary says nothing is known (no digest, no
+    version), so the next poll writes it the careful way, and from then on it has one."""
+    stored = state("sb-old", ("https://kv-payments.vault.azure.net", "k1"))
+    later = replace(stored, evaluated_at=T0 + timedelta(minutes=5))
+
+    async def scenario() -> tuple[Any, Any]:
+        async with opened(azurite, prefix) as store:
+            await store.put_namespace_states([stored])
+            client = await store._table("namespaces")
+            (entity,) = await rows(store, "namespaces")
+            old = {k: v for k, v in entity.items() if k != "Summary"}
+            await client.upsert_entity(old, mode=UpdateMode.REPLACE)
+            (before,) = await store.list_namespace_summaries()
+            assert await store.put_namespace_states([later], previous={before.key: before}) == []
+            (after,) = await store.list_namespace_summaries()
+            return before, after
+
+    before, after = asyncio.run(scenario())
+    assert before.digest == "" and before.version is None
+    assert after == later.summary() and after.version is not None
