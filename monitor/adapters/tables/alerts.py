@@ -25,6 +25,7 @@ from monitor.adapters.tables.codec import (
     _pack,
     _pieces,
     _time,
+    _transact,
     _unpack,
 )
 from monitor.app.state import (
@@ -113,7 +114,7 @@ class AlertTables(TableBase):
             operations = [first, *(("create", self._outbox_entity(entry), {}) for entry in outbox)]
             with _failures(what):
                 try:
-                    results = await client.submit_transaction(operations)
+                    results = await _transact(client, operations)
                 except TableTransactionError as error:
                     if error.index == 0 and error.status_code in {404, 409, 412}:
                         reason = {404: "there is none", 409: "it exists", 412: "it has changed"}[error.status_code]
@@ -217,7 +218,7 @@ class AlertTables(TableBase):
                 {"etag": etag, "match_condition": MatchConditions.IfNotModified},
             )
             try:
-                await client.submit_transaction([operation])
+                await _transact(client, [operation])
             except TableTransactionError as error:
                 if error.status_code in {404, 412}:
                     return False

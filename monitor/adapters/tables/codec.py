@@ -16,7 +16,13 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+)
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
@@ -36,6 +42,7 @@ _PIECE = 60_000
 _PIECES_PER_ENTITY = 12
 _RACE_RETRIES = 8  # conditional writes re-read and try again this often before giving up
 _SNAPSHOT_READS = 5  # a snapshot replaced while being read is read again this often
+_TRANSACTION_ATTEMPTS = 3  # a transaction whose connection failed is sent this often in all
 _PARTITION_SAFE = re.compile(r"^[0-9a-z-]{1,64}$")
 _PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,40}$")
 _CONFLICTS = (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError)
@@ -128,6 +135,25 @@ async def _back_off(attempt: int) -> None:
     """Wait a random while before retry `attempt` (none before the first), so racing writers spread out."""
     if attempt:
         await asyncio.sleep(random.uniform(0, 0.02 * 2**attempt))  # noqa: S311 - jitter, not a secret
+
+
+async def _transact(client: TableClient, operations: list[Any]) -> list[Mapping[str, Any]]:
+    """submit_transaction, sent again when its connection failed (ServiceRequestError).
+
+    A transaction is a POST, which azure-core never retries after a connection failure, since it cannot tell
+    whether the server applied it. A pooled connection the server closed while idle (Azurite after 5 s, Azure's
+    front ends after minutes) fails that way. Ours may be sent twice: a create or an ETag-conditional write
+    applied the first time is refused the second (TableTransactionError, which each caller handles as a race),
+    and an upsert is the same write again.
+    """
+    for attempt in range(_TRANSACTION_ATTEMPTS):
+        await _back_off(attempt)
+        try:
+            return await client.submit_transaction(operations)
+        except ServiceRequestError:
+            if attempt == _TRANSACTION_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 @contextlib.contextmanager

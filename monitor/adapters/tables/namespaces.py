@@ -32,6 +32,7 @@ from monitor.adapters.tables.codec import (
     _pack,
     _pieces,
     _time,
+    _transact,
     _unpack,
 )
 from monitor.app.state import (
@@ -298,7 +299,7 @@ class NamespaceTables(TableBase):
             ]
             with _failures(f"namespaces of partition {chunk[0][2]['PartitionKey']}"):
                 try:
-                    await client.submit_transaction(operations)
+                    await _transact(client, operations)
                 except TableTransactionError:
                     return False
             return True
@@ -327,7 +328,7 @@ class NamespaceTables(TableBase):
 
         async def submit(chunk: list[dict[str, Any]]) -> None:
             with _failures(f"index of vault partition {chunk[0]['PartitionKey']}"):
-                await client.submit_transaction([("upsert", entity, {"mode": UpdateMode.REPLACE}) for entity in chunk])
+                await _transact(client, [("upsert", entity, {"mode": UpdateMode.REPLACE}) for entity in chunk])
 
         rows = [list(partition.values()) for partition in entries.values()]
         await self._gather(submit(part[i : i + _BATCH]) for part in rows for i in range(0, len(part), _BATCH))

@@ -17,6 +17,12 @@ def sqlite_store(tmp_path: Path) -> StoreOpener:
 
 
 @pytest.fixture
+def prefix() -> str:
+    """A fresh table prefix: a test's own set of tables in the session's Azurite."""
+    return f"t{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
 def tables_store(azurite: Azurite) -> StoreOpener:
     """Opens Table stores on a fresh set of tables in Azurite (a unique prefix a test)."""
     return tables_opener(azurite, f"t{uuid.uuid4().hex[:16]}")

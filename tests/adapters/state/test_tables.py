@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -32,12 +31,6 @@ from tests.adapters.state.support import (
 KV = "https://kv-payments.vault.azure.net"
 MINUTE = timedelta(minutes=1)
 FORBIDDEN_IN_KEYS = set("/\\#?") | {chr(c) for c in range(0x20)} | {chr(c) for c in range(0x7F, 0xA0)}
-
-
-@pytest.fixture
-def prefix() -> str:
-    """A fresh table prefix: a test's own set of tables in the session's Azurite."""
-    return f"t{uuid.uuid4().hex[:16]}"
 
 
 @asynccontextmanager

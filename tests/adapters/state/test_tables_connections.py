@@ -1,0 +1,158 @@
+"""The Table store when a connection to Table Storage fails under a transaction, through a real relay to Azurite.
+
+A pooled connection the server has closed while idle (Azurite after 5 s, Azure's front ends after minutes)
+fails the next request sent on it. azure-core never sends a POST again after that, and every entity-group
+transaction is a POST: a poll whose first write lands on such a connection must still store what it judged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Literal
+
+from monitor.adapters.state_tables import TableStateStore
+from monitor.app.state import NamespaceState
+from tests.adapters.state.support import AZURITE_KEY, T0, Azurite, state
+
+KV = "https://kv-payments.vault.azure.net"
+Cut = Literal["unsent", "unanswered"]
+
+
+class CuttingRelay:
+    """A TCP relay to Azurite that cuts the next $batch request it sees: "unsent" closes the connection
+    instead of passing the request on; "unanswered" passes it on, so Azurite applies it, and closes the
+    connection instead of passing the response back."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target_port = target_port
+        self.cut: Cut | None = None
+        self.cuts = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> CuttingRelay:
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+            f"TableEndpoint=http://127.0.0.1:{self.port}/devstoreaccount1;"
+        )
+
+    async def _connection(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
+        swallow_response = asyncio.Event()
+
+        def close() -> None:
+            client_writer.close()
+            server_writer.close()
+
+        async def upstream() -> None:
+            while data := await client_reader.read(65536):
+                if self.cut is not None and b"/$batch HTTP/1.1" in data:
+                    cut, self.cut = self.cut, None
+                    self.cuts += 1
+                    if cut == "unsent":
+                        close()
+                        return
+                    swallow_response.set()
+                server_writer.write(data)
+                await server_writer.drain()
+            close()
+
+        async def downstream() -> None:
+            while data := await server_reader.read(65536):
+                if swallow_response.is_set():
+                    close()
+                    return
+                client_writer.write(data)
+                await client_writer.drain()
+            close()
+
+        try:
+            await asyncio.gather(upstream(), downstream())
+        except (ConnectionError, asyncio.CancelledError):
+            close()
+        finally:
+            self._tasks.discard(task)
+
+
+@contextlib.asynccontextmanager
+async def relayed_store(azurite: Azurite, prefix: str) -> AsyncIterator[tuple[CuttingRelay, TableStateStore]]:
+    async with (
+        CuttingRelay(azurite.port) as relay,
+        TableStateStore.from_connection_string(relay.connection_string(), table_prefix=prefix) as store,
+    ):
+        yield relay, store
+
+
+def _states(count: int) -> list[NamespaceState]:
+    return [state(f"sb-{i:03d}", (KV, f"key-{i % 3}")) for i in range(count)]
+
+
+async def _stored(store: TableStateStore, states: list[NamespaceState]) -> dict[str, object]:
+    found = await asyncio.gather(*(store.get_namespace_state(s.id) for s in states))
+    return {s.id: (f.document.get("status_now") if f is not None else None) for s, f in zip(states, found, strict=True)}
+
+
+async def _cut_then_write(azurite: Azurite, prefix: str, cut: Cut, *, update: bool) -> tuple[int, dict[str, object]]:
+    async with relayed_store(azurite, prefix) as (relay, store):
+        states = _states(30)
+        if update:
+            await store.put_namespace_states(states, previous={})
+            previous = {summary.key: summary for summary in await store.list_namespace_summaries()}
+            states = [replace(s, document={**s.document, "status_now": "revoked"}, evaluated_at=T0) for s in states]
+        else:
+            previous = {}
+        relay.cut = cut
+        stale = await store.put_namespace_states(states, previous=previous)
+        assert stale == []
+        return relay.cuts, await _stored(store, states)
+
+
+def test_a_new_states_transaction_whose_connection_drops_before_it_is_sent_is_sent_again(azurite: Azurite, prefix: str):
+    cuts, stored = asyncio.run(_cut_then_write(azurite, prefix, "unsent", update=False))
+    assert cuts == 1
+    assert set(stored.values()) == {"healthy"}
+
+
+def test_a_transaction_applied_whose_answer_is_lost_is_settled_by_reading_back(azurite: Azurite, prefix: str):
+    """Sent again, the ETag-conditional updates Azure already applied are refused (412): those states go the
+    careful way (read, then written at what is there), and every namespace holds the new verdict."""
+    cuts, stored = asyncio.run(_cut_then_write(azurite, prefix, "unanswered", update=True))
+    assert cuts == 1
+    assert set(stored.values()) == {"revoked"}
+
+
+def test_new_states_whose_transaction_answer_is_lost_are_all_stored_once(azurite: Azurite, prefix: str):
+    """Sent again, the creates Azure already applied are refused (409): nothing is duplicated or lost."""
+
+    async def scenario() -> tuple[int, int, set[object]]:
+        async with relayed_store(azurite, prefix) as (relay, store):
+            states = _states(30)
+            relay.cut = "unanswered"
+            assert await store.put_namespace_states(states, previous={}) == []
+            summaries = await store.list_namespace_summaries()
+            return relay.cuts, len(summaries), set((await _stored(store, states)).values())
+
+    cuts, count, statuses = asyncio.run(scenario())
+    assert cuts == 1
+    assert count == 30
+    assert statuses == {"healthy"}
