@@ -396,6 +396,15 @@ class KeyVaultKeys:
                     recalled += 1
         return recalled
 
+    def revalidatable(self) -> dict[str, list[str]]:
+        """By vault URI, the names of the keys `revalidate` could confirm now (read in full, usable, not due)."""
+        moment, now = self._clock(), datetime.now(UTC)
+        found: dict[str, tuple[str, list[str]]] = {}
+        for (vault, _), entry in self._full_reads.items():
+            if moment < entry.due and not version_reasons(entry.current, now):
+                found.setdefault(vault, (entry.key.vault, []))[1].append(entry.key.name)
+        return dict(found.values())
+
     async def revalidate(self, vault_uri: str, names: Sequence[str]) -> dict[str, Key]:
         """Of `names`, by name_id, the keys whose last full read still holds, as the vault's key listing shows.
 

@@ -15,6 +15,7 @@ from monitor.domain.errors import ReadError
 from monitor.domain.model import KeyRef, Namespace, NamespaceIdentity
 
 KEY_VAULT_SOURCE = "microsoft.keyvault"
+_ABSENT = object()
 
 
 def _text(value: object) -> str:
@@ -62,9 +63,13 @@ def namespace_from_arm(resource: SBNamespace) -> Namespace | None:
 
 def _field(document: object, name: str) -> Any:
     """A JSON object's member, its name compared case-insensitively (ARM's casing is not a contract)."""
-    if not isinstance(document, Mapping):
+    if type(document) is dict:  # parsed JSON: one lookup, no ABC check (280,000 calls a 10,000-row inventory)
+        value = document.get(name, _ABSENT)
+        if value is not _ABSENT:
+            return value
+    elif not isinstance(document, Mapping):
         return None
-    if name in document:
+    elif name in document:
         return document[name]
     wanted = name.lower()
     return next((value for key, value in document.items() if str(key).lower() == wanted), None)

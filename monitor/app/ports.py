@@ -76,6 +76,11 @@ class KeyReader(Protocol):
         more cheaply than by reading each again, by name_id. Read the rest with get_key. Never raises."""
         ...
 
+    def revalidatable(self) -> dict[str, list[str]]:
+        """By vault URI, the names of the keys `revalidate` could confirm now: known before the fleet is
+        listed, so their listings can be read while it is."""
+        ...
+
     def take_changed_records(self) -> dict[str, dict[str, Any]]:
         """What this reader learnt of each vault's keys since the last call (JSON-ready, by vault id), for the
         state store, so another instance's `recall` lets it revalidate them too."""

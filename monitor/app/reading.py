@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from monitor.app.ports import AccessReader, InventoryReader, KeyReader
 from monitor.domain.errors import ReadError
@@ -28,6 +29,7 @@ from monitor.domain.model import (
 )
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +79,35 @@ async def read_snapshot(
     Never raises for what it could not read: each such thing becomes a BlindSpot in the snapshot.
     Each distinct key is read once, however many namespaces list it.
     """
-    namespaces, read_subscriptions, blind = await list_fleet(readers, subscriptions=subscriptions)
-    progress("namespaces", len(namespaces), len(namespaces))
-    snapshot = await read_keys_of(
-        readers, namespaces, subscriptions=read_subscriptions, concurrency=concurrency, progress=progress
-    )
+    semaphore = asyncio.Semaphore(concurrency)
+    # The listings of the vaults whose keys earlier polls read (here, or recalled from another instance) are
+    # read while the fleet is listed: a steady poll then waits for the inventory, not for it and then them.
+    early = {
+        vault_id(uri): asyncio.ensure_future(_bounded(semaphore, readers.keys.revalidate(uri, names)))
+        for uri, names in readers.keys.revalidatable().items()
+    }
+    try:
+        namespaces, read_subscriptions, blind = await list_fleet(readers, subscriptions=subscriptions)
+        progress("namespaces", len(namespaces), len(namespaces))
+        snapshot = await read_keys_of(
+            readers,
+            namespaces,
+            subscriptions=read_subscriptions,
+            concurrency=concurrency,
+            progress=progress,
+            semaphore=semaphore,
+            early_listings=early,
+        )
+    finally:
+        for listing in early.values():
+            listing.cancel()
+        await asyncio.gather(*early.values(), return_exceptions=True)
     return dataclasses.replace(snapshot, blind=(*blind, *snapshot.blind))
+
+
+async def _bounded(semaphore: asyncio.Semaphore, work: Awaitable[T]) -> T:
+    async with semaphore:
+        return await work
 
 
 async def read_keys_of(
@@ -92,8 +117,13 @@ async def read_keys_of(
     subscriptions: Sequence[str],
     concurrency: int = 32,
     progress: ProgressCallback = _ignore_progress,
+    semaphore: asyncio.Semaphore | None = None,
+    early_listings: Mapping[str, asyncio.Future[dict[str, Key]]] | None = None,
 ) -> Snapshot:
-    """The snapshot of `namespaces`: the vaults and keys they list, read now (blind spots included)."""
+    """The snapshot of `namespaces`: the vaults and keys they list, read now (blind spots included).
+
+    `early_listings`, by vault_id: revalidations already under way (read_snapshot's), used for their vaults.
+    """
     blind: list[BlindSpot] = []
     vault_uris: dict[str, str] = {}
     wanted: dict[KeyId, _WantedKey] = {}
@@ -118,7 +148,8 @@ async def read_keys_of(
 
     # A deleted vault's data plane is unreachable and its keys unusable anyway: do not ask.
     to_read = [(key_id, entry) for key_id, entry in wanted.items() if key_id[0] not in deleted_vaults]
-    semaphore = asyncio.Semaphore(concurrency)
+    semaphore = semaphore or asyncio.Semaphore(concurrency)
+    early_listings = early_listings or {}
     done = 0
 
     # Keys read in full by an earlier poll and unchanged since are confirmed in bulk (a listing page covers
@@ -129,6 +160,11 @@ async def read_keys_of(
             by_vault.setdefault(entry.vault_uri, []).append(entry.name)
 
     async def revalidate(uri: str, names: list[str]) -> dict[str, Key]:
+        early = early_listings.get(vault_id(uri))
+        if early is not None:
+            # It confirmed the keys known before the fleet was listed; a key new to this poll is read in full.
+            found = await early
+            return {name_id(name): found[name_id(name)] for name in names if name_id(name) in found}
         async with semaphore:
             return await readers.keys.revalidate(uri, names)
 

@@ -105,6 +105,27 @@ def test_a_second_poll_confirms_unchanged_keys_from_the_listing(tmp_path: Path):
     assert {d["status_now"] for d in map(json.loads, _documents(second).values())} == {"healthy"}
 
 
+def test_a_steady_poll_lists_the_keys_it_knows_while_it_lists_the_fleet(tmp_path: Path):
+    """The keys earlier polls read are known before the inventory answers: their listings go out at once, and
+    the poll waits for the slower of the two, not for one after the other."""
+
+    async def steps(sandbox: Sandbox, monitor: Monitor) -> tuple[float, list[float], list[str], PollResult]:
+        sandbox.faults.delay(1.0, service="arm", path="Microsoft.ResourceGraph")
+        second = await poll(monitor, now=NOW)
+        inventory = [r for r in sandbox.requests.select(service="arm") if "Microsoft.ResourceGraph" in r.path]
+        listed = [
+            r.received
+            for r in sandbox.requests.select(service="keyvault", method="GET")
+            if r.path.rstrip("/") == "/keys"
+        ]
+        return max(r.received + r.seconds for r in inventory), listed, _key_gets(sandbox), second
+
+    inventory_answered, listed, gets, second = _run(tmp_path, steps)
+    assert len(listed) == 2 and gets == []
+    assert max(listed) < inventory_answered
+    assert {d["status_now"] for d in map(json.loads, _documents(second).values())} == {"healthy"}
+
+
 CHANGES = {
     "disabled": UpdateVersion(at=NOW + timedelta(minutes=10), vault=VAULT, key="k-03", enabled=False),
     "new version": NewVersion(
