@@ -114,7 +114,7 @@ class AlertTables(TableBase):
             operations = [first, *(("create", self._outbox_entity(entry), {}) for entry in outbox)]
             with _failures(what):
                 try:
-                    results = await _transact(client, operations)
+                    results = await _transact(lambda: client.submit_transaction(operations))
                 except TableTransactionError as error:
                     if error.index == 0 and error.status_code in {404, 409, 412}:
                         reason = {404: "there is none", 409: "it exists", 412: "it has changed"}[error.status_code]
@@ -218,7 +218,7 @@ class AlertTables(TableBase):
                 {"etag": etag, "match_condition": MatchConditions.IfNotModified},
             )
             try:
-                await _transact(client, [operation])
+                await _transact(lambda: client.submit_transaction([operation]))
             except TableTransactionError as error:
                 if error.status_code in {404, 412}:
                     return False

@@ -10,7 +10,7 @@ import json
 import random
 import re
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -137,19 +137,19 @@ async def _back_off(attempt: int) -> None:
         await asyncio.sleep(random.uniform(0, 0.02 * 2**attempt))  # noqa: S311 - jitter, not a secret
 
 
-async def _transact(client: TableClient, operations: list[Any]) -> list[Mapping[str, Any]]:
-    """submit_transaction, sent again when its connection failed (ServiceRequestError).
+async def _transact(send: Callable[[], Awaitable[T]]) -> T:
+    """`send()` (a transaction), sent again when its connection failed (ServiceRequestError).
 
     A transaction is a POST, which azure-core never retries after a connection failure, since it cannot tell
     whether the server applied it. A pooled connection the server closed while idle (Azurite after 5 s, Azure's
     front ends after minutes) fails that way. Ours may be sent twice: a create or an ETag-conditional write
-    applied the first time is refused the second (TableTransactionError, which each caller handles as a race),
-    and an upsert is the same write again.
+    applied the first time is refused the second (which each caller handles as a race), and an upsert is the
+    same write again.
     """
     for attempt in range(_TRANSACTION_ATTEMPTS):
         await _back_off(attempt)
         try:
-            return await client.submit_transaction(operations)
+            return await send()
         except ServiceRequestError:
             if attempt == _TRANSACTION_ATTEMPTS - 1:
                 raise

@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.data.tables import TableEntity, TableTransactionError, UpdateMode
+from azure.data.tables import TableEntity, UpdateMode
 
+from monitor.adapters.tables import transactions
 from monitor.adapters.tables.base import TableBase
 from monitor.adapters.tables.codec import (
     _CONFLICTS,
-    _NO_ECHO,
     _PARTITION_SAFE,
     _RACE_RETRIES,
     KEY_INDEX,
@@ -293,14 +293,13 @@ class NamespaceTables(TableBase):
         client = await self._table(NAMESPACES)
 
         async def submit(chunk: list[_Write]) -> bool:
-            operations = [
-                ("create", entity, _NO_ECHO) if etag is None else ("update", entity, _replacing(etag))
-                for _, etag, entity in chunk
+            operations: list[transactions.Operation] = [
+                ("create", entity, None) if etag is None else ("update", entity, etag) for _, etag, entity in chunk
             ]
             with _failures(f"namespaces of partition {chunk[0][2]['PartitionKey']}"):
                 try:
-                    await _transact(client, operations)
-                except TableTransactionError:
+                    await _transact(lambda: transactions.submit(client, operations))
+                except transactions.TransactionRefusedError:
                     return False
             return True
 
@@ -328,7 +327,8 @@ class NamespaceTables(TableBase):
 
         async def submit(chunk: list[dict[str, Any]]) -> None:
             with _failures(f"index of vault partition {chunk[0]['PartitionKey']}"):
-                await _transact(client, [("upsert", entity, {"mode": UpdateMode.REPLACE}) for entity in chunk])
+                operations: list[transactions.Operation] = [("upsert", entity, None) for entity in chunk]
+                await _transact(lambda: transactions.submit(client, operations))
 
         rows = [list(partition.values()) for partition in entries.values()]
         await self._gather(submit(part[i : i + _BATCH]) for part in rows for i in range(0, len(part), _BATCH))

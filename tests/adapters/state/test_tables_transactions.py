@@ -1,0 +1,118 @@
+"""Entity-group transactions in Table Storage's `$batch` wire format (monitor/adapters/tables/transactions.py),
+against a real Azurite: what the SDK's own transactions do, all or nothing, and refusals said as they are."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import UpdateMode
+from azure.data.tables.aio import TableClient, TableServiceClient
+
+from monitor.adapters.tables import transactions
+from monitor.adapters.tables.transactions import TransactionRefusedError, batch_body, part_statuses
+from tests.adapters.state.support import Azurite
+
+T = datetime(2026, 11, 22, 8, 30, tzinfo=UTC)
+
+
+def _with_table(azurite: Azurite, work: Callable[[TableClient], Awaitable[Any]]) -> Any:
+    async def run() -> Any:
+        async with TableServiceClient.from_connection_string(azurite.connection_string) as service:
+            name = f"t{uuid.uuid4().hex[:16]}"
+            await service.create_table(name)
+            async with service.get_table_client(name) as client:
+                return await work(client)
+
+    return asyncio.run(run())
+
+
+def test_creates_updates_and_upserts_land_as_the_sdk_would_write_them(azurite: Azurite):
+    """Strings, numbers, booleans, times and bytes keep their types; a quote in a key is escaped."""
+
+    async def work(client: TableClient) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        existing = await client.create_entity({"PartitionKey": "p", "RowKey": "o'brien", "N": 1})
+        await transactions.submit(
+            client,
+            [
+                ("create", {"PartitionKey": "p", "RowKey": "new", "S": "text", "B": b"\x00\xff", "At": T}, None),
+                ("update", {"PartitionKey": "p", "RowKey": "o'brien", "N": 2, "Flag": True}, existing["etag"]),
+                ("upsert", {"PartitionKey": "p", "RowKey": "up", "N": 7}, None),
+            ],
+        )
+        return (
+            dict(await client.get_entity("p", "new")),
+            dict(await client.get_entity("p", "o'brien")),
+            dict(await client.get_entity("p", "up")),
+        )
+
+    created, updated, upserted = _with_table(azurite, work)
+    assert created["S"] == "text" and created["B"] == b"\x00\xff" and created["At"] == T
+    assert updated["N"] == 2 and updated["Flag"] is True
+    assert upserted["N"] == 7
+
+
+@pytest.mark.parametrize("conflict", ["create of an existing entity", "update at a stale ETag"])
+def test_a_refused_operation_refuses_the_whole_transaction(azurite: Azurite, conflict: str):
+    async def work(client: TableClient) -> tuple[TransactionRefusedError, bool]:
+        first = await client.create_entity({"PartitionKey": "p", "RowKey": "a", "N": 1})
+        await client.update_entity(
+            {"PartitionKey": "p", "RowKey": "a", "N": 2},
+            mode=UpdateMode.REPLACE,
+            etag=first["etag"],
+            match_condition=MatchConditions.IfNotModified,
+        )
+        refused: transactions.Operation = (
+            ("create", {"PartitionKey": "p", "RowKey": "a", "N": 3}, None)
+            if conflict.startswith("create")
+            else ("update", {"PartitionKey": "p", "RowKey": "a", "N": 3}, first["etag"])
+        )
+        with pytest.raises(TransactionRefusedError) as raised:
+            await transactions.submit(client, [("create", {"PartitionKey": "p", "RowKey": "b"}, None), refused])
+        try:
+            await client.get_entity("p", "b")
+        except ResourceNotFoundError:
+            applied = False
+        else:
+            applied = True
+        return raised.value, applied
+
+    error, applied = _with_table(azurite, work)
+    assert error.status == (409 if conflict.startswith("create") else 412)
+    assert error.index == 1
+    assert not applied  # all or nothing: the first operation was not applied either
+
+
+def test_the_body_is_a_changeset_of_one_request_per_entity():
+    boundary, body = batch_body(
+        "https://acct.table.core.windows.net/ns",
+        [
+            ("create", {"PartitionKey": "p", "RowKey": "a"}, None),
+            ("update", {"PartitionKey": "p", "RowKey": "b/c"}, "W/\"datetime'x'\""),
+            ("upsert", {"PartitionKey": "p", "RowKey": "d"}, None),
+        ],
+    )
+    text = body.decode()
+    assert (
+        boundary.startswith("batch_") and text.startswith(f"--{boundary}\r\n") and text.endswith(f"--{boundary}--\r\n")
+    )
+    assert "POST https://acct.table.core.windows.net/ns HTTP/1.1" in text
+    assert "PUT https://acct.table.core.windows.net/ns(PartitionKey='p',RowKey='b%2Fc') HTTP/1.1" in text
+    assert text.count("If-Match: ") == 1 and "Prefer: return-no-content" in text
+    assert [line for line in text.split("\r\n") if line.startswith("Content-ID: ")] == [
+        "Content-ID: 0",
+        "Content-ID: 1",
+        "Content-ID: 2",
+    ]
+
+
+def test_part_statuses_reads_each_answer_in_order():
+    body = b"--x\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 201 Created\r\n\r\n--x\r\n\r\n"
+    body += b"HTTP/1.1 204 No Content\r\n"
+    assert part_statuses(body) == [201, 204]
