@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -378,45 +379,62 @@ async def _cpu_floor(monitor: Any, now: datetime) -> dict[str, float]:
     return {"evaluate_s": judged - cpu, "render_s": rendered - judged, "cpu_s": rendered - cpu}
 
 
+class _SyncScanner:
+    """What both baseline scanners share: the sync SDKs' clients on the stand-in, and the namespaces' keys."""
+
+    def __init__(self, environment: dict[str, str]) -> None:
+        from monitor.sandbox import StaticTokenCredential
+
+        self._arm = environment["KEYHEALTH_ARM_ENDPOINT"]
+        self._vaults_at = environment["KEYHEALTH_KEYVAULT_ENDPOINT"]
+        self._ca = environment["KEYHEALTH_CA_BUNDLE"]
+        self._credential = StaticTokenCredential()
+        self._key_clients: dict[str, Any] = {}
+
+    def namespaces(self) -> Iterator[list[tuple[str, str, str]]]:
+        """Each CMK namespace's key references (vault host, key name, version or ''), subscription by
+        subscription, as the user's scanner lists them (ARM, the SDK's models)."""
+        from azure.mgmt.resource.subscriptions import SubscriptionClient
+        from azure.mgmt.servicebus import ServiceBusManagementClient
+
+        subscriptions = SubscriptionClient(self._credential, base_url=self._arm, connection_verify=self._ca)
+        for subscription in subscriptions.subscriptions.list():
+            servicebus = ServiceBusManagementClient(
+                self._credential, subscription.subscription_id or "", base_url=self._arm, connection_verify=self._ca
+            )
+            for namespace in servicebus.namespaces.list():
+                encryption = namespace.properties.encryption if namespace.properties else None
+                entries = (encryption.key_vault_properties or []) if encryption else []
+                yield [
+                    ((e.key_vault_uri or "").split("//", 1)[-1].rstrip("/"), e.key_name or "", e.key_version or "")
+                    for e in entries
+                ]
+
+    def key_client(self, host: str) -> Any:
+        from azure.keyvault.keys import KeyClient
+
+        client = self._key_clients.get(host)
+        if client is None:
+            url = f"{self._vaults_at}/{host}"
+            client = self._key_clients[host] = KeyClient(
+                url, self._credential, verify_challenge_resource=False, connection_verify=self._ca
+            )
+        return client
+
+
 def measure_naive(environment: dict[str, str], limit: int, results: Connection) -> None:
     """The scanner a user writes first: sync SDKs, every listed key fetched in turn, nothing shared."""
-    from azure.keyvault.keys import KeyClient
-    from azure.mgmt.resource.subscriptions import SubscriptionClient
-    from azure.mgmt.servicebus import ServiceBusManagementClient
-
-    from monitor.sandbox import StaticTokenCredential
-
-    arm, vaults_at, ca = (
-        environment["KEYHEALTH_ARM_ENDPOINT"],
-        environment["KEYHEALTH_KEYVAULT_ENDPOINT"],
-        environment["KEYHEALTH_CA_BUNDLE"],
-    )
-    credential = StaticTokenCredential()
-    clients: dict[str, KeyClient] = {}
+    scanner = _SyncScanner(environment)
     wall, cpu = time.perf_counter(), time.process_time()
     references = usable = scanned = 0
-    subscriptions = SubscriptionClient(credential, base_url=arm, connection_verify=ca)
-    for subscription in subscriptions.subscriptions.list():
-        servicebus = ServiceBusManagementClient(
-            credential, subscription.subscription_id or "", base_url=arm, connection_verify=ca
-        )
-        for namespace in servicebus.namespaces.list():
-            if scanned >= limit:
-                break
-            scanned += 1
-            encryption = namespace.properties.encryption if namespace.properties else None
-            for entry in (encryption.key_vault_properties or []) if encryption else []:
-                host = (entry.key_vault_uri or "").split("//", 1)[-1].rstrip("/")
-                client = clients.get(host)
-                if client is None:
-                    client = clients[host] = KeyClient(
-                        f"{vaults_at}/{host}", credential, verify_challenge_resource=False, connection_verify=ca
-                    )
-                key = client.get_key(entry.key_name or "", entry.key_version or None)
-                references += 1
-                usable += bool(key.properties.enabled)
+    for keys in scanner.namespaces():
         if scanned >= limit:
             break
+        scanned += 1
+        for host, name, version in keys:
+            key = scanner.key_client(host).get_key(name, version or None)
+            references += 1
+            usable += bool(key.properties.enabled)
     results.send(
         (
             "done",
@@ -436,37 +454,15 @@ def measure_competent(environment: dict[str, str], threads: int, results: Connec
     on a pool of `threads` threads (the SDK's own retry policy honours Key Vault's 429 Retry-After)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from azure.keyvault.keys import KeyClient
-    from azure.mgmt.resource.subscriptions import SubscriptionClient
-    from azure.mgmt.servicebus import ServiceBusManagementClient
-
-    from monitor.sandbox import StaticTokenCredential
-
-    arm, vaults_at, ca = (
-        environment["KEYHEALTH_ARM_ENDPOINT"],
-        environment["KEYHEALTH_KEYVAULT_ENDPOINT"],
-        environment["KEYHEALTH_CA_BUNDLE"],
-    )
-    credential = StaticTokenCredential()
+    scanner = _SyncScanner(environment)
     wall, cpu = time.perf_counter(), time.process_time()
     wanted: set[tuple[str, str, str]] = set()
     namespaces = references = 0
-    subscriptions = SubscriptionClient(credential, base_url=arm, connection_verify=ca)
-    for subscription in subscriptions.subscriptions.list():
-        servicebus = ServiceBusManagementClient(
-            credential, subscription.subscription_id or "", base_url=arm, connection_verify=ca
-        )
-        for namespace in servicebus.namespaces.list():
-            namespaces += 1
-            encryption = namespace.properties.encryption if namespace.properties else None
-            for entry in (encryption.key_vault_properties or []) if encryption else []:
-                references += 1
-                host = (entry.key_vault_uri or "").split("//", 1)[-1].rstrip("/").lower()
-                wanted.add((host, (entry.key_name or "").lower(), (entry.key_version or "").lower()))
-    clients = {
-        host: KeyClient(f"{vaults_at}/{host}", credential, verify_challenge_resource=False, connection_verify=ca)
-        for host in {host for host, _, _ in wanted}
-    }
+    for keys in scanner.namespaces():
+        namespaces += 1
+        references += len(keys)
+        wanted.update((host.lower(), name.lower(), version.lower()) for host, name, version in keys)
+    clients = {host: scanner.key_client(host) for host in {host for host, _, _ in wanted}}
 
     def read(item: tuple[str, str, str]) -> bool:
         host, name, version = item

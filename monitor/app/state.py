@@ -78,6 +78,9 @@ class NamespaceState:
     document: Mapping[str, Any]
     evaluated_at: datetime
     key_ids: frozenset[KeyId] = frozenset()
+    # Worked out once, when first asked: a poll compares them and the store then writes them.
+    _digest: str | None = field(default=None, init=False, repr=False, compare=False)
+    _verdict: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         identifier = self.document.get("id")
@@ -120,18 +123,26 @@ class NamespaceState:
     @property
     def digest(self) -> str:
         """A digest of what the state says (document and keys, not when): equal digests need no new write."""
-        content = {"document": self.document, "keys": sorted(self.key_ids)}
-        canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        digest = self._digest
+        if digest is None:
+            content = {"document": self.document, "keys": sorted(self.key_ids)}
+            canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+            digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+            object.__setattr__(self, "_digest", digest)
+        return digest
 
     @property
     def verdict(self) -> str:
         """What must move for the state to count as changed (status, revocation window, worst finding), as JSON."""
-        worst = max((f.get("severity") for f in self.findings), default=None, key=str)
-        document = self.document
-        return json.dumps(
-            [document.get("status_now"), document.get("revoked_at_earliest"), document.get("revoked_by"), worst]
-        )
+        verdict = self._verdict
+        if verdict is None:
+            worst = max((f.get("severity") for f in self.findings), default=None, key=str)
+            document = self.document
+            verdict = json.dumps(
+                [document.get("status_now"), document.get("revoked_at_earliest"), document.get("revoked_by"), worst]
+            )
+            object.__setattr__(self, "_verdict", verdict)
+        return verdict
 
     def summary(self, version: str | None = None) -> StateSummary:
         return StateSummary(self.id, self.evaluated_at, self.digest, self.verdict, self.key_ids, version)

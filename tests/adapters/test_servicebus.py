@@ -8,7 +8,7 @@ from typing import Any
 
 from azure.mgmt.servicebus.models import SBNamespace
 
-from monitor.adapters.servicebus import namespace_from_arm
+from monitor.adapters.servicebus import namespace_from_arm, namespace_from_document
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "azure-rest-api-specs"
 
@@ -65,3 +65,22 @@ def test_a_pinned_version_and_the_system_identity_are_kept():
     assert namespace is not None
     assert namespace.keys[0].version == "0f1e2d3c"
     assert namespace.keys[0].identity is None
+
+
+def _recased(value: Any) -> Any:
+    """Every member name in another case, as ARM does not promise one."""
+    if isinstance(value, dict):
+        return {key[:1].upper() + key[1:]: _recased(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_recased(item) for item in value]
+    return value
+
+
+def test_a_resource_graph_row_reads_as_the_sdk_model_does_whatever_the_member_names_case():
+    """namespace_from_document (Resource Graph's raw rows) and namespace_from_arm (the SDK's model) agree."""
+    body = _premium(_published("eventhub/stable-2024-01-01/EHNameSpaceCreate.json"))
+    expected = namespace_from_arm(SBNamespace(body))
+    assert expected is not None
+    assert namespace_from_document(body) == expected
+    assert namespace_from_document(_recased(body)) == expected
+    assert namespace_from_document({**body, "sku": {"name": "Standard", "tier": "Standard"}}) is None
