@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 LEVEL = 6
@@ -18,7 +18,7 @@ def _dumps(value: Any) -> str:
 
 def packed_json(document: Mapping[str, Any]) -> bytes:
     """zlib(json.dumps(document, ensure_ascii=False, separators=(",", ":"))), byte for byte what decompresses to
-    it, with each top-level list encoded ITEMS_PER_STEP items at a time."""
+    it, with each top-level list (or other sequence, a list's JSON) encoded ITEMS_PER_STEP items at a time."""
     compressor = zlib.compressobj(LEVEL)
     parts: list[bytes] = []
 
@@ -28,10 +28,11 @@ def packed_json(document: Mapping[str, Any]) -> bytes:
     feed("{")
     for index, (name, value) in enumerate(document.items()):
         feed(("," if index else "") + _dumps(str(name)) + ":")
-        if isinstance(value, list) and len(value) > ITEMS_PER_STEP:
+        if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+            # A list, or a sequence whose items are made only when taken (scenario_document's lazy Rendered).
             feed("[")
             for start in range(0, len(value), ITEMS_PER_STEP):
-                feed(("," if start else "") + _dumps(value[start : start + ITEMS_PER_STEP])[1:-1])
+                feed(("," if start else "") + _dumps(list(value[start : start + ITEMS_PER_STEP]))[1:-1])
             feed("]")
         else:
             feed(_dumps(value))

@@ -181,7 +181,7 @@ async def _poll_holding(monitor: Monitor, keeper: LeaseKeeper, *, now: datetime)
     outcomes = await remediate_report(monitor, report, scenario.snapshot, now=now) if await keeper.hold() else []
     if not await keeper.hold():
         return PollResult(ran=False)
-    await monitor.store.put_snapshot(scenario_document(scenario), taken_at=now)
+    await monitor.store.put_snapshot(scenario_document(scenario, lazy=True), taken_at=now)
     await _share_key_records(monitor, now=now)
     await monitor.store.purge_processed_events(before=now - EVENT_DEDUPE_TTL)
     if not report.fleet_blind:

@@ -3,15 +3,18 @@ the state store keeps."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Any, TypeVar, overload
 
 from monitor.domain.documents import format_instant
 from monitor.domain.model import (
     KEEP,
     Change,
     DeleteVault,
+    Key,
     KeyVersion,
+    Namespace,
     NewVersion,
     RecoverVault,
     Scenario,
@@ -19,6 +22,8 @@ from monitor.domain.model import (
     UpdateVersion,
     Vault,
 )
+
+T = TypeVar("T")
 
 
 def _optional_instant(t: datetime | None) -> str | None:
@@ -39,38 +44,71 @@ def version_document(version: KeyVersion) -> dict[str, object]:
     }
 
 
-def scenario_document(scenario: Scenario) -> dict[str, object]:
-    """The scenario as a JSON-ready document that `parse_scenario` reads back to an equal value."""
+class Rendered(Sequence[dict[str, object]]):
+    """`items`, each made a document by `render` only when it is taken: a store writing a 100,000-namespace
+    snapshot a thousand items at a time never holds every item's document at once."""
+
+    def __init__(self, items: Sequence[T], render: Callable[[T], dict[str, object]]) -> None:
+        self._items: Sequence[Any] = items
+        self._render: Callable[[Any], dict[str, object]] = render
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, object]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, object]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, object] | list[dict[str, object]]:
+        if isinstance(index, slice):
+            return [self._render(item) for item in self._items[index]]
+        return self._render(self._items[index])
+
+
+def _key_document(k: Key) -> dict[str, object]:
+    return {
+        "vault": k.vault,
+        "name": k.name,
+        "deleted": k.deleted,
+        "rotation_policy": None if k.rotation_policy is None else dict(k.rotation_policy),
+        "versions": [version_document(v) for v in k.versions],
+        **({"access": _access_document(k.access)} if k.access else {}),
+        **({"tags": dict(k.tags)} if k.tags else {}),
+    }
+
+
+def _namespace_document(n: Namespace) -> dict[str, object]:
+    return {
+        "id": n.id,
+        "name": n.name,
+        "tags": dict(n.tags),
+        "identity": {
+            "principal_id": n.identity.principal_id,
+            "user_assigned": dict(n.identity.user_assigned),
+        },
+        "keys": [{"vault": r.vault, "name": r.name, "version": r.version, "identity": r.identity} for r in n.keys],
+    }
+
+
+def scenario_document(scenario: Scenario, *, lazy: bool = False) -> dict[str, object]:
+    """The scenario as a JSON-ready document that `parse_scenario` reads back to an equal value.
+
+    `lazy`: its keys and namespaces are Rendered sequences, not lists (for a writer that takes them a slice
+    at a time, as the state stores do; json.dumps wants lists).
+    """
     snapshot = scenario.snapshot
     document: dict[str, object] = {"now": format_instant(scenario.now)}
     if scenario.horizon is not None:
         document["horizon"] = format_instant(scenario.horizon)
     document["vaults"] = [_vault_document(v) for v in snapshot.vaults]
-    document["keys"] = [
-        {
-            "vault": k.vault,
-            "name": k.name,
-            "deleted": k.deleted,
-            "rotation_policy": None if k.rotation_policy is None else dict(k.rotation_policy),
-            "versions": [version_document(v) for v in k.versions],
-            **({"access": _access_document(k.access)} if k.access else {}),
-            **({"tags": dict(k.tags)} if k.tags else {}),
-        }
-        for k in snapshot.keys
-    ]
-    document["namespaces"] = [
-        {
-            "id": n.id,
-            "name": n.name,
-            "tags": dict(n.tags),
-            "identity": {
-                "principal_id": n.identity.principal_id,
-                "user_assigned": dict(n.identity.user_assigned),
-            },
-            "keys": [{"vault": r.vault, "name": r.name, "version": r.version, "identity": r.identity} for r in n.keys],
-        }
-        for n in snapshot.namespaces
-    ]
+    if lazy:
+        document["keys"] = Rendered(snapshot.keys, _key_document)
+        document["namespaces"] = Rendered(snapshot.namespaces, _namespace_document)
+    else:
+        document["keys"] = [_key_document(k) for k in snapshot.keys]
+        document["namespaces"] = [_namespace_document(n) for n in snapshot.namespaces]
     if scenario.changes:
         document["changes"] = [change_document(c) for c in scenario.changes]
     if snapshot.blind:

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from bench.fleet_bench import build_fleet
 from monitor.app.state import (
     BUDGET_KEPT,
     Incident,
@@ -20,6 +21,8 @@ from monitor.app.state import (
     outbox_id,
 )
 from monitor.domain.errors import StaleWriteError
+from monitor.domain.scenario import parse_scenario
+from monitor.domain.scenario_writing import scenario_document
 from tests.adapters.state.support import T0, StoreOpener, fleet_states, large_scenario_document, run, state
 
 KV = "https://kv-payments.vault.azure.net"
@@ -320,6 +323,21 @@ def test_snapshot_round_trip(open_store: StoreOpener):
         stored = await store.get_snapshot()
         assert stored is not None
         assert (stored.document, stored.taken_at) == (document, T0)
+
+    run(open_store, check)
+
+
+def test_a_snapshot_rendered_as_it_is_written_is_stored_as_the_whole_document(open_store: StoreOpener):
+    """The poll hands the store scenario_document(lazy=True): namespaces and keys made documents a slice at a
+    time. What is stored is the document the eager form is, and parses back to the scenario."""
+    scenario, _ = parse_scenario(build_fleet(2_500))
+
+    async def check(store: StateStore) -> None:
+        assert await store.put_snapshot(scenario_document(scenario, lazy=True), taken_at=T0)
+        stored = await store.get_snapshot()
+        assert stored is not None
+        assert stored.document == scenario_document(scenario)
+        assert parse_scenario(stored.document)[0] == scenario
 
     run(open_store, check)
 
