@@ -118,6 +118,29 @@ def test_without_the_store_each_instance_paces_at_a_quarter_of_the_share_and_say
     assert after and _busiest_window(after, 10.0) > 250  # back to the share
 
 
+def test_a_vault_read_at_full_pace_asks_the_store_once_a_slice_after_its_first():
+    """A slice's first grant is small (a small vault needs a few) and doubles while the vault stays busy; the
+    next slice starts at what the last one spent, so a busy vault costs one store call a slice, not six. The
+    share holds all the same."""
+    time = FakeTime()
+    calls: list[tuple[int, int]] = []  # (slice, units asked)
+
+    async def budget(scope: str, start: datetime, wanted: int, limit: int) -> int:
+        calls.append((int(start.timestamp()), wanted))
+        return wanted
+
+    limiter = VaultRateLimiter(0.5, clock=time.clock, sleep=time.sleep, wall=time.clock, budget=budget)
+    stamps = _admitted(limiter, time, 1000)
+    per_slice: dict[int, list[int]] = {}
+    for slice_start, wanted in calls:
+        per_slice.setdefault(slice_start, []).append(wanted)
+    first, *later = [per_slice[s] for s in sorted(per_slice)]
+    assert first[0] == 4 and len(first) > 1  # FIRST_CHUNK, then doubling
+    full = [asks for asks in later[:-1]]  # the last slice may end the run part-way
+    assert full and all(len(asks) == 1 for asks in full)
+    assert _busiest_window(stamps, 10.0) <= 1000  # HSM limit 2,000 per 10 s, half of it
+
+
 def test_requests_in_flight_to_a_vault_are_capped_at_a_tenth_of_its_share():
     limiter = VaultRateLimiter(0.5, software_limit=200, hsm_limit=200, window=1.0)
     most = limiter.most_in_flight("kv-a")
