@@ -8,9 +8,9 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from monitor.app.ports import AccessReader, InventoryReader, KeyReader
+from monitor.app.ports import AccessReader, InventoryReader, KeyReader, VaultReading
 from monitor.domain.errors import ReadError
 from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import FleetReport, evaluate
@@ -80,12 +80,29 @@ async def read_snapshot(
     Each distinct key is read once, however many namespaces list it.
     """
     semaphore = asyncio.Semaphore(concurrency)
-    # The listings of the vaults whose keys earlier polls read (here, or recalled from another instance) are
-    # read while the fleet is listed: a steady poll then waits for the inventory, not for it and then them.
+    known = readers.keys.revalidatable()
+    if known and subscriptions is None:
+        try:
+            subscriptions = await readers.inventory.list_subscriptions()
+        except ReadError as failure:
+            progress("namespaces", 0, 0)
+            return Snapshot(blind=(BlindSpot(BlindScope.SUBSCRIPTION, "*", failure.reason),))
+    # The vaults whose keys earlier polls read (here, or recalled from another instance) are known before the
+    # fleet is listed: their listings and their access are read while it is, so a steady poll waits for the
+    # inventory, not for it and then them. A vault new to this poll is read after it.
     early = {
         vault_id(uri): asyncio.ensure_future(_bounded(semaphore, readers.keys.revalidate(uri, names)))
-        for uri, names in readers.keys.revalidatable().items()
+        for uri, names in known.items()
     }
+    early_vaults = (
+        _EarlyVaults(
+            frozenset(early),
+            asyncio.ensure_future(readers.access.read_vaults(list(known), subscriptions=list(subscriptions))),
+        )
+        if known and subscriptions is not None
+        else None
+    )
+    pending: list[asyncio.Future[Any]] = [*early.values(), *([early_vaults.reading] if early_vaults else [])]
     try:
         namespaces, read_subscriptions, blind = await list_fleet(readers, subscriptions=subscriptions)
         progress("namespaces", len(namespaces), len(namespaces))
@@ -97,12 +114,21 @@ async def read_snapshot(
             progress=progress,
             semaphore=semaphore,
             early_listings=early,
+            early_vaults=early_vaults,
         )
     finally:
-        for listing in early.values():
-            listing.cancel()
-        await asyncio.gather(*early.values(), return_exceptions=True)
+        for work in pending:
+            work.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
     return dataclasses.replace(snapshot, blind=(*blind, *snapshot.blind))
+
+
+@dataclass(frozen=True, slots=True)
+class _EarlyVaults:
+    """A reading of `vaults` (by vault_id) under way since before the fleet was listed."""
+
+    vaults: frozenset[str]
+    reading: asyncio.Future[VaultReading]
 
 
 async def _bounded(semaphore: asyncio.Semaphore, work: Awaitable[T]) -> T:
@@ -119,10 +145,12 @@ async def read_keys_of(
     progress: ProgressCallback = _ignore_progress,
     semaphore: asyncio.Semaphore | None = None,
     early_listings: Mapping[str, asyncio.Future[dict[str, Key]]] | None = None,
+    early_vaults: _EarlyVaults | None = None,
 ) -> Snapshot:
     """The snapshot of `namespaces`: the vaults and keys they list, read now (blind spots included).
 
-    `early_listings`, by vault_id: revalidations already under way (read_snapshot's), used for their vaults.
+    `early_listings`, by vault_id: revalidations already under way (read_snapshot's), used for their vaults;
+    `early_vaults`: a vault reading under way, used when it covers every vault the namespaces list.
     """
     blind: list[BlindSpot] = []
     vault_uris: dict[str, str] = {}
@@ -135,7 +163,10 @@ async def read_keys_of(
                 entry = dataclasses.replace(entry, pinned=entry.pinned | {ref.version})
             wanted[ref.key_id] = entry
 
-    vault_reading = await readers.access.read_vaults(list(vault_uris.values()), subscriptions=subscriptions)
+    if early_vaults is not None and vault_uris.keys() <= early_vaults.vaults:
+        vault_reading = await early_vaults.reading
+    else:
+        vault_reading = await readers.access.read_vaults(list(vault_uris.values()), subscriptions=subscriptions)
     vaults: list[Vault] = []
     for vid, uri in vault_uris.items():
         if vid in vault_reading.found:

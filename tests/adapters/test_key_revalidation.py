@@ -29,20 +29,26 @@ from monitor.entry.bootstrap import azure_options, build_monitor
 from monitor.entry.config import Settings
 from monitor.formats.render import namespace_document
 from monitor.sandbox import AsyncStaticTokenCredential, Sandbox
-from tests.builders import VAULT, key, namespace, ref, scenario, version
+from tests.builders import VAULT, key, namespace, ref, scenario, vault, version
 
 NOW = (datetime.now(UTC) - timedelta(days=1)).replace(microsecond=0)
 KEYS = 30  # two listing pages
 LATER = NOW + timedelta(minutes=15)
 
 
-def _fleet(*, pinned: bool = False) -> Any:
+def _fleet(*, pinned: bool = False, other_vault: str | None = None) -> Any:
+    """KEYS namespaces, each listing its own key in VAULT; `other_vault`: a vault no namespace uses yet, with
+    one key, k-other."""
     created = format_instant(NOW - timedelta(days=30))
     namespaces = [namespace(f"sb-{n:02d}", ref(f"k-{n:02d}")) for n in range(KEYS)]
     if pinned:
         namespaces.append(namespace("sb-pinned", ref("k-00", version_id="v1")))
     keys = [key(f"k-{n:02d}", version("v1", created)) for n in range(KEYS)]
-    parsed, _ = parse_scenario(scenario(namespaces, keys, now=format_instant(NOW)))
+    vaults = [vault()]
+    if other_vault is not None:
+        vaults.append(vault(other_vault))
+        keys.append(key("k-other", version("v1", created), vault_uri=other_vault))
+    parsed, _ = parse_scenario(scenario(namespaces, keys, vaults=vaults, now=format_instant(NOW)))
     return parsed
 
 
@@ -66,9 +72,15 @@ def _documents(result: PollResult) -> dict[str, Any]:
     }
 
 
-def _run(tmp_path: Path, steps: Callable[[Sandbox, Monitor], Awaitable[Any]], *, pinned: bool = False) -> Any:
+def _run(
+    tmp_path: Path,
+    steps: Callable[[Sandbox, Monitor], Awaitable[Any]],
+    *,
+    pinned: bool = False,
+    other_vault: str | None = None,
+) -> Any:
     async def run() -> Any:
-        with Sandbox(_fleet(pinned=pinned)) as sandbox:
+        with Sandbox(_fleet(pinned=pinned, other_vault=other_vault)) as sandbox:
             environment = {**sandbox.environment(), "KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite")}
             monitor = build_monitor(Settings.from_environment(environment))
             try:
@@ -109,21 +121,48 @@ def test_a_steady_poll_lists_the_keys_it_knows_while_it_lists_the_fleet(tmp_path
     """The keys earlier polls read are known before the inventory answers: their listings go out at once, and
     the poll waits for the slower of the two, not for one after the other."""
 
-    async def steps(sandbox: Sandbox, monitor: Monitor) -> tuple[float, list[float], list[str], PollResult]:
+    async def steps(
+        sandbox: Sandbox, monitor: Monitor
+    ) -> tuple[float, list[float], list[float], list[str], PollResult]:
         sandbox.faults.delay(1.0, service="arm", path="Microsoft.ResourceGraph")
         second = await poll(monitor, now=NOW)
-        inventory = [r for r in sandbox.requests.select(service="arm") if "Microsoft.ResourceGraph" in r.path]
+        arm = sandbox.requests.select(service="arm")
+        inventory = [r for r in arm if "Microsoft.ResourceGraph" in r.path]
+        vaults = [r.received for r in arm if "/providers/Microsoft.KeyVault/vaults" in r.path]
         listed = [
             r.received
             for r in sandbox.requests.select(service="keyvault", method="GET")
             if r.path.rstrip("/") == "/keys"
         ]
-        return max(r.received + r.seconds for r in inventory), listed, _key_gets(sandbox), second
+        return max(r.received + r.seconds for r in inventory), listed, vaults, _key_gets(sandbox), second
 
-    inventory_answered, listed, gets, second = _run(tmp_path, steps)
+    inventory_answered, listed, vaults, gets, second = _run(tmp_path, steps)
     assert len(listed) == 2 and gets == []
     assert max(listed) < inventory_answered
+    assert vaults and max(vaults) < inventory_answered  # the vault's access policies too
     assert {d["status_now"] for d in map(json.loads, _documents(second).values())} == {"healthy"}
+
+
+def test_a_vault_new_to_the_poll_is_read_after_the_inventory(tmp_path: Path):
+    """What was read early covers only the vaults earlier polls knew: a namespace that now lists a key in
+    another vault has that vault read too, and is judged on it (not blind)."""
+    other = "https://kv-other.vault.azure.net"
+
+    async def steps(sandbox: Sandbox, monitor: Monitor) -> PollResult:
+        listed = sandbox.namespace(_fleet().snapshot.namespaces[0].id)
+        assert listed is not None
+        listed["id"] = listed["id"].rsplit("/", 1)[0] + "/sb-new"
+        listed["name"] = "sb-new"
+        listed["properties"]["encryption"]["keyVaultProperties"] = [
+            {"keyName": "k-other", "keyVaultUri": other, "keyVersion": ""}
+        ]
+        sandbox.add_namespace(listed)
+        return await poll(monitor, now=NOW)
+
+    second = _run(tmp_path, steps, other_vault=other)
+    documents = {name: json.loads(text) for name, text in _documents(second).items()}
+    assert documents["sb-new"]["status_now"] == "healthy"
+    assert documents["sb-00"]["status_now"] == "healthy"
 
 
 CHANGES = {
