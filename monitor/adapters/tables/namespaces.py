@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.data.tables import TableEntity, UpdateMode
+from azure.data.tables import UpdateMode
 
 from monitor.adapters.tables import transactions
 from monitor.adapters.tables.base import TableBase
@@ -64,8 +64,9 @@ _ROWS_PER_QUERY = 14  # Azure allows 15 comparisons in a filter: the partition's
 _OR_QUERIES_AT_MOST = 4  # per partition; past that, one query of the whole partition
 
 
-def _summary_of(entity: TableEntity) -> StateSummary:
-    namespace_id = str(entity["NamespaceId"])
+def _summary_of(entity: Mapping[str, str], etag: str) -> StateSummary:
+    """The summary of a namespace entity read as its NamespaceId and Summary (transactions.query_strings)."""
+    namespace_id = str(entity.get("NamespaceId") or "")
     try:
         evaluated_at, digest, verdict, keys, settled = json.loads(entity.get("Summary") or "")
         summary = StateSummary(
@@ -74,7 +75,7 @@ def _summary_of(entity: TableEntity) -> StateSummary:
             str(digest),
             str(verdict),
             frozenset((str(vault), str(name)) for vault, name in keys),
-            _etag(entity.metadata) if settled is True else None,  # else a write must settle the index first
+            etag if settled is True else None,  # else a write must settle the index first
         )
     except (ValueError, TypeError):
         # Stored before summaries were kept, or unreadable: changed, and written the careful way (read first).
@@ -336,8 +337,10 @@ class NamespaceTables(TableBase):
     async def list_namespace_summaries(self) -> list[StateSummary]:
         client = await self._table(NAMESPACES)
         with _failures("list namespace summaries"):
-            entities = [entity async for entity in client.list_entities(select=_SUMMARY)]
-        return sorted((_summary_of(entity) for entity in entities), key=lambda s: s.key)
+            entities = [entity async for page in transactions.query_strings(client, None, _SUMMARY) for entity in page]
+        return sorted(
+            (_summary_of(*entity) for entity in entities if entity[0].get("NamespaceId")), key=lambda s: s.key
+        )
 
     async def get_namespace_state(self, namespace_id: str) -> NamespaceState | None:
         partition, row = self._namespace_address(namespace_id)
@@ -390,23 +393,23 @@ class NamespaceTables(TableBase):
                     (partition, ordered[i : i + _ROWS_PER_QUERY]) for i in range(0, len(ordered), _ROWS_PER_QUERY)
                 ]
 
-        async def query(partition: str, rows: list[str] | None) -> list[TableEntity]:
+        async def query(partition: str, rows: list[str] | None) -> list[tuple[dict[str, str], str]]:
             client = await self._table(NAMESPACES)
-            names = {f"r{n}": row for n, row in enumerate(rows or ())}
-            # Spaces inside the brackets: the SDK substitutes @parameters word by word.
-            rows_filter = " and ( " + " or ".join(f"RowKey eq @{name}" for name in names) + " )" if names else ""
+            literal = transactions.literal
+            rows_filter = " and (" + " or ".join(f"RowKey eq {literal(row)}" for row in rows) + ")" if rows else ""
             with _failures("namespace summaries"):
                 found = [
                     entity
-                    async for entity in client.query_entities(
-                        f"PartitionKey eq @p{rows_filter}", parameters={"p": partition, **names}, select=_SUMMARY
+                    async for page in transactions.query_strings(
+                        client, f"PartitionKey eq {literal(partition)}{rows_filter}", _SUMMARY
                     )
+                    for entity in page
                 ]
             wanted = set(by_partition[partition].values())
-            return [entity for entity in found if namespace_key(str(entity.get("NamespaceId"))) in wanted]
+            return [entity for entity in found if namespace_key(entity[0].get("NamespaceId") or "") in wanted]
 
         found = await self._gather(query(partition, rows) for partition, rows in queries)
-        return sorted((_summary_of(entity) for entities in found for entity in entities), key=lambda s: s.key)
+        return sorted((_summary_of(*entity) for entities in found for entity in entities), key=lambda s: s.key)
 
     async def _confirmed(
         self, entries: Iterable[Mapping[str, Any]], listed: Callable[[KeyId], bool]

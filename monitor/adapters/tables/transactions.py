@@ -1,9 +1,12 @@
-"""Entity-group transactions sent as Table Storage's `$batch` wire format, built and read here.
+"""Table Storage's wire format where the SDK's own handling costs more than the work: entity-group
+transactions (`$batch`) and queries of string properties, built and read here, sent through the same
+client's pipeline (auth, retries, tracing).
 
 The SDK's submit_transaction builds and parses the multipart body with the email package: about a millisecond
-of CPU an entity, most of a 10,000-namespace first poll. This writes the same request the SDK writes (the
-documented format: a changeset of one HTTP request per entity), through the same client's pipeline (auth,
-retries, tracing), and reads each part's status line. Used where the SDK's per-entity results are not needed.
+of CPU an entity, most of a 10,000-namespace first poll. `submit` writes the same request the SDK writes (the
+documented format: a changeset of one HTTP request per entity) and reads each part's status line. The SDK's
+query turns each entity into its model and back (about 0.05 ms an entity, half a second a 10,000-namespace
+poll); `query_strings` reads the JSON as it comes. Used where the SDK's per-entity results are not needed.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -126,3 +129,58 @@ async def submit(client: TableClient, operations: Sequence[Operation]) -> None:
         raise TransactionRefusedError(failed, int(index[1]) if index else None, text[-300:].strip())
     if len(statuses) != len(operations):
         raise DecodeError(f"a transaction of {len(operations)} answered {len(statuses)} parts", response=response)
+
+
+def literal(value: str) -> str:
+    """A string as an OData filter literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+async def query_strings(
+    client: TableClient, query_filter: str | None, select: Sequence[str]
+) -> AsyncIterator[list[tuple[dict[str, str], str]]]:
+    """The entities `query_filter` (None: all) matches, page by page: each its `select`ed string properties and
+    its ETag. A property that is not a string is left out, as one the entity does not have.
+
+    Raises HttpResponseError for a refused query, DecodeError for an answer that is not a query's, and the
+    pipeline's AzureErrors.
+    """
+    params: dict[str, str] = {"$select": ",".join(select)}
+    if query_filter is not None:
+        params["$filter"] = query_filter
+    url = f"{client.scheme}://{client._primary_hostname}/{client.table_name}()"
+    while True:
+        request = HttpRequest(
+            "GET",
+            url,
+            params=params,
+            headers={
+                "x-ms-version": _API_VERSION,
+                "DataServiceVersion": "3.0",
+                "Accept": "application/json;odata=minimalmetadata",
+            },
+        )
+        response = await client._client.send_request(request, stream=True)
+        await response.read()
+        response.raise_for_status()
+        try:
+            body = json.loads(response.content)
+        except ValueError as error:
+            raise DecodeError(f"unreadable query answer: {error}", response=response) from None
+        values = body.get("value") if isinstance(body, Mapping) else None
+        if not isinstance(values, list):
+            raise DecodeError("unreadable query answer: no value list", response=response)
+        yield [
+            ({name: text for name in select if isinstance(text := item.get(name), str)}, str(item.get("odata.etag")))
+            for item in values
+            if isinstance(item, Mapping)
+        ]
+        next_partition = response.headers.get("x-ms-continuation-NextPartitionKey")
+        if not next_partition:
+            return
+        params = {**params, "NextPartitionKey": next_partition}
+        next_row = response.headers.get("x-ms-continuation-NextRowKey")
+        if next_row:
+            params["NextRowKey"] = next_row
+        else:
+            params.pop("NextRowKey", None)
