@@ -13,7 +13,7 @@ from typing import Any
 from azure.core import MatchConditions
 from azure.data.tables import UpdateMode
 
-from monitor.adapters.tables import transactions
+from monitor.adapters.tables import wire
 from monitor.adapters.tables.base import TableBase
 from monitor.adapters.tables.codec import (
     _CONFLICTS,
@@ -65,7 +65,7 @@ _OR_QUERIES_AT_MOST = 4  # per partition; past that, one query of the whole part
 
 
 def _summary_of(entity: Mapping[str, str], etag: str) -> StateSummary:
-    """The summary of a namespace entity read as its NamespaceId and Summary (transactions.query_strings)."""
+    """The summary of a namespace entity read as its NamespaceId and Summary (wire.query_strings)."""
     namespace_id = str(entity.get("NamespaceId") or "")
     try:
         evaluated_at, digest, verdict, keys, settled = json.loads(entity.get("Summary") or "")
@@ -294,13 +294,13 @@ class NamespaceTables(TableBase):
         client = await self._table(NAMESPACES)
 
         async def submit(chunk: list[_Write]) -> bool:
-            operations: list[transactions.Operation] = [
+            operations: list[wire.Operation] = [
                 ("create", entity, None) if etag is None else ("update", entity, etag) for _, etag, entity in chunk
             ]
             with _failures(f"namespaces of partition {chunk[0][2]['PartitionKey']}"):
                 try:
-                    await _transact(lambda: transactions.submit(client, operations))
-                except transactions.TransactionRefusedError:
+                    await _transact(lambda: wire.submit(client, operations))
+                except wire.TransactionRefusedError:
                     return False
             return True
 
@@ -328,8 +328,8 @@ class NamespaceTables(TableBase):
 
         async def submit(chunk: list[dict[str, Any]]) -> None:
             with _failures(f"index of vault partition {chunk[0]['PartitionKey']}"):
-                operations: list[transactions.Operation] = [("upsert", entity, None) for entity in chunk]
-                await _transact(lambda: transactions.submit(client, operations))
+                operations: list[wire.Operation] = [("upsert", entity, None) for entity in chunk]
+                await _transact(lambda: wire.submit(client, operations))
 
         rows = [list(partition.values()) for partition in entries.values()]
         await self._gather(submit(part[i : i + _BATCH]) for part in rows for i in range(0, len(part), _BATCH))
@@ -337,7 +337,7 @@ class NamespaceTables(TableBase):
     async def list_namespace_summaries(self) -> list[StateSummary]:
         client = await self._table(NAMESPACES)
         with _failures("list namespace summaries"):
-            entities = [entity async for page in transactions.query_strings(client, None, _SUMMARY) for entity in page]
+            entities = [entity async for page in wire.query_strings(client, None, _SUMMARY) for entity in page]
         return sorted(
             (_summary_of(*entity) for entity in entities if entity[0].get("NamespaceId")), key=lambda s: s.key
         )
@@ -395,12 +395,12 @@ class NamespaceTables(TableBase):
 
         async def query(partition: str, rows: list[str] | None) -> list[tuple[dict[str, str], str]]:
             client = await self._table(NAMESPACES)
-            literal = transactions.literal
+            literal = wire.literal
             rows_filter = " and (" + " or ".join(f"RowKey eq {literal(row)}" for row in rows) + ")" if rows else ""
             with _failures("namespace summaries"):
                 found = [
                     entity
-                    async for page in transactions.query_strings(
+                    async for page in wire.query_strings(
                         client, f"PartitionKey eq {literal(partition)}{rows_filter}", _SUMMARY
                     )
                     for entity in page

@@ -1,4 +1,4 @@
-"""Entity-group transactions in Table Storage's `$batch` wire format (monitor/adapters/tables/transactions.py),
+"""Entity-group transactions in Table Storage's `$batch` wire format (monitor/adapters/tables/wire.py),
 against a real Azurite: what the SDK's own transactions do, all or nothing, and refusals said as they are."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
-from monitor.adapters.tables import transactions
-from monitor.adapters.tables.transactions import TransactionRefusedError, batch_body, part_statuses
+from monitor.adapters.tables import wire
+from monitor.adapters.tables.wire import TransactionRefusedError, batch_body, part_statuses
 from tests.adapters.state.support import Azurite
 
 T = datetime(2026, 11, 22, 8, 30, tzinfo=UTC)
@@ -38,7 +38,7 @@ def test_creates_updates_and_upserts_land_as_the_sdk_would_write_them(azurite: A
 
     async def work(client: TableClient) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         existing = await client.create_entity({"PartitionKey": "p", "RowKey": "o'brien", "N": 1})
-        await transactions.submit(
+        await wire.submit(
             client,
             [
                 ("create", {"PartitionKey": "p", "RowKey": "new", "S": "text", "B": b"\x00\xff", "At": T}, None),
@@ -68,13 +68,13 @@ def test_a_refused_operation_refuses_the_whole_transaction(azurite: Azurite, con
             etag=first["etag"],
             match_condition=MatchConditions.IfNotModified,
         )
-        refused: transactions.Operation = (
+        refused: wire.Operation = (
             ("create", {"PartitionKey": "p", "RowKey": "a", "N": 3}, None)
             if conflict.startswith("create")
             else ("update", {"PartitionKey": "p", "RowKey": "a", "N": 3}, first["etag"])
         )
         with pytest.raises(TransactionRefusedError) as raised:
-            await transactions.submit(client, [("create", {"PartitionKey": "p", "RowKey": "b"}, None), refused])
+            await wire.submit(client, [("create", {"PartitionKey": "p", "RowKey": "b"}, None), refused])
         try:
             await client.get_entity("p", "b")
         except ResourceNotFoundError:
@@ -125,14 +125,14 @@ def test_a_query_reads_every_page_and_each_entity_s_etag(azurite: Azurite):
     async def work(client: TableClient) -> tuple[int, set[str], list[tuple[dict[str, str], str]]]:
         entities = [{"PartitionKey": "p", "RowKey": f"r{n:04d}", "S": f"s{n}", "N": n} for n in range(1050)]
         for start in range(0, len(entities), 100):
-            await transactions.submit(client, [("create", e, None) for e in entities[start : start + 100]])
+            await wire.submit(client, [("create", e, None) for e in entities[start : start + 100]])
         await client.create_entity({"PartitionKey": "q", "RowKey": "o'brien", "S": "quoted"})
-        pages = [page async for page in transactions.query_strings(client, "PartitionKey eq 'p'", ["S", "N"])]
+        pages = [page async for page in wire.query_strings(client, "PartitionKey eq 'p'", ["S", "N"])]
         everything = [entity for page in pages for entity in page]
-        row = transactions.literal("o'brien")
+        row = wire.literal("o'brien")
         quoted = [
             entity
-            async for page in transactions.query_strings(client, f"PartitionKey eq 'q' and RowKey eq {row}", ["S"])
+            async for page in wire.query_strings(client, f"PartitionKey eq 'q' and RowKey eq {row}", ["S"])
             for entity in page
         ]
         first_etag = everything[0][1]
