@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Iterable
+from datetime import datetime
 from typing import Any, Self
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -27,6 +28,10 @@ class TableBase:
         self._clients: dict[str, TableClient] = {}
         self._ready = False
         self._ready_lock = asyncio.Lock()
+        # Shared budgets (tables/coordination.py): by scope partition, the window this instance last wrote
+        # (row, ETag, units granted), and when it last forgot a scope's old windows.
+        self._budget_rows: dict[str, tuple[str, str, int]] = {}
+        self._budgets_forgotten: dict[str, datetime] = {}
 
     @classmethod
     def from_connection_string(

@@ -108,12 +108,20 @@ class CoordinationTables(TableBase):
         partition, row = _digest(scope), window_start.strftime(_WINDOW_ROW)
         what = f"budget {scope}"
         client = await self._table(BUDGETS)
+        # What this instance last wrote of the scope's window is most often still what is there (one instance
+        # polls at a time): written on that at once, conditionally, a grant is one request, not a read and a
+        # write. A window this instance has not written is assumed new. Either guess, wrong, is refused and
+        # the window read.
+        remembered = self._budget_rows.get(partition)
         for attempt in range(_RACE_RETRIES):
             await _back_off(attempt)
-            current = await self._get(BUDGETS, partition, row, what=what)
-            granted = 0 if current is None else int(current["Granted"])
+            if attempt == 0:
+                etag, granted = remembered[1:] if remembered is not None and remembered[0] == row else (None, 0)
+            else:
+                current = await self._get(BUDGETS, partition, row, what=what)
+                etag, granted = (None, 0) if current is None else (_etag(current.metadata), int(current["Granted"]))
             grant = max(0, min(wanted, limit - granted))
-            if grant == 0 and current is not None:
+            if grant == 0:
                 return 0
             entity = {
                 "PartitionKey": partition,
@@ -124,16 +132,23 @@ class CoordinationTables(TableBase):
             }
             with _failures(what):
                 try:
-                    await _create_or_replace(client, entity, None if current is None else _etag(current.metadata))
+                    written = await _create_or_replace(client, entity, etag)
                 except _CONFLICTS:
-                    continue  # another instance took some since we read: read the window again
-            if current is None:
-                await self._forget_windows(partition, (window_start - BUDGET_KEPT).strftime(_WINDOW_ROW))
+                    continue  # another instance took some, or the guess was wrong: read the window
+            self._budget_rows[partition] = (row, _etag(written), granted + grant)
+            if etag is None:
+                await self._forget_windows(partition, window_start)
             return grant
         raise StateStoreError(what, f"still contended after {_RACE_RETRIES} tries")
 
-    async def _forget_windows(self, partition: str, before: str) -> None:
-        """Delete a scope's windows older than `before` (done by whoever opened a new one: a few a time)."""
+    async def _forget_windows(self, partition: str, opened: datetime) -> None:
+        """Delete a scope's windows more than BUDGET_KEPT older than the one just `opened` (by whoever opened it;
+        by this instance at most once every BUDGET_KEPT a scope: a window a slice would be a query a slice)."""
+        last = self._budgets_forgotten.get(partition)
+        if last is not None and opened - last < BUDGET_KEPT:
+            return
+        self._budgets_forgotten[partition] = opened
+        before = (opened - BUDGET_KEPT).strftime(_WINDOW_ROW)
         client = await self._table(BUDGETS)
         old = await self._query(
             BUDGETS, "PartitionKey eq @p and RowKey lt @before", what="budget windows", p=partition, before=before

@@ -30,6 +30,7 @@ class CuttingRelay:
         self._target_port = target_port
         self.cut: Cut | None = None
         self.cuts = 0
+        self.requests = 0  # request heads seen (a request's head arrives in one read here)
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -66,6 +67,7 @@ class CuttingRelay:
 
         async def upstream() -> None:
             while data := await client_reader.read(65536):
+                self.requests += sum(data.startswith(verb) for verb in (b"GET ", b"POST ", b"PUT ", b"DELETE "))
                 if self.cut is not None and b"/$batch HTTP/1.1" in data:
                     cut, self.cut = self.cut, None
                     self.cuts += 1
@@ -156,3 +158,24 @@ def test_new_states_whose_transaction_answer_is_lost_are_all_stored_once(azurite
     assert cuts == 1
     assert count == 30
     assert statuses == {"healthy"}
+
+
+def test_the_instance_that_wrote_a_budget_window_last_takes_more_of_it_in_one_request(azurite: Azurite, prefix: str):
+    """One instance polls at a time: its own last write of a vault's budget window is what is there, so a grant
+    is a conditional write on it, not a read and a write; another instance's write since is refused and read."""
+
+    async def scenario() -> tuple[int, list[int], int]:
+        async with relayed_store(azurite, prefix) as (relay, store):
+            await store.take_budget("kv-a", T0, 1, 1000)  # opens the window (and creates the tables)
+            relay.requests = 0
+            grants = [await store.take_budget("kv-a", T0, 10, 1000) for _ in range(10)]
+            mine = relay.requests
+            async with TableStateStore.from_connection_string(azurite.connection_string, table_prefix=prefix) as other:
+                assert await other.take_budget("kv-a", T0, 900, 1000) == 899
+            grants.append(await store.take_budget("kv-a", T0, 10, 1000))  # refused at its guess, read, then 0
+            return mine, grants, relay.requests - mine
+
+    mine, grants, after_other = asyncio.run(scenario())
+    assert grants == [10] * 10 + [0]
+    assert mine == 10
+    assert after_other == 2  # the refused guess, then the read that shows the window spent
