@@ -117,6 +117,8 @@ async def submit(client: TableClient, operations: Sequence[Operation]) -> None:
     # a multipart answer.
     response = await client._client.send_request(request, stream=True)
     await response.read()
+    if response.status_code == 413:  # the whole request too large: refused like an operation, as the SDK does
+        raise TransactionRefusedError(413, None, "the transaction request was too large")
     if response.status_code != 202:
         response.raise_for_status()
         raise DecodeError(f"a transaction answered {response.status_code}, not 202", response=response)

@@ -148,3 +148,20 @@ def test_a_query_reads_every_page_and_each_entity_s_etag(azurite: Azurite):
     assert pages == 2
     assert len(strings) == 1050
     assert [values for values, _ in quoted] == [{"S": "quoted"}]
+
+
+def test_a_transaction_over_the_request_size_limit_is_refused_whole(azurite: Azurite):
+    """Table Storage takes at most 4 MiB a transaction: more is refused (413) like a refused operation, so the
+    store writes those entities one by one instead; nothing of it is applied."""
+
+    async def work(client: TableClient) -> tuple[TransactionRefusedError, list[Any]]:
+        operations: list[wire.Operation] = [
+            ("create", {"PartitionKey": "p", "RowKey": f"r{n}", "B": b"x" * 60_000}, None) for n in range(100)
+        ]
+        with pytest.raises(TransactionRefusedError) as raised:
+            await wire.submit(client, operations)
+        return raised.value, [entity async for entity in client.list_entities()]
+
+    error, stored = _with_table(azurite, work)
+    assert error.status == 413 and error.index is None
+    assert stored == []
