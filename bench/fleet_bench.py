@@ -51,6 +51,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from monitor.sandbox.faults import GRAPH_QUOTA  # the quota the stand-in enforces, as Resource Graph documents it
+
 NOW = "2026-11-22T00:00:00Z"
 VAULTS = 20
 SUBSCRIPTIONS = 10
@@ -62,7 +64,6 @@ PRINCIPAL = "00000000-0000-0000-0000-00000000c0de"
 SHARED_KEY = "sb-shared"
 LISTING_PAGE = 25  # Key Vault's largest key listing page
 INVENTORY_PAGE = 1000  # Resource Graph's largest page
-GRAPH_QUOTA = (15, 5.0)  # Resource Graph's documented per-user quota: queries per window of seconds
 COMPETENT_THREADS = 16
 
 
@@ -526,8 +527,8 @@ def lower_bound(
     allowed = 4000 * share / 10.0  # requests a second to one vault of software keys
     pages = [math.ceil(keys / LISTING_PAGE) for keys in keys_per_vault]
     inventory_pages = math.ceil(namespaces / INVENTORY_PAGE)
-    windows = math.ceil(inventory_pages / GRAPH_QUOTA[0])
-    inventory_s = max(inventory_pages * latency, (windows - 1) * GRAPH_QUOTA[1] + latency)
+    windows = math.ceil(inventory_pages / GRAPH_QUOTA.requests)
+    inventory_s = max(inventory_pages * latency, (windows - 1) * GRAPH_QUOTA.window + latency)
     steady_trips = 1 + inventory_pages + 1 + max(pages, default=0)
     first_trips = 1 + inventory_pages + 1 + 1
     steady_chain = (steady_trips - inventory_pages) * latency + inventory_s

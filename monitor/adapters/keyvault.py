@@ -197,6 +197,11 @@ class _FullRead:
     due: float  # monotonic: from then on it is read in full again, whatever its listing shows
 
 
+def _confirmable(entry: _FullRead, moment: float, now: datetime) -> bool:
+    """Whether a listing may confirm this full read now: its current version was usable, and it is not due."""
+    return moment < entry.due and not version_reasons(entry.current, now)
+
+
 RECORD_FORMAT = 1  # of the records take_changed_records writes: a reader skips records of another format
 
 
@@ -401,7 +406,7 @@ class KeyVaultKeys:
         moment, now = self._clock(), datetime.now(UTC)
         found: dict[str, tuple[str, list[str]]] = {}
         for (vault, _), entry in self._full_reads.items():
-            if moment < entry.due and not version_reasons(entry.current, now):
+            if _confirmable(entry, moment, now):
                 found.setdefault(vault, (entry.key.vault, []))[1].append(entry.key.name)
         return dict(found.values())
 
@@ -419,7 +424,7 @@ class KeyVaultKeys:
         candidates: dict[str, _FullRead] = {}
         for name in names:
             entry = self._full_reads.get((vault, name_id(name)))
-            if entry is not None and moment < entry.due and not version_reasons(entry.current, now):
+            if entry is not None and _confirmable(entry, moment, now):
                 candidates[name_id(name)] = entry
         if len(candidates) < 2 or moment < self._list_refused_until.get(vault, 0.0):
             return {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -81,28 +81,15 @@ async def read_snapshot(
     """
     semaphore = asyncio.Semaphore(concurrency)
     known = readers.keys.revalidatable()
-    if known and subscriptions is None:
-        try:
-            subscriptions = await readers.inventory.list_subscriptions()
-        except ReadError as failure:
-            progress("namespaces", 0, 0)
-            return Snapshot(blind=(BlindSpot(BlindScope.SUBSCRIPTION, "*", failure.reason),))
-    # The vaults whose keys earlier polls read (here, or recalled from another instance) are known before the
-    # fleet is listed: their listings and their access are read while it is, so a steady poll waits for the
-    # inventory, not for it and then them. A vault new to this poll is read after it.
-    early = {
-        vault_id(uri): asyncio.ensure_future(_bounded(semaphore, readers.keys.revalidate(uri, names)))
-        for uri, names in known.items()
-    }
-    early_vaults = (
-        _EarlyVaults(
-            frozenset(early),
-            asyncio.ensure_future(readers.access.read_vaults(list(known), subscriptions=list(subscriptions))),
-        )
-        if known and subscriptions is not None
-        else None
-    )
-    pending: list[asyncio.Future[Any]] = [*early.values(), *([early_vaults.reading] if early_vaults else [])]
+    early: _EarlyReads | None = None
+    if known:
+        if subscriptions is None:
+            try:
+                subscriptions = await readers.inventory.list_subscriptions()
+            except ReadError as failure:
+                progress("namespaces", 0, 0)
+                return Snapshot(blind=(BlindSpot(BlindScope.SUBSCRIPTION, "*", failure.reason),))
+        early = _EarlyReads.start(readers, known, subscriptions, semaphore)
     try:
         namespaces, read_subscriptions, blind = await list_fleet(readers, subscriptions=subscriptions)
         progress("namespaces", len(namespaces), len(namespaces))
@@ -113,22 +100,47 @@ async def read_snapshot(
             concurrency=concurrency,
             progress=progress,
             semaphore=semaphore,
-            early_listings=early,
-            early_vaults=early_vaults,
+            early=early,
         )
     finally:
-        for work in pending:
-            work.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        if early is not None:
+            await early.cancel()
     return dataclasses.replace(snapshot, blind=(*blind, *snapshot.blind))
 
 
 @dataclass(frozen=True, slots=True)
-class _EarlyVaults:
-    """A reading of `vaults` (by vault_id) under way since before the fleet was listed."""
+class _EarlyReads:
+    """What read_snapshot starts before the fleet is listed, for the vaults whose keys earlier polls read (here,
+    or recalled from another instance): their key listings and their access, read while the inventory is, so a
+    steady poll waits for the inventory, not for it and then them. A vault new to the poll is read after it."""
 
-    vaults: frozenset[str]
-    reading: asyncio.Future[VaultReading]
+    listings: Mapping[str, asyncio.Future[dict[str, Key]]]  # by vault_id: revalidations of the known keys
+    vaults: asyncio.Future[VaultReading]  # the access of every vault in `listings`
+
+    @classmethod
+    def start(
+        cls,
+        readers: Readers,
+        known: Mapping[str, Sequence[str]],
+        subscriptions: Sequence[str],
+        semaphore: asyncio.Semaphore,
+    ) -> _EarlyReads:
+        listings = {
+            vault_id(uri): asyncio.ensure_future(_bounded(semaphore, readers.keys.revalidate(uri, list(names))))
+            for uri, names in known.items()
+        }
+        vaults = asyncio.ensure_future(readers.access.read_vaults(list(known), subscriptions=list(subscriptions)))
+        return cls(listings, vaults)
+
+    def covers(self, vault_ids: Iterable[str]) -> bool:
+        return all(vid in self.listings for vid in vault_ids)
+
+    async def cancel(self) -> None:
+        """Stop what is still under way (nothing is left running after the read that started it)."""
+        pending: list[asyncio.Future[Any]] = [*self.listings.values(), self.vaults]
+        for work in pending:
+            work.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def _bounded(semaphore: asyncio.Semaphore, work: Awaitable[T]) -> T:
@@ -144,13 +156,12 @@ async def read_keys_of(
     concurrency: int = 32,
     progress: ProgressCallback = _ignore_progress,
     semaphore: asyncio.Semaphore | None = None,
-    early_listings: Mapping[str, asyncio.Future[dict[str, Key]]] | None = None,
-    early_vaults: _EarlyVaults | None = None,
+    early: _EarlyReads | None = None,
 ) -> Snapshot:
     """The snapshot of `namespaces`: the vaults and keys they list, read now (blind spots included).
 
-    `early_listings`, by vault_id: revalidations already under way (read_snapshot's), used for their vaults;
-    `early_vaults`: a vault reading under way, used when it covers every vault the namespaces list.
+    `early`: read_snapshot's reads under way: each listing is used for its vault, the vault reading when it
+    covers every vault the namespaces list.
     """
     blind: list[BlindSpot] = []
     vault_uris: dict[str, str] = {}
@@ -163,8 +174,8 @@ async def read_keys_of(
                 entry = dataclasses.replace(entry, pinned=entry.pinned | {ref.version})
             wanted[ref.key_id] = entry
 
-    if early_vaults is not None and vault_uris.keys() <= early_vaults.vaults:
-        vault_reading = await early_vaults.reading
+    if early is not None and early.covers(vault_uris):
+        vault_reading = await early.vaults
     else:
         vault_reading = await readers.access.read_vaults(list(vault_uris.values()), subscriptions=subscriptions)
     vaults: list[Vault] = []
@@ -180,7 +191,7 @@ async def read_keys_of(
     # A deleted vault's data plane is unreachable and its keys unusable anyway: do not ask.
     to_read = [(key_id, entry) for key_id, entry in wanted.items() if key_id[0] not in deleted_vaults]
     semaphore = semaphore or asyncio.Semaphore(concurrency)
-    early_listings = early_listings or {}
+    early_listings = early.listings if early is not None else {}
     done = 0
 
     # Keys read in full by an earlier poll and unchanged since are confirmed in bulk (a listing page covers

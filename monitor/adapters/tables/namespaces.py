@@ -56,10 +56,6 @@ def _summary_json(state: NamespaceState, settled: bool) -> str:
     return json.dumps([state.evaluated_at.isoformat(), state.digest, state.verdict, keys, settled])
 
 
-def _replacing(etag: str) -> dict[str, Any]:
-    return {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified}
-
-
 _ROWS_PER_QUERY = 14  # Azure allows 15 comparisons in a filter: the partition's, and 14 rows'
 _OR_QUERIES_AT_MOST = 4  # per partition; past that, one query of the whole partition
 
@@ -81,6 +77,11 @@ def _summary_of(entity: Mapping[str, str], etag: str) -> StateSummary:
         # Stored before summaries were kept, or unreadable: changed, and written the careful way (read first).
         return StateSummary(namespace_id, _EPOCH, "", "", frozenset(), None)
     return summary
+
+
+def _summaries_from(entities: Iterable[tuple[dict[str, str], str]]) -> list[StateSummary]:
+    """The summaries of namespace entities as wire.query_strings reads them, by namespace key."""
+    return sorted((_summary_of(*entity) for entity in entities if entity[0].get("NamespaceId")), key=lambda s: s.key)
 
 
 _Write = tuple[NamespaceState, str | None, dict[str, Any]]  # a state, the ETag it replaces (None: new), its entity
@@ -338,9 +339,7 @@ class NamespaceTables(TableBase):
         client = await self._table(NAMESPACES)
         with _failures("list namespace summaries"):
             entities = [entity async for page in wire.query_strings(client, None, _SUMMARY) for entity in page]
-        return sorted(
-            (_summary_of(*entity) for entity in entities if entity[0].get("NamespaceId")), key=lambda s: s.key
-        )
+        return _summaries_from(entities)
 
     async def get_namespace_state(self, namespace_id: str) -> NamespaceState | None:
         partition, row = self._namespace_address(namespace_id)
@@ -409,7 +408,7 @@ class NamespaceTables(TableBase):
             return [entity for entity in found if namespace_key(entity[0].get("NamespaceId") or "") in wanted]
 
         found = await self._gather(query(partition, rows) for partition, rows in queries)
-        return sorted((_summary_of(*entity) for entities in found for entity in entities), key=lambda s: s.key)
+        return _summaries_from(entity for entities in found for entity in entities)
 
     async def _confirmed(
         self, entries: Iterable[Mapping[str, Any]], listed: Callable[[KeyId], bool]
