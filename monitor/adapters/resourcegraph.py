@@ -4,11 +4,12 @@ ARM listing per subscription; ARM listing when Resource Graph is not permitted o
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from azure.core.exceptions import AzureError, HttpResponseError
+from azure.core.exceptions import AzureError, DecodeError, HttpResponseError
 from azure.core.rest import HttpRequest
 from azure.mgmt.resourcegraph.aio import ResourceGraphClient
 
@@ -121,11 +122,15 @@ async def _page(client: ResourceGraphClient, body: Mapping[str, Any]) -> tuple[l
     the SDK client's pipeline (auth, retries, telemetry): its model would turn each row into objects only to be
     turned back (a second per 10,000 rows). Raises AzureError."""
     request = HttpRequest("POST", QUERY_PATH, params={"api-version": API_VERSION}, json=dict(body))
-    # The generator's raw-request entry point (this client's name for send_request).
-    response = await client._send_request(request)
+    # The generator's raw-request entry point (this client's name for send_request). Streamed: the pipeline's
+    # content policy would decode the 2 MB page as well, only for the text to be decoded again here.
+    response = await client._send_request(request, stream=True)
     await response.read()
     response.raise_for_status()
-    page = response.json()
+    try:
+        page = json.loads(response.content)
+    except ValueError as error:
+        raise DecodeError(f"unreadable Resource Graph page: {error}", response=response) from None
     data = page.get("data") if isinstance(page, dict) else None
     rows = [row for row in data if isinstance(row, dict)] if isinstance(data, list) else []
     token = page.get("$skipToken") if isinstance(page, dict) else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import ipaddress
 import logging
@@ -178,6 +179,9 @@ class Server(WebhookRoutes):
             if self._next_poll is not None and now < self._next_poll:
                 return None
             self._next_poll = next_fire(self.schedule, now)
+            if self.last_poll is not None:
+                # The last poll's report is released before the next is read: a poll never holds two fleets.
+                self.last_poll = dataclasses.replace(self.last_poll, result=None)
             try:
                 result = await poll(self.monitor, now=now)
             except Exception as error:  # a failed poll must not end the loop; /healthz reports it
