@@ -115,6 +115,9 @@ class KeyVaultApi:
         self.state = state
         self.material = material
         self.page_size = page_size
+        # Each vault's live keys as of an instant, for the World they were judged in: a listing is read a page
+        # at a time, and judging every key of the vault for each page made a large vault's listing quadratic.
+        self._listings: dict[tuple[str, datetime], tuple[object, list[tuple[KeyId, KeyVersion]]]] = {}
         router = Router(lambda request: keyvault_error(404, "NotFound", f"No route for {request.path}."))
         router.add("GET", r"/keys/?", self._list_keys)
         router.add("POST", rf"/keys/{_NAME}/create", self._create)
@@ -248,18 +251,29 @@ class KeyVaultApi:
 
     def _list_keys(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
         info, vault = self._vault(request)
-        current = []
-        for key_id in self.state.key_ids(info):
-            state = self.state.key_state(key_id, request.now)
-            version = current_version(state, request.now) if self._live(state) else None
-            if version is not None:
-                current.append((key_id, version))
+        current = self._live_keys(info, request.now)
         # Only the page's items are written out: a large vault is listed in many pages.
         return self._paged(
             request,
             current,
             lambda entry: self._item(info, vault, entry[0], entry[1], request.now, self._key_url(info, entry[0])),
         )
+
+    def _live_keys(self, info: VaultInfo, now: datetime) -> list[tuple[KeyId, KeyVersion]]:
+        world = self.state.world
+        cached = self._listings.get((info.id, now))
+        if cached is not None and cached[0] is world:
+            return cached[1]
+        current = []
+        for key_id in self.state.key_ids(info):
+            state = self.state.key_state(key_id, now)
+            version = current_version(state, now) if self._live(state) else None
+            if version is not None:
+                current.append((key_id, version))
+        if len(self._listings) >= 64:  # a running clock makes every instant new
+            self._listings.clear()
+        self._listings[(info.id, now)] = (world, current)
+        return current
 
     def _list_versions(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
         info, vault = self._vault(request)

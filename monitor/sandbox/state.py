@@ -134,10 +134,11 @@ class SandboxState:
 
         # Keys as named where first seen, and each key's changes, for `updated` and `deletedDate`.
         self._key_names: dict[KeyId, str] = {}
+        self._vault_keys: dict[str, list[KeyId]] = {}  # the same keys by vault id: a listing reads one vault's
         self._key_changes: dict[KeyId, list[Change]] = {}
         self._hsm_keys: set[str] = set()  # vault ids with an HSM-protected key: those are Premium vaults
         for key in snapshot.keys:
-            self._key_names.setdefault(key.id, key.name)
+            self._name_key(key.id, key.name)
             if any((v.kty or "").upper().endswith("-HSM") for v in key.versions):
                 self._hsm_keys.add(key.id[0])
         for change in self._changes:
@@ -190,9 +191,14 @@ class SandboxState:
             key_id: KeyId = (vault_id(change.vault), name_id(change.key))
             self._key_changes.setdefault(key_id, []).append(change)
             if isinstance(change, NewVersion):
-                self._key_names.setdefault(key_id, change.key)
+                self._name_key(key_id, change.key)
                 if (change.version.kty or "").upper().endswith("-HSM"):
                     self._hsm_keys.add(key_id[0])
+
+    def _name_key(self, key_id: KeyId, name: str) -> None:
+        if key_id not in self._key_names:
+            self._key_names[key_id] = name
+            self._vault_keys.setdefault(key_id[0], []).append(key_id)
 
     def vault_state(self, info: VaultInfo, t: datetime) -> VaultState | None:
         timeline = self._world.vault(info.uri)
@@ -208,7 +214,7 @@ class SandboxState:
     def key_ids(self, info: VaultInfo | None = None) -> list[KeyId]:
         """Every key the timeline ever names (in `info`'s vault), in the order first seen."""
         with self._lock:
-            return [k for k in self._key_names if info is None or k[0] == info.id]
+            return list(self._key_names) if info is None else list(self._vault_keys.get(info.id, ()))
 
     def key_name(self, key_id: KeyId) -> str:
         """The key's name as first spelled."""

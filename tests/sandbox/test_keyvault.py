@@ -95,6 +95,22 @@ def test_list_keys_names_the_live_keys_of_the_vault(sandbox: Sandbox) -> None:
     assert asyncio.run(scenario()) == ["sb-cmk", "sb-expiring"]
 
 
+def test_a_listing_at_the_same_instant_shows_a_change_made_between_pages(sandbox: Sandbox) -> None:
+    """The vault's listing is judged once per instant and World: a key deleted, or recovered, at that same
+    instant is gone from, or back in, the next listing."""
+
+    async def scenario() -> list[list[str | None]]:
+        async with key_client(sandbox) as client:
+            listings: list[list[str | None]] = [[p.name async for p in client.list_properties_of_keys(max_page_size=1)]]
+            await client.delete_key("sb-expiring", _polling_interval=0)
+            listings.append([p.name async for p in client.list_properties_of_keys(max_page_size=1)])
+            await client.recover_deleted_key("sb-expiring", _polling_interval=0)
+            listings.append([p.name async for p in client.list_properties_of_keys(max_page_size=1)])
+            return listings
+
+    assert asyncio.run(scenario()) == [["sb-cmk", "sb-expiring"], ["sb-cmk"], ["sb-cmk", "sb-expiring"]]
+
+
 def test_a_soft_deleted_key_is_not_found_but_its_deleted_key_is(sandbox: Sandbox) -> None:
     """A soft-deleted key answers get_key 404 KeyNotFound and get_deleted_key 200 with its recovery fields."""
 
