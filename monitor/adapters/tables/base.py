@@ -13,6 +13,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableEntity
 from azure.data.tables.aio import TableClient, TableServiceClient
 
+from monitor.adapters.azure_clients import EnvironmentProxyTransport
 from monitor.adapters.tables.codec import _PREFIX, _TABLES, T, _failures, _public_url
 
 
@@ -38,6 +39,7 @@ class TableBase:
         cls, connection_string: str, *, table_prefix: str = "keyhealth", concurrency: int = 16, **client_kwargs: Any
     ) -> Self:
         """A store reached by a connection string (Azurite, or an account key). The string is never kept or shown."""
+        client_kwargs.setdefault("transport", EnvironmentProxyTransport())
         service = TableServiceClient.from_connection_string(connection_string, **client_kwargs)
         return cls(service, table_prefix=table_prefix, concurrency=concurrency)
 
@@ -52,6 +54,7 @@ class TableBase:
         **client_kwargs: Any,
     ) -> Self:
         """A store reached with an identity (managed identity in Azure): needs *Storage Table Data Contributor*."""
+        client_kwargs.setdefault("transport", EnvironmentProxyTransport())
         service = TableServiceClient(endpoint, credential=credential, **client_kwargs)
         return cls(service, table_prefix=table_prefix, concurrency=concurrency)
 
