@@ -85,8 +85,8 @@ class EnvironmentProxyTransport(AioHttpTransport):  # type: ignore[misc]  # the 
     trust_env reads them) looked up once an origin instead of on every request.
 
     A session that trusts the environment looks the proxy up, and reads ~/.netrc for credentials, on a worker
-    thread for each request: two thread hops a key read, a tenth of a first poll's CPU. ~/.netrc is not read
-    for requests at all: the pipeline sends its own Authorization, and aiohttp refuses a request with both.
+    thread for each request: two thread hops a key read, a tenth of a first poll's CPU. ~/.netrc gives only the
+    proxy's credentials, never a request's: the pipeline sends its own Authorization, and aiohttp refuses both.
     """
 
     def __init__(self, **kwargs: Any) -> None:
