@@ -3,6 +3,7 @@ request budgets and leases with fencing tokens."""
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 
 from azure.core.exceptions import ResourceExistsError
@@ -28,6 +29,7 @@ from monitor.adapters.tables.codec import (
     _etag,
     _failures,
     _time,
+    _transact,
 )
 from monitor.app.state import (
     BUDGET_KEPT,
@@ -132,7 +134,9 @@ class CoordinationTables(TableBase):
             }
             with _failures(what):
                 try:
-                    written = await _create_or_replace(client, entity, etag)
+                    # Sent again when its connection failed: a write applied the first time is refused the
+                    # second and the window read, so a lost answer counts one grant twice (the safe side).
+                    written = await _transact(functools.partial(_create_or_replace, client, entity, etag))
                 except _CONFLICTS:
                     continue  # another instance took some, or the guess was wrong: read the window
             self._budget_rows[partition] = (row, _etag(written), granted + grant)
