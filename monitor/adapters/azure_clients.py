@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import time
 from collections.abc import Callable
@@ -78,6 +79,15 @@ class AzureOptions:
         if api is not None:
             kwargs["per_retry_policies"] = [RequestLatencyPolicy(api)]
         return kwargs
+
+
+def json_body(response: AsyncHttpResponse, what: str) -> Any:
+    """The JSON of a response read in full: sent with stream=True, so the pipeline's content policy did not
+    decode it as well. Raises DecodeError naming `what` for a body that is not JSON."""
+    try:
+        return json.loads(response.content)
+    except ValueError as error:
+        raise DecodeError(f"unreadable {what}: {error}", response=response) from None
 
 
 class EnvironmentProxyTransport(AioHttpTransport):  # type: ignore[misc]  # the SDK exports it lazily

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 import logging
 import time
 import zlib
@@ -20,7 +19,7 @@ from azure.keyvault.keys import DeletedKey, KeyProperties, KeyVaultKey
 from azure.keyvault.keys.aio import KeyClient
 from opentelemetry.trace import SpanKind
 
-from monitor.adapters.azure_clients import AzureClients, describe_failure
+from monitor.adapters.azure_clients import AzureClients, describe_failure, json_body
 from monitor.app.telemetry import TRACER
 from monitor.domain.errors import ReadError
 from monitor.domain.model import Key, KeyVersion, key_url, name_id, vault_id
@@ -112,10 +111,7 @@ async def _key_listing(client: KeyClient) -> AsyncGenerator[list[Mapping[str, An
             response = await client.send_request(HttpRequest("GET", url), stream=True)
             await response.read()
         response.raise_for_status()
-        try:
-            body = json.loads(response.content)
-        except ValueError as error:
-            raise DecodeError(f"unreadable key listing: {error}", response=response) from None
+        body = json_body(response, "key listing")
         items = body.get("value") if isinstance(body, Mapping) else None
         next_link = body.get("nextLink") if isinstance(body, Mapping) else None
         if not isinstance(items, list) or not isinstance(next_link, str | None):
@@ -180,28 +176,18 @@ async def _current_version(
     if response.status_code == 404:
         # Only Key Vault's own answer says the key is not there; a 404 from anything else (a proxy, a wrong
         # endpoint, a cut-off body) says nothing about the key.
-        if _error_code(response.content) == "KeyNotFound":
+        error = HttpResponseError(response=response).error  # azure-core's reading of {"error": {"code": …}}
+        if error is not None and error.code == "KeyNotFound":
             return None
         raise DecodeError("a 404 that is not Key Vault's KeyNotFound", response=response)
     response.raise_for_status()
+    bundle = json_body(response, "key bundle")
     try:
-        bundle = json.loads(response.content)
         if not isinstance(bundle, Mapping):
             raise ValueError("not a JSON object")
         return (bundle, *version_from_bundle(bundle))
     except ValueError as error:  # truncated or foreign JSON: unread, never guessed
         raise DecodeError(f"unreadable key bundle: {error}", response=response) from None
-
-
-def _error_code(body: bytes) -> str | None:
-    """error.code of an Azure error answer; None when the body is not one."""
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return None
-    error = document.get("error") if isinstance(document, Mapping) else None
-    code = error.get("code") if isinstance(error, Mapping) else None
-    return code if isinstance(code, str) else None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

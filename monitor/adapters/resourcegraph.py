@@ -4,16 +4,15 @@ ARM listing per subscription; ARM listing when Resource Graph is not permitted o
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from azure.core.exceptions import AzureError, DecodeError, HttpResponseError
+from azure.core.exceptions import AzureError, HttpResponseError
 from azure.core.rest import HttpRequest
 from azure.mgmt.resourcegraph.aio import ResourceGraphClient
 
-from monitor.adapters.azure_clients import AzureClients, describe_failure
+from monitor.adapters.azure_clients import AzureClients, describe_failure, json_body
 from monitor.adapters.servicebus import ServiceBusInventory, namespace_from_document
 from monitor.app.ports import FleetListing
 from monitor.domain.errors import ReadError
@@ -127,10 +126,7 @@ async def _page(client: ResourceGraphClient, body: Mapping[str, Any]) -> tuple[l
     response = await client._send_request(request, stream=True)
     await response.read()
     response.raise_for_status()
-    try:
-        page = json.loads(response.content)
-    except ValueError as error:
-        raise DecodeError(f"unreadable Resource Graph page: {error}", response=response) from None
+    page = json_body(response, "Resource Graph page")
     data = page.get("data") if isinstance(page, dict) else None
     rows = [row for row in data if isinstance(row, dict)] if isinstance(data, list) else []
     token = page.get("$skipToken") if isinstance(page, dict) else None

@@ -23,6 +23,8 @@ from azure.core.rest import HttpRequest
 from azure.data.tables._serialize import _add_entity_properties  # the SDK's own typing of entity properties
 from azure.data.tables.aio import TableClient
 
+from monitor.adapters.azure_clients import json_body
+
 # (what, entity, the ETag an "update" replaces: None for "create" and "upsert")
 Operation = tuple[Literal["create", "upsert", "update"], dict[str, Any], str | None]
 
@@ -165,10 +167,7 @@ async def query_strings(
         response = await client._client.send_request(request, stream=True)
         await response.read()
         response.raise_for_status()
-        try:
-            body = json.loads(response.content)
-        except ValueError as error:
-            raise DecodeError(f"unreadable query answer: {error}", response=response) from None
+        body = json_body(response, "query answer")
         values = body.get("value") if isinstance(body, Mapping) else None
         if not isinstance(values, list):
             raise DecodeError("unreadable query answer: no value list", response=response)
