@@ -34,7 +34,10 @@ Concurrency: every read-modify-write is conditional on the ETag it read (create-
 records), and retried after a lost race with a random back-off. The key index cannot share a
 transaction with the namespaces it indexes (other partitions), so it is kept in an order that never
 loses the entry of a key a stored state lists (`_settle_index` in tables/namespaces.py); an entry it may
-briefly hold too many is never answered, because lookups confirm each candidate against its state.
+briefly hold too many is never answered, because lookups confirm each candidate against its state. For
+the same reason a poll writes the entries of namespaces it holds no state of while it reads their keys
+(`index_new_namespaces`), ahead of their states: a first poll's index writes overlap its key reads, and a
+writer that dies between leaves entries without a state, never a state without its entries.
 """
 
 from __future__ import annotations

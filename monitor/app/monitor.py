@@ -3,6 +3,7 @@ coalescing), the poll lease's timing, and recording judgements in the store."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from monitor.formats.render import namespace_document
 
 POLL_LEASE = "poll"
 RECORD_BATCH = 2000  # namespace states made and written at a time
+MADE_BETWEEN_YIELDS = 50  # states made in a row while a batch is written, before its requests get a turn
 # Up to this many namespaces, an event reads each one's incidents on its own; beyond, all of them at once.
 EVENT_INCIDENTS_READ_ONE_BY_ONE = 20
 # Service Bus polls every 5 minutes; a poll that holds the lease longer has failed and must be replaceable.
@@ -64,20 +66,37 @@ async def record_judgements(
     `stored` summarises the stored states by key (what list_namespace_summaries or summaries_for_key read,
     without documents). A judgement that says what is stored already is not written again: the last
     complete poll's mark says it still held then. States are made and written RECORD_BATCH at a time, so
-    a 100,000-namespace poll never holds every document at once.
+    a 100,000-namespace poll never holds every document at once; a batch is made while the one before is
+    written, so the store's round trips overlap the making (a first poll on Table Storage writes them all).
     """
-    changed = []
-    for start in range(0, len(report.namespaces), RECORD_BATCH):
-        news = []
-        for judged in report.namespaces[start : start + RECORD_BATCH]:
-            state = NamespaceState.of(judged.prediction.namespace, namespace_document(judged), evaluated_at=now)
-            before = stored.get(state.key)
-            if before is None or before.verdict != state.verdict:
-                changed.append(state.id)
-            if before is None or before.digest != state.digest:
-                news.append(state)
-        if news:
-            await monitor.store.put_namespace_states(news, previous=stored)
+    changed: list[str] = []
+    writing: asyncio.Future[list[str]] | None = None
+    try:
+        for start in range(0, len(report.namespaces), RECORD_BATCH):
+            news = []
+            for made, judged in enumerate(report.namespaces[start : start + RECORD_BATCH]):
+                if writing is not None and made % MADE_BETWEEN_YIELDS == 0:
+                    await asyncio.sleep(0)  # the batch being written sends its next requests and reads answers
+                state = NamespaceState.of(judged.prediction.namespace, namespace_document(judged), evaluated_at=now)
+                before = stored.get(state.key)
+                if before is None or before.verdict != state.verdict:
+                    changed.append(state.id)
+                if before is None or before.digest != state.digest:
+                    news.append(state)
+            if writing is not None:
+                await writing
+                writing = None
+            if news:
+                writing = asyncio.ensure_future(monitor.store.put_namespace_states(news, previous=stored))
+        if writing is not None:
+            await writing
+            writing = None
+    finally:
+        if writing is not None:
+            # Left to finish, never cut off: a batch writes its states before their index entries.
+            await asyncio.wait({writing})
+            if not writing.cancelled():
+                writing.exception()  # taken, so asyncio does not warn: the error already raising is the one told
     return tuple(changed)
 
 

@@ -9,9 +9,10 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from monitor.app.alerting import AlertPolicy, queue_watchdog, raise_alerts, resolve_removed
 from monitor.app.delivery import DeliveryReport, deliver
@@ -27,7 +28,7 @@ from monitor.app.monitor import (
 )
 from monitor.app.reading import check
 from monitor.app.remediation import Outcome, remediate
-from monitor.app.state import EVENT_DEDUPE_TTL
+from monitor.app.state import EVENT_DEDUPE_TTL, StateSummary, key_ids_of, namespace_key
 from monitor.app.telemetry import HEARTBEAT, READINGS, TRACER, count_poll
 from monitor.domain.alert import Alert
 from monitor.domain.errors import StateStoreError
@@ -61,13 +62,16 @@ class PollResult:
         )
 
 
-async def read_fleet(monitor: Monitor, *, now: datetime) -> tuple[Scenario, FleetReport]:
+async def read_fleet(
+    monitor: Monitor, *, now: datetime, listed: Callable[[Sequence[Namespace]], None] | None = None
+) -> tuple[Scenario, FleetReport]:
     return await check(
         monitor.readers,
         now=now,
         thresholds=monitor.thresholds,
         subscriptions=monitor.subscriptions,
         concurrency=monitor.concurrency,
+        listed=listed,
     )
 
 
@@ -148,20 +152,44 @@ async def _share_key_records(monitor: Monitor, *, now: datetime) -> None:
         log.warning("keyhealth: key records not stored (%s); other instances read those keys in full", error)
 
 
+async def _index_ahead(
+    monitor: Monitor, namespaces: Sequence[Namespace], summaries: asyncio.Future[list[StateSummary]]
+) -> None:
+    """Let the store index the namespaces it holds no state of yet while their keys are read (a first poll's
+    whole fleet). Only a head start: a store that fails here indexes them with their states."""
+    stored = {summary.key for summary in await summaries}
+    new = [(n.id, key_ids_of(n.keys)) for n in namespaces if namespace_key(n.id) not in stored]
+    if not new:
+        return
+    try:
+        await monitor.store.index_new_namespaces(new)
+    except StateStoreError as error:
+        log.warning("keyhealth: new namespaces not indexed ahead (%s); they are with their states", error)
+
+
 async def _poll_holding(monitor: Monitor, keeper: LeaseKeeper, *, now: datetime) -> PollResult:
     await _recall_key_records(monitor)
     # What is stored is read while the fleet is: the store's round trips overlap Azure's.
     summaries = asyncio.ensure_future(monitor.store.list_namespace_summaries())
+    ahead: list[asyncio.Future[None]] = []
+
+    def listed(namespaces: Sequence[Namespace]) -> None:
+        ahead.append(asyncio.ensure_future(_index_ahead(monitor, namespaces, summaries)))
+
     try:
-        scenario, report = await read_fleet(monitor, now=now)
+        scenario, report = await read_fleet(monitor, now=now, listed=listed)
         if report.fleet_blind:
             scenario, report = await _judge_unlisted(monitor, scenario, report)
         stored = {summary.key: summary for summary in await summaries}
+        for work in ahead:
+            await work
     finally:
-        if not summaries.done():
-            summaries.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StateStoreError):
-                await summaries
+        pending: list[asyncio.Future[Any]] = [summaries, *ahead]
+        for work in pending:
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StateStoreError):
+                    await work
     if not await keeper.hold(force=True):
         return PollResult(ran=False)
     changed = await record_judgements(monitor, report, now=now, stored=stored)

@@ -73,11 +73,13 @@ async def read_snapshot(
     subscriptions: Sequence[str] | None = None,
     concurrency: int = 32,
     progress: ProgressCallback = _ignore_progress,
+    listed: Callable[[Sequence[Namespace]], None] | None = None,
 ) -> Snapshot:
     """Read every CMK namespace, the vaults and keys they list, and who may use them.
 
     Never raises for what it could not read: each such thing becomes a BlindSpot in the snapshot.
-    Each distinct key is read once, however many namespaces list it.
+    Each distinct key is read once, however many namespaces list it. `listed` is told the namespaces once
+    they are listed, before their keys are read.
     """
     semaphore = asyncio.Semaphore(concurrency)
     known = readers.keys.revalidatable()
@@ -93,6 +95,8 @@ async def read_snapshot(
     try:
         namespaces, read_subscriptions, blind = await list_fleet(readers, subscriptions=subscriptions)
         progress("namespaces", len(namespaces), len(namespaces))
+        if listed is not None:
+            listed(namespaces)
         snapshot = await read_keys_of(
             readers,
             namespaces,
@@ -259,8 +263,11 @@ async def check(
     subscriptions: Sequence[str] | None = None,
     concurrency: int = 32,
     progress: ProgressCallback = _ignore_progress,
+    listed: Callable[[Sequence[Namespace]], None] | None = None,
 ) -> tuple[Scenario, FleetReport]:
     """One fleet scan now: read, then predict and judge. Returns the scenario it read and the report."""
-    snapshot = await read_snapshot(readers, subscriptions=subscriptions, concurrency=concurrency, progress=progress)
+    snapshot = await read_snapshot(
+        readers, subscriptions=subscriptions, concurrency=concurrency, progress=progress, listed=listed
+    )
     scenario = Scenario(now=now, snapshot=snapshot)
     return scenario, evaluate(scenario, thresholds)

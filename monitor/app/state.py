@@ -322,6 +322,12 @@ class StateStore(Protocol):
 
     # -- namespace states, and the key and vault index they maintain
 
+    async def index_new_namespaces(self, namespaces: Iterable[tuple[str, frozenset[KeyId]]]) -> None:
+        """Make ready to store, for the first time, each (namespace id, the keys it lists): a store whose index
+        cannot share a transaction with the state may index them now, ahead of the states, so the write of
+        the states costs less. Nothing is answered for them until their states are stored."""
+        ...
+
     async def put_namespace_states(
         self, states: Iterable[NamespaceState], *, previous: Mapping[str, StateSummary] | None = None
     ) -> list[str]:

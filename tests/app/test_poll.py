@@ -8,6 +8,8 @@ import dataclasses
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from monitor.app.monitor import Monitor
 from monitor.app.poll import poll
 from monitor.app.state import PollMark
@@ -125,3 +127,54 @@ def test_an_event_before_the_first_poll_is_no_state_and_after_it_a_strangers_vau
     outcomes, reads_before_the_poll = asyncio.run(run())
     assert outcomes == ["no-state", "ignored", "evaluated"]
     assert reads_before_the_poll == 0
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["indexed ahead", "store fails ahead"])
+def test_a_first_poll_indexes_its_namespaces_while_it_reads_and_a_store_that_cannot_still_indexes_them(
+    store_settings: dict[str, str], fail: bool
+):
+    """The namespaces the store holds no state of are handed to index_new_namespaces once listed, finished before
+    any state is written; a later poll, with every state stored, hands none. When the store fails there, the
+    poll goes on and the index still finds every namespace (written with the states)."""
+    from monitor.domain.errors import StateStoreError
+    from tests.builders import VAULT
+
+    async def run() -> tuple[list[Any], list[str]]:
+        calls: list[Any] = []
+        async with Sandbox(parsed(_fleet())) as sandbox:
+            monitor = _monitor(sandbox, store_settings)
+            store = monitor.store
+            index_new, put_states = store.index_new_namespaces, store.put_namespace_states
+
+            async def indexing(namespaces: Any) -> None:
+                calls.append(("ahead", sorted(n for n, _ in namespaces)))
+                if fail:
+                    raise StateStoreError("index", "refused")
+                await index_new(namespaces)
+                calls.append("indexed")
+
+            async def putting(states: Any, **kwargs: Any) -> list[str]:
+                calls.append("put")
+                return await put_states(states, **kwargs)
+
+            object.__setattr__(store, "index_new_namespaces", indexing)
+            object.__setattr__(store, "put_namespace_states", putting)
+            now = sandbox.clock.now()
+            try:
+                assert (await poll(monitor, now=now)).ran
+                calls.append("second poll")
+                assert (await poll(monitor, now=now + timedelta(minutes=5))).ran
+                found = await store.namespaces_for_key(VAULT, "k1") + await store.namespaces_for_key(VAULT, "k2")
+            finally:
+                assert monitor.close is not None
+                await monitor.close()
+        return calls, [n.rsplit("/", 1)[-1] for n in found]
+
+    ids = ["sb-one", "sb-two"]
+    calls, found = asyncio.run(run())
+    told = [c if isinstance(c, str) else (c[0], [i.rsplit("/", 1)[-1] for i in c[1]]) for c in calls]
+    if fail:
+        assert told == [("ahead", ids), "put", "second poll"]
+    else:
+        assert told == [("ahead", ids), "indexed", "put", "second poll"]
+    assert found == ids

@@ -22,6 +22,9 @@ class SqliteNamespaces(SqliteBase):
 
     # -- namespace states and the key index
 
+    async def index_new_namespaces(self, namespaces: Iterable[tuple[str, frozenset[KeyId]]]) -> None:
+        del namespaces  # a state's index rows are written in the state's own transaction
+
     async def put_namespace_states(
         self, states: Iterable[NamespaceState], *, previous: Mapping[str, StateSummary] | None = None
     ) -> list[str]:

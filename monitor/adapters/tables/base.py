@@ -15,6 +15,7 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 
 from monitor.adapters.azure_clients import EnvironmentProxyTransport
 from monitor.adapters.tables.codec import _PREFIX, _TABLES, T, _failures, _public_url
+from monitor.domain.model import KeyId
 
 
 class TableBase:
@@ -33,6 +34,8 @@ class TableBase:
         # (row, ETag, units granted), and when it last forgot a scope's old windows.
         self._budget_rows: dict[str, tuple[str, str, int]] = {}
         self._budgets_forgotten: dict[str, datetime] = {}
+        # Namespaces whose index entries index_new_namespaces wrote, by namespace key: their keys then.
+        self._indexed_ahead: dict[str, frozenset[KeyId]] = {}
 
     @classmethod
     def from_connection_string(

@@ -310,20 +310,24 @@ class NamespaceTables(TableBase):
         created = [
             state for chunk, ok in zip(chunks, accepted, strict=True) if ok for state, etag, _ in chunk if etag is None
         ]
-        await self._index_batched(created)
+        ahead = self._indexed_ahead
+        await self._index_batched(
+            (state.id, state.key_ids) for state in created if ahead.pop(state.key, None) != state.key_ids
+        )
         return refused
 
-    async def _index_batched(self, states: Iterable[NamespaceState]) -> None:
+    async def _index_batched(self, namespaces: Iterable[tuple[str, Iterable[KeyId]]]) -> None:
+        """Index entries for (namespace id, its keys), upserted 100 to a transaction per vault partition."""
         entries: dict[str, dict[str, dict[str, Any]]] = {}
-        for state in states:
-            for key_id in state.key_ids:
-                partition, row = self._index_address(key_id, state.id)
+        for namespace_id, key_ids in namespaces:
+            for key_id in key_ids:
+                partition, row = self._index_address(key_id, namespace_id)
                 entries.setdefault(partition, {})[row] = {
                     "PartitionKey": partition,
                     "RowKey": row,
                     "VaultId": key_id[0],
                     "KeyName": key_id[1],
-                    "NamespaceId": state.id,
+                    "NamespaceId": namespace_id,
                 }
         client = await self._table(KEY_INDEX)
 
@@ -334,6 +338,17 @@ class NamespaceTables(TableBase):
 
         rows = [list(partition.values()) for partition in entries.values()]
         await self._gather(submit(part[i : i + _BATCH]) for part in rows for i in range(0, len(part), _BATCH))
+
+    async def index_new_namespaces(self, namespaces: Iterable[tuple[str, frozenset[KeyId]]]) -> None:
+        """Write the index entries of namespaces about to be stored for the first time, ahead of their states
+        (a poll does it while it reads the keys, so Table Storage's share of a first poll overlaps the reading).
+        An entry ahead of its state is never answered: lookups confirm each entry against the state. Their
+        first write by this store then adds no entries; one that died between leaves entries, not a state
+        without them."""
+        pairs = [(namespace_id, frozenset(key_ids)) for namespace_id, key_ids in namespaces]
+        self._indexed_ahead = {}
+        await self._index_batched(pairs)
+        self._indexed_ahead = {namespace_key(namespace_id): key_ids for namespace_id, key_ids in pairs}
 
     async def list_namespace_summaries(self) -> list[StateSummary]:
         client = await self._table(NAMESPACES)

@@ -47,9 +47,22 @@ def _key(value: str) -> str:
     return quote(value.replace("'", "''"), safe="")
 
 
+def entity_json(entity: Mapping[str, Any]) -> str:
+    """The entity as Table Storage's JSON: strings as they are (a JSON string is an Edm.String unless typed
+    otherwise), anything else as the SDK types it. The SDK annotates every string too: twice the text, and
+    most of an index entry's CPU."""
+    properties: dict[str, Any] = {}
+    for name, value in entity.items():
+        if type(value) is str:
+            properties[name] = value
+        else:
+            properties.update(_add_entity_properties({name: value}))
+    return json.dumps(properties)
+
+
 def _part(table_url: str, operation: Operation, content_id: int) -> str:
     kind, entity, etag = operation
-    body = json.dumps(_add_entity_properties(entity))
+    body = entity_json(entity)
     if kind == "create":
         line = f"POST {table_url} HTTP/1.1"
         headers = "Accept: application/json;odata=minimalmetadata\r\nPrefer: return-no-content\r\n"

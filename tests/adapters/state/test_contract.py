@@ -259,6 +259,30 @@ def test_the_index_follows_a_namespace_whose_keys_change(open_store: StoreOpener
     run(open_store, check)
 
 
+def test_namespaces_indexed_ahead_are_found_only_once_their_states_are_stored(open_store: StoreOpener):
+    """A poll indexes the namespaces it has no state of while it reads their keys: nothing is answered for them
+    until their states are stored, then exactly what the states list (a state whose keys changed meanwhile
+    is indexed by its own keys)."""
+    a = state("sb-a", (KV, "shared"), (KV2, "orders"))
+    b = state("sb-b", (KV, "shared"))
+    moved = state("sb-moved", (KV2, "new"))
+
+    async def check(store: StateStore) -> None:
+        await store.index_new_namespaces(
+            [(a.id, a.key_ids), (b.id, b.key_ids), (moved.id, frozenset({(KV.lower(), "old")}))]
+        )
+        assert await store.namespaces_for_key(KV, "shared") == []
+        assert await store.summaries_for_vault(KV) == []
+        assert await store.put_namespace_states([a, b, moved], previous={}) == []
+        assert await store.namespaces_for_key(KV, "shared") == [a.id, b.id]
+        assert await store.namespaces_for_key(KV2, "orders") == [a.id]
+        assert await store.namespaces_for_key(KV2, "new") == [moved.id]
+        assert await store.namespaces_for_key(KV, "old") == []
+        assert await store.namespaces_for_vault(KV) == [a.id, b.id]
+
+    run(open_store, check)
+
+
 def test_the_index_stays_exact_under_concurrent_writers(open_store: StoreOpener):
     """Two instances rewriting the same namespaces with different keys at once leave the index matching the states."""
     rounds = [

@@ -248,6 +248,36 @@ def test_a_table_prefix_azure_would_reject_is_refused():
         )
 
 
+def test_new_namespaces_are_indexed_ahead_and_their_states_then_add_no_entries(
+    azurite: Azurite, prefix: str, monkeypatch: pytest.MonkeyPatch
+):
+    """index_new_namespaces writes the entries before any state (a writer that dies next leaves entries, never a
+    state without them); the states' first write then sends no index transaction of its own."""
+    states = [state(f"sb-{n}", (KV, "shared"), (KV, f"own-{n}")) for n in range(3)]
+
+    async def scenario() -> tuple[int, int, list[int], list[str]]:
+        async with opened(azurite, prefix) as store:
+            await store.index_new_namespaces([(s.id, s.key_ids) for s in states])
+            ahead = len(await rows(store, "keyindex"))
+            stored_ahead = len(await rows(store, "namespaces"))
+            indexed: list[int] = []
+            write_index = store._index_batched
+
+            async def counting(namespaces: Any) -> None:
+                listed = list(namespaces)
+                indexed.append(len(listed))
+                await write_index(listed)
+
+            monkeypatch.setattr(store, "_index_batched", counting)
+            await store.put_namespace_states(states, previous={})
+            return ahead, stored_ahead, indexed, await store.namespaces_for_key(KV, "shared")
+
+    ahead, stored_ahead, indexed, found = asyncio.run(scenario())
+    assert (ahead, stored_ahead) == (6, 0)
+    assert indexed == [0]  # called with nothing left to index
+    assert found == sorted((s.id for s in states), key=str.lower)
+
+
 def test_concurrent_writers_leave_every_listed_key_in_the_raw_index(azurite: Azurite, prefix: str):
     """Three instances rewriting namespaces with shifting keys at once leave an index entry for every key listed."""
     rng = random.Random(3)
