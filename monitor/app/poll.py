@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from monitor.app.alerting import AlertPolicy, queue_watchdog, raise_alerts, resolve_removed
 from monitor.app.delivery import DeliveryReport, deliver
@@ -171,21 +170,21 @@ async def _poll_holding(monitor: Monitor, keeper: LeaseKeeper, *, now: datetime)
     await _recall_key_records(monitor)
     # What is stored is read while the fleet is: the store's round trips overlap Azure's.
     summaries = asyncio.ensure_future(monitor.store.list_namespace_summaries())
-    ahead: list[asyncio.Future[None]] = []
+    ahead: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    ahead.set_result(None)  # replaced once the fleet is listed
 
     def listed(namespaces: Sequence[Namespace]) -> None:
-        ahead.append(asyncio.ensure_future(_index_ahead(monitor, namespaces, summaries)))
+        nonlocal ahead
+        ahead = asyncio.ensure_future(_index_ahead(monitor, namespaces, summaries))
 
     try:
         scenario, report = await read_fleet(monitor, now=now, listed=listed)
         if report.fleet_blind:
             scenario, report = await _judge_unlisted(monitor, scenario, report)
         stored = {summary.key: summary for summary in await summaries}
-        for work in ahead:
-            await work
+        await ahead
     finally:
-        pending: list[asyncio.Future[Any]] = [summaries, *ahead]
-        for work in pending:
+        for work in (summaries, ahead):
             if not work.done():
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError, StateStoreError):
