@@ -36,6 +36,11 @@ class TableBase:
         self._budgets_forgotten: dict[str, datetime] = {}
         # Namespaces whose index entries index_new_namespaces wrote, by namespace key: their keys then.
         self._indexed_ahead: dict[str, frozenset[KeyId]] = {}
+        # The key index's changes waiting by vault partition, the task writing each partition's rounds, and the
+        # requests those rounds may have in flight (tables/key_users.py).
+        self._index_pending: dict[str, Any] = {}
+        self._index_rounds: dict[str, asyncio.Future[None]] = {}
+        self._index_slots = asyncio.Semaphore(concurrency)
 
     @classmethod
     def from_connection_string(
@@ -72,6 +77,8 @@ class TableBase:
         await self.close()
 
     async def close(self) -> None:
+        # Index rounds under way finish first: a round abandoned half-way would leave its callers' work undone.
+        await asyncio.gather(*self._index_rounds.values(), return_exceptions=True)
         for client in self._clients.values():
             await client.close()
         self._clients.clear()

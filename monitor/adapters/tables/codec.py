@@ -58,9 +58,9 @@ async def _create_or_replace(client: TableClient, entity: dict[str, Any], etag: 
     )
 
 
-NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS, BUDGETS, KEY_RECORDS = (
+NAMESPACES, KEY_USERS, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS, BUDGETS, KEY_RECORDS = (
     "namespaces",
-    "keyindex",
+    "keyusers",
     "snapshot",
     "events",
     "incidents",
@@ -69,7 +69,7 @@ NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS, BUDGETS, KEY_
     "budgets",
     "keyrecords",
 )
-_TABLES = (NAMESPACES, KEY_INDEX, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS, BUDGETS, KEY_RECORDS)
+_TABLES = (NAMESPACES, KEY_USERS, SNAPSHOT, EVENTS, INCIDENTS, LEASES, MARKS, BUDGETS, KEY_RECORDS)
 _WINDOW_ROW = "%Y%m%dT%H%M%S.%fZ"
 _POLL_MARK = ("poll", "last-complete")
 _RELEASED = datetime(1970, 1, 1, tzinfo=UTC)  # a released lease's expiry: before any `now`

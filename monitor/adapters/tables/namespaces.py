@@ -1,9 +1,8 @@
-"""Namespace states and the key index on Table Storage: each namespace's judgement, and which namespaces
-list a key or use a vault (kept in an order that never loses a listed key's entry)."""
+"""Namespace states on Table Storage, and the key index kept with them: each namespace's judgement, and which
+namespaces list a key or use a vault (kept in an order that never loses a listed key's entry)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -14,12 +13,10 @@ from azure.core import MatchConditions
 from azure.data.tables import UpdateMode
 
 from monitor.adapters.tables import wire
-from monitor.adapters.tables.base import TableBase
 from monitor.adapters.tables.codec import (
     _CONFLICTS,
     _PARTITION_SAFE,
     _RACE_RETRIES,
-    KEY_INDEX,
     NAMESPACES,
     _back_off,
     _create_or_replace,
@@ -35,6 +32,7 @@ from monitor.adapters.tables.codec import (
     _transact,
     _unpack,
 )
+from monitor.adapters.tables.key_users import Change, KeyUserTables
 from monitor.app.state import (
     NamespaceState,
     StateSummary,
@@ -48,12 +46,24 @@ _BATCH_BYTES = 2_000_000  # of documents in one: binary goes base64 (4/3) under 
 # A summary is one property (JSON): the SDK's cost of reading an entity grows with its properties.
 _SUMMARY = ["NamespaceId", "Summary"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A summary's last field when the key index holds exactly the state's keys, nothing to clean. True said so of
+# the per-entry index of earlier versions, no longer read: such a state reads as unsettled, and its next write
+# indexes it anew.
+_SETTLED = 2
 
 
 def _summary_json(state: NamespaceState, settled: bool) -> str:
     """[evaluated_at, digest, verdict, key ids, settled]: settled when IndexedKeyIds is the keys (nothing to clean)."""
     keys = sorted([vault, name] for vault, name in state.key_ids)
-    return json.dumps([state.evaluated_at.isoformat(), state.digest, state.verdict, keys, settled])
+    return json.dumps([state.evaluated_at.isoformat(), state.digest, state.verdict, keys, _SETTLED if settled else 0])
+
+
+def _settled(entity: Mapping[str, Any] | None) -> bool:
+    """Whether a stored namespace entity says the key index holds exactly its keys."""
+    try:
+        return entity is not None and json.loads(entity.get("Summary") or "")[4] == _SETTLED
+    except (ValueError, TypeError, IndexError, KeyError):
+        return False
 
 
 _ROWS_PER_QUERY = 14  # Azure allows 15 comparisons in a filter: the partition's, and 14 rows'
@@ -71,7 +81,7 @@ def _summary_of(entity: Mapping[str, str], etag: str) -> StateSummary:
             str(digest),
             str(verdict),
             frozenset((str(vault), str(name)) for vault, name in keys),
-            etag if settled is True else None,  # else a write must settle the index first
+            etag if settled == _SETTLED else None,  # else a write must settle the index first
         )
     except (ValueError, TypeError):
         # Stored before summaries were kept, or unreadable: changed, and written the careful way (read first).
@@ -103,8 +113,8 @@ def _transactions(group: list[_Write]) -> Iterator[list[_Write]]:
         yield chunk
 
 
-class NamespaceTables(TableBase):
-    """Namespace states and the key index on Table Storage: each namespace's judgement, and which namespaces"""
+class NamespaceTables(KeyUserTables):
+    """Namespace states on Table Storage, and the key index kept with them (see this module's docstring)."""
 
     # -- namespace states and the key index
 
@@ -120,7 +130,10 @@ class NamespaceTables(TableBase):
         key = namespace_key(namespace_id)
         return self._namespace_partition(key), _digest(key)
 
-    def _state_entity(self, state: NamespaceState, indexed: frozenset[KeyId]) -> dict[str, Any]:
+    def _state_entity(
+        self, state: NamespaceState, indexed: frozenset[KeyId], *, settled: bool = True
+    ) -> dict[str, Any]:
+        """`settled` False: the index may lack the keys (an earlier version's state), whatever IndexedKeyIds says."""
         partition, row = self._namespace_address(state.id)
         return {
             "PartitionKey": partition,
@@ -130,7 +143,7 @@ class NamespaceTables(TableBase):
             "StatusNow": state.status_now or "",
             "EvaluatedAt": state.evaluated_at,
             "KeyIds": _key_ids_json(state.key_ids),
-            "Summary": _summary_json(state, indexed == state.key_ids),
+            "Summary": _summary_json(state, settled and indexed == state.key_ids),
             # Every key that may have an index entry for this namespace: what a later write must clean up.
             "IndexedKeyIds": _key_ids_json(indexed),
             **_pieces(_pack(state.document), "Doc", what=f"namespace {state.id}"),
@@ -145,36 +158,9 @@ class NamespaceTables(TableBase):
             key_ids=_key_ids_from(entity, "KeyIds"),
         )
 
-    def _index_address(self, key_id: KeyId, namespace: str) -> tuple[str, str]:
-        vault, name = key_id
-        return _digest(vault), f"{_digest(name)}-{_digest(namespace_key(namespace))}"
-
-    async def _add_index(self, namespace_id: str, key_ids: Iterable[KeyId]) -> None:
-        client = await self._table(KEY_INDEX)
-
-        async def add(key_id: KeyId) -> None:
-            partition, row = self._index_address(key_id, namespace_id)
-            entity = {
-                "PartitionKey": partition,
-                "RowKey": row,
-                "VaultId": key_id[0],
-                "KeyName": key_id[1],
-                "NamespaceId": namespace_id,
-            }
-            with _failures(f"index namespace {namespace_id}"):
-                await client.upsert_entity(entity, mode=UpdateMode.REPLACE)
-
-        await asyncio.gather(*(add(key_id) for key_id in key_ids))  # at most three: unbounded is fine
-
-    async def _remove_index(self, namespace_id: str, key_ids: Iterable[KeyId]) -> None:
-        client = await self._table(KEY_INDEX)
-
-        async def remove(key_id: KeyId) -> None:
-            partition, row = self._index_address(key_id, namespace_id)
-            with _failures(f"unindex namespace {namespace_id}"):
-                await client.delete_entity(partition, row)  # a missing entity is not an error
-
-        await asyncio.gather(*(remove(key_id) for key_id in key_ids))
+    @staticmethod
+    def _changes(namespace_id: str, key_ids: Iterable[KeyId], *, listed: bool) -> list[Change]:
+        return [(key_id, namespace_id, listed) for key_id in key_ids]
 
     async def _settle_index(self, namespace_id: str, candidates: frozenset[KeyId]) -> None:
         """Leave the index holding the keys the stored state lists, and forget the rest of `candidates`.
@@ -194,20 +180,21 @@ class NamespaceTables(TableBase):
             current = await self._get(NAMESPACES, partition, row, what=what)
             keys = _key_ids_from(current, "KeyIds")
             indexed = _key_ids_from(current, "IndexedKeyIds")
-            await self._remove_index(namespace_id, (candidates | indexed) - keys)
+            changes = self._changes(namespace_id, (candidates | indexed) - keys, listed=False)
             if current is not None:
-                await self._add_index(str(current["NamespaceId"]), keys)
+                changes += self._changes(str(current["NamespaceId"]), keys, listed=True)
+            await self._change_index(changes)  # a removal and an addition are never of the same key
             again = await self._get(NAMESPACES, partition, row, what=what)
             if again is None and current is None:
                 return  # gone, and nobody put it back: a later put adds its own entries after this
             if again is None or current is None or _etag(again.metadata) != _etag(current.metadata):
                 continue  # someone wrote meanwhile: settle against what they stored
-            if indexed == keys:
+            if indexed == keys and _settled(current):
                 return
             narrowed = dict(current)
             narrowed["IndexedKeyIds"] = _key_ids_json(keys)
             with contextlib.suppress(ValueError, TypeError):  # an unreadable summary stays: it reads as changed
-                narrowed["Summary"] = json.dumps([*json.loads(current.get("Summary") or "")[:4], True])
+                narrowed["Summary"] = json.dumps([*json.loads(current.get("Summary") or "")[:4], _SETTLED])
             client = await self._table(NAMESPACES)
             with _failures(what):
                 try:
@@ -224,7 +211,9 @@ class NamespaceTables(TableBase):
         # stored after this read gets its entries from its own writer, after all our removals.
         current = await self._get(NAMESPACES, partition, row, what=what)
         if current is not None:
-            await self._add_index(str(current["NamespaceId"]), _key_ids_from(current, "KeyIds"))
+            await self._change_index(
+                self._changes(str(current["NamespaceId"]), _key_ids_from(current, "KeyIds"), listed=True)
+            )
 
     async def _put_state(self, state: NamespaceState) -> bool:
         partition, row = self._namespace_address(state.id)
@@ -238,15 +227,15 @@ class NamespaceTables(TableBase):
             old_keys = _key_ids_from(current, "KeyIds")
             old_indexed = _key_ids_from(current, "IndexedKeyIds") | old_keys
             indexed = old_indexed | state.key_ids
-            entity = self._state_entity(state, indexed)
+            entity = self._state_entity(state, indexed, settled=current is None or _settled(current))
             with _failures(what):
                 try:
                     await _create_or_replace(client, entity, None if current is None else _etag(current.metadata))
                 except _CONFLICTS:
                     continue  # someone wrote this namespace since we read it: judge again
-            if old_keys == old_indexed == state.key_ids:
+            if old_keys == old_indexed == state.key_ids and _settled(current):
                 return True  # the index already holds exactly these keys
-            await self._add_index(state.id, state.key_ids)
+            await self._change_index(self._changes(state.id, state.key_ids, listed=True))
             await self._settle_index(state.id, indexed)
             return True
         raise StateStoreError(what, f"still contended after {_RACE_RETRIES} tries")
@@ -311,33 +300,13 @@ class NamespaceTables(TableBase):
             state for chunk, ok in zip(chunks, accepted, strict=True) if ok for state, etag, _ in chunk if etag is None
         ]
         ahead = self._indexed_ahead
-        await self._index_batched(
-            (state.id, state.key_ids) for state in created if ahead.pop(state.key, None) != state.key_ids
+        await self._change_index(
+            change
+            for state in created
+            if ahead.pop(state.key, None) != state.key_ids
+            for change in self._changes(state.id, state.key_ids, listed=True)
         )
         return refused
-
-    async def _index_batched(self, namespaces: Iterable[tuple[str, Iterable[KeyId]]]) -> None:
-        """Index entries for (namespace id, its keys), upserted 100 to a transaction per vault partition."""
-        entries: dict[str, dict[str, dict[str, Any]]] = {}
-        for namespace_id, key_ids in namespaces:
-            for key_id in key_ids:
-                partition, row = self._index_address(key_id, namespace_id)
-                entries.setdefault(partition, {})[row] = {
-                    "PartitionKey": partition,
-                    "RowKey": row,
-                    "VaultId": key_id[0],
-                    "KeyName": key_id[1],
-                    "NamespaceId": namespace_id,
-                }
-        client = await self._table(KEY_INDEX)
-
-        async def submit(chunk: list[dict[str, Any]]) -> None:
-            with _failures(f"index of vault partition {chunk[0]['PartitionKey']}"):
-                operations: list[wire.Operation] = [("upsert", entity, None) for entity in chunk]
-                await _transact(lambda: wire.submit(client, operations))
-
-        rows = [list(partition.values()) for partition in entries.values()]
-        await self._gather(submit(part[i : i + _BATCH]) for part in rows for i in range(0, len(part), _BATCH))
 
     async def index_new_namespaces(self, namespaces: Iterable[tuple[str, frozenset[KeyId]]]) -> None:
         """Write the index entries of namespaces about to be stored for the first time, ahead of their states
@@ -347,7 +316,7 @@ class NamespaceTables(TableBase):
         without them."""
         pairs = [(namespace_id, frozenset(key_ids)) for namespace_id, key_ids in namespaces]
         self._indexed_ahead = {}
-        await self._index_batched(pairs)
+        await self._change_index(change for n, key_ids in pairs for change in self._changes(n, key_ids, listed=True))
         self._indexed_ahead = {namespace_key(namespace_id): key_ids for namespace_id, key_ids in pairs}
 
     async def list_namespace_summaries(self) -> list[StateSummary]:
@@ -425,38 +394,22 @@ class NamespaceTables(TableBase):
         found = await self._gather(query(partition, rows) for partition, rows in queries)
         return _summaries_from(entity for entities in found for entity in entities)
 
-    async def _confirmed(self, index_filter: str, what: str, listed: Callable[[KeyId], bool]) -> list[StateSummary]:
-        """The summaries of the namespaces behind the index entries `index_filter` matches whose stored state lists
-        a key for which `listed` holds. The index may briefly hold more than the states do (see _settle_index);
-        the state decides. The entries are read as their NamespaceId alone: a shared key's event reads a
-        thousand, and the SDK's entity models cost a tenth of the event."""
-        client = await self._table(KEY_INDEX)
-        with _failures(what):
-            ids = [
-                entity["NamespaceId"]
-                async for page in wire.query_strings(client, index_filter, ("NamespaceId",))
-                for entity, _ in page
-                if "NamespaceId" in entity
-            ]
+    async def _confirmed(self, ids: Iterable[str], listed: Callable[[KeyId], bool]) -> list[StateSummary]:
+        """The summaries of the namespaces `ids` (what the index names) whose stored state lists a key for which
+        `listed` holds. The index may briefly name more than the states do (see _settle_index): the state
+        decides."""
         summaries = await self._summaries_of(ids)
         return [summary for summary in summaries if any(map(listed, summary.key_ids))]
 
     async def summaries_for_key(self, vault_uri: str, key_name: str) -> list[StateSummary]:
         wanted = (vault_id(vault_uri), name_id(key_name))
-        key_hash, literal = _digest(wanted[1]), wire.literal
-        # '.' sorts right after '-': the range is every row starting key_hash-.
-        index_filter = (
-            f"PartitionKey eq {literal(_digest(wanted[0]))} and RowKey ge {literal(key_hash + '-')} "
-            f"and RowKey lt {literal(key_hash + '.')}"
-        )
-        return await self._confirmed(index_filter, f"namespaces for key {key_name}", lambda key_id: key_id == wanted)
+        users = await self._users_of_key(wanted, what=f"namespaces for key {key_name}")
+        return await self._confirmed(users, lambda key_id: key_id == wanted)
 
     async def summaries_for_vault(self, vault_uri: str) -> list[StateSummary]:
         wanted = vault_id(vault_uri)
-        index_filter = f"PartitionKey eq {wire.literal(_digest(wanted))}"
-        return await self._confirmed(
-            index_filter, f"namespaces for vault {vault_uri}", lambda key_id: key_id[0] == wanted
-        )
+        users = await self._users_of_vault(wanted, what=f"namespaces for vault {vault_uri}")
+        return await self._confirmed(users, lambda key_id: key_id[0] == wanted)
 
     async def namespaces_for_key(self, vault_uri: str, key_name: str) -> list[str]:
         return [summary.id for summary in await self.summaries_for_key(vault_uri, key_name)]

@@ -56,7 +56,7 @@ def test_the_store_creates_its_tables_when_missing(azurite: Azurite, prefix: str
         f"{prefix}{t}"
         for t in (
             "namespaces",
-            "keyindex",
+            "keyusers",
             "snapshot",
             "events",
             "incidents",
@@ -181,7 +181,7 @@ def test_keys_hold_no_character_azure_forbids(azurite: Azurite, prefix: str):
             await store.put_snapshot({"n": 1}, taken_at=T0)
             assert await store.namespaces_for_key("https://kv.vault.azure.net", "KEY/with#odd?chars") == [weird.id]
             everything = []
-            for table in ("namespaces", "keyindex", "snapshot", "events", "incidents", "leases"):
+            for table in ("namespaces", "keyusers", "snapshot", "events", "incidents", "leases"):
                 everything += await rows(store, table)
             return everything
 
@@ -205,11 +205,11 @@ def test_an_interrupted_index_update_is_hidden_then_cleaned_up(azurite: Azurite,
                 entity = next(iter(await rows(store, "namespaces")))
                 entity["IndexedKeyIds"] = json.dumps([[KV, "dropped"], [KV, "kept"]])
                 await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
-            await store._add_index(current.id, [(KV, "dropped")])
-            left = sorted(str(e["KeyName"]) for e in await rows(store, "keyindex"))
+            await store._change_index([((KV, "dropped"), current.id, True)])
+            left = sorted(key_id[1] for key_id, _ in await store.index_entries())
             answered = await store.namespaces_for_key(KV, "dropped")
             await store.put_namespace_states([current])
-            return left, answered, sorted(str(e["KeyName"]) for e in await rows(store, "keyindex"))
+            return left, answered, sorted(key_id[1] for key_id, _ in await store.index_entries())
 
     assert asyncio.run(scenario()) == (["dropped", "kept"], [], ["kept"])
 
@@ -258,17 +258,17 @@ def test_new_namespaces_are_indexed_ahead_and_their_states_then_add_no_entries(
     async def scenario() -> tuple[int, int, list[int], list[str]]:
         async with opened(azurite, prefix) as store:
             await store.index_new_namespaces([(s.id, s.key_ids) for s in states])
-            ahead = len(await rows(store, "keyindex"))
+            ahead = len(await store.index_entries())
             stored_ahead = len(await rows(store, "namespaces"))
             indexed: list[int] = []
-            write_index = store._index_batched
+            change_index = store._change_index
 
-            async def counting(namespaces: Any) -> None:
-                listed = list(namespaces)
+            async def counting(changes: Any) -> None:
+                listed = list(changes)
                 indexed.append(len(listed))
-                await write_index(listed)
+                await change_index(listed)
 
-            monkeypatch.setattr(store, "_index_batched", counting)
+            monkeypatch.setattr(store, "_change_index", counting)
             await store.put_namespace_states(states, previous={})
             return ahead, stored_ahead, indexed, await store.namespaces_for_key(KV, "shared")
 
@@ -298,9 +298,7 @@ def test_concurrent_writers_leave_every_listed_key_in_the_raw_index(azurite: Azu
             stores = (a, b, c)
             await asyncio.gather(*(stores[r % 3].put_namespace_states(batch) for r, batch in enumerate(rounds)))
             listed = {(s.id, key_id) for s in await a.list_namespace_states() for key_id in s.key_ids}
-            indexed = {
-                (str(e["NamespaceId"]), (str(e["VaultId"]), str(e["KeyName"]))) for e in await rows(a, "keyindex")
-            }
+            indexed = {(namespace_id, key_id) for key_id, namespace_id in await a.index_entries()}
             return listed, indexed
 
     listed, indexed = asyncio.run(scenario())
@@ -349,3 +347,101 @@ def test_a_state_stored_before_summaries_reads_as_changed_and_is_rewritten_with_
     before, after = asyncio.run(scenario())
     assert before.digest == "" and before.version is None
     assert after == later.summary() and after.version is not None
+
+
+def test_the_index_is_one_entity_a_key_however_many_namespaces_list_it(azurite: Azurite, prefix: str):
+    """60 namespaces over 4 keys (each listing 2) make 4 index entities, not 120; each key's lookup names its own."""
+    states = [state(f"sb-{n}", (KV, f"k{n % 4}"), (KV, f"k{(n + 1) % 4}")) for n in range(60)]
+
+    async def scenario() -> tuple[int, list[int]]:
+        async with opened(azurite, prefix) as store:
+            await store.put_namespace_states(states, previous={})
+            found = [len(await store.namespaces_for_key(KV, f"k{k}")) for k in range(4)]
+            return len(await rows(store, "keyusers")), found
+
+    assert asyncio.run(scenario()) == (4, [30, 30, 30, 30])
+
+
+def test_a_key_listed_by_thousands_of_namespaces_spans_rows_and_shrinks_back(azurite: Azurite, prefix: str):
+    """A document past one entity goes on more rows, written with its head in one transaction; once it shrinks,
+    the rows it no longer counts are ignored; rows of different writes are read again, then refused."""
+    rng = random.Random(5)
+    many = [f"/subscriptions/s/resourceGroups/rg/providers/Microsoft.ServiceBus/namespaces/{rng.randbytes(90).hex()}"]
+    many += [f"{many[0][:-180]}{rng.randbytes(90).hex()}" for _ in range(7_999)]
+    key = (KV, "central")
+
+    async def scenario() -> tuple[int, int, int, int, str]:
+        async with opened(azurite, prefix) as store:
+            await store._change_index([(key, namespace_id, True) for namespace_id in many])
+            spread = len(await rows(store, "keyusers"))
+            named = len(await store.index_entries())
+            await store._change_index([(key, namespace_id, False) for namespace_id in many[10:]])
+            shrunk = await store.index_entries()
+            await store._change_index([(key, namespace_id, True) for namespace_id in many])
+            head, *others = sorted(await rows(store, "keyusers"), key=lambda e: str(e["RowKey"]))
+            client = TableServiceClient.from_connection_string(azurite.connection_string)
+            async with client, client.get_table_client(store.table_name("keyusers")) as table:
+                await table.upsert_entity({**others[0], "Generation": "another"}, mode=UpdateMode.REPLACE)
+            with pytest.raises(StateStoreError) as refused:
+                await store.index_entries()
+            return spread, named, len(shrunk), int(str(head["Rows"])), str(refused.value)
+
+    spread, named, shrunk, head_rows, refused = asyncio.run(scenario())
+    assert spread >= 2 and head_rows == spread
+    assert (named, shrunk) == (8_000, 10)
+    assert "being rewritten" in refused
+
+
+def test_concurrent_writers_of_one_key_in_a_process_share_its_writes(
+    azurite: Azurite, prefix: str, monkeypatch: pytest.MonkeyPatch
+):
+    """300 namespaces moved at once from one key to another (each written the careful way, 16 at a time) merge
+    their index changes into a few writes of the two documents: none runs out of tries, and the index follows."""
+    before = [state(f"sb-{n}", (KV, "old")) for n in range(300)]
+    after = [state(f"sb-{n}", (KV, "new"), evaluated_at=T0 + MINUTE) for n in range(300)]
+
+    async def scenario() -> tuple[int, int, int, int]:
+        async with opened(azurite, prefix) as store:
+            await store.put_namespace_states(before)
+            rounds: list[int] = []
+            apply_round = store._apply_round
+
+            async def counted(partition: str, changes: Any) -> None:
+                rounds.append(len(changes))
+                await apply_round(partition, changes)
+
+            monkeypatch.setattr(store, "_apply_round", counted)
+            await store.put_namespace_states(after)
+            old = await store.namespaces_for_key(KV, "old")
+            new = await store.namespaces_for_key(KV, "new")
+            return len(rounds), len(old), len(new), len(await store.index_entries())
+
+    rounds, old, new, entries = asyncio.run(scenario())
+    assert (old, new, entries) == (0, 300, 300)
+    assert rounds < 300  # a round for each change would be 600 or more (each namespace's addition and settling)
+
+
+def test_a_state_an_earlier_version_indexed_is_indexed_anew_by_its_next_write(azurite: Azurite, prefix: str):
+    """A state whose summary says the per-entry index of earlier versions held its keys reads as unsettled (no
+    version to write on blindly), and the next write from that summary puts it in the key documents."""
+    current = state("sb-a", (KV, "kept"))
+
+    async def scenario() -> tuple[str | None, list[str], list[str]]:
+        async with opened(azurite, prefix) as store:
+            await store.put_namespace_states([current])
+            client = TableServiceClient.from_connection_string(azurite.connection_string)
+            async with client:
+                async with client.get_table_client(store.table_name("namespaces")) as table:
+                    entity = next(iter(await rows(store, "namespaces")))
+                    entity["Summary"] = json.dumps([*json.loads(str(entity["Summary"]))[:4], True])
+                    await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+                async with client.get_table_client(store.table_name("keyusers")) as table:
+                    for document in await rows(store, "keyusers"):
+                        await table.delete_entity(str(document["PartitionKey"]), str(document["RowKey"]))
+            summaries = await store.list_namespace_summaries()
+            missing = await store.namespaces_for_key(KV, "kept")
+            later = replace(current, evaluated_at=T0 + MINUTE)
+            await store.put_namespace_states([later], previous={s.key: s for s in summaries})
+            return summaries[0].version, missing, await store.namespaces_for_key(KV, "kept")
+
+    assert asyncio.run(scenario()) == (None, [], [current.id])
