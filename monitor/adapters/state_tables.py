@@ -7,8 +7,13 @@ Tables (`prefix` + name, created when missing), as PartitionKey / RowKey: proper
   verdict, keys, whether the index is settled: what a poll compares with, read without the document),
   Doc00… (zlib-compressed JSON document). A poll writes changed states 100 to an entity-group
   transaction per partition, each conditioned on the ETag its summary was read with.
-- keyindex: sha256(vault_id) / sha256(key name_id) "-" sha256(lower-cased ARM id): VaultId, KeyName,
-  NamespaceId. One partition a vault answers namespaces_for_vault; a RowKey range answers namespaces_for_key.
+- keyusers (the key index): sha256(vault_id) / sha256(key name_id): VaultId, KeyName, Generation, Rows,
+  N00… (zlib JSON: the ids of the namespaces that list the key); a key listed by tens of thousands of
+  namespaces continues on rows sha256(key name_id) "-01"…, of the same Generation, written in one transaction
+  with the head (rows past the head's Rows are left from a larger document and never read). A key's RowKey
+  range answers namespaces_for_key; its vault's partition, namespaces_for_vault. (Earlier versions kept an
+  entity an entry in `keyindex`: no longer read, and deletable; their states are indexed anew by their next
+  write, see tables/namespaces.py.)
 - snapshot: "snapshot" / "head": Generation, TakenAt, Chunks, Sha256, Bytes; and
   "snapshot" / generation "-" chunk number: TakenAt, D00…D11 (pieces of the zlib-compressed JSON)
 - events: "event" / sha256(event id): EventId, ProcessedAt
@@ -34,7 +39,10 @@ Concurrency: every read-modify-write is conditional on the ETag it read (create-
 records), and retried after a lost race with a random back-off. The key index cannot share a
 transaction with the namespaces it indexes (other partitions), so it is kept in an order that never
 loses the entry of a key a stored state lists (`_settle_index` in tables/namespaces.py); an entry it may
-briefly hold too many is never answered, because lookups confirm each candidate against its state. For
+briefly hold too many is never answered, because lookups confirm each candidate against its state. Its
+changes (add or remove a namespace from a key's document) are merged in the process and written a vault
+partition at a time, each document on its ETag (tables/key_users.py): a thousand namespaces moving to
+another key at once cost a few writes of two documents, not a thousand contended ones. For
 the same reason a poll writes the entries of namespaces it holds no state of while it reads their keys
 (`index_new_namespaces`), ahead of their states: a first poll's index writes overlap its key reads, and a
 writer that dies between leaves entries without a state, never a state without its entries.

@@ -206,7 +206,9 @@ class KeyUserTables(TableBase):
                     with _failures(f"key index of vault {vault}"):
                         try:
                             await _transact(lambda: wire.submit(client, operations))
-                        except wire.TransactionRefusedError:
+                        except wire.TransactionRefusedError as refusal:
+                            if refusal.status == 413:
+                                raise StateStoreError(f"key index of vault {vault}", str(refusal)) from refusal
                             return [key_id for key_id, _ in transaction]
                 return []
 
