@@ -18,7 +18,15 @@ def _dumps(value: Any) -> str:
 
 def packed_json(document: Mapping[str, Any]) -> bytes:
     """zlib(json.dumps(document, ensure_ascii=False, separators=(",", ":"))), byte for byte what decompresses to
-    it, with each top-level list (or other sequence, a list's JSON) encoded ITEMS_PER_STEP items at a time."""
+    it, with each top-level list (or other sequence, a list's JSON) encoded ITEMS_PER_STEP items at a time.
+    A document with no longer list (a namespace's state: most of a first poll's records) is encoded at once."""
+    if type(document) is dict and all(
+        (type(value) in (list, tuple) and len(value) <= ITEMS_PER_STEP)
+        or not isinstance(value, Sequence)
+        or isinstance(value, str | bytes)
+        for value in document.values()
+    ):
+        return zlib.compress(_dumps(document).encode("utf-8"), LEVEL)
     compressor = zlib.compressobj(LEVEL)
     parts: list[bytes] = []
 
