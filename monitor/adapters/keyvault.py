@@ -356,7 +356,9 @@ class KeyVaultKeys:
                 if versions.get(name_id(pinned)) is None or versions[name_id(pinned)].key_ops is None:
                     try:
                         full = await client.get_key(name, pinned)
-                    except ResourceNotFoundError:
+                    except ResourceNotFoundError as missing:
+                        if missing.error is None or missing.error.code != "KeyNotFound":
+                            raise  # a 404 from anything but Key Vault (a proxy, a wrong endpoint): unread
                         continue  # the pinned version does not exist: a usability fact the domain reports
                     versions[name_id(pinned)] = _from_key(full)
         except AzureError as error:

@@ -207,6 +207,28 @@ def test_transient_key_faults_are_retried_then_read(sandbox: Sandbox, fault: str
     assert by_name["sb-expiring"]["status_now"] == "healthy"
 
 
+def test_a_pinned_version_answered_by_a_foreign_404_is_unknown_not_missing(sandbox: Sandbox):
+    """Only Key Vault's own KeyNotFound says a pinned version is gone: a 404 with another code (a proxy, a wrong
+    endpoint) says nothing about the key, so its namespaces are unknown, never revoked for a missing version."""
+    sandbox.faults.respond(404, code="NotFound", service="keyvault", path="^/keys/k-main/v1")
+    by_name = {n["name"]: n for n in _check().json["namespaces"]}
+    pinned = by_name["sb-pinned"]
+    assert pinned["status_now"] == "unknown"
+    blind = next(f for f in pinned["findings"] if f["code"] == "monitor-blind")
+    assert "404" in blind["message"]
+    # The key's read is incomplete, so what else lists it is unknown too; other keys are judged as usual.
+    assert by_name["sb-healthy"]["status_now"] == "unknown"
+    assert by_name["sb-expiring"]["status_now"] == "healthy"
+
+
+def test_a_pinned_version_key_vault_says_is_not_found_is_judged_missing(sandbox: Sandbox):
+    """Key Vault's own KeyNotFound for a pinned version is a fact the domain judges (the version is gone)."""
+    sandbox.faults.respond(404, code="KeyNotFound", service="keyvault", path="^/keys/k-main/v1")
+    pinned = {n["name"]: n for n in _check().json["namespaces"]}["sb-pinned"]
+    assert pinned["status_now"] == "revoked"
+    assert "monitor-blind" not in {f["code"] for f in pinned["findings"]}
+
+
 def test_a_truncated_answer_is_unknown(sandbox: Sandbox):
     """A body cut short cannot be believed: the key is unknown, never healthy or revoked."""
     sandbox.faults.truncate(service="keyvault", path="/keys/k-expiring")
