@@ -78,7 +78,9 @@ def _summary_of(entity: Mapping[str, str], etag: str) -> StateSummary:
         summary = StateSummary(
             namespace_id,
             datetime.fromisoformat(evaluated_at),
-            str(digest),
+            # Indexed by an earlier version's per-entry index (settled True): changed, so the next poll writes it,
+            # the careful way, which indexes it.
+            "" if settled is True else str(digest),
             str(verdict),
             frozenset((str(vault), str(name)) for vault, name in keys),
             etag if settled == _SETTLED else None,  # else a write must settle the index first
