@@ -156,6 +156,24 @@ async def _transact(send: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
+async def _create_once(client: TableClient, entity: dict[str, Any]) -> bool | None:
+    """Insert `entity`, sent again when its connection failed (as _transact): True when this call created it,
+    False when it was there already; None when only a resend found it there, which the lost send may have
+    written (the caller tells by reading it, or by what it means)."""
+    for attempt in range(_TRANSACTION_ATTEMPTS):
+        await _back_off(attempt)
+        try:
+            await client.create_entity(entity, **_NO_ECHO)
+        except ResourceExistsError:
+            return False if attempt == 0 else None
+        except ServiceRequestError:
+            if attempt == _TRANSACTION_ATTEMPTS - 1:
+                raise
+        else:
+            return True
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
 @contextlib.contextmanager
 def _failures(what: str) -> Iterator[None]:
     """Azure failures other than the races each method handles, as StateStoreError (secret-free reasons)."""

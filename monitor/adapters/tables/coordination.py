@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 from datetime import datetime, timedelta
 
-from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableEntity
 
 from monitor.adapters.tables.base import TableBase
@@ -14,7 +13,6 @@ from monitor.adapters.tables.codec import (
     _CONFLICTS,
     _EVENT_PARTITION,
     _LEASE_PARTITION,
-    _NO_ECHO,
     _POLL_MARK,
     _RACE_RETRIES,
     _RELEASED,
@@ -24,6 +22,7 @@ from monitor.adapters.tables.codec import (
     LEASES,
     MARKS,
     _back_off,
+    _create_once,
     _create_or_replace,
     _digest,
     _etag,
@@ -79,11 +78,9 @@ class CoordinationTables(TableBase):
             "ProcessedAt": utc(at, "at"),
         }
         with _failures(f"event {event_id}"):
-            try:
-                await client.create_entity(entity, **_NO_ECHO)  # insert-only: the service lets one caller win
-            except ResourceExistsError:
-                return False
-        return True
+            created = await _create_once(client, entity)  # insert-only: the service lets one caller win
+        # None: a resend found the mark, most likely this call's own lost send: the work was this call's.
+        return created is not False
 
     async def purge_processed_events(self, *, before: datetime) -> int:
         old = await self._query(
@@ -182,8 +179,14 @@ class CoordinationTables(TableBase):
             "Token": token,
         }
         with _failures(f"lease {name}"):
+            if current is None:
+                created = await _create_once(client, entity)
+                if created is None:  # a resend found a lease: ours if it names us, with our token and expiry
+                    found = await self._lease_entity(name)
+                    return found is not None and (found["Holder"], found["Token"]) == (holder, token)
+                return created
             try:
-                await _create_or_replace(client, entity, None if current is None else _etag(current.metadata))
+                await _create_or_replace(client, entity, _etag(current.metadata))
             except _CONFLICTS:
                 return False  # another instance changed the lease since we read it: it won
         return True

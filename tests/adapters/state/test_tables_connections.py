@@ -11,10 +11,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import timedelta
 from typing import Literal
 
+import pytest
+
 from monitor.adapters.state_tables import TableStateStore
-from monitor.app.state import NamespaceState
+from monitor.app.state import Lease, NamespaceState
 from tests.adapters.state.support import AZURITE_KEY, T0, Azurite, state
 
 KV = "https://kv-payments.vault.azure.net"
@@ -212,3 +215,43 @@ def test_a_budget_grant_applied_whose_answer_is_lost_counts_on_the_safe_side(azu
     cuts, granted, left = _cut_budget_grant(azurite, prefix, "unanswered")
     assert (cuts, granted) == (1, 10)
     assert left == 1000 - 20
+
+
+def _cut_create(azurite: Azurite, prefix: str, table: str, cut: Cut) -> tuple[int, bool, object, object]:
+    """An event's mark and a new lease (each a create: a POST) with their write cut as `cut` says: (cuts, what the
+    event mark answered, the lease acquired, what another instance then gets of the same lease)."""
+
+    async def scenario() -> tuple[int, bool, object, object]:
+        async with relayed_store(azurite, prefix) as (relay, store):
+            await store.take_budget("kv-b", T0, 1, 1000)  # creates the tables
+            # The create itself (a POST to the table), not the read of the entity before it.
+            relay.cut, relay.cut_marker = cut, f"/{prefix}{table} HTTP/1.1".encode()
+            first = await store.mark_event_processed("event-1", at=T0) if table == "events" else True
+            lease = await store.acquire_lease("poll", "A", timedelta(minutes=5), now=T0) if table == "leases" else None
+            async with TableStateStore.from_connection_string(azurite.connection_string, table_prefix=prefix) as other:
+                again = (
+                    await other.mark_event_processed("event-1", at=T0)
+                    if table == "events"
+                    else await other.acquire_lease("poll", "B", timedelta(minutes=5), now=T0)
+                )
+            return relay.cuts, first, lease, again
+
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("cut", ["unsent", "unanswered"])
+def test_an_event_mark_whose_connection_drops_is_sent_again_and_counted_once(azurite: Azurite, prefix: str, cut: Cut):
+    """The mark is sent again on a new connection (a lost answer finds it there: this call's own); a redelivery
+    of the event is then a duplicate."""
+    cuts, first, _, again = _cut_create(azurite, prefix, "events", cut)
+    assert (cuts, first, again) == (1, True, False)
+
+
+@pytest.mark.parametrize("cut", ["unsent", "unanswered"])
+def test_a_new_lease_whose_connection_drops_is_held_by_the_caller(azurite: Azurite, prefix: str, cut: Cut):
+    """A lease created on a connection the server closed is sent again; when the lost send had created it, the
+    lease read back names the caller with its token: it holds it, and nobody else gets it."""
+    cuts, _, lease, other = _cut_create(azurite, prefix, "leases", cut)
+    assert cuts == 1
+    assert isinstance(lease, Lease) and (lease.holder, lease.token) == ("A", 1)
+    assert other is None
