@@ -122,7 +122,8 @@ class NamespaceTables(KeyUserTables):
 
     @staticmethod
     def _namespace_partition(key: str) -> str:
-        # By subscription: a fleet's namespaces spread over partitions, and a human can find them.
+        # By subscription: a fleet's namespaces spread over partitions, and a human can find them. Service Bus
+        # allows 1,000 namespaces a subscription, so a partition never holds more than that many.
         parts = key.strip("/").split("/")
         if len(parts) > 1 and parts[0] == "subscriptions" and _PARTITION_SAFE.match(parts[1]):
             return parts[1]
