@@ -47,8 +47,8 @@ _BATCH_BYTES = 2_000_000  # of documents in one: binary goes base64 (4/3) under 
 _SUMMARY = ["NamespaceId", "Summary"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # A summary's last field when the key index holds exactly the state's keys, nothing to clean. True said so of
-# the per-entry index of earlier versions, no longer read: such a state reads as unsettled, and its next write
-# indexes it anew.
+# the per-entry index of earlier versions, no longer read: such a state reads as changed and unsettled, so the
+# next poll writes it the careful way, which indexes it anew.
 _SETTLED = 2
 
 
