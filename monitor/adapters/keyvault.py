@@ -162,6 +162,11 @@ def version_from_bundle(bundle: Mapping[str, Any]) -> tuple[KeyVersion, str, dic
     )
 
 
+def _key_vault_not_found(error: HttpResponseError) -> bool:
+    """Whether a 404 is Key Vault's own KeyNotFound (azure-core's reading of {"error": {"code": …}})."""
+    return error.error is not None and error.error.code == "KeyNotFound"
+
+
 async def _current_version(
     client: KeyClient, name: str
 ) -> tuple[Mapping[str, Any], KeyVersion, str, dict[str, str]] | None:
@@ -176,8 +181,7 @@ async def _current_version(
     if response.status_code == 404:
         # Only Key Vault's own answer says the key is not there; a 404 from anything else (a proxy, a wrong
         # endpoint, a cut-off body) says nothing about the key.
-        error = HttpResponseError(response=response).error  # azure-core's reading of {"error": {"code": …}}
-        if error is not None and error.code == "KeyNotFound":
+        if _key_vault_not_found(HttpResponseError(response=response)):
             return None
         raise DecodeError("a 404 that is not Key Vault's KeyNotFound", response=response)
     response.raise_for_status()
@@ -357,7 +361,7 @@ class KeyVaultKeys:
                     try:
                         full = await client.get_key(name, pinned)
                     except ResourceNotFoundError as missing:
-                        if missing.error is None or missing.error.code != "KeyNotFound":
+                        if not _key_vault_not_found(missing):
                             raise  # a 404 from anything but Key Vault (a proxy, a wrong endpoint): unread
                         continue  # the pinned version does not exist: a usability fact the domain reports
                     versions[name_id(pinned)] = _from_key(full)

@@ -10,7 +10,7 @@ import json
 import random
 import re
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -43,6 +43,9 @@ _PIECES_PER_ENTITY = 12
 _RACE_RETRIES = 8  # conditional writes re-read and try again this often before giving up
 _SNAPSHOT_READS = 5  # a snapshot replaced while being read is read again this often
 _TRANSACTION_ATTEMPTS = 3  # a transaction whose connection failed is sent this often in all
+_BATCH = 100  # entities an entity-group transaction may hold
+_BATCH_BYTES = 2_000_000  # of documents in one: binary goes base64 (4/3) under the 4 MiB payload limit
+_ROWS_PER_QUERY = 14  # Azure allows 15 comparisons in a filter: the partition's, and 14 rows'
 _PARTITION_SAFE = re.compile(r"^[0-9a-z-]{1,64}$")
 _PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,40}$")
 _CONFLICTS = (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError)
@@ -157,21 +160,39 @@ async def _transact(send: Callable[[], Awaitable[T]]) -> T:
 
 
 async def _create_once(client: TableClient, entity: dict[str, Any]) -> bool | None:
-    """Insert `entity`, sent again when its connection failed (as _transact): True when this call created it,
+    """Insert `entity`, sent again when its connection failed (_transact): True when this call created it,
     False when it was there already; None when only a resend found it there, which the lost send may have
     written (the caller tells by reading it, or by what it means)."""
-    for attempt in range(_TRANSACTION_ATTEMPTS):
-        await _back_off(attempt)
-        try:
-            await client.create_entity(entity, **_NO_ECHO)
-        except ResourceExistsError:
-            return False if attempt == 0 else None
-        except ServiceRequestError:
-            if attempt == _TRANSACTION_ATTEMPTS - 1:
-                raise
-        else:
-            return True
-    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+    sends = 0
+
+    async def send() -> None:
+        nonlocal sends
+        sends += 1
+        await client.create_entity(entity, **_NO_ECHO)
+
+    try:
+        await _transact(send)
+    except ResourceExistsError:
+        return False if sends == 1 else None
+    return True
+
+
+def _in_transactions(items: Iterable[T], entities: Callable[[T], Sequence[Mapping[str, Any]]]) -> Iterator[list[T]]:
+    """`items` of one partition, in order, in groups one transaction may hold: at most _BATCH of the entities
+    each item writes, and _BATCH_BYTES of their binary properties (with room for the rest). An item's entities
+    are never split."""
+    group: list[T] = []
+    count = size = 0
+    for item in items:
+        written = entities(item)
+        weight = sum(2_000 + sum(len(v) for v in e.values() if isinstance(v, bytes)) for e in written)
+        if group and (count + len(written) > _BATCH or size + weight > _BATCH_BYTES):
+            yield group
+            group, count, size = [], 0, 0
+        group.append(item)
+        count, size = count + len(written), size + weight
+    if group:
+        yield group
 
 
 @contextlib.contextmanager

@@ -25,12 +25,14 @@ from monitor.adapters.tables.codec import (
     _PIECE,
     _PIECES_PER_ENTITY,
     _RACE_RETRIES,
+    _ROWS_PER_QUERY,
     _SNAPSHOT_READS,
     KEY_USERS,
     _back_off,
     _digest,
     _etag,
     _failures,
+    _in_transactions,
     _joined,
     _pieces,
     _transact,
@@ -39,12 +41,9 @@ from monitor.app.state import namespace_key
 from monitor.domain.errors import StateStoreError
 from monitor.domain.model import KeyId
 
-_ROWS_PER_QUERY = 14  # Azure allows 15 comparisons in a filter: the partition's, and 14 rows'
 _HEADS_BY_ROWS_AT_MOST = 4 * _ROWS_PER_QUERY  # more documents than this wanted: one query of the partition
 _PER_ROW = _PIECE * _PIECES_PER_ENTITY
 _ROWS_AT_MOST = 4  # a document's rows go in one transaction: 4 x 720 KB, base64, stays under its 4 MiB
-_BATCH = 100
-_BATCH_BYTES = 2_000_000
 
 Change = tuple[KeyId, str, bool]  # a key, a namespace id, whether the namespace lists it (else: no longer)
 
@@ -54,7 +53,6 @@ class _Document:
     """A key's document as read: the head's ETag, and the namespaces it names (by namespace key)."""
 
     etag: str
-    rows: int
     users: dict[str, str]
 
 
@@ -104,7 +102,7 @@ def _documents_from(entities: Iterable[TableEntity]) -> tuple[dict[KeyId, _Docum
             raise StateStoreError(what, f"stored document is unreadable: {error}") from error
         if not isinstance(ids, list):
             raise StateStoreError(what, "stored document is not a list of namespaces")
-        documents[key_id] = _Document(_etag(head.metadata), count, {namespace_key(str(i)): str(i) for i in ids})
+        documents[key_id] = _Document(_etag(head.metadata), {namespace_key(str(i)): str(i) for i in ids})
     return documents, torn
 
 
@@ -190,15 +188,7 @@ class KeyUserTables(TableBase):
                         users.pop(namespace, None)
                 if users != (document.users if document is not None else {}):
                     writes.append((key_id, _operations(key_id, document, users)))
-            transactions: list[list[tuple[KeyId, list[wire.Operation]]]] = []
-            count = size = 0
-            for write in writes:
-                weight = sum(2_000 + sum(len(v) for v in op[1].values() if isinstance(v, bytes)) for op in write[1])
-                if not transactions or count + len(write[1]) > _BATCH or size + weight > _BATCH_BYTES:
-                    transactions.append([])
-                    count = size = 0
-                transactions[-1].append(write)
-                count, size = count + len(write[1]), size + weight
+            transactions = list(_in_transactions(writes, lambda write: [op[1] for op in write[1]]))
 
             async def submit(transaction: list[tuple[KeyId, list[wire.Operation]]]) -> list[KeyId]:
                 operations = [op for _, ops in transaction for op in ops]
@@ -218,40 +208,43 @@ class KeyUserTables(TableBase):
             changes = {key_id: changes[key_id] for key_id in refused}
         raise StateStoreError(f"key index of vault {vault}", f"still contended after {_RACE_RETRIES} tries")
 
-    async def _documents(self, partition: str, key_ids: list[KeyId], *, what: str) -> dict[KeyId, _Document]:
-        """The stored documents of `key_ids` (those that exist): their heads 14 to a query, or the whole
-        partition in one for many; the other rows of the few large ones by their range. Read again while
-        a document's rows are of different writes."""
+    async def _documents(self, partition: str, key_ids: list[KeyId] | None, *, what: str) -> dict[KeyId, _Document]:
+        """The stored documents of `key_ids` (those that exist; None: all the partition's): their heads 14 to a
+        query, then the other rows of the few large ones by their range; or, for many, the whole partition in one
+        query. Read again while a document's rows are of different writes."""
         client = await self._table(KEY_USERS)
         literal = wire.literal
+        whole = key_ids is None or len(key_ids) > _HEADS_BY_ROWS_AT_MOST
+        if whole:
+            filters = [f"PartitionKey eq {literal(partition)}"]
+        else:
+            heads = sorted({_head_row(key_id) for key_id in key_ids or ()})
+            filters = [
+                f"PartitionKey eq {literal(partition)} and ("
+                + " or ".join(f"RowKey eq {literal(head)}" for head in heads[i : i + _ROWS_PER_QUERY])
+                + ")"
+                for i in range(0, len(heads), _ROWS_PER_QUERY)
+            ]
+
+        async def query(query_filter: str) -> list[TableEntity]:
+            async with self._index_slots:
+                with _failures(what):
+                    return [entity async for entity in client.query_entities(query_filter)]
+
         for attempt in range(_SNAPSHOT_READS):
             await _back_off(attempt)
-            if len(key_ids) > _HEADS_BY_ROWS_AT_MOST:
-                filters = [f"PartitionKey eq {literal(partition)}"]
-            else:
-                heads = sorted({_head_row(key_id) for key_id in key_ids})
-                filters = [
-                    f"PartitionKey eq {literal(partition)} and ("
-                    + " or ".join(f"RowKey eq {literal(head)}" for head in heads[i : i + _ROWS_PER_QUERY])
-                    + ")"
-                    for i in range(0, len(heads), _ROWS_PER_QUERY)
-                ]
-
-            async def query(query_filter: str) -> list[TableEntity]:
-                async with self._index_slots:
-                    with _failures(what):
-                        return [entity async for entity in client.query_entities(query_filter)]
-
             entities = [entity for found in await asyncio.gather(*map(query, filters)) for entity in found]
-            large = {
-                (str(e.get("VaultId")), str(e.get("KeyName")))
-                for e in entities
-                if "-" not in str(e["RowKey"]) and int(e.get("Rows") or 1) > 1
-            }
-            if len(key_ids) <= _HEADS_BY_ROWS_AT_MOST:
+            if not whole:
+                large = {
+                    (str(e.get("VaultId")), str(e.get("KeyName")))
+                    for e in entities
+                    if "-" not in str(e["RowKey"]) and int(e.get("Rows") or 1) > 1
+                }
                 entities += [e for found in await asyncio.gather(*(query(_key_range(k)) for k in large)) for e in found]
             documents, torn = _documents_from(entities)
             if not torn:
+                if key_ids is None:
+                    return documents
                 wanted = set(key_ids)
                 return {key_id: document for key_id, document in documents.items() if key_id in wanted}
         raise StateStoreError(what, f"a document was being rewritten on {_SNAPSHOT_READS} reads in a row")
@@ -261,15 +254,8 @@ class KeyUserTables(TableBase):
         return [] if document is None else list(document.users.values())
 
     async def _users_of_vault(self, vault: str, *, what: str) -> list[str]:
-        client = await self._table(KEY_USERS)
-        for attempt in range(_SNAPSHOT_READS):
-            await _back_off(attempt)
-            with _failures(what):
-                entities = [e async for e in client.query_entities(f"PartitionKey eq {wire.literal(_digest(vault))}")]
-            documents, torn = _documents_from(entities)
-            if not torn:
-                return sorted({n for document in documents.values() for n in document.users.values()})
-        raise StateStoreError(what, f"a document was being rewritten on {_SNAPSHOT_READS} reads in a row")
+        documents = await self._documents(_digest(vault), None, what=what)
+        return sorted({n for document in documents.values() for n in document.users.values()})
 
     async def index_entries(self) -> set[tuple[KeyId, str]]:
         """Every (key, namespace id) the index holds, as stored (for tests and diagnostics)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,12 +17,14 @@ from monitor.adapters.tables.codec import (
     _CONFLICTS,
     _PARTITION_SAFE,
     _RACE_RETRIES,
+    _ROWS_PER_QUERY,
     NAMESPACES,
     _back_off,
     _create_or_replace,
     _digest,
     _etag,
     _failures,
+    _in_transactions,
     _joined,
     _key_ids_from,
     _key_ids_json,
@@ -41,8 +43,6 @@ from monitor.app.state import (
 from monitor.domain.errors import StateStoreError
 from monitor.domain.model import KeyId, name_id, vault_id
 
-_BATCH = 100  # entities an entity-group transaction may hold
-_BATCH_BYTES = 2_000_000  # of documents in one: binary goes base64 (4/3) under the 4 MiB payload limit
 # A summary is one property (JSON): the SDK's cost of reading an entity grows with its properties.
 _SUMMARY = ["NamespaceId", "Summary"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -66,7 +66,6 @@ def _settled(entity: Mapping[str, Any] | None) -> bool:
         return False
 
 
-_ROWS_PER_QUERY = 14  # Azure allows 15 comparisons in a filter: the partition's, and 14 rows'
 _OR_QUERIES_AT_MOST = 4  # per partition; past that, one query of the whole partition
 
 
@@ -97,22 +96,6 @@ def _summaries_from(entities: Iterable[tuple[dict[str, str], str]]) -> list[Stat
 
 
 _Write = tuple[NamespaceState, str | None, dict[str, Any]]  # a state, the ETag it replaces (None: new), its entity
-
-
-def _transactions(group: list[_Write]) -> Iterator[list[_Write]]:
-    """One partition's writes in chunks one transaction may hold."""
-    chunk: list[_Write] = []
-    size = 0
-    for item in group:
-        entity = item[2]
-        weight = 2_000 + sum(len(v) for v in entity.values() if isinstance(v, bytes))
-        if chunk and (len(chunk) == _BATCH or size + weight > _BATCH_BYTES):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(item)
-        size += weight
-    if chunk:
-        yield chunk
 
 
 class NamespaceTables(KeyUserTables):
@@ -283,7 +266,7 @@ class NamespaceTables(KeyUserTables):
         for state, etag in batched:
             entity = self._state_entity(state, state.key_ids)
             groups.setdefault(entity["PartitionKey"], []).append((state, etag, entity))
-        chunks = [chunk for group in groups.values() for chunk in _transactions(group)]
+        chunks = [chunk for group in groups.values() for chunk in _in_transactions(group, lambda w: [w[2]])]
         client = await self._table(NAMESPACES)
 
         async def submit(chunk: list[_Write]) -> bool:
