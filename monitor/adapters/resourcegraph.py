@@ -14,7 +14,7 @@ from azure.mgmt.resourcegraph.aio import ResourceGraphClient
 
 from monitor.adapters.azure_clients import AzureClients, describe_failure, json_body
 from monitor.adapters.servicebus import ServiceBusInventory, namespace_from_document
-from monitor.app.ports import FleetListing
+from monitor.app.ports import FleetListing, PageCallback
 from monitor.domain.errors import ReadError
 from monitor.domain.model import Namespace, name_id
 
@@ -58,13 +58,15 @@ class ResourceGraphInventory:
     async def list_namespaces(self, subscription: str) -> list[Namespace]:
         return await self._arm.list_namespaces(subscription)
 
-    async def list_namespaces_in(self, subscriptions: Sequence[str]) -> FleetListing:
+    async def list_namespaces_in(
+        self, subscriptions: Sequence[str], *, on_page: PageCallback | None = None
+    ) -> FleetListing:
         if self._denied or not subscriptions:
-            return await self._arm.list_namespaces_in(subscriptions)
+            return await self._arm.list_namespaces_in(subscriptions, on_page=on_page)
         try:
             visible = {name_id(s) for s in await self._arm.list_subscriptions()}
         except ReadError:
-            return await self._arm.list_namespaces_in(subscriptions)
+            return await self._arm.list_namespaces_in(subscriptions, on_page=on_page)
         readable = [s for s in subscriptions if name_id(s) in visible]
         blind = {
             s: f"subscription {s} is not visible to the monitor's identity: give it Reader there"
@@ -72,7 +74,7 @@ class ResourceGraphInventory:
             if name_id(s) not in visible
         }
         try:
-            namespaces = await self._query(readable)
+            namespaces = await self._query(readable, on_page)
         except AzureError as error:
             if _denied(error):
                 self._denied = True
@@ -82,10 +84,10 @@ class ResourceGraphInventory:
                 )
             else:
                 log.warning("Resource Graph query failed (%s); listing over ARM this time", describe_failure(error))
-            return await self._arm.list_namespaces_in(subscriptions)
+            return await self._arm.list_namespaces_in(subscriptions, on_page=on_page)
         return FleetListing(namespaces=namespaces, blind=blind, source="resource-graph")
 
-    async def _query(self, subscriptions: Sequence[str]) -> list[Namespace]:
+    async def _query(self, subscriptions: Sequence[str], on_page: PageCallback | None = None) -> list[Namespace]:
         """The namespaces of every row, page by page. Each page is asked for before the one before it is
         turned into namespaces, so that work overlaps the wait."""
         client = self._graph()
@@ -106,7 +108,10 @@ class ResourceGraphInventory:
                     if token:
                         options = {**options, "$skipToken": token}
                         pending = asyncio.ensure_future(_page(client, {**body, "options": options}))
-                    namespaces.extend(n for row in rows if (n := namespace_from_document(row)) is not None)
+                    page = [n for row in rows if (n := namespace_from_document(row)) is not None]
+                    namespaces.extend(page)
+                    if on_page is not None and page:
+                        on_page(page)
             finally:
                 if pending is not None:
                     pending.cancel()

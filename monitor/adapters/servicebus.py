@@ -10,7 +10,7 @@ from azure.core.exceptions import AzureError
 from azure.mgmt.servicebus.models import SBNamespace
 
 from monitor.adapters.azure_clients import AzureClients, describe_failure
-from monitor.app.ports import FleetListing
+from monitor.app.ports import FleetListing, PageCallback
 from monitor.domain.errors import ReadError
 from monitor.domain.model import KeyRef, Namespace, NamespaceIdentity
 
@@ -137,9 +137,18 @@ class ServiceBusInventory:
             ) from error
         return [namespace for resource in resources if (namespace := namespace_from_arm(resource)) is not None]
 
-    async def list_namespaces_in(self, subscriptions: Sequence[str]) -> FleetListing:
-        """Each subscription listed over ARM, concurrently."""
-        listings = await asyncio.gather(*(self.list_namespaces(sub) for sub in subscriptions), return_exceptions=True)
+    async def list_namespaces_in(
+        self, subscriptions: Sequence[str], *, on_page: PageCallback | None = None
+    ) -> FleetListing:
+        """Each subscription listed over ARM, concurrently; `on_page` told each as it is listed."""
+
+        async def listed(subscription: str) -> list[Namespace]:
+            namespaces = await self.list_namespaces(subscription)
+            if on_page is not None:
+                on_page(namespaces)
+            return namespaces
+
+        listings = await asyncio.gather(*(listed(sub) for sub in subscriptions), return_exceptions=True)
         found = FleetListing(source="arm")
         for subscription, listing in zip(subscriptions, listings, strict=True):
             if isinstance(listing, ReadError):

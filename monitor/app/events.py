@@ -162,7 +162,7 @@ async def _handle_event(monitor: Monitor, event: KeyVaultEvent, *, now: datetime
     snapshot = await _reread_for_event(monitor, known.snapshot, namespaces, event, subscriptions)
     report = evaluate(Scenario(now=now, snapshot=snapshot), monitor.thresholds)
     # The summaries just read say what is stored: only what changed is written, conditioned on their versions.
-    await record_judgements(monitor, report, now=now, stored={summary.key: summary for summary in summaries})
+    await record_judgements(monitor, report.namespaces, now=now, stored={summary.key: summary for summary in summaries})
     alerts: list[Alert] = []
     if monitor.alerting is not None:
         # A shared key's event touches many namespaces: one read of the incidents beats one read per condition.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -16,7 +16,7 @@ from monitor.app.reading import Readers
 from monitor.app.remediation import Outcome, Remediation, remediate
 from monitor.app.state import NamespaceState, StateStore, StateSummary
 from monitor.domain.findings import Thresholds
-from monitor.domain.fleet import FleetReport
+from monitor.domain.fleet import FleetReport, NamespaceReport
 from monitor.domain.model import KeyId, Snapshot
 from monitor.domain.remediation import Mode
 from monitor.domain.world import World
@@ -56,32 +56,34 @@ class Monitor:
 
 async def record_judgements(
     monitor: Monitor,
-    report: FleetReport,
+    reports: Sequence[NamespaceReport],
     *,
     now: datetime,
     stored: Mapping[str, StateSummary],
+    rewrite: Collection[str] = (),
 ) -> tuple[str, ...]:
     """Store each namespace's judgement that says something new; returns the ids whose verdict changed.
 
     `stored` summarises the stored states by key (what list_namespace_summaries or summaries_for_key read,
-    without documents). A judgement that says what is stored already is not written again: the last
-    complete poll's mark says it still held then. States are made and written RECORD_BATCH at a time, so
+    without documents). A judgement that says what is stored already is not written again (unless its
+    namespace id is in `rewrite`: written since `stored` was read): the last complete poll's mark says it
+    still held then. States are made and written RECORD_BATCH at a time, so
     a 100,000-namespace poll never holds every document at once; a batch is made while the one before is
     written, so the store's round trips overlap the making (a first poll on Table Storage writes them all).
     """
     changed: list[str] = []
     writing: asyncio.Future[list[str]] | None = None
     try:
-        for start in range(0, len(report.namespaces), RECORD_BATCH):
+        for start in range(0, len(reports), RECORD_BATCH):
             news = []
-            for made, judged in enumerate(report.namespaces[start : start + RECORD_BATCH]):
+            for made, judged in enumerate(reports[start : start + RECORD_BATCH]):
                 if writing is not None and made % MADE_BETWEEN_YIELDS == 0:
                     await asyncio.sleep(0)  # the batch being written sends its next requests and reads answers
                 state = NamespaceState.of(judged.prediction.namespace, namespace_document(judged), evaluated_at=now)
                 before = stored.get(state.key)
                 if before is None or before.verdict != state.verdict:
                     changed.append(state.id)
-                if before is None or before.digest != state.digest:
+                if before is None or before.digest != state.digest or (rewrite and state.id in rewrite):
                     news.append(state)
             if writing is not None:
                 await writing

@@ -25,13 +25,13 @@ from monitor.app.monitor import (
     record_judgements,
     remediate_report,
 )
-from monitor.app.reading import check
+from monitor.app.reading import JudgedCallback, check
 from monitor.app.remediation import Outcome, remediate
 from monitor.app.state import EVENT_DEDUPE_TTL, StateSummary, key_ids_of, namespace_key
 from monitor.app.telemetry import HEARTBEAT, READINGS, TRACER, count_poll
 from monitor.domain.alert import Alert
 from monitor.domain.errors import StateStoreError
-from monitor.domain.fleet import FleetReport, evaluate
+from monitor.domain.fleet import FleetReport, JudgedAhead, NamespaceReport, evaluate
 from monitor.domain.model import BlindScope, BlindSpot, Namespace, Scenario, vault_id
 from monitor.domain.scenario import parse_scenario
 from monitor.domain.scenario_writing import scenario_document
@@ -62,7 +62,11 @@ class PollResult:
 
 
 async def read_fleet(
-    monitor: Monitor, *, now: datetime, listed: Callable[[Sequence[Namespace]], None] | None = None
+    monitor: Monitor,
+    *,
+    now: datetime,
+    listed: Callable[[Sequence[Namespace]], None] | None = None,
+    judged: JudgedCallback | None = None,
 ) -> tuple[Scenario, FleetReport]:
     return await check(
         monitor.readers,
@@ -71,6 +75,7 @@ async def read_fleet(
         subscriptions=monitor.subscriptions,
         concurrency=monitor.concurrency,
         listed=listed,
+        judged=judged,
     )
 
 
@@ -177,11 +182,29 @@ async def _poll_holding(monitor: Monitor, keeper: LeaseKeeper, *, now: datetime)
         nonlocal ahead
         ahead = asyncio.ensure_future(_index_ahead(monitor, namespaces, summaries))
 
+    stored_by_key: dict[str, StateSummary] | None = None
+
+    async def stored_states() -> dict[str, StateSummary]:
+        nonlocal stored_by_key
+        if stored_by_key is None:
+            stored_by_key = {summary.key: summary for summary in await summaries}
+        return stored_by_key
+
+    # Pages judged while the inventory is still read are recorded then (a steady poll waits on Resource Graph).
+    recorded: dict[str, NamespaceReport] = {}
+    changed_ahead: list[str] = []
+
+    async def record_ahead(reports: Sequence[NamespaceReport]) -> None:
+        if not await keeper.hold(force=not recorded):
+            return  # the final check below says so
+        changed_ahead.extend(await record_judgements(monitor, reports, now=now, stored=await stored_states()))
+        recorded.update((report.prediction.namespace.id, report) for report in reports)
+
     try:
-        scenario, report = await read_fleet(monitor, now=now, listed=listed)
+        scenario, report = await read_fleet(monitor, now=now, listed=listed, judged=record_ahead)
         if report.fleet_blind:
             scenario, report = await _judge_unlisted(monitor, scenario, report)
-        stored = {summary.key: summary for summary in await summaries}
+        stored = await stored_states()
         await ahead
     finally:
         for work in (summaries, ahead):
@@ -191,13 +214,20 @@ async def _poll_holding(monitor: Monitor, keeper: LeaseKeeper, *, now: datetime)
                     await work
     if not await keeper.hold(force=True):
         return PollResult(ran=False)
-    changed = await record_judgements(monitor, report, now=now, stored=stored)
+    # The report keeps the very reports recorded ahead that still hold; one judged again is written again.
+    rest = [n for n in report.namespaces if recorded.get(n.prediction.namespace.id) is not n]
+    again = {n.prediction.namespace.id for n in rest if n.prediction.namespace.id in recorded}
+    changed_now = await record_judgements(monitor, rest, now=now, stored=stored, rewrite=again)
+    moved = {*(i for i in changed_ahead if i not in again), *changed_now}
+    changed = tuple(i for n in report.namespaces if (i := n.prediction.namespace.id) in moved)
     removed: list[str] = []
     if not report.fleet_blind:
         seen = {n.prediction.namespace.id.lower() for n in report.namespaces}
-        for key, state in stored.items():
-            if key not in seen and await monitor.store.delete_namespace_state(state.id):
-                removed.append(state.id)
+        # A page recorded ahead of a listing that then started again (over ARM) may name one it no longer has.
+        unlisted = [i for i in recorded if namespace_key(i) not in seen and namespace_key(i) not in stored]
+        for namespace_id in [*(state.id for key, state in stored.items() if key not in seen), *unlisted]:
+            if await monitor.store.delete_namespace_state(namespace_id):
+                removed.append(namespace_id)
     alerts: list[Alert] = []
     if monitor.alerting is not None and await keeper.hold():
         known = {i.key: i for i in await monitor.store.list_incidents()}
@@ -265,8 +295,15 @@ async def _judge_unlisted(monitor: Monitor, scenario: Scenario, report: FleetRep
         namespaces=(*scenario.snapshot.namespaces, *unlisted),
         blind=(*scenario.snapshot.blind, *blind),
     )
+    # What the listed namespaces rest on is unchanged: their reports (recorded ahead, perhaps) are kept.
+    judged = JudgedAhead(
+        now=report.now,
+        horizon=report.horizon,
+        basis=scenario.snapshot,
+        reports={n.prediction.namespace.id: n for n in report.namespaces},
+    )
     scenario = dataclasses.replace(scenario, snapshot=snapshot)
-    return scenario, evaluate(scenario, monitor.thresholds)
+    return scenario, evaluate(scenario, monitor.thresholds, ahead=judged)
 
 
 async def remediate_once(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -48,6 +48,9 @@ class Clock(Protocol):
     def now(self) -> datetime: ...
 
 
+PageCallback = Callable[[Sequence[Namespace]], None]
+
+
 class InventoryReader(Protocol):
     """Lists subscriptions and the CMK-encrypted Service Bus namespaces in them."""
 
@@ -59,8 +62,14 @@ class InventoryReader(Protocol):
         """Premium namespaces with keySource Microsoft.KeyVault. Raises ReadError."""
         ...
 
-    async def list_namespaces_in(self, subscriptions: Sequence[str]) -> FleetListing:
-        """Those of every subscription given; one that cannot be listed lands in `blind`, never raises."""
+    async def list_namespaces_in(
+        self, subscriptions: Sequence[str], *, on_page: PageCallback | None = None
+    ) -> FleetListing:
+        """Those of every subscription given; one that cannot be listed lands in `blind`, never raises.
+
+        `on_page` is told each page's namespaces as it is read, so work on them can overlap the next page's
+        wait. Only a head start: a listing that starts again another way tells some again, or some that the
+        listing returned does not hold; the listing returned is the one that counts."""
         ...
 
 

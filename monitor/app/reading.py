@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from monitor.app.ports import AccessReader, InventoryReader, KeyReader, VaultReading
+from monitor.app.ports import AccessReader, InventoryReader, KeyReader, PageCallback, VaultReading
 from monitor.domain.errors import ReadError
 from monitor.domain.findings import Thresholds
-from monitor.domain.fleet import FleetReport, evaluate
+from monitor.domain.fleet import FleetReport, JudgedAhead, NamespaceJudge, NamespaceReport, evaluate
 from monitor.domain.model import (
     BlindScope,
     BlindSpot,
@@ -29,7 +29,11 @@ from monitor.domain.model import (
 )
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
+JudgedCallback = Callable[[Sequence[NamespaceReport]], Awaitable[None]]
 T = TypeVar("T")
+# Namespaces judged between two yields to the event loop while the inventory is still read: its next
+# page's request, and the store's, are not held up behind a whole page's judging.
+JUDGED_BETWEEN_YIELDS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +57,7 @@ def _ignore_progress(stage: str, done: int, total: int) -> None:
 
 
 async def list_fleet(
-    readers: Readers, *, subscriptions: Sequence[str] | None = None
+    readers: Readers, *, subscriptions: Sequence[str] | None = None, on_page: PageCallback | None = None
 ) -> tuple[list[Namespace], list[str], list[BlindSpot]]:
     """Every CMK namespace of the subscriptions (all visible ones when None), the subscriptions read,
     and the subscriptions that could not be listed."""
@@ -62,7 +66,7 @@ async def list_fleet(
             subscriptions = await readers.inventory.list_subscriptions()
         except ReadError as failure:
             return [], [], [BlindSpot(BlindScope.SUBSCRIPTION, "*", failure.reason)]
-    listing = await readers.inventory.list_namespaces_in(subscriptions)
+    listing = await readers.inventory.list_namespaces_in(subscriptions, on_page=on_page)
     blind = [BlindSpot(BlindScope.SUBSCRIPTION, sub, reason) for sub, reason in listing.blind.items()]
     return listing.namespaces, list(subscriptions), blind
 
@@ -74,12 +78,13 @@ async def read_snapshot(
     concurrency: int = 32,
     progress: ProgressCallback = _ignore_progress,
     listed: Callable[[Sequence[Namespace]], None] | None = None,
+    ahead: JudgeAhead | None = None,
 ) -> Snapshot:
     """Read every CMK namespace, the vaults and keys they list, and who may use them.
 
     Never raises for what it could not read: each such thing becomes a BlindSpot in the snapshot.
     Each distinct key is read once, however many namespaces list it. `listed` is told the namespaces once
-    they are listed, before their keys are read.
+    they are listed, before their keys are read. `ahead` judges pages of them while the rest are listed.
     """
     semaphore = asyncio.Semaphore(concurrency)
     known = readers.keys.revalidatable()
@@ -92,8 +97,15 @@ async def read_snapshot(
                 progress("namespaces", 0, 0)
                 return Snapshot(blind=(BlindSpot(BlindScope.SUBSCRIPTION, "*", failure.reason),))
         early = _EarlyReads.start(readers, known, subscriptions, semaphore)
+    ahead = ahead if early is not None else None  # without reads under way, nothing is known to judge by
     try:
-        namespaces, read_subscriptions, blind = await list_fleet(readers, subscriptions=subscriptions)
+        if ahead is not None and early is not None:
+            ahead.start(early)
+        namespaces, read_subscriptions, blind = await list_fleet(
+            readers, subscriptions=subscriptions, on_page=ahead.page if ahead is not None else None
+        )
+        if ahead is not None:
+            ahead.page(None)
         progress("namespaces", len(namespaces), len(namespaces))
         if listed is not None:
             listed(namespaces)
@@ -106,10 +118,85 @@ async def read_snapshot(
             semaphore=semaphore,
             early=early,
         )
+        if ahead is not None:
+            await ahead.settle()
     finally:
+        if ahead is not None:
+            await ahead.cancel()
         if early is not None:
             await early.cancel()
     return dataclasses.replace(snapshot, blind=(*blind, *snapshot.blind))
+
+
+class JudgeAhead:
+    """Judges each page of the inventory while the next is fetched, and tells `judged` (the poll records them
+    then): a steady poll's inventory is paced by Resource Graph's quota, and judging and recording 100,000
+    namespaces after it was a third of the poll. Only namespaces whose every vault and key the reads begun
+    before the listing confirmed (no pinned version) are judged; `result` is given to `evaluate`, which keeps
+    each report only while the whole snapshot says the same of what it rested on."""
+
+    def __init__(self, *, now: datetime, thresholds: Thresholds, judged: JudgedCallback) -> None:
+        self._now = now
+        self._thresholds = thresholds
+        self._judged = judged
+        self._pages: asyncio.Queue[Sequence[Namespace] | None] = asyncio.Queue()
+        self._task: asyncio.Future[JudgedAhead | None] | None = None
+        self.result: JudgedAhead | None = None
+
+    def start(self, early: _EarlyReads) -> None:
+        self._task = asyncio.ensure_future(self._run(early))
+
+    def page(self, namespaces: Sequence[Namespace] | None) -> None:
+        """A page's namespaces; None once the inventory is read."""
+        self._pages.put_nowait(namespaces)
+
+    async def settle(self) -> None:
+        """Wait for every page to be judged and told; raises what `judged` raised."""
+        if self._task is not None:
+            self.result = await self._task
+
+    async def cancel(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self, early: _EarlyReads) -> JudgedAhead | None:
+        try:
+            vault_reading = await early.vaults
+            listings = await asyncio.gather(*early.listings.values())
+        except ReadError:
+            return None  # the reads proper meet it, and say so
+        vaults = {
+            vid: vault
+            for vid, vault in vault_reading.found.items()
+            if vid in early.listings and not vault.deleted  # a deleted vault's keys are not read
+        }
+        keys: dict[KeyId, Key] = {}
+        for vid, found in zip(early.listings, listings, strict=True):
+            if vid in vaults:
+                access = vault_reading.key_access.get(vid, {})
+                for name, key in found.items():
+                    # What read_keys_of makes of a confirmed key, so the reports rest on what the snapshot holds.
+                    key_access = access.get(name)
+                    keys[key.id] = dataclasses.replace(key, access=key_access) if key_access else key
+        basis = Snapshot(vaults=tuple(vaults.values()), keys=tuple(keys.values()))
+        scenario = Scenario(now=self._now, snapshot=basis)
+        judge = NamespaceJudge(scenario, self._thresholds)
+        reports: dict[str, NamespaceReport] = {}
+        while (page := await self._pages.get()) is not None:
+            judged: list[NamespaceReport] = []
+            for namespace in page:
+                if namespace.id in reports or not all(
+                    not ref.version and ref.key_id in keys and vault_id(ref.vault) in vaults for ref in namespace.keys
+                ):
+                    continue
+                judged.append(report := judge.report(namespace))
+                reports[namespace.id] = report
+                if len(judged) % JUDGED_BETWEEN_YIELDS == 0:
+                    await asyncio.sleep(0)
+            if judged:
+                await self._judged(judged)
+        return JudgedAhead(now=self._now, horizon=scenario.effective_horizon, basis=basis, reports=reports)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,10 +351,16 @@ async def check(
     concurrency: int = 32,
     progress: ProgressCallback = _ignore_progress,
     listed: Callable[[Sequence[Namespace]], None] | None = None,
+    judged: JudgedCallback | None = None,
 ) -> tuple[Scenario, FleetReport]:
-    """One fleet scan now: read, then predict and judge. Returns the scenario it read and the report."""
+    """One fleet scan now: read, then predict and judge. Returns the scenario it read and the report.
+
+    `judged` is told reports made while the fleet is still read (see JudgeAhead); the report returned holds
+    them, the very objects, where they still hold, and is the one that counts.
+    """
+    ahead = JudgeAhead(now=now, thresholds=thresholds, judged=judged) if judged is not None else None
     snapshot = await read_snapshot(
-        readers, subscriptions=subscriptions, concurrency=concurrency, progress=progress, listed=listed
+        readers, subscriptions=subscriptions, concurrency=concurrency, progress=progress, listed=listed, ahead=ahead
     )
     scenario = Scenario(now=now, snapshot=snapshot)
-    return scenario, evaluate(scenario, thresholds)
+    return scenario, evaluate(scenario, thresholds, ahead=ahead.result if ahead is not None else None)

@@ -237,6 +237,20 @@ def predict_scenario(scenario: Scenario) -> tuple[World, list[NamespacePredictio
 
     Raises ScenarioError when a change cannot apply, or the horizon is not after `now`.
     """
+    world, predictor = scenario_predictor(scenario)
+    return world, [predictor.predict(namespace) for namespace in sorted(scenario.snapshot.namespaces, key=by_name)]
+
+
+def by_name(namespace: Namespace) -> tuple[str, str]:
+    """The order predictions and reports are listed in: name, then id, case folded."""
+    return namespace.name.lower(), namespace.id.lower()
+
+
+def scenario_predictor(scenario: Scenario) -> tuple[World, Predictor]:
+    """The scenario's World and a Predictor over its window, for namespaces predicted one at a time.
+
+    Raises ScenarioError when a change cannot apply, or the horizon is not after `now`.
+    """
     # The window is where arithmetic happens (a year's default horizon, poll intervals, thresholds of up to ten
     # years): near year 9999 it overflows. Times of keys and changes are only compared, so any year is fine.
     if scenario.now >= JUDGED_UNTIL:
@@ -247,6 +261,4 @@ def predict_scenario(scenario: Scenario) -> tuple[World, list[NamespacePredictio
     if horizon <= scenario.now:
         raise ScenarioError("$.horizon", f"horizon {horizon.isoformat()} is not after now {scenario.now.isoformat()}")
     world = World(scenario.snapshot, scenario.changes)
-    predictor = Predictor(world, scenario.now, horizon)
-    namespaces = sorted(scenario.snapshot.namespaces, key=lambda n: (n.name.lower(), n.id.lower()))
-    return world, [predictor.predict(namespace) for namespace in namespaces]
+    return world, Predictor(world, scenario.now, horizon)

@@ -178,3 +178,82 @@ def test_a_first_poll_indexes_its_namespaces_while_it_reads_and_a_store_that_can
     else:
         assert told == [("ahead", ids), "indexed", "put", "second poll"]
     assert found == ids
+
+
+def test_a_steady_poll_records_pages_while_the_inventory_is_read_and_ends_as_if_judged_at_the_end(
+    store_settings: dict[str, str], monkeypatch: pytest.MonkeyPatch
+):
+    """Resource Graph answers 2 namespaces a page. In a steady poll, page 2 is not fetched before a judgement of
+    page 1 is recorded (it waits for that: a poll judging only at the end would never record it). The report and
+    the stored states are what a scan judged at the end says: k3, disabled since the last poll, is read in full
+    and its namespace judged with the whole snapshot; so is the one pinned to a version."""
+    import monitor.adapters.resourcegraph as resource_graph
+    import monitor.app.monitor as monitor_module
+    import monitor.app.poll as poll_module
+    from monitor.app.reading import check
+    from monitor.domain.model import UpdateVersion
+    from monitor.formats.render import namespace_document
+    from tests.builders import VAULT
+
+    monkeypatch.setattr(resource_graph, "PAGE_SIZE", 2)
+    fleet = scenario(
+        [
+            *(namespace(f"sb-{n}", ref("k1"), ref("k2")) for n in "abcd"),
+            namespace("sb-e", ref("k2")),
+            namespace("sb-f", ref("k4", version_id="v1")),
+            namespace("sb-g", ref("k3")),
+            namespace("sb-h", ref("k1"), ref("k3")),
+        ],
+        [key("k1"), key("k2"), key("k3"), key("k4")],
+    )
+    events: list[str] = []
+    recorded = asyncio.Event()
+    page, record = resource_graph._page, monitor_module.record_judgements
+
+    async def paging(client: Any, body: Any) -> Any:
+        if "$skipToken" in body["options"] and events and events[0] == "second poll":
+            try:
+                await asyncio.wait_for(recorded.wait(), 30)
+            except TimeoutError:
+                events.append("gave up waiting")
+        events.append("page")
+        return await page(client, body)
+
+    async def recording(monitor: Monitor, reports: Any, **kwargs: Any) -> tuple[str, ...]:
+        if events and events[0] == "second poll":
+            events.append(f"record {len(reports)}")
+            recorded.set()
+        return await record(monitor, reports, **kwargs)
+
+    monkeypatch.setattr(resource_graph, "_page", paging)
+    monkeypatch.setattr(poll_module, "record_judgements", recording)
+
+    async def run() -> tuple[Any, Any, dict[str, Any]]:
+        async with Sandbox(parsed(fleet)) as sandbox:
+            monitor = _monitor(sandbox, store_settings)
+            now = sandbox.clock.now()
+            try:
+                assert (await poll(monitor, now=now)).ran
+                later = now + timedelta(minutes=5)
+                sandbox.apply(UpdateVersion(at=now, vault=VAULT, key="k3", enabled=False))
+                events.clear()
+                events.append("second poll")
+                steady = await poll(monitor, now=later)
+                events.append("done")
+                _, judged_at_the_end = await check(monitor.readers, now=later, thresholds=monitor.thresholds)
+                states = {s.id: s.document for s in await monitor.store.list_namespace_states()}
+            finally:
+                assert monitor.close is not None
+                await monitor.close()
+        return steady, judged_at_the_end, states
+
+    steady, judged_at_the_end, states = asyncio.run(run())
+    assert "gave up waiting" not in events
+    assert events[:3] == ["second poll", "page", "record 2"]
+    assert events[: events.index("done")].count("page") == 4
+    assert steady.report is not None
+    assert steady.report.namespaces == judged_at_the_end.namespaces
+    statuses = {n.prediction.namespace.name: n.prediction.status_now.value for n in steady.report.namespaces}
+    assert statuses["sb-g"] == "revoked" and statuses["sb-h"] == "degraded" and statuses["sb-a"] == "healthy"
+    assert {n.rsplit("/", 1)[-1] for n in steady.changed} == {"sb-g", "sb-h"}
+    assert states == {n.prediction.namespace.id: namespace_document(n) for n in steady.report.namespaces}

@@ -62,7 +62,7 @@ def test_a_batch_is_made_while_the_one_before_is_written(monkeypatch: pytest.Mon
     report = _judged(30)
 
     async def run() -> tuple[str, ...]:
-        return await record_judgements(monitor, report, now=report.now, stored={})
+        return await record_judgements(monitor, report.namespaces, now=report.now, stored={})
 
     if fail_first:
         with pytest.raises(StateStoreError):
