@@ -83,7 +83,8 @@ async def read_snapshot(
     """Read every CMK namespace, the vaults and keys they list, and who may use them.
 
     Never raises for what it could not read: each such thing becomes a BlindSpot in the snapshot.
-    Each distinct key is read once, however many namespaces list it. `listed` is told the namespaces once
+    Each distinct key is read once, however many namespaces list it (twice when a page pins a version of it
+    after an earlier page had its read under way without that version). `listed` is told the namespaces once
     they are listed, before their keys are read. `ahead` judges pages of them while the rest are listed.
     """
     semaphore = asyncio.Semaphore(concurrency)
@@ -98,12 +99,18 @@ async def read_snapshot(
                 return Snapshot(blind=(BlindSpot(BlindScope.SUBSCRIPTION, "*", failure.reason),))
         early = _EarlyReads.start(readers, known, subscriptions, semaphore)
     ahead = ahead if early is not None else None  # without reads under way, nothing is known to judge by
+    prefetch = _KeyPrefetch(readers, semaphore, workers=max(1, concurrency), known=known)
+
+    def on_page(namespaces: Sequence[Namespace]) -> None:
+        prefetch.page(namespaces)
+        if ahead is not None:
+            ahead.page(namespaces)
+
     try:
         if ahead is not None and early is not None:
             ahead.start(early)
-        namespaces, read_subscriptions, blind = await list_fleet(
-            readers, subscriptions=subscriptions, on_page=ahead.page if ahead is not None else None
-        )
+        namespaces, read_subscriptions, blind = await list_fleet(readers, subscriptions=subscriptions, on_page=on_page)
+        prefetch.listed()
         if ahead is not None:
             ahead.page(None)
         progress("namespaces", len(namespaces), len(namespaces))
@@ -117,15 +124,84 @@ async def read_snapshot(
             progress=progress,
             semaphore=semaphore,
             early=early,
+            prefetch=prefetch,
         )
         if ahead is not None:
             await ahead.settle()
     finally:
+        await prefetch.close()
         if ahead is not None:
             await ahead.cancel()
         if early is not None:
             await early.cancel()
     return dataclasses.replace(snapshot, blind=(*blind, *snapshot.blind))
+
+
+class _KeyPrefetch:
+    """Reads the keys each inventory page names, while the next page is fetched, that no read under way
+    covers (none in a first poll): its 50,000 key reads at 100,000 namespaces otherwise all wait for Resource
+    Graph's 100 paced pages. `concurrency` workers, not a task a key; read_keys_of takes each read whose
+    pinned versions are the ones it wants, and reads the rest itself."""
+
+    def __init__(
+        self, readers: Readers, semaphore: asyncio.Semaphore, *, workers: int, known: Mapping[str, Sequence[str]]
+    ) -> None:
+        self._readers = readers
+        self._semaphore = semaphore
+        self._known = {vault_id(uri): {name_id(name) for name in names} for uri, names in known.items()}
+        self._asked: dict[KeyId, _WantedKey] = {}
+        self._reads: dict[KeyId, asyncio.Future[Key | None]] = {}
+        self._queue: asyncio.Queue[KeyId | None] = asyncio.Queue()
+        self._workers = [asyncio.ensure_future(self._work()) for _ in range(workers)]
+
+    def page(self, namespaces: Sequence[Namespace]) -> None:
+        new: dict[KeyId, _WantedKey] = {}
+        for namespace in namespaces:
+            for ref in namespace.keys:
+                key_id = ref.key_id
+                if key_id in self._asked or (not ref.version and key_id[1] in self._known.get(key_id[0], ())):
+                    continue
+                entry = new.get(key_id) or _WantedKey(ref.vault, ref.name, frozenset())
+                new[key_id] = dataclasses.replace(entry, pinned=entry.pinned | {ref.version}) if ref.version else entry
+        loop = asyncio.get_running_loop()
+        for key_id, entry in new.items():
+            self._asked[key_id] = entry
+            self._reads[key_id] = loop.create_future()
+            self._queue.put_nowait(key_id)
+
+    def listed(self) -> None:
+        """No page comes after: each worker stops once the reads asked for are under way."""
+        for _ in self._workers:
+            self._queue.put_nowait(None)
+
+    def read(self, key_id: KeyId, pinned: frozenset[str]) -> asyncio.Future[Key | None] | None:
+        """The read of `key_id` asked for with exactly these pinned versions, or None."""
+        asked = self._asked.get(key_id)
+        return self._reads[key_id] if asked is not None and asked.pinned == pinned else None
+
+    async def _work(self) -> None:
+        while (key_id := await self._queue.get()) is not None:
+            entry, read = self._asked[key_id], self._reads[key_id]
+            try:
+                async with self._semaphore:
+                    key = await self._readers.keys.get_key(
+                        entry.vault_uri, entry.name, pinned_versions=sorted(entry.pinned)
+                    )
+            except Exception as error:  # read_keys_of judges it as its own read's
+                read.set_exception(error)
+            else:
+                read.set_result(key)
+
+    async def close(self) -> None:
+        """Stop the reads nobody took (a deleted vault's keys are not wanted after all)."""
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        for read in self._reads.values():
+            if not read.done():
+                read.cancel()
+            elif not read.cancelled():
+                read.exception()  # taken, so asyncio does not warn of one nobody wanted
 
 
 class JudgeAhead:
@@ -248,11 +324,12 @@ async def read_keys_of(
     progress: ProgressCallback = _ignore_progress,
     semaphore: asyncio.Semaphore | None = None,
     early: _EarlyReads | None = None,
+    prefetch: _KeyPrefetch | None = None,
 ) -> Snapshot:
     """The snapshot of `namespaces`: the vaults and keys they list, read now (blind spots included).
 
     `early`: read_snapshot's reads under way: each listing is used for its vault, the vault reading when it
-    covers every vault the namespaces list.
+    covers every vault the namespaces list. `prefetch`: its key reads, used where they asked the same.
     """
     blind: list[BlindSpot] = []
     vault_uris: dict[str, str] = {}
@@ -318,12 +395,16 @@ async def read_keys_of(
     async def reader() -> None:
         nonlocal done
         for index in next_unread:
-            entry = to_read[index][1]
+            key_id, entry = to_read[index]
+            read = prefetch.read(key_id, entry.pinned) if prefetch is not None else None
             try:
-                async with semaphore:
-                    results[index] = await readers.keys.get_key(
-                        entry.vault_uri, entry.name, pinned_versions=sorted(entry.pinned)
-                    )
+                if read is not None:
+                    results[index] = await asyncio.shield(read)  # the future stays for close() to account for
+                else:
+                    async with semaphore:
+                        results[index] = await readers.keys.get_key(
+                            entry.vault_uri, entry.name, pinned_versions=sorted(entry.pinned)
+                        )
             except Exception as error:  # judged below with the rest, as gather would
                 results[index] = error
             done += 1

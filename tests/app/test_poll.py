@@ -257,3 +257,78 @@ def test_a_steady_poll_records_pages_while_the_inventory_is_read_and_ends_as_if_
     assert statuses["sb-g"] == "revoked" and statuses["sb-h"] == "degraded" and statuses["sb-a"] == "healthy"
     assert {n.rsplit("/", 1)[-1] for n in steady.changed} == {"sb-g", "sb-h"}
     assert states == {n.prediction.namespace.id: namespace_document(n) for n in steady.report.namespaces}
+
+
+def test_a_first_poll_reads_the_keys_of_a_page_while_the_next_is_fetched(
+    store_settings: dict[str, str], monkeypatch: pytest.MonkeyPatch
+):
+    """Resource Graph answers 2 namespaces a page; page 2 is not fetched before a key page 1 names was read (it
+    waits for that: a poll reading keys only once the whole fleet is listed would never read one). k-shared is
+    pinned to an older version only by a namespace of a later page: it is read again with that version, and
+    every namespace is judged as a poll listing the fleet in one page judges it."""
+    import monitor.adapters.resourcegraph as resource_graph
+    from monitor.adapters import keyvault
+    from tests.builders import version
+
+    fleet = scenario(
+        [
+            namespace("sb-a", ref("k-shared"), ref("k1")),
+            namespace("sb-b", ref("k1")),
+            namespace("sb-c", ref("k2")),
+            namespace("sb-d", ref("k-shared", version_id="v1")),
+            namespace("sb-e", ref("k3")),
+        ],
+        [
+            key("k-shared", version("v1"), version("v2", created="2026-10-01T00:00:00Z")),
+            key("k1"),
+            key("k2"),
+            key("k3"),
+        ],
+    )
+    events: list[str] = []
+    key_read = asyncio.Event()
+    page, get_key = resource_graph._page, keyvault.KeyVaultKeys.get_key
+
+    async def paging(client: Any, body: Any) -> Any:
+        if "$skipToken" in body["options"] and events:
+            try:
+                await asyncio.wait_for(key_read.wait(), 30)
+            except TimeoutError:
+                events.append("gave up waiting")
+        events.append("page")
+        return await page(client, body)
+
+    async def reading(self: Any, vault_uri: str, name: str, **kwargs: Any) -> Any:
+        found = await get_key(self, vault_uri, name, **kwargs)
+        if events:
+            events.append(f"read {name} {sorted(kwargs.get('pinned_versions', ()))}")
+            key_read.set()
+        return found
+
+    monkeypatch.setattr(keyvault.KeyVaultKeys, "get_key", reading)
+
+    async def run(page_size: int) -> Any:
+        monkeypatch.setattr(resource_graph, "PAGE_SIZE", page_size)
+        monkeypatch.setattr(resource_graph, "_page", paging if page_size == 2 else page)
+        async with Sandbox(parsed(fleet)) as sandbox:
+            monitor = _monitor(sandbox, store_settings)
+            try:
+                events.append("first poll")
+                result = await poll(monitor, now=sandbox.clock.now())
+                events.append("done")
+            finally:
+                assert monitor.close is not None
+                await monitor.close()
+        return result
+
+    paged = asyncio.run(run(2))
+    logged, events[:] = list(events), []
+    whole = asyncio.run(run(1000))
+    assert "gave up waiting" not in logged
+    assert logged[:2] == ["first poll", "page"] and logged[2].startswith("read ")
+    reads = [e for e in logged if e.startswith("read k-shared")]
+    assert reads == ["read k-shared []", "read k-shared ['v1']"]  # the pin came a page later: read again
+    assert paged.report is not None and whole.report is not None
+    assert paged.report.namespaces == whole.report.namespaces
+    statuses = {n.prediction.namespace.name: n.prediction.status_now.value for n in paged.report.namespaces}
+    assert set(statuses.values()) == {"healthy"}
