@@ -364,8 +364,9 @@ async def read_keys_of(
     # Keys read in full by an earlier poll and unchanged since are confirmed in bulk (a listing page covers
     # many keys); a pinned version can change without its key changing, so those are always read.
     by_vault: dict[str, list[str]] = {}
-    for _, entry in to_read:
-        if not entry.pinned:
+    for key_id, entry in to_read:
+        # A key the prefetch is reading in full needs no listing to vouch for it (it would list a vault it just read).
+        if not entry.pinned and (prefetch is None or prefetch.read(key_id, entry.pinned) is None):
             by_vault.setdefault(entry.vault_uri, []).append(entry.name)
 
     async def revalidate(uri: str, names: list[str]) -> dict[str, Key]:
