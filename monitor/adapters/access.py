@@ -11,11 +11,12 @@ from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 
 from azure.core.exceptions import AzureError
+from azure.mgmt.keyvault.models import NetworkRuleSet
 from azure.mgmt.keyvault.models import Vault as ArmVault
 
 from monitor.adapters.azure_clients import AzureClients, describe_failure
 from monitor.app.ports import VaultReading
-from monitor.domain.model import Vault, name_id, vault_id, vault_short_name
+from monitor.domain.model import Vault, VaultNetwork, name_id, vault_id, vault_short_name
 
 # Key Vault data actions behind each permission Service Bus needs.
 DATA_ACTIONS = {
@@ -122,6 +123,7 @@ class VaultAccess:
             purge_protection=bool(properties.enable_purge_protection),
             rbac=rbac,
             access=access,
+            network=vault_network(properties.public_network_access, properties.network_acls),
         )
         return result, key_access
 
@@ -159,3 +161,20 @@ class VaultAccess:
                 )
             self._role_permissions[role_definition_id.lower()] = cached = granted
         return cached
+
+
+def vault_network(public_network_access: object, acls: NetworkRuleSet | None) -> VaultNetwork:
+    """A vault's `publicNetworkAccess` and `networkAcls` as rule 1 reads them. Azure leaves out what is at its
+    default: no `networkAcls` is a vault open to all networks, no `bypass` lets trusted services through, no
+    `publicNetworkAccess` is Enabled."""
+    public = str(getattr(public_network_access, "value", public_network_access) or "Enabled")
+    if acls is None:
+        return VaultNetwork(public_network_access=public.strip().lower() != "disabled")
+    action = str(getattr(acls.default_action, "value", acls.default_action) or "Allow")
+    bypass = str(getattr(acls.bypass, "value", acls.bypass) or "AzureServices")
+    return VaultNetwork(
+        public_network_access=public.strip().lower() != "disabled",
+        default_action=action,
+        # A list of services (AzureServices, Logging, Metrics) or None.
+        bypass_azure_services="azureservices" in {part.strip().lower() for part in bypass.split(",")},
+    )

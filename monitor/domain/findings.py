@@ -46,6 +46,7 @@ class Code(enum.Enum):
     NEW_VERSION_UNUSABLE = "new-version-unusable"
     NO_REDUNDANCY = "no-redundancy"
     VAULT_MISSING = "vault-missing"
+    VAULT_FIREWALL = "vault-firewall-blocks-service"
     VAULT_SOFT_DELETE_OFF = "vault-soft-delete-off"
     VAULT_PURGE_PROTECTION_OFF = "vault-purge-protection-off"
     MONITOR_BLIND = "monitor-blind"
@@ -337,6 +338,12 @@ def _reason_finding(
         message = (
             f"vault {vault_short_name(ref.vault)} does not exist: recover it within its retention period: "
             f"az keyvault recover --name {vault_short_name(ref.vault)}"
+        )
+    elif reason is Reason.VAULT_FIREWALL:
+        name = vault_short_name(ref.vault)
+        message = (
+            f"vault {name}'s firewall keeps Service Bus out (not open to all networks, and trusted Microsoft "
+            f"services may not bypass it): let them: az keyvault update --name {name} --bypass AzureServices"
         )
     elif reason is Reason.IDENTITY_MISSING:
         who = f"user-assigned identity {ref.identity}" if ref.identity else "a system-assigned identity"

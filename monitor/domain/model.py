@@ -90,6 +90,27 @@ def _includes_required_ops(key_ops: tuple[str, ...]) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class VaultNetwork:
+    """Who may reach a vault over the network: `publicNetworkAccess` (Enabled: True), `networkAcls.defaultAction`
+    and whether `networkAcls.bypass` includes AzureServices. The defaults are a vault without a firewall."""
+
+    public_network_access: bool = True
+    default_action: str = "Allow"
+    bypass_azure_services: bool = True
+
+    @property
+    def lets_service_in(self) -> bool:
+        """Rule 1's network half: Service Bus, a trusted Microsoft service, gets through (open to all networks,
+        or trusted services let past the firewall)."""
+        return self.bypass_azure_services or (
+            self.public_network_access and self.default_action.strip().lower() == "allow"
+        )
+
+
+OPEN_NETWORK = VaultNetwork()
+
+
+@dataclass(frozen=True, slots=True)
 class Vault:
     """A Key Vault (or Managed HSM) and the effective key permissions of each principal on it."""
 
@@ -100,6 +121,7 @@ class Vault:
     access: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # Extension to the format: a soft-deleted vault, so a live scan can record one without a change.
     deleted: bool = False
+    network: VaultNetwork = OPEN_NETWORK
 
     @property
     def id(self) -> str:
@@ -306,7 +328,21 @@ class RecoverVault:
     vault: str
 
 
-Change = NewVersion | UpdateVersion | DeleteKey | RecoverKey | PurgeKey | SetAccess | DeleteVault | RecoverVault
+@dataclass(frozen=True, slots=True)
+class SetNetwork:
+    """Sets any of the vault's network settings (see VaultNetwork); the others are kept."""
+
+    op: ClassVar[str] = "set_network"
+    at: datetime
+    vault: str
+    public_network_access: bool | Keep = KEEP
+    default_action: str | Keep = KEEP
+    bypass_azure_services: bool | Keep = KEEP
+
+
+Change = (
+    NewVersion | UpdateVersion | DeleteKey | RecoverKey | PurgeKey | SetAccess | DeleteVault | RecoverVault | SetNetwork
+)
 KEY_CHANGES = (NewVersion, UpdateVersion, DeleteKey, RecoverKey, PurgeKey)
 
 

@@ -13,6 +13,7 @@ from monitor.domain.errors import ScenarioError
 from monitor.domain.model import (
     KEEP,
     MAX_KEYS_PER_NAMESPACE,
+    OPEN_NETWORK,
     BlindScope,
     BlindSpot,
     Change,
@@ -29,9 +30,11 @@ from monitor.domain.model import (
     RecoverVault,
     Scenario,
     SetAccess,
+    SetNetwork,
     Snapshot,
     UpdateVersion,
     Vault,
+    VaultNetwork,
     name_id,
     vault_id,
 )
@@ -45,6 +48,7 @@ CHANGE_OPS = (
     "set_access",
     "delete_vault",
     "recover_vault",
+    "set_network",
 )
 _TOP_FIELDS = {"now", "horizon", "vaults", "keys", "namespaces", "changes", "blind"}
 
@@ -148,7 +152,7 @@ def parse_scenario(document: object) -> tuple[Scenario, list[str]]:
 
 
 def _vault(reader: DocumentReader, value: object, path: str) -> Vault:
-    item = reader.obj(value, path, {"uri", "soft_delete", "purge_protection", "rbac", "access", "deleted"})
+    item = reader.obj(value, path, {"uri", "soft_delete", "purge_protection", "rbac", "access", "deleted", "network"})
     uri = reader.text(item, "uri", path)
     try:
         parts = urlsplit(uri)
@@ -166,6 +170,29 @@ def _vault(reader: DocumentReader, value: object, path: str) -> Vault:
         rbac=reader.flag(item, "rbac", path, False),
         access=access,
         deleted=reader.flag(item, "deleted", path, False),
+        network=_network(reader, item["network"], f"{path}.network")
+        if item.get("network") is not None
+        else OPEN_NETWORK,
+    )
+
+
+_NETWORK_FIELDS = ("public_network_access", "default_action", "bypass_azure_services")
+_DEFAULT_ACTIONS = ("allow", "deny")  # networkAcls.defaultAction, as Azure spells it: Allow or Deny
+
+
+def _default_action(reader: DocumentReader, item: Mapping[str, Any], path: str) -> str:
+    action = reader.text(item, "default_action", path)
+    if action.strip().lower() not in _DEFAULT_ACTIONS:
+        raise ScenarioError(f"{path}.default_action", f"{action!r} is neither Allow nor Deny")
+    return action
+
+
+def _network(reader: DocumentReader, value: object, path: str) -> VaultNetwork:
+    item = reader.obj(value, path, set(_NETWORK_FIELDS))
+    return VaultNetwork(
+        public_network_access=reader.flag(item, "public_network_access", path, True),
+        default_action=_default_action(reader, item, path) if "default_action" in item else "Allow",
+        bypass_azure_services=reader.flag(item, "bypass_azure_services", path, True),
     )
 
 
@@ -306,8 +333,9 @@ _CHANGE_FIELDS: Mapping[str, set[str]] = {
     "set_access": {"principal", "permissions"},
     "delete_vault": set(),
     "recover_vault": set(),
+    "set_network": set(_NETWORK_FIELDS),
 }
-_VAULT_ONLY_OPS = {"set_access", "delete_vault", "recover_vault"}
+_VAULT_ONLY_OPS = {"set_access", "delete_vault", "recover_vault", "set_network"}
 
 
 def _change(reader: DocumentReader, value: object, path: str) -> Change:
@@ -331,6 +359,20 @@ def _change(reader: DocumentReader, value: object, path: str) -> Change:
         return DeleteVault(at=at, vault=vault)
     if op == "recover_vault":
         return RecoverVault(at=at, vault=vault)
+    if op == "set_network":
+        if not any(name in item for name in _NETWORK_FIELDS):
+            raise ScenarioError(path, f"set_network sets none of: {', '.join(_NETWORK_FIELDS)}")
+        return SetNetwork(
+            at=at,
+            vault=vault,
+            public_network_access=(
+                reader.flag(item, "public_network_access", path, True) if "public_network_access" in item else KEEP
+            ),
+            default_action=_default_action(reader, item, path) if "default_action" in item else KEEP,
+            bypass_azure_services=(
+                reader.flag(item, "bypass_azure_services", path, True) if "bypass_azure_services" in item else KEEP
+            ),
+        )
     key = reader.text(item, "key", path)
     if op == "new_version":
         if item.get("version") is None:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar, overload
 from monitor.domain.documents import format_instant
 from monitor.domain.model import (
     KEEP,
+    OPEN_NETWORK,
     Change,
     DeleteVault,
     Key,
@@ -19,6 +20,7 @@ from monitor.domain.model import (
     RecoverVault,
     Scenario,
     SetAccess,
+    SetNetwork,
     UpdateVersion,
     Vault,
 )
@@ -130,6 +132,12 @@ def _vault_document(vault: Vault) -> dict[str, object]:
     }
     if vault.deleted:
         document["deleted"] = True
+    if vault.network != OPEN_NETWORK:
+        document["network"] = {
+            "public_network_access": vault.network.public_network_access,
+            "default_action": vault.network.default_action,
+            "bypass_azure_services": vault.network.bypass_azure_services,
+        }
     return document
 
 
@@ -141,6 +149,11 @@ def change_document(change: Change) -> dict[str, object]:
         document["permissions"] = sorted(change.permissions)
         return document
     if isinstance(change, DeleteVault | RecoverVault):
+        return document
+    if isinstance(change, SetNetwork):
+        for name in ("public_network_access", "default_action", "bypass_azure_services"):
+            if (value := getattr(change, name)) is not KEEP:
+                document[name] = value
         return document
     document["key"] = change.key
     if isinstance(change, NewVersion):

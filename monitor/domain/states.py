@@ -12,8 +12,10 @@ from typing import NamedTuple
 
 from monitor.domain.intervals import Interval, Timeline, merge_append
 from monitor.domain.model import (
+    OPEN_NETWORK,
     REQUIRED_PERMISSIONS,
     KeyVersion,
+    VaultNetwork,
     name_id,
 )
 from monitor.domain.names import ascii_fold
@@ -31,6 +33,12 @@ class VaultState:
     purge_protection: bool
     rbac: bool
     access: Mapping[str, frozenset[str]]  # principal name_id -> lower-case permissions
+    network: VaultNetwork = OPEN_NETWORK
+
+    @property
+    def reachable(self) -> bool:
+        """Rule 1: the vault exists and Service Bus gets through its firewall."""
+        return self.exists and self.network.lets_service_in
 
     def grants(self, principal: str) -> bool:
         permissions = self.access.get(principal, frozenset())

@@ -23,6 +23,7 @@ from monitor.domain.model import (
     RecoverVault,
     Scenario,
     SetAccess,
+    SetNetwork,
     UpdateVersion,
     key_url,
     name_id,
@@ -180,7 +181,7 @@ def _marks(scenario: Scenario, namespace: Namespace) -> tuple[Mark, ...]:
             continue
         if isinstance(change, SetAccess):
             touches = name_id(change.principal) in principals
-        elif isinstance(change, DeleteVault | RecoverVault):
+        elif isinstance(change, DeleteVault | RecoverVault | SetNetwork):
             touches = True
         else:
             touches = (vault_id(change.vault), name_id(change.key)) in keys
@@ -218,5 +219,14 @@ def describe_change(change: Change) -> str:
         return f"principal {change.principal[:8]}… now holds {granted} on {vault}"
     if isinstance(change, DeleteVault):
         return f"vault {vault} deleted"
+    if isinstance(change, SetNetwork):
+        parts = []
+        if change.public_network_access is not KEEP:
+            parts.append(f"public network access {'enabled' if change.public_network_access else 'disabled'}")
+        if change.default_action is not KEEP:
+            parts.append(f"firewall default action {change.default_action}")
+        if change.bypass_azure_services is not KEEP:
+            parts.append("trusted Microsoft services " + ("let through" if change.bypass_azure_services else "blocked"))
+        return f"vault {vault} network: {', '.join(parts) or 'unchanged'}"
     assert isinstance(change, RecoverVault)  # noqa: S101 - narrows the type; holds by construction
     return f"vault {vault} recovered"

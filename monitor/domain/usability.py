@@ -24,6 +24,7 @@ class Reason(enum.Enum):
     """Why a key reference is not usable; each value is also the finding code that reports it."""
 
     VAULT_MISSING = "vault-missing"
+    VAULT_FIREWALL = "vault-firewall-blocks-service"
     IDENTITY_MISSING = "identity-missing"
     ACCESS_DENIED = "access-denied"
     KEY_MISSING = "key-missing"
@@ -79,6 +80,8 @@ def assess_as(world: World, ref: KeyRef, principal: str | None, t: datetime) -> 
         vault_state = vault_timeline.at(t) if vault_timeline is not None else None
         if vault_state is None or not vault_state.exists:
             return Assessment(ref, principal, (Reason.VAULT_MISSING,), None)
+        if not vault_state.network.lets_service_in:
+            reasons.append(Reason.VAULT_FIREWALL)  # rule 1: Service Bus cannot reach it; the rest still told
         # The same answer as vault_state.grants(principal), without going through the Mapping view.
         if principal is not None and not grants_required(
             union_permissions(world.access[vault].permissions(principal, t), world.key_permissions(key_id, principal))
@@ -136,7 +139,8 @@ def version_reasons(version: KeyVersion, t: datetime) -> list[Reason]:
 class UsableTime:
     """Usable intervals of key references within one window [start, end) of one World.
 
-    A reference is usable where its vault exists (rule 1), its principal holds the permissions
+    A reference is usable where its vault exists and lets Service Bus through its firewall (rule 1), its
+    principal holds the permissions
     (rule 2) and the key passes rules 3 to 5: the intersection of those intervals.
     """
 
@@ -204,7 +208,7 @@ class UsableTime:
             return []
         exists = self._exists.get(vault)
         if exists is None:
-            exists = exists_intervals(world.existence[vault], start, end)
+            exists = exists_intervals(world.reachable[vault], start, end)
             exists = self._exists[vault] = whole if exists == whole else exists
         extra = world.key_permissions(key_id, principal) if world.key_access else None
         if extra is None and principal not in history.changed:

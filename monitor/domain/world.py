@@ -26,6 +26,7 @@ from monitor.domain.model import (
     RecoverKey,
     RecoverVault,
     SetAccess,
+    SetNetwork,
     Snapshot,
     UpdateVersion,
     key_id_of_url,
@@ -75,8 +76,9 @@ class World:
         """Every vault's and key's state from the snapshot, before any change."""
         self.vaults: dict[str, Timeline[VaultState]] = {}
         # Rules 1 and 2 over time, per vault id, apart from the VaultStates so that intervals need not
-        # walk every epoch of a busy vault: whether it exists, and each principal's permissions.
-        self.existence: dict[str, Timeline[bool]] = {}
+        # walk every epoch of a busy vault: whether it is there for Service Bus (it exists and its firewall
+        # lets the service in), and each principal's permissions.
+        self.reachable: dict[str, Timeline[bool]] = {}
         self.access: dict[str, AccessHistory] = {}
         # Each key's timeline once a change touches it, else its one state: `key()` wraps that in a
         # fresh one-epoch Timeline when asked. Building ~300,000 timelines that would never change
@@ -98,17 +100,17 @@ class World:
                     low = lowered[perms] = frozenset(p.lower() for p in perms)
                 access[name_id(principal)] = low
             history = self.access[vault.id] = AccessHistory(access)
-            self.existence[vault.id] = Timeline(not vault.deleted)
-            self.vaults[vault.id] = Timeline(
-                VaultState(
-                    uri=vault.uri,
-                    exists=not vault.deleted,
-                    soft_delete=vault.soft_delete,
-                    purge_protection=vault.purge_protection,
-                    rbac=vault.rbac,
-                    access=AccessAt(history, BEGINNING),
-                )
+            state = VaultState(
+                uri=vault.uri,
+                exists=not vault.deleted,
+                soft_delete=vault.soft_delete,
+                purge_protection=vault.purge_protection,
+                rbac=vault.rbac,
+                access=AccessAt(history, BEGINNING),
+                network=vault.network,
             )
+            self.reachable[vault.id] = Timeline(state.reachable)
+            self.vaults[vault.id] = Timeline(state)
         # Permissions granted at a key's own scope (RBAC), per key id and principal; they never change.
         self.key_access: dict[KeyId, dict[str, frozenset[str]]] = {}
         keys, vault_ids = self._keys, self._vault_ids
@@ -274,9 +276,20 @@ class World:
             # A new epoch whose map is the history as of change.at: the state before it keeps its own view.
             vault_timeline.set_from(change.at, replace(vault_timeline.latest, access=AccessAt(history, change.at)))
         elif isinstance(change, (DeleteVault, RecoverVault)):  # a tuple: isinstance of a union costs more
-            exists = isinstance(change, RecoverVault)
-            vault_timeline.set_from(change.at, replace(vault_timeline.latest, exists=exists))
-            self.existence[vault].set_from(change.at, exists)
+            state = replace(vault_timeline.latest, exists=isinstance(change, RecoverVault))
+            vault_timeline.set_from(change.at, state)
+            self.reachable[vault].set_from(change.at, state.reachable)
+        elif isinstance(change, SetNetwork):
+            network = vault_timeline.latest.network
+            if change.public_network_access is not KEEP:
+                network = replace(network, public_network_access=change.public_network_access)
+            if change.default_action is not KEEP:
+                network = replace(network, default_action=change.default_action)
+            if change.bypass_azure_services is not KEEP:
+                network = replace(network, bypass_azure_services=change.bypass_azure_services)
+            state = replace(vault_timeline.latest, network=network)
+            vault_timeline.set_from(change.at, state)
+            self.reachable[vault].set_from(change.at, state.reachable)
         else:  # pragma: no cover - every other change is a key change
             raise AssertionError(change)
 

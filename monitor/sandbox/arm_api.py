@@ -253,6 +253,7 @@ class ArmApi:
             access=vault.access,
             premium=self.state.has_hsm_keys(info),
             created=self.state.scenario.now - RESOURCE_AGE,
+            network=vault.network,
         )
 
     def _list_vaults(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from monitor.domain.model import Namespace
+from monitor.domain.model import OPEN_NETWORK, Namespace, VaultNetwork
 from monitor.sandbox.wire import arm_time
 
 NAMESPACE_TYPE = "Microsoft.ServiceBus/Namespaces"
@@ -147,6 +147,7 @@ def vault_document(
     premium: bool,
     created: datetime,
     location: str = VAULT_LOCATION,
+    network: VaultNetwork = OPEN_NETWORK,
 ) -> dict[str, Any]:
     """A vault shaped as getVault.json, with the soft-delete, purge-protection and RBAC flags Azure adds."""
     policies = []
@@ -173,8 +174,19 @@ def vault_document(
     }
     if purge_protection:  # Azure omits the flag rather than writing false
         properties["enablePurgeProtection"] = True
+    if network != OPEN_NETWORK:  # Azure writes networkAcls once a firewall was ever set
+        properties["networkAcls"] = {
+            "bypass": "AzureServices" if network.bypass_azure_services else "None",
+            "defaultAction": "Deny" if network.default_action.strip().lower() == "deny" else "Allow",
+            "ipRules": [],
+            "virtualNetworkRules": [],
+        }
     properties.update(
-        {"vaultUri": f"https://{host}/", "provisioningState": "Succeeded", "publicNetworkAccess": "Enabled"}
+        {
+            "vaultUri": f"https://{host}/",
+            "provisioningState": "Succeeded",
+            "publicNetworkAccess": "Enabled" if network.public_network_access else "Disabled",
+        }
     )
     return {
         "id": resource_id,

@@ -398,3 +398,26 @@ def test_what_could_not_be_read_is_saved_and_replayed_as_unknown(sandbox: Sandbo
     replayed = run_cli("simulate", str(saved), "--format", "json")
     assert _core(replayed) == _core(checked)
     assert replayed.status == 3
+
+
+def test_a_vault_firewall_that_keeps_service_bus_out_is_read_from_arm_and_revokes(sandbox: Sandbox):
+    """The stand-in serves the vault's networkAcls and publicNetworkAccess as ARM does; a firewall that denies by
+    default without letting trusted services through makes kv-other's key unusable (sb-healthy degrades, with the
+    remedy), and letting trusted services through again, seen by a later check, makes it usable."""
+    from monitor.domain.model import SetNetwork
+
+    at = datetime(2026, 11, 22, 1, tzinfo=UTC)
+    sandbox.apply(SetNetwork(at=at, vault=OTHER_VAULT, default_action="Deny", bypass_azure_services=False))
+    sandbox.apply(SetNetwork(at=at + timedelta(hours=1), vault=OTHER_VAULT, bypass_azure_services=True))
+    sandbox.clock.advance(timedelta(hours=1, minutes=30))
+    walled = run_cli("check", "--format", "json", "--at", "2026-11-22T01:30:00Z").namespace("sb-healthy")
+    assert walled["status_now"] == "degraded" and walled["usable_keys_now"] == 1
+    blocked = next(f for f in walled["findings"] if f["code"] == "vault-firewall-blocks-service")
+    assert blocked["key"] == f"{OTHER_VAULT}/keys/k-other"
+    assert "az keyvault update --name kv-other --bypass AzureServices" in blocked["message"]
+    vaults = sandbox.requests.select(service="arm", path="/providers/Microsoft.KeyVault/vaults")
+    assert vaults and all(r.status == 200 for r in vaults)
+    sandbox.clock.advance(timedelta(hours=1))
+    reopened = run_cli("check", "--format", "json", "--at", "2026-11-22T02:30:00Z").namespace("sb-healthy")
+    assert reopened["status_now"] == "healthy"
+    assert "vault-firewall-blocks-service" not in {f["code"] for f in reopened["findings"]}

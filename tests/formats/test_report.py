@@ -106,7 +106,7 @@ def test_the_drawing_stops_a_little_after_the_last_change_not_at_the_horizon():
 def test_the_html_needs_nothing_from_the_network(tmp_path: Path):
     run = run_cli("report", str(EXAMPLE), "--out", str(tmp_path / "report.html"))
     assert run.status == 0, run.stderr
-    assert run.stdout.strip() == f"keyhealth: wrote {tmp_path / 'report.html'} (11 namespaces)"
+    assert run.stdout.strip() == f"keyhealth: wrote {tmp_path / 'report.html'} (12 namespaces)"
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     fetched = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", page)
     assert fetched and all(target.startswith(("#", "data:")) for target in fetched), fetched
