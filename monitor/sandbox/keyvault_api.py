@@ -27,6 +27,7 @@ from monitor.domain.model import (
 )
 from monitor.domain.names import is_key_name
 from monitor.domain.states import KeyState, VaultState
+from monitor.sandbox.faults import forbidden_message
 from monitor.sandbox.keymaterial import KeyMaterial
 from monitor.sandbox.resources import SOFT_DELETE_RETENTION_DAYS
 from monitor.sandbox.state import SandboxState, VaultInfo, current_version, find_version, visible_versions
@@ -138,6 +139,9 @@ class KeyVaultApi:
 
     def handle(self, request: ApiRequest) -> ApiResponse:
         """Answer one request for the vault at `request.vault_host`."""
+        refused = self._firewall(request)
+        if refused is not None:
+            return refused
         try:
             return self.router.dispatch(request)
         except BadRequestError as error:
@@ -146,6 +150,24 @@ class KeyVaultApi:
             return bad_parameter("The $skiptoken is invalid.")
         except ChangeRejectedError as error:
             return keyvault_error(409, "Conflict", error.problem)
+
+    def _firewall(self, request: ApiRequest) -> ApiResponse | None:
+        """Key Vault's firewall as the monitor meets it: a caller that is no trusted Microsoft service, from no
+        network the vault allows (the stand-in allows none), is refused before anything is looked at."""
+        info = self.state.vault(request.vault_host or "")
+        vault = self.state.vault_state(info, request.now)
+        if vault is None or not vault.exists:
+            return None
+        if not vault.network.public_network_access:
+            message = (
+                "Public network access is disabled and request is not from a trusted service nor via an approved "
+                f"private link.\r\nVault: {info.name};location=westeurope"
+            )
+            return keyvault_error(403, "Forbidden", message, inner_code="ForbiddenByConnection")
+        if vault.network.default_action.strip().lower() == "deny":
+            message = forbidden_message("ForbiddenByFirewall", info.name, self.state.tenant_id, "")
+            return keyvault_error(403, "Forbidden", message, inner_code="ForbiddenByFirewall")
+        return None
 
     # --- context --------------------------------------------------------------------------------------
 

@@ -382,7 +382,15 @@ def test_the_example_fleet_reads_back_as_simulate_predicts_it(tmp_path: Path, mo
         for name, value in sandbox.environment().items():
             monkeypatch.setenv(name, value)
         checked = run_cli("check", "--format", "json", "--at", format_instant(example.now))
-    assert _core(checked) == _core(simulated)
+    live, offline = _core(checked), _core(simulated)
+    # kv-telemetry's firewall keeps Service Bus out, and the monitor too (no trusted service, on no network the
+    # vault allows): revoked all the same, and its key's read is a blind spot the live check says it has.
+    walled, planned = live.pop("sb-telemetry"), offline.pop("sb-telemetry")
+    assert live == offline
+    assert walled[:5] == planned[:5] == ("revoked", 0, 1, "2026-11-22T00:00:00Z", "2026-11-22T00:05:00Z")
+    findings = walled[5]
+    assert isinstance(findings, list)
+    assert {code for code, _, _ in findings} >= {"vault-firewall-blocks-service", "monitor-blind"}
     archive = next(n for n in checked.json["namespaces"] if n["name"] == "sb-archive")
     assert archive["status_now"] == "revoked"
     assert "vault-missing" in {f["code"] for f in archive["findings"]}
@@ -403,21 +411,38 @@ def test_what_could_not_be_read_is_saved_and_replayed_as_unknown(sandbox: Sandbo
 def test_a_vault_firewall_that_keeps_service_bus_out_is_read_from_arm_and_revokes(sandbox: Sandbox):
     """The stand-in serves the vault's networkAcls and publicNetworkAccess as ARM does; a firewall that denies by
     default without letting trusted services through makes kv-other's key unusable (sb-healthy degrades, with the
-    remedy), and letting trusted services through again, seen by a later check, makes it usable."""
+    remedy; the monitor, refused by the same firewall, says its read is a blind spot), and opening the vault to
+    all networks again, seen by a later check, makes it usable."""
     from monitor.domain.model import SetNetwork
 
     at = datetime(2026, 11, 22, 1, tzinfo=UTC)
     sandbox.apply(SetNetwork(at=at, vault=OTHER_VAULT, default_action="Deny", bypass_azure_services=False))
-    sandbox.apply(SetNetwork(at=at + timedelta(hours=1), vault=OTHER_VAULT, bypass_azure_services=True))
+    sandbox.apply(SetNetwork(at=at + timedelta(hours=1), vault=OTHER_VAULT, default_action="Allow"))
     sandbox.clock.advance(timedelta(hours=1, minutes=30))
     walled = run_cli("check", "--format", "json", "--at", "2026-11-22T01:30:00Z").namespace("sb-healthy")
     assert walled["status_now"] == "degraded" and walled["usable_keys_now"] == 1
     blocked = next(f for f in walled["findings"] if f["code"] == "vault-firewall-blocks-service")
     assert blocked["key"] == f"{OTHER_VAULT}/keys/k-other"
     assert "az keyvault update --name kv-other --bypass AzureServices" in blocked["message"]
+    assert "monitor-blind" in {f["code"] for f in walled["findings"]}
     vaults = sandbox.requests.select(service="arm", path="/providers/Microsoft.KeyVault/vaults")
     assert vaults and all(r.status == 200 for r in vaults)
     sandbox.clock.advance(timedelta(hours=1))
     reopened = run_cli("check", "--format", "json", "--at", "2026-11-22T02:30:00Z").namespace("sb-healthy")
     assert reopened["status_now"] == "healthy"
     assert "vault-firewall-blocks-service" not in {f["code"] for f in reopened["findings"]}
+
+
+def test_a_firewall_that_lets_trusted_services_through_but_not_the_monitor_is_unknown_not_healthy(sandbox: Sandbox):
+    """Deny by default with the trusted-services bypass: Service Bus gets in, the monitor (no trusted service, on
+    no allowed network) is refused 403 ForbiddenByFirewall; what it could not read is never reported healthy."""
+    from monitor.domain.model import SetNetwork
+
+    sandbox.apply(SetNetwork(at=datetime(2026, 11, 21, tzinfo=UTC), vault=OTHER_VAULT, default_action="Deny"))
+    run = _check()
+    both = run.namespace("sb-healthy")  # k-main, readable, and kv-other's k-other
+    assert both["status_now"] == "unknown" and run.status == 3
+    assert "vault-firewall-blocks-service" not in {f["code"] for f in both["findings"]}
+    assert "monitor-blind" in {f["code"] for f in both["findings"]}
+    refused = sandbox.requests.select(service="keyvault", vault="kv-other.vault.azure.net", status=403)
+    assert refused and all(r.outcome for r in refused)
