@@ -19,6 +19,7 @@ from monitor.domain.model import (
     BlindSpot,
     Key,
     KeyId,
+    KeyRef,
     Namespace,
     Scenario,
     Snapshot,
@@ -50,6 +51,18 @@ class _WantedKey:
     vault_uri: str
     name: str
     pinned: frozenset[str]
+
+
+def _want(wanted: dict[KeyId, _WantedKey], ref: KeyRef) -> None:
+    """Add `ref`'s key to `wanted`, with its pinned version if it has one."""
+    entry = wanted.get(ref.key_id) or _WantedKey(ref.vault, ref.name, frozenset())
+    wanted[ref.key_id] = dataclasses.replace(entry, pinned=entry.pinned | {ref.version}) if ref.version else entry
+
+
+def _with_key_access(key: Key, vault_reading: VaultReading, vault: str, name: str) -> Key:
+    """`key` with the permissions granted at its own scope, as the vault reading found them."""
+    key_access = vault_reading.key_access.get(vault, {}).get(name)
+    return dataclasses.replace(key, access=key_access) if key_access else key
 
 
 def _ignore_progress(stage: str, done: int, total: int) -> None:
@@ -161,8 +174,7 @@ class _KeyPrefetch:
                 key_id = ref.key_id
                 if key_id in self._asked or (not ref.version and key_id[1] in self._known.get(key_id[0], ())):
                     continue
-                entry = new.get(key_id) or _WantedKey(ref.vault, ref.name, frozenset())
-                new[key_id] = dataclasses.replace(entry, pinned=entry.pinned | {ref.version}) if ref.version else entry
+                _want(new, ref)
         loop = asyncio.get_running_loop()
         for key_id, entry in new.items():
             self._asked[key_id] = entry
@@ -250,11 +262,8 @@ class JudgeAhead:
         keys: dict[KeyId, Key] = {}
         for vid, found in zip(early.listings, listings, strict=True):
             if vid in vaults:
-                access = vault_reading.key_access.get(vid, {})
-                for name, key in found.items():
-                    # What read_keys_of makes of a confirmed key, so the reports rest on what the snapshot holds.
-                    key_access = access.get(name)
-                    keys[key.id] = dataclasses.replace(key, access=key_access) if key_access else key
+                # What read_keys_of makes of a confirmed key, so the reports rest on what the snapshot holds.
+                keys.update((key.id, _with_key_access(key, vault_reading, vid, name)) for name, key in found.items())
         basis = Snapshot(vaults=tuple(vaults.values()), keys=tuple(keys.values()))
         scenario = Scenario(now=self._now, snapshot=basis)
         judge = NamespaceJudge(scenario, self._thresholds)
@@ -337,10 +346,7 @@ async def read_keys_of(
     for namespace in namespaces:
         for ref in namespace.keys:
             vault_uris.setdefault(vault_id(ref.vault), ref.vault)
-            entry = wanted.get(ref.key_id) or _WantedKey(ref.vault, ref.name, frozenset())
-            if ref.version:
-                entry = dataclasses.replace(entry, pinned=entry.pinned | {ref.version})
-            wanted[ref.key_id] = entry
+            _want(wanted, ref)
 
     if early is not None and early.covers(vault_uris):
         vault_reading = await early.vaults
@@ -419,8 +425,7 @@ async def read_keys_of(
         elif isinstance(result, BaseException):
             raise result
         elif result is not None:
-            key_access = vault_reading.key_access.get(key_id[0], {}).get(name_id(entry.name))
-            keys.append(dataclasses.replace(result, access=key_access) if key_access else result)
+            keys.append(_with_key_access(result, vault_reading, key_id[0], name_id(entry.name)))
     return Snapshot(vaults=tuple(vaults), keys=tuple(keys), namespaces=tuple(namespaces), blind=tuple(blind))
 
 

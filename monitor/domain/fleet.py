@@ -97,6 +97,10 @@ def evaluate(scenario: Scenario, thresholds: Thresholds, *, ahead: JudgedAhead |
         world, predictions = predict_scenario(scenario)
         return judge(scenario, world, predictions, thresholds)
     rest = [n for n in scenario.snapshot.namespaces if kept.get(n.id) is None]
+    if not rest:  # a steady poll's usual end: no World to build for nothing left to judge
+        reports = sorted(kept.values(), key=lambda r: by_name(r.prediction.namespace))
+        horizon = scenario.effective_horizon
+        return FleetReport(now=scenario.now, horizon=horizon, namespaces=tuple(reports), blind=scenario.snapshot.blind)
     partial = dataclasses.replace(scenario, snapshot=dataclasses.replace(scenario.snapshot, namespaces=tuple(rest)))
     world, predictions = predict_scenario(partial)
     judged = judge(partial, world, predictions, thresholds)

@@ -108,6 +108,7 @@ class VaultNetwork:
 
 
 OPEN_NETWORK = VaultNetwork()
+NETWORK_SETTINGS = ("public_network_access", "default_action", "bypass_azure_services")  # what set_network sets
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from monitor.domain.errors import ScenarioError
 from monitor.domain.model import (
     KEEP,
     MAX_KEYS_PER_NAMESPACE,
+    NETWORK_SETTINGS,
     OPEN_NETWORK,
     BlindScope,
     BlindSpot,
@@ -176,7 +177,6 @@ def _vault(reader: DocumentReader, value: object, path: str) -> Vault:
     )
 
 
-_NETWORK_FIELDS = ("public_network_access", "default_action", "bypass_azure_services")
 _DEFAULT_ACTIONS = ("allow", "deny")  # networkAcls.defaultAction, as Azure spells it: Allow or Deny
 
 
@@ -188,7 +188,7 @@ def _default_action(reader: DocumentReader, item: Mapping[str, Any], path: str) 
 
 
 def _network(reader: DocumentReader, value: object, path: str) -> VaultNetwork:
-    item = reader.obj(value, path, set(_NETWORK_FIELDS))
+    item = reader.obj(value, path, set(NETWORK_SETTINGS))
     return VaultNetwork(
         public_network_access=reader.flag(item, "public_network_access", path, True),
         default_action=_default_action(reader, item, path) if "default_action" in item else "Allow",
@@ -333,7 +333,7 @@ _CHANGE_FIELDS: Mapping[str, set[str]] = {
     "set_access": {"principal", "permissions"},
     "delete_vault": set(),
     "recover_vault": set(),
-    "set_network": set(_NETWORK_FIELDS),
+    "set_network": set(NETWORK_SETTINGS),
 }
 _VAULT_ONLY_OPS = {"set_access", "delete_vault", "recover_vault", "set_network"}
 
@@ -360,8 +360,8 @@ def _change(reader: DocumentReader, value: object, path: str) -> Change:
     if op == "recover_vault":
         return RecoverVault(at=at, vault=vault)
     if op == "set_network":
-        if not any(name in item for name in _NETWORK_FIELDS):
-            raise ScenarioError(path, f"set_network sets none of: {', '.join(_NETWORK_FIELDS)}")
+        if not any(name in item for name in NETWORK_SETTINGS):
+            raise ScenarioError(path, f"set_network sets none of: {', '.join(NETWORK_SETTINGS)}")
         return SetNetwork(
             at=at,
             vault=vault,

@@ -10,6 +10,7 @@ from typing import Any, TypeVar, overload
 from monitor.domain.documents import format_instant
 from monitor.domain.model import (
     KEEP,
+    NETWORK_SETTINGS,
     OPEN_NETWORK,
     Change,
     DeleteVault,
@@ -151,7 +152,7 @@ def change_document(change: Change) -> dict[str, object]:
     if isinstance(change, DeleteVault | RecoverVault):
         return document
     if isinstance(change, SetNetwork):
-        for name in ("public_network_access", "default_action", "bypass_azure_services"):
+        for name in NETWORK_SETTINGS:
             if (value := getattr(change, name)) is not KEEP:
                 document[name] = value
         return document

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 from itertools import pairwise
+from typing import TypeVar
 
 from monitor.domain.errors import ScenarioError
 from monitor.domain.intervals import BEGINNING, Interval, Timeline
@@ -14,6 +15,7 @@ from monitor.domain.key_time import MISSING_TIMELINE, append_key_epoch, key_inte
 from monitor.domain.model import (
     KEEP,
     KEY_CHANGES,
+    NETWORK_SETTINGS,
     BlindScope,
     Change,
     DeleteKey,
@@ -34,6 +36,8 @@ from monitor.domain.model import (
     vault_id,
 )
 from monitor.domain.states import BY_CREATED, MISSING_KEY, AccessAt, AccessHistory, KeyState, VaultState
+
+T = TypeVar("T")
 
 
 def _sorted_versions(versions: Iterable[KeyVersion]) -> tuple[KeyVersion, ...]:
@@ -280,18 +284,21 @@ class World:
             vault_timeline.set_from(change.at, state)
             self.reachable[vault].set_from(change.at, state.reachable)
         elif isinstance(change, SetNetwork):
-            network = vault_timeline.latest.network
-            if change.public_network_access is not KEEP:
-                network = replace(network, public_network_access=change.public_network_access)
-            if change.default_action is not KEEP:
-                network = replace(network, default_action=change.default_action)
-            if change.bypass_azure_services is not KEEP:
-                network = replace(network, bypass_azure_services=change.bypass_azure_services)
+            network = _with_set(vault_timeline.latest.network, change, NETWORK_SETTINGS)
             state = replace(vault_timeline.latest, network=network)
             vault_timeline.set_from(change.at, state)
             self.reachable[vault].set_from(change.at, state.reachable)
         else:  # pragma: no cover - every other change is a key change
             raise AssertionError(change)
+
+
+VERSION_SETTINGS = ("enabled", "nbf", "exp", "key_ops")  # what update_version sets
+
+
+def _with_set(value: T, change: UpdateVersion | SetNetwork, fields: tuple[str, ...]) -> T:
+    """`value` with each of `fields` the change sets (those not KEEP) taken from it."""
+    changed = {name: new for name in fields if (new := getattr(change, name)) is not KEEP}
+    return replace(value, **changed) if changed else value  # type: ignore[type-var]
 
 
 def _updated(state: KeyState, change: UpdateVersion, path: str) -> KeyState:
@@ -306,14 +313,6 @@ def _updated(state: KeyState, change: UpdateVersion, path: str) -> KeyState:
         if found is None:
             raise ScenarioError(f"{path}.version", f"key {change.key!r} has no version {change.version!r}")
         target = found
-    updated = target
-    if change.enabled is not KEEP:
-        updated = replace(updated, enabled=change.enabled)
-    if change.nbf is not KEEP:
-        updated = replace(updated, nbf=change.nbf)
-    if change.exp is not KEEP:
-        updated = replace(updated, exp=change.exp)
-    if change.key_ops is not KEEP:
-        updated = replace(updated, key_ops=change.key_ops)
+    updated = _with_set(target, change, VERSION_SETTINGS)
     versions = tuple(updated if v is target else v for v in state.versions)
     return KeyState(state.exists, state.deleted, versions)
