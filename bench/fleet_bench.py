@@ -6,7 +6,9 @@ The fleet (deterministic): N namespaces in 10 subscriptions, each listing 3 keys
 (3N key references) through one user-assigned identity, N/2 distinct software RSA keys spread over 20
 vaults, and one key listed by N/10 namespaces (1,000 at N = 10,000). The stand-in serves it over HTTPS
 from its own process (so it has a core of its own) with 20 ms added to every answer and Key Vault's rate
-limit enforced (4,000 requests per 10 s per vault, then 429 with Retry-After).
+limit enforced (4,000 requests per 10 s per vault, then 429 with Retry-After). One namespace in 100 is the
+primary of a Geo-DR pair (its partner uses the same identity); every namespace's pairing is read once, by the
+first poll, and then recalled from the store (KEYHEALTH_GEO_DR_REFRESH_MINUTES).
 
 Measured, each in a fresh process:
 - our poll (`monitor.app.poll.poll`: Resource Graph inventory, vault reads, paced key reads, prediction,
@@ -65,6 +67,7 @@ SHARED_KEY = "sb-shared"
 LISTING_PAGE = 25  # Key Vault's largest key listing page
 INVENTORY_PAGE = 1000  # Resource Graph's largest page
 COMPETENT_THREADS = 16
+GEO_DR_EVERY = 100  # one namespace in this many is a Geo-DR primary
 
 
 def _subscription(index: int) -> str:
@@ -110,15 +113,20 @@ def build_fleet(namespaces: int) -> dict[str, Any]:
             refs[0] = {"vault": _vault(0), "name": SHARED_KEY, "version": None, "identity": IDENTITY}
         subscription = _subscription(n % SUBSCRIPTIONS)
         name = f"sb-fleet-{n:05d}"
-        documents.append(
-            {
-                "id": f"/subscriptions/{subscription}/resourceGroups/rg-{n % 50:02d}/providers/"
-                f"Microsoft.ServiceBus/namespaces/{name}",
-                "name": name,
-                "identity": {"principal_id": None, "user_assigned": {IDENTITY: PRINCIPAL}},
-                "keys": refs,
+        group = f"/subscriptions/{subscription}/resourceGroups/rg-{n % 50:02d}/providers/Microsoft.ServiceBus"
+        document: dict[str, Any] = {
+            "id": f"{group}/namespaces/{name}",
+            "name": name,
+            "identity": {"principal_id": None, "user_assigned": {IDENTITY: PRINCIPAL}},
+            "keys": refs,
+        }
+        if n % GEO_DR_EVERY == 0:
+            document["geo_dr"] = {
+                "alias": name,
+                "partner": f"{group}/namespaces/{name}-dr",
+                "partner_identity": {"principal_id": None, "user_assigned": {IDENTITY: PRINCIPAL}},
             }
-        )
+        documents.append(document)
     vaults = [
         {
             "uri": _vault(v),

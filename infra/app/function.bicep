@@ -134,6 +134,8 @@ var keyhealthSettings = {
   KEYHEALTH_KEYVAULT_SHARE: '50'
   // One Resource Graph query finds every namespace; Reader on the subscriptions is all it needs.
   KEYHEALTH_INVENTORY: 'resource-graph'
+  // Geo-DR pairings change seldom: each is read once an hour (the partner's access every poll).
+  KEYHEALTH_GEO_DR_REFRESH_MINUTES: '60'
   KEYHEALTH_LOG_LEVEL: 'info'
   // Read only by `keyhealth serve`; the Functions HTTP routes are guarded by function keys.
   KEYHEALTH_WEBHOOK_SECRET: empty(webhookSecretName) ? '' : keyVaultReference(secretsVaultName, webhookSecretName)

@@ -47,17 +47,23 @@ def namespace_from_arm(resource: SBNamespace) -> Namespace | None:
         )
     if not refs:
         return None
-    identity = resource.identity
-    user_identities = identity.user_assigned_identities if identity else None
     return Namespace(
         id=resource.id or "",
         name=resource.name or "",
         keys=tuple(refs),
-        identity=NamespaceIdentity(
-            principal_id=(identity.principal_id or None) if identity else None,
-            user_assigned={rid: (ui.principal_id if ui else None) for rid, ui in (user_identities or {}).items()},
-        ),
+        identity=identity_from_arm(resource),
         tags=dict(resource.tags or {}),
+        infrastructure_encryption=bool(encryption.require_infrastructure_encryption),
+    )
+
+
+def identity_from_arm(resource: SBNamespace) -> NamespaceIdentity:
+    """The managed identities of a namespace as ARM returned it."""
+    identity = resource.identity
+    user_identities = identity.user_assigned_identities if identity else None
+    return NamespaceIdentity(
+        principal_id=(identity.principal_id or None) if identity else None,
+        user_assigned={rid: (ui.principal_id if ui else None) for rid, ui in (user_identities or {}).items()},
     )
 
 
@@ -106,6 +112,7 @@ def namespace_from_document(document: Mapping[str, Any]) -> Namespace | None:
             user_assigned={rid: _field(ui, "principalId") for rid, ui in user_identities.items()},
         ),
         tags={str(k): str(v) for k, v in (_field(document, "tags") or {}).items()},
+        infrastructure_encryption=_field(encryption, "requireInfrastructureEncryption") is True,
     )
 
 

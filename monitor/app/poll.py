@@ -144,10 +144,15 @@ async def _recall_key_records(monitor: Monitor) -> None:
         log.warning("keyhealth: key records not read (%s); keys are read in full", error)
         return
     monitor.readers.keys.recall(records)
+    if monitor.readers.pairings is not None:  # Geo-DR pairings share the records' store, by their own ids
+        monitor.readers.pairings.recall(records)
 
 
 async def _share_key_records(monitor: Monitor, *, now: datetime) -> None:
     records = monitor.readers.keys.take_changed_records()
+    if monitor.readers.pairings is not None:
+        await monitor.readers.pairings.settle()  # the pairings read beside this poll, for the next
+        records.update(monitor.readers.pairings.take_changed_records())
     if not records:
         return
     try:

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from monitor.domain.alert import Alert
 from monitor.domain.incidents import Level
-from monitor.domain.model import Key, KeyRef, KeyVersion, Namespace, Vault
+from monitor.domain.model import GeoPairing, Key, KeyRef, KeyVersion, Namespace, Vault
 
 __all__ = [
     "AccessReader",
@@ -19,6 +19,7 @@ __all__ = [
     "InventoryReader",
     "KeyReader",
     "KeyRemediator",
+    "PairingReader",
     "VaultReading",
 ]
 
@@ -70,6 +71,15 @@ class InventoryReader(Protocol):
         `on_page` is told each page's namespaces as it is read, so work on them can overlap the next page's
         wait. Only a head start: a listing that starts again another way tells some again, or some that the
         listing returned does not hold; the listing returned is the one that counts."""
+        ...
+
+
+class PairingReader(Protocol):
+    """Reads a namespace's Geo-DR pairing and the identities of its partner."""
+
+    async def read_pairing(self, namespace: Namespace) -> GeoPairing | None:
+        """The pairing (None: none). Raises ReadError when the namespace's configurations cannot be listed;
+        a partner that cannot be read is a pairing with `partner_blind` set."""
         ...
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+from monitor.app.pairings import GeoDrPairings
 from monitor.app.ports import AccessReader, InventoryReader, KeyReader, PageCallback, VaultReading
 from monitor.domain.errors import ReadError
 from monitor.domain.findings import Thresholds
@@ -44,6 +45,8 @@ class Readers:
     inventory: InventoryReader
     keys: KeyReader
     access: AccessReader
+    # The Geo-DR pairings the inventory gives its namespaces (the poll shares them through the store).
+    pairings: GeoDrPairings | None = None
 
 
 @dataclass(frozen=True, slots=True)

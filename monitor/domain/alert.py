@@ -145,6 +145,10 @@ class Alert:
                 what = "is heading for Revoked"
         elif self.condition is Condition.REDUNDANCY:
             what = f"{self.redundancy}; one more failure from Revoked"
+        elif self.condition is Condition.FAILOVER:
+            # Each geo-dr finding's message starts with what a failover would do: "failover would revoke …".
+            worst = self.findings[0].message.split(" (Geo-DR", 1)[0] if self.findings else "Geo-DR partner at risk"
+            what = f"Geo-DR: {worst}"
         elif self.condition is Condition.CONFIGURATION:
             codes = ", ".join(sorted({f.code for f in self.findings}))
             what = f"key configuration puts its data at risk ({codes})"

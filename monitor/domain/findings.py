@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from monitor.domain.documents import format_instant
-from monitor.domain.model import KeyRef, Namespace, is_managed_hsm, vault_short_name
+from monitor.domain.model import KeyRef, Namespace, is_managed_hsm, resource_group_of, vault_short_name
 from monitor.domain.prediction import NamespacePrediction, Status
 from monitor.domain.states import VaultState
-from monitor.domain.usability import VERSION_REASONS, Assessment, Reason, assess, version_reasons
+from monitor.domain.usability import VERSION_REASONS, Assessment, Reason, assess, assess_as, version_reasons
 from monitor.domain.world import World
 
 
@@ -50,6 +50,9 @@ class Code(enum.Enum):
     VAULT_SOFT_DELETE_OFF = "vault-soft-delete-off"
     VAULT_PURGE_PROTECTION_OFF = "vault-purge-protection-off"
     MONITOR_BLIND = "monitor-blind"
+    # Extensions to the format's codes: a Geo-DR pairing judged for its partner.
+    GEO_DR_PARTNER_CANNOT_USE_KEY = "geo-dr-partner-cannot-use-key"
+    GEO_DR_PARTNER_UNKNOWN = "geo-dr-partner-unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,14 +230,91 @@ class FindingsJudge:
             usable_now = 0  # revoked, or unknown: nothing to say about redundancy
         if usable_now == 1:
             findings.append(_no_redundancy(prediction))
+        if namespace.geo_dr is not None and namespace.geo_dr.is_primary:
+            findings.extend(self._geo_dr_findings(prediction))
         if len(findings) > 1:
             # Worst first; within a severity the causes come before the namespace-level consequence.
             findings.sort(key=_finding_order)
         return findings
 
+    def _geo_dr_findings(self, prediction: NamespacePrediction) -> list[Finding]:
+        """The primary's keys judged for its Geo-DR partner (rule 2 with the identity the partner would use;
+        the other rules as for the primary), at `now`: a failover makes the partner poll the same keys."""
+        namespace = prediction.namespace
+        pairing = namespace.geo_dr
+        assert pairing is not None  # noqa: S101 - narrows the type; holds by construction
+        partner = pairing.partner_name
+        if pairing.partner_identity is None:
+            return [
+                Finding(
+                    Code.GEO_DR_PARTNER_UNKNOWN,
+                    Severity.WARNING,
+                    None,
+                    f"partner {partner} could not be read (Geo-DR alias {pairing.alias}), so whether a failover "
+                    f"would revoke it is unknown: {pairing.partner_blind or 'not read'}. Give the monitor Reader on "
+                    "the partner's subscription.",
+                )
+            ]
+        now = prediction.now
+        partner_own = (Reason.IDENTITY_MISSING, Reason.ACCESS_DENIED)
+        judged = []
+        for ref, own in zip(namespace.keys, prediction.assessments_now, strict=True):
+            principal = pairing.partner_identity.principal_for(ref.identity)
+            as_partner = assess_as(self.world, ref, principal, now)
+            # What fails only for the partner: the primary's own findings already tell the rest.
+            lacking = [r for r in as_partner.reasons if r in partner_own and r not in own.reasons]
+            judged.append((ref, as_partner, lacking))
+        partner_usable = any(a.usable for _, a, _ in judged)
+        primary_usable = prediction.usable_keys_now > 0
+        would_revoke = not partner_usable and primary_usable and not any(a.is_unknown for _, a, _ in judged)
+        severity = Severity.CRITICAL if would_revoke else Severity.WARNING
+        head = f"failover would revoke {partner}" if would_revoke else f"at failover {partner} could not use this key"
+        group = resource_group_of(pairing.partner) or "<resource-group>"
+        findings = []
+        for ref, as_partner, lacking in judged:
+            if not lacking:
+                continue
+            commands = _Commands(namespace, ref)
+            through = f"user-assigned identity {ref.identity}" if ref.identity else "its system-assigned identity"
+            if Reason.IDENTITY_MISSING in lacking:
+                assign = f"--user-assigned {ref.identity}" if ref.identity else "--system-assigned"
+                fix = (
+                    f"{partner} does not have it: az servicebus namespace identity assign --namespace-name {partner} "
+                    f"-g {group} {assign}, then grant it get, wrapKey and unwrapKey on vault {commands.vault_name}"
+                )
+            else:
+                principal = as_partner.principal or "<principal-id>"
+                vault_state, _ = self._vaults.get(ref.vault) or self._vault_at(ref.vault, now)
+                missing = ", ".join(vault_state.missing_permissions(principal)) if vault_state else "the permissions"
+                fix = (
+                    f"principal {principal} lacks {missing}: "
+                    f"{commands.grant(principal, vault_state.rbac if vault_state else False)}"
+                )
+            findings.append(
+                Finding(
+                    Code.GEO_DR_PARTNER_CANNOT_USE_KEY,
+                    severity,
+                    ref.url,
+                    f"{head} (Geo-DR alias {pairing.alias}): after a failover the secondary {partner} uses key "
+                    f"{ref.name} in vault {commands.vault_name} through {through}; {fix}",
+                    version=ref.version,
+                )
+            )
+        return findings
 
-def _finding_order(finding: Finding) -> tuple[int, bool, str, str]:
-    return (-finding.severity, finding.code is Code.REVOCATION_PREDICTED, finding.code.value, finding.key or "")
+
+# A failover's findings are about the partner: within a severity the namespace's own come first.
+_PARTNER_CODES = frozenset({Code.GEO_DR_PARTNER_CANNOT_USE_KEY, Code.GEO_DR_PARTNER_UNKNOWN})
+
+
+def _finding_order(finding: Finding) -> tuple[int, bool, bool, str, str]:
+    return (
+        -finding.severity,
+        finding.code in _PARTNER_CODES,
+        finding.code is Code.REVOCATION_PREDICTED,
+        finding.code.value,
+        finding.key or "",
+    )
 
 
 def _revocation_finding(prediction: NamespacePrediction, status: Status, thresholds: Thresholds) -> Finding | None:

@@ -25,6 +25,7 @@ class Condition(enum.Enum):
     REVOCATION = "revocation"  # Revoked now, or predicted to be within the warning threshold
     REDUNDANCY = "redundancy"  # a listed key is unusable now or soon while another still covers
     CONFIGURATION = "configuration"  # vault soft delete or purge protection off, a pinned version
+    FAILOVER = "failover"  # a Geo-DR partner that could not use the keys after a failover, or could not be read
     BLIND = "blind"  # the monitor cannot read what decides a listed key
     REMEDIATION = "remediation"  # never opens: carries the notices of what remediation did or would do
     WATCHDOG = "watchdog"  # never opens: the monitor's own always-firing heartbeat, about no namespace
@@ -62,7 +63,10 @@ class Notice(enum.Enum):
 
 
 _CONFIGURATION_CODES = frozenset({Code.VAULT_SOFT_DELETE_OFF, Code.VAULT_PURGE_PROTECTION_OFF, Code.VERSION_PINNED})
-_NOT_REDUNDANCY = _CONFIGURATION_CODES | {Code.REVOCATION_PREDICTED, Code.MONITOR_BLIND}
+_FAILOVER_CODES = frozenset({Code.GEO_DR_PARTNER_CANNOT_USE_KEY, Code.GEO_DR_PARTNER_UNKNOWN})
+_NOT_REDUNDANCY = _CONFIGURATION_CODES | _FAILOVER_CODES | {Code.REVOCATION_PREDICTED, Code.MONITOR_BLIND}
+# What an unknown namespace, or one heading for Revoked, holds as it was.
+_HELD_WHEN_UNKNOWN = (Condition.REVOCATION, Condition.REDUNDANCY, Condition.CONFIGURATION, Condition.FAILOVER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +106,7 @@ def observe(report: NamespaceReport) -> dict[Condition, Observed]:
         Condition.BLIND: _observation(blind, Level.CRITICAL if status is Status.UNKNOWN else None)
     }
     if status is Status.UNKNOWN:
-        observed.update({c: HELD for c in (Condition.REVOCATION, Condition.REDUNDANCY, Condition.CONFIGURATION)})
+        observed.update({c: HELD for c in _HELD_WHEN_UNKNOWN})
         return observed
     predicted = any(f.code is Code.REVOCATION_PREDICTED for f in alarming)
     if status is Status.REVOKED or predicted:
@@ -111,10 +115,12 @@ def observe(report: NamespaceReport) -> dict[Condition, Observed]:
         observed[Condition.REVOCATION] = Observation(level, tuple(causes))
         observed[Condition.REDUNDANCY] = HELD
         observed[Condition.CONFIGURATION] = HELD
+        observed[Condition.FAILOVER] = HELD
         return observed
     observed[Condition.REVOCATION] = None
     observed[Condition.REDUNDANCY] = _observation([f for f in alarming if f.code not in _NOT_REDUNDANCY])
     observed[Condition.CONFIGURATION] = _observation([f for f in alarming if f.code in _CONFIGURATION_CODES])
+    observed[Condition.FAILOVER] = _observation([f for f in alarming if f.code in _FAILOVER_CODES])
     return observed
 
 

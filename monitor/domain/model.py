@@ -186,6 +186,35 @@ class NamespaceIdentity:
         return None
 
 
+# The Geo-DR roles a disasterRecoveryConfigs entry gives its namespace, as the scenario spells them.
+GEO_DR_ROLES = ("primary", "primary_not_replicating", "secondary")
+
+
+@dataclass(frozen=True, slots=True)
+class GeoPairing:
+    """The namespace's Geo-Disaster Recovery pairing (its `disasterRecoveryConfigs` entry).
+
+    At failover the partner (the secondary) takes over the alias and goes on with the keys the primary
+    lists, through its own identities: the system-assigned one of the partner, or the same user-assigned
+    identity, which must be on the partner too."""
+
+    alias: str
+    partner: str  # the partner namespace's ARM id
+    role: str = "primary"  # one of GEO_DR_ROLES
+    # The partner's managed identities as read; None when the monitor could not read the partner.
+    partner_identity: NamespaceIdentity | None = None
+    # Why the partner could not be read (with partner_identity None).
+    partner_blind: str | None = None
+
+    @property
+    def is_primary(self) -> bool:
+        return self.role != "secondary"
+
+    @property
+    def partner_name(self) -> str:
+        return self.partner.rstrip("/").rsplit("/", 1)[-1]
+
+
 @dataclass(frozen=True, slots=True)
 class Namespace:
     """A Service Bus Premium namespace encrypted with customer-managed keys."""
@@ -195,16 +224,25 @@ class Namespace:
     keys: tuple[KeyRef, ...]
     identity: NamespaceIdentity = field(default_factory=NamespaceIdentity)
     tags: Mapping[str, str] = field(default_factory=dict)
+    # Extension to the format: `encryption.requireInfrastructureEncryption` (double encryption at rest).
+    infrastructure_encryption: bool = False
+    # Extension to the format: the Geo-DR pairing, when the namespace has one.
+    geo_dr: GeoPairing | None = None
 
     @property
     def resource_group(self) -> str | None:
-        parts = self.id.strip("/").split("/")
-        lowered = [p.lower() for p in parts]
-        if "resourcegroups" in lowered:
-            index = lowered.index("resourcegroups") + 1
-            if index < len(parts):
-                return parts[index]
-        return None
+        return resource_group_of(self.id)
+
+
+def resource_group_of(resource_id: str) -> str | None:
+    """The resource group an ARM id names, or None."""
+    parts = resource_id.strip("/").split("/")
+    lowered = [p.lower() for p in parts]
+    if "resourcegroups" in lowered:
+        index = lowered.index("resourcegroups") + 1
+        if index < len(parts):
+            return parts[index]
+    return None
 
 
 class BlindScope(enum.Enum):

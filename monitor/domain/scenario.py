@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from monitor.domain.documents import DocumentReader, check_once, describe_value, format_instant, parse_instant
 from monitor.domain.errors import ScenarioError
 from monitor.domain.model import (
+    GEO_DR_ROLES,
     KEEP,
     MAX_KEYS_PER_NAMESPACE,
     NETWORK_SETTINGS,
@@ -20,6 +21,7 @@ from monitor.domain.model import (
     Change,
     DeleteKey,
     DeleteVault,
+    GeoPairing,
     Key,
     KeyRef,
     KeyVersion,
@@ -265,36 +267,65 @@ def _key(reader: DocumentReader, value: object, path: str) -> Key:
     )
 
 
+def _identity(reader: DocumentReader, value: object, path: str) -> NamespaceIdentity:
+    """A namespace's (or Geo-DR partner's) managed identities; null: none."""
+    if value is None:
+        return NamespaceIdentity()
+    raw_identity = reader.obj(value, path, {"principal_id", "user_assigned"})
+    user_assigned: dict[str, str | None] = {}
+    seen_identities: dict[str, str] = {}
+    if raw_identity.get("user_assigned") is not None:
+        for resource, principal in reader.obj(raw_identity["user_assigned"], f"{path}.user_assigned").items():
+            check_once(
+                seen_identities,
+                name_id(str(resource)),
+                f"{path}.user_assigned.{resource}",
+                "user-assigned identity (ids compare case-insensitively)",
+            )
+            if principal is not None and not isinstance(principal, str):
+                raise ScenarioError(
+                    f"{path}.user_assigned.{resource}",
+                    f"must be the identity's principal id (a string) or null, got {describe_value(principal)}",
+                )
+            user_assigned[str(resource)] = principal
+    return NamespaceIdentity(
+        principal_id=reader.optional_text(raw_identity, "principal_id", path),
+        user_assigned=user_assigned,
+    )
+
+
+def _geo_dr_role(value: object, path: str) -> str:
+    """A Geo-DR role as the scenario spells it (primary, primary_not_replicating, secondary), or as Azure does
+    (Primary, PrimaryNotReplicating, Secondary): any case."""
+    if isinstance(value, str):
+        folded = value.strip().lower().replace("_", "")
+        for role in GEO_DR_ROLES:
+            if folded == role.replace("_", ""):
+                return role
+    raise ScenarioError(path, f"must be one of {', '.join(GEO_DR_ROLES)}, got {describe_value(value)}")
+
+
+def _geo_dr(reader: DocumentReader, value: object, path: str) -> GeoPairing:
+    item = reader.obj(value, path, {"alias", "partner", "role", "partner_identity", "partner_blind"})
+    return GeoPairing(
+        alias=reader.text(item, "alias", path),
+        partner=reader.text(item, "partner", path),
+        role=_geo_dr_role(item["role"], f"{path}.role") if item.get("role") is not None else "primary",
+        partner_identity=None
+        if item.get("partner_blind") is not None
+        else _identity(reader, item.get("partner_identity"), f"{path}.partner_identity"),
+        partner_blind=reader.optional_text(item, "partner_blind", path),
+    )
+
+
 def _namespace(reader: DocumentReader, value: object, path: str) -> Namespace:
-    item = reader.obj(value, path, {"id", "name", "tags", "identity", "keys"})
+    item = reader.obj(
+        value, path, {"id", "name", "tags", "identity", "keys", "require_infrastructure_encryption", "geo_dr"}
+    )
     resource_id = reader.text(item, "id", path)
     name = reader.text(item, "name", path) if "name" in item else resource_id.rstrip("/").rsplit("/", 1)[-1]
     tags = _tags(reader, item, path)
-    identity = NamespaceIdentity()
-    if item.get("identity") is not None:
-        raw_identity = reader.obj(item["identity"], f"{path}.identity", {"principal_id", "user_assigned"})
-        user_assigned: dict[str, str | None] = {}
-        seen_identities: dict[str, str] = {}
-        if raw_identity.get("user_assigned") is not None:
-            for resource, principal in reader.obj(
-                raw_identity["user_assigned"], f"{path}.identity.user_assigned"
-            ).items():
-                check_once(
-                    seen_identities,
-                    name_id(str(resource)),
-                    f"{path}.identity.user_assigned.{resource}",
-                    "user-assigned identity (ids compare case-insensitively)",
-                )
-                if principal is not None and not isinstance(principal, str):
-                    raise ScenarioError(
-                        f"{path}.identity.user_assigned.{resource}",
-                        f"must be the identity's principal id (a string) or null, got {describe_value(principal)}",
-                    )
-                user_assigned[str(resource)] = principal
-        identity = NamespaceIdentity(
-            principal_id=reader.optional_text(raw_identity, "principal_id", f"{path}.identity"),
-            user_assigned=user_assigned,
-        )
+    identity = _identity(reader, item.get("identity"), f"{path}.identity")
     raw_refs = reader.items(item, "keys", path, required=True)
     if not raw_refs:
         raise ScenarioError(f"{path}.keys", "a CMK namespace lists at least one key")
@@ -321,7 +352,15 @@ def _namespace(reader: DocumentReader, value: object, path: str) -> Namespace:
         )
         check_once(seen, identity_key, ref_path, f"key reference to {ref.url}")
         refs.append(ref)
-    return Namespace(id=resource_id, name=name, keys=tuple(refs), identity=identity, tags=tags)
+    return Namespace(
+        id=resource_id,
+        name=name,
+        keys=tuple(refs),
+        identity=identity,
+        tags=tags,
+        infrastructure_encryption=reader.flag(item, "require_infrastructure_encryption", path, False),
+        geo_dr=_geo_dr(reader, item["geo_dr"], f"{path}.geo_dr") if item.get("geo_dr") is not None else None,
+    )
 
 
 _CHANGE_FIELDS: Mapping[str, set[str]] = {

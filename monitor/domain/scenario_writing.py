@@ -14,9 +14,11 @@ from monitor.domain.model import (
     OPEN_NETWORK,
     Change,
     DeleteVault,
+    GeoPairing,
     Key,
     KeyVersion,
     Namespace,
+    NamespaceIdentity,
     NewVersion,
     RecoverVault,
     Scenario,
@@ -82,16 +84,28 @@ def _key_document(k: Key) -> dict[str, object]:
     }
 
 
+def _identity_document(identity: NamespaceIdentity) -> dict[str, object]:
+    return {"principal_id": identity.principal_id, "user_assigned": dict(identity.user_assigned)}
+
+
+def _geo_dr_document(pairing: GeoPairing) -> dict[str, object]:
+    document: dict[str, object] = {"alias": pairing.alias, "partner": pairing.partner, "role": pairing.role}
+    if pairing.partner_blind is not None:
+        document["partner_blind"] = pairing.partner_blind
+    elif pairing.partner_identity is not None:
+        document["partner_identity"] = _identity_document(pairing.partner_identity)
+    return document
+
+
 def _namespace_document(n: Namespace) -> dict[str, object]:
     return {
         "id": n.id,
         "name": n.name,
         "tags": dict(n.tags),
-        "identity": {
-            "principal_id": n.identity.principal_id,
-            "user_assigned": dict(n.identity.user_assigned),
-        },
+        "identity": _identity_document(n.identity),
         "keys": [{"vault": r.vault, "name": r.name, "version": r.version, "identity": r.identity} for r in n.keys],
+        **({"require_infrastructure_encryption": True} if n.infrastructure_encryption else {}),
+        **({"geo_dr": _geo_dr_document(n.geo_dr)} if n.geo_dr is not None else {}),
     }
 
 

@@ -8,6 +8,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -16,6 +17,7 @@ from monitor.adapters.access import VaultAccess
 from monitor.adapters.alerts import SinkSet, build_sinks
 from monitor.adapters.azure_clients import AzureClients, AzureOptions
 from monitor.adapters.entra import EntraTokenValidator
+from monitor.adapters.geo_dr import GeoDrReader
 from monitor.adapters.keyvault import KeyVaultKeys
 from monitor.adapters.resourcegraph import ResourceGraphInventory
 from monitor.adapters.rotation import AzureRemediator
@@ -23,6 +25,8 @@ from monitor.adapters.servicebus import ServiceBusInventory
 from monitor.app.alerting import Alerting
 from monitor.app.coalescing import EventCoalescer
 from monitor.app.monitor import Monitor
+from monitor.app.pairings import GeoDrPairings, PairedInventory
+from monitor.app.ports import InventoryReader
 from monitor.app.reading import Readers
 from monitor.app.remediation import Remediation
 from monitor.app.state import StateStore
@@ -74,11 +78,20 @@ async def azure_readers(
             await active.close()
 
 
-def build_readers(clients: AzureClients, settings: Settings) -> Readers:
-    """The Azure readers over one set of SDK clients."""
+# How many Geo-DR pairings not yet read (or due) one poll waits for; the rest are read beside it, for the next.
+POLL_WAITS_FOR_PAIRINGS = 1000
+
+
+def build_readers(clients: AzureClients, settings: Settings, *, waits_for_pairings: int | None = None) -> Readers:
+    """The Azure readers over one set of SDK clients. `waits_for_pairings`: see PairedInventory (None: all)."""
     arm = ServiceBusInventory(clients)
-    inventory = ResourceGraphInventory(clients, arm) if settings.inventory == "resource-graph" else arm
-    return Readers(inventory=inventory, keys=KeyVaultKeys(clients), access=VaultAccess(clients))
+    inventory: InventoryReader = ResourceGraphInventory(clients, arm) if settings.inventory == "resource-graph" else arm
+    pairings = None
+    if settings.geo_dr_refresh_minutes > 0:
+        refresh = timedelta(minutes=settings.geo_dr_refresh_minutes)
+        pairings = GeoDrPairings(GeoDrReader(clients), refresh=refresh)
+        inventory = PairedInventory(inventory, pairings, waits_for=waits_for_pairings)
+    return Readers(inventory=inventory, keys=KeyVaultKeys(clients), access=VaultAccess(clients), pairings=pairings)
 
 
 def build_store(settings: Settings, credential: AsyncTokenCredential) -> StateStore:
@@ -182,7 +195,7 @@ def build_monitor(settings: Settings, *, credential: AsyncTokenCredential | None
             await active.close()
 
     return Monitor(
-        readers=build_readers(clients, settings),
+        readers=build_readers(clients, settings, waits_for_pairings=POLL_WAITS_FOR_PAIRINGS),
         store=store,
         close=close,
         thresholds=settings.thresholds,

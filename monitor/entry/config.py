@@ -146,6 +146,14 @@ SETTINGS: dict[str, SettingSpec] = {
         "is refused) or `arm` (a listing per subscription).",
         parse_choice("resource-graph", "arm"),
     ),
+    "geo_dr_refresh_minutes": SettingSpec(
+        "KEYHEALTH_GEO_DR_REFRESH_MINUTES",
+        "60",
+        "How long a namespace's Geo-DR pairing, once read, is taken as read before it is read again (each "
+        "namespace falls due within the second half of it); the partner's access is read every poll; 0: pairings "
+        "are not read.",
+        parse_number(0, 1440, "a number of minutes"),
+    ),
     "log_level": SettingSpec(
         "KEYHEALTH_LOG_LEVEL",
         "info",
@@ -310,6 +318,7 @@ class Settings:
     concurrency: int = 32
     keyvault_share: float = 50.0
     inventory: str = "resource-graph"
+    geo_dr_refresh_minutes: float = 60.0
     log_level: str = "info"
     webhook_secret: str | None = None
     auth_tenant_id: str | None = None

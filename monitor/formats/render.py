@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from monitor.domain.documents import format_instant
-from monitor.domain.findings import Finding, Severity, humanize
+from monitor.domain.findings import Code, Finding, Severity, humanize
 from monitor.domain.fleet import FleetReport, NamespaceReport
 from monitor.domain.prediction import Status
 
@@ -61,6 +61,32 @@ def namespace_document(report: NamespaceReport) -> dict[str, object]:
             }
             for a in prediction.assessments_now
         ],
+        "require_infrastructure_encryption": prediction.namespace.infrastructure_encryption,
+        **({"geo_dr": geo_dr_document(report)} if prediction.namespace.geo_dr is not None else {}),
+    }
+
+
+def geo_dr_document(report: NamespaceReport) -> dict[str, object]:
+    """The namespace's Geo-DR pairing and what a failover would do to its partner (from the findings)."""
+    pairing = report.prediction.namespace.geo_dr
+    assert pairing is not None  # noqa: S101 - narrows the type; callers ask only of a paired namespace
+    codes = {f.code: f.severity for f in report.findings}
+    if not pairing.is_primary:
+        failover = "judged-on-primary"
+    elif Code.GEO_DR_PARTNER_UNKNOWN in codes:
+        failover = "unknown"
+    elif codes.get(Code.GEO_DR_PARTNER_CANNOT_USE_KEY) is Severity.CRITICAL:
+        failover = "would-revoke-partner"
+    elif Code.GEO_DR_PARTNER_CANNOT_USE_KEY in codes:
+        failover = "partner-loses-redundancy"
+    else:
+        failover = "partner-can-use-keys"
+    return {
+        "alias": pairing.alias,
+        "role": pairing.role,
+        "partner": pairing.partner,
+        "partner_name": pairing.partner_name,
+        "failover": failover,
     }
 
 
@@ -74,6 +100,20 @@ def prediction_document(report: FleetReport) -> dict[str, object]:
     if report.blind:  # an extra: what the monitor could not read (live checks only)
         document["blind"] = [{"scope": b.scope.value, "target": b.target, "reason": b.reason} for b in report.blind]
     return document
+
+
+_FAILOVER_WORDS = {
+    "judged-on-primary": "its primary's check judges the failover",
+    "unknown": "whether a failover would revoke {partner} is unknown (partner not readable)",
+    "would-revoke-partner": "failover would revoke {partner}",
+    "partner-loses-redundancy": "after a failover {partner} could use only some of the keys",
+    "partner-can-use-keys": "{partner} can use the keys after a failover",
+}
+
+
+def failover_words(pair: dict[str, object]) -> str:
+    """What a failover would do, in words, from a `geo_dr_document`."""
+    return _FAILOVER_WORDS[str(pair["failover"])].format(partner=pair["partner_name"])
 
 
 _RESET = "\033[0m"
@@ -151,6 +191,22 @@ def render_table(report: FleetReport, *, colour: bool = False, width: int = 100)
                     finding.message,
                     width=max(width - 4, 40),
                     initial_indent="    ",
+                    subsequent_indent="    ",
+                    break_on_hyphens=False,
+                    break_long_words=False,
+                )
+            )
+    paired = [n for n in report.namespaces if n.prediction.namespace.geo_dr is not None]
+    if paired:
+        lines += ["", "Geo-DR pairs:"]
+        for namespace in paired:
+            pair = geo_dr_document(namespace)
+            outcome = failover_words(pair)
+            lines.extend(
+                textwrap.wrap(
+                    f"- {namespace.prediction.namespace.name} ({str(pair['role']).replace('_', ' ')}) paired with "
+                    f"{pair['partner_name']}, alias {pair['alias']}: {outcome}",
+                    width=max(width, 40),
                     subsequent_indent="    ",
                     break_on_hyphens=False,
                     break_long_words=False,

@@ -20,6 +20,7 @@ from monitor.domain.fleet import judge
 from monitor.domain.model import Scenario
 from monitor.domain.prediction import Status, predict_scenario
 from monitor.domain.timeline import FleetTimeline, NamespaceTimeline, fleet_timeline
+from monitor.formats.render import failover_words, geo_dr_document
 
 # The timeline's geometry, in SVG user units (the drawing scales with the page).
 WIDTH = 1000
@@ -245,8 +246,21 @@ def _namespace(timeline: NamespaceTimeline, scale: _Scale, now: datetime, index:
         f'<h2><span class="name">{_e(namespace.name)}</span> <span class="badge {status}">{status}</span></h2>'
         f'<p class="meta"><span class="id">{_e(namespace.id)}</span><br>'
         f"{prediction.usable_keys_now} of {prediction.keys_total} listed keys usable now · predicted revocation: "
-        f"{_e(_window(timeline, now))}</p>"
+        f"{_e(_window(timeline, now))}{_pairing(timeline)}"
+        f"{' · infrastructure (double) encryption' if namespace.infrastructure_encryption else ''}</p>"
         f"{_svg(timeline, scale, now)}{changes_block}{_findings_table(timeline)}</article>"
+    )
+
+
+def _pairing(timeline: NamespaceTimeline) -> str:
+    if timeline.namespace.geo_dr is None:
+        return ""
+    pair = geo_dr_document(timeline.report)
+    outcome = failover_words(pair)
+    tone = " risk" if pair["failover"] in {"would-revoke-partner", "unknown"} else ""
+    return (
+        f'<br><span class="geo-dr{tone}" data-failover="{_e(pair["failover"])}">Geo-DR {_e(pair["role"])} of alias '
+        f"{_e(pair['alias'])}, paired with {_e(pair['partner_name'])}: {_e(outcome)}</span>"
     )
 
 
@@ -279,6 +293,7 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
   margin: 0 auto; padding: 24px; max-width: 1120px; background: #fafbfc; }
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 0 0 4px; }
 .sub, .meta { color: var(--muted); margin: 0 0 10px; } .id { font-family: ui-monospace, monospace; font-size: 12px; }
+.geo-dr.risk { color: var(--revoked); font-weight: 600; }
 .summary { display: flex; gap: 10px; list-style: none; padding: 0; margin: 12px 0; flex-wrap: wrap; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600;
   color: #fff; vertical-align: middle; }

@@ -66,6 +66,12 @@ class ArmApi:
         router.add("GET", rf"{_SUB}{_NAMESPACES}/?", self._list_namespaces)
         router.add("GET", rf"{_SUB}{_RG}{_NAMESPACES}/?", self._list_namespaces)
         router.add("GET", rf"{_SUB}{_RG}{_NAMESPACES}/(?P<name>[^/]+)/?", self._get_namespace)
+        router.add("GET", rf"{_SUB}{_RG}{_NAMESPACES}/(?P<name>[^/]+)/disasterRecoveryConfigs/?", self._list_pairings)
+        router.add(
+            "GET",
+            rf"{_SUB}{_RG}{_NAMESPACES}/(?P<name>[^/]+)/disasterRecoveryConfigs/(?P<alias>[^/]+)/?",
+            self._get_pairing,
+        )
         router.add("PUT", rf"{_SUB}{_RG}{_NAMESPACES}/(?P<name>[^/]+)/?", self._put_namespace)
         router.add("PATCH", rf"{_SUB}{_RG}{_NAMESPACES}/(?P<name>[^/]+)/?", self._patch_namespace)
         router.add("GET", rf"{_SUB}{_VAULTS}/?", self._list_vaults)
@@ -143,6 +149,21 @@ class ArmApi:
         if document is None:
             return not_found("Microsoft.ServiceBus/namespaces", match["name"], match["rg"])
         return ApiResponse(200, document)
+
+    def _list_pairings(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
+        if self.state.namespace(self._namespace_id(match)) is None:
+            return not_found("Microsoft.ServiceBus/namespaces", match["name"], match["rg"])
+        return self._paged(request, self.state.disaster_recovery_configs(self._namespace_id(match)))
+
+    def _get_pairing(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
+        if self.state.namespace(self._namespace_id(match)) is None:
+            return not_found("Microsoft.ServiceBus/namespaces", match["name"], match["rg"])
+        for config in self.state.disaster_recovery_configs(self._namespace_id(match)):
+            if str(config["name"]).lower() == match["alias"].lower():
+                return ApiResponse(200, config)
+        return not_found(
+            f"Microsoft.ServiceBus/namespaces/{match['name']}/disasterRecoveryConfigs", match["alias"], match["rg"]
+        )
 
     def _put_namespace(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
         return self._write_namespace(request, match, create=True)

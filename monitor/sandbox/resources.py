@@ -7,10 +7,13 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from monitor.domain.model import OPEN_NETWORK, Namespace, VaultNetwork
+from monitor.domain.model import OPEN_NETWORK, GeoPairing, Namespace, NamespaceIdentity, VaultNetwork
 from monitor.sandbox.wire import arm_time
 
 NAMESPACE_TYPE = "Microsoft.ServiceBus/Namespaces"
+DISASTER_RECOVERY_TYPE = "Microsoft.ServiceBus/Namespaces/disasterrecoveryconfigs"
+# The scenario's Geo-DR roles as ARM spells them (RoleDisasterRecovery).
+ARM_ROLES = {"primary": "Primary", "primary_not_replicating": "PrimaryNotReplicating", "secondary": "Secondary"}
 VAULT_TYPE = "Microsoft.KeyVault/vaults"
 SOFT_DELETE_RETENTION_DAYS = 90
 # Service Bus answers with the region's display name, Key Vault with its short name.
@@ -78,8 +81,13 @@ def resource_group_of(resource_id: str) -> str | None:
 
 def namespace_identity(namespace: Namespace, tenant_id: str) -> dict[str, Any]:
     """The namespace's `identity` block: system- and user-assigned identities as ARM shows them."""
-    system = namespace.identity.principal_id
-    user = namespace.identity.user_assigned
+    return identity_document(namespace.identity, tenant_id)
+
+
+def identity_document(identity: NamespaceIdentity, tenant_id: str) -> dict[str, Any]:
+    """An `identity` block as ARM shows a namespace's."""
+    system = identity.principal_id
+    user = identity.user_assigned
     kinds = [kind for kind, present in (("SystemAssigned", system), ("UserAssigned", user)) if present]
     document: dict[str, Any] = {}
     if system:
@@ -98,39 +106,67 @@ def namespace_document(
     namespace: Namespace, *, tenant_id: str, created: datetime, location: str = NAMESPACE_LOCATION
 ) -> dict[str, Any]:
     """A Premium namespace encrypted with the scenario's keys, shaped as EHNameSpaceCreate.json's response."""
-    subscription = subscription_of(namespace.id) or ""
     key_vault_properties = []
     for ref in namespace.keys:
         entry: dict[str, Any] = {"keyName": ref.name, "keyVaultUri": ref.vault, "keyVersion": ref.version or ""}
         if ref.identity:  # omitted for the system-assigned identity, as Azure omits it
             entry["identity"] = {"userAssignedIdentity": ref.identity}
         key_vault_properties.append(entry)
-    return {
-        "sku": {"name": "Premium", "tier": "Premium", "capacity": 1},
-        "id": namespace.id,
-        "name": namespace.name,
-        "type": NAMESPACE_TYPE,
-        "location": location,
-        "tags": dict(namespace.tags),
-        "identity": namespace_identity(namespace, tenant_id),
-        "properties": {
-            "minimumTlsVersion": "1.2",
-            "publicNetworkAccess": "Enabled",
-            "disableLocalAuth": False,
-            "zoneRedundant": False,
-            "premiumMessagingPartitions": 1,
-            "encryption": {
-                "keySource": "Microsoft.KeyVault",
-                "keyVaultProperties": key_vault_properties,
-                "requireInfrastructureEncryption": False,
-            },
+    encryption = {
+        "keySource": "Microsoft.KeyVault",
+        "keyVaultProperties": key_vault_properties,
+        "requireInfrastructureEncryption": namespace.infrastructure_encryption,
+    }
+    return premium_namespace(
+        namespace.id,
+        namespace.name,
+        identity=namespace_identity(namespace, tenant_id),
+        created=created,
+        location=location,
+        tags=namespace.tags,
+        encryption=encryption,
+    )
+
+
+def premium_namespace(
+    resource_id: str,
+    name: str,
+    *,
+    identity: dict[str, Any],
+    created: datetime,
+    location: str = NAMESPACE_LOCATION,
+    tags: Mapping[str, str] | None = None,
+    encryption: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A Premium namespace as ARM returns it (`encryption` among its properties when given)."""
+    properties: dict[str, Any] = {
+        "minimumTlsVersion": "1.2",
+        "publicNetworkAccess": "Enabled",
+        "disableLocalAuth": False,
+        "zoneRedundant": False,
+        "premiumMessagingPartitions": 1,
+    }
+    if encryption is not None:
+        properties["encryption"] = encryption
+    properties.update(
+        {
             "provisioningState": "Succeeded",
             "status": "Active",
-            "metricId": f"{subscription}:{namespace.name.lower()}",
+            "metricId": f"{subscription_of(resource_id) or ''}:{name.lower()}",
             "createdAt": arm_time(created),
             "updatedAt": arm_time(created),
-            "serviceBusEndpoint": f"https://{namespace.name}.servicebus.windows.net:443/",
-        },
+            "serviceBusEndpoint": f"https://{name}.servicebus.windows.net:443/",
+        }
+    )
+    return {
+        "sku": {"name": "Premium", "tier": "Premium", "capacity": 1},
+        "id": resource_id,
+        "name": name,
+        "type": NAMESPACE_TYPE,
+        "location": location,
+        "tags": dict(tags or {}),
+        "identity": identity,
+        "properties": properties,
     }
 
 
@@ -203,4 +239,29 @@ def vault_document(
             "lastModifiedAt": arm_time(created),
         },
         "properties": properties,
+    }
+
+
+def partner_document(pairing: GeoPairing, *, tenant_id: str, created: datetime) -> dict[str, Any]:
+    """The Geo-DR partner of a scenario namespace that the scenario does not list itself: a Premium namespace
+    whose encryption the primary's replication governs, with the identities the pairing gives it."""
+    identity = identity_document(pairing.partner_identity or NamespaceIdentity(), tenant_id)
+    return premium_namespace(
+        pairing.partner, pairing.partner_name, identity=identity, created=created, location="North Europe"
+    )
+
+
+def disaster_recovery_document(namespace_id: str, alias: str, partner: str, role: str) -> dict[str, Any]:
+    """One `disasterRecoveryConfigs` entry of a namespace, shaped as SBAliasList.json's (partnerNamespace an
+    ARM id, as the schema says, where that example gives a bare name)."""
+    return {
+        "id": f"{namespace_id}/disasterRecoveryConfigs/{alias}",
+        "name": alias,
+        "type": DISASTER_RECOVERY_TYPE,
+        "properties": {
+            "provisioningState": "Succeeded",
+            "pendingReplicationOperationsCount": 0,
+            "partnerNamespace": partner,
+            "role": ARM_ROLES[role],
+        },
     }

@@ -36,7 +36,13 @@ from monitor.domain.model import (
 from monitor.domain.names import ascii_fold
 from monitor.domain.states import KeyState, VaultState
 from monitor.domain.world import World
-from monitor.sandbox.resources import namespace_document, stable_uuid, subscription_of
+from monitor.sandbox.resources import (
+    disaster_recovery_document,
+    namespace_document,
+    partner_document,
+    stable_uuid,
+    subscription_of,
+)
 
 DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 DEFAULT_TENANT = "72f988bf-0000-4a5b-9c8d-000000000001"
@@ -108,6 +114,24 @@ class SandboxState:
         self._namespaces: dict[str, dict[str, Any]] = {
             n.id.lower(): namespace_document(n, tenant_id=tenant_id, created=created) for n in snapshot.namespaces
         }
+        # Geo-DR: each pairing's entry on both namespaces; a partner the scenario does not list is served too
+        # (unless it is one the monitor could not read), with the identities the pairing gives it.
+        self._pairings: dict[str, list[dict[str, Any]]] = {}
+        for n in snapshot.namespaces:
+            pairing = n.geo_dr
+            if pairing is None:
+                continue
+            self._pairings.setdefault(n.id.lower(), []).append(
+                disaster_recovery_document(n.id, pairing.alias, pairing.partner, pairing.role)
+            )
+            if pairing.partner.lower() not in self._namespaces and pairing.partner_blind is None:
+                self._namespaces[pairing.partner.lower()] = partner_document(
+                    pairing, tenant_id=tenant_id, created=created
+                )
+            partner_role = "secondary" if pairing.is_primary else "primary"
+            self._pairings.setdefault(pairing.partner.lower(), []).append(
+                disaster_recovery_document(pairing.partner, pairing.alias, n.id, partner_role)
+            )
         scenario_subscriptions = _unique(subscription_of(n.id) for n in snapshot.namespaces)
         first_subscription = scenario_subscriptions[0] if scenario_subscriptions else DEFAULT_SUBSCRIPTION
         self._vaults: dict[str, VaultInfo] = {}
@@ -319,6 +343,11 @@ class SandboxState:
     def namespace(self, resource_id: str) -> dict[str, Any] | None:
         with self._lock:
             return self._namespaces.get(resource_id.lower())
+
+    def disaster_recovery_configs(self, namespace_id: str) -> list[dict[str, Any]]:
+        """The namespace's Geo-DR configurations (empty when it has none)."""
+        with self._lock:
+            return list(self._pairings.get(namespace_id.lower(), ()))
 
     def put_namespace(self, document: dict[str, Any]) -> None:
         """Store (or replace) the namespace document under its `id`."""

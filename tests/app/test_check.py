@@ -13,12 +13,14 @@ import pytest
 from azure.keyvault.keys._shared import http_challenge_cache
 
 from monitor.domain.documents import format_instant
-from monitor.domain.model import DeleteKey, Scenario
+from monitor.domain.model import DeleteKey, Scenario, SetAccess
 from monitor.domain.scenario import parse_scenario
 from monitor.formats.scenario_io import load_scenario, save_scenario
 from monitor.sandbox import Sandbox
 from tests.builders import (
+    ALL_NEEDED,
     NOW,
+    SYSTEM_PRINCIPAL,
     USER_IDENTITY,
     USER_PRINCIPAL,
     VAULT,
@@ -88,8 +90,9 @@ def clear_challenge_cache() -> Iterator[None]:
 
 
 @pytest.fixture
-def fleet() -> Scenario:
-    parsed, _ = parse_scenario(_fleet())
+def fleet(request: pytest.FixtureRequest) -> Scenario:
+    """The fleet above, or the scenario document a test gives by parametrizing `fleet` indirectly."""
+    parsed, _ = parse_scenario(getattr(request, "param", None) or _fleet())
     return parsed
 
 
@@ -269,6 +272,8 @@ def test_an_unlistable_subscription_is_reported_and_fails_the_run(sandbox: Sandb
 
 RESOURCE_GRAPH = "/providers/Microsoft.ResourceGraph/resources"
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+# The subscription's namespace listing (not a namespace's own paths, such as its disasterRecoveryConfigs).
+NAMESPACE_LISTING = f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.ServiceBus/namespaces"
 
 
 def test_the_inventory_is_one_resource_graph_query_not_a_listing_per_subscription(
@@ -277,10 +282,10 @@ def test_the_inventory_is_one_resource_graph_query_not_a_listing_per_subscriptio
     """By default the namespaces come from Resource Graph; ARM's namespace listing is not asked."""
     resource_graph = run_cli("check", "--format", "json", "--at", NOW)
     assert [r.method for r in sandbox.requests.select(service="arm", path=RESOURCE_GRAPH)] == ["POST"]
-    assert sandbox.requests.select(service="arm", path="/providers/Microsoft.ServiceBus/namespaces") == []
+    assert sandbox.requests.select(service="arm", path=NAMESPACE_LISTING) == []
     monkeypatch.setenv("KEYHEALTH_INVENTORY", "arm")
     listed = run_cli("check", "--format", "json", "--at", NOW)
-    assert len(sandbox.requests.select(service="arm", path="/providers/Microsoft.ServiceBus/namespaces")) == 1
+    assert len(sandbox.requests.select(service="arm", path=NAMESPACE_LISTING)) == 1
     assert _core(resource_graph) == _core(listed)
 
 
@@ -290,7 +295,7 @@ def test_resource_graph_refused_falls_back_to_arm_listing(sandbox: Sandbox):
     run = _check()
     assert "blind" not in run.json  # present only when something could not be read
     assert len(run.json["namespaces"]) == 8
-    assert len(sandbox.requests.select(service="arm", path="/providers/Microsoft.ServiceBus/namespaces")) == 1
+    assert len(sandbox.requests.select(service="arm", path=NAMESPACE_LISTING)) == 1
 
 
 def test_resource_graph_and_arm_both_failing_leave_the_subscription_blind(sandbox: Sandbox):
@@ -446,3 +451,112 @@ def test_a_firewall_that_lets_trusted_services_through_but_not_the_monitor_is_un
     assert "monitor-blind" in {f["code"] for f in both["findings"]}
     refused = sandbox.requests.select(service="keyvault", vault="kv-other.vault.azure.net", status=403)
     assert refused and all(r.outcome for r in refused)
+
+
+# --- Geo-DR pairs read live: each CMK namespace's disasterRecoveryConfigs listed over ARM (the stand-in serves
+# them as SBAliasList.json shapes them), the partner's identity read, and a secondary that could not use the
+# primary's keys reported before any failover.
+
+PARTNER_PRINCIPAL = "00000000-0000-0000-0000-00000000cccc"
+DR_SUBSCRIPTION = "11111111-1111-1111-1111-111111111111"
+PARTNER_ID = (
+    f"/subscriptions/{DR_SUBSCRIPTION}/resourceGroups/rg-dr/providers/Microsoft.ServiceBus/namespaces/sb-orders-dr"
+)
+LOST_ID = PARTNER_ID.replace("sb-orders-dr", "sb-lost-dr")
+
+
+def _paired_fleet() -> dict[str, Any]:
+    return scenario(
+        [
+            namespace(
+                "sb-orders",
+                ref("k1"),
+                geo_dr={
+                    "alias": "orders",
+                    "partner": PARTNER_ID,
+                    "partner_identity": {"principal_id": PARTNER_PRINCIPAL},
+                },
+                require_infrastructure_encryption=True,
+            ),
+            namespace(
+                "sb-lost",
+                ref("k1"),
+                geo_dr={"alias": "lost", "partner": LOST_ID, "partner_blind": "not served"},
+            ),
+            namespace("sb-single", ref("k1")),
+        ],
+        [key("k1")],
+        vaults=[vault(access={SYSTEM_PRINCIPAL: ALL_NEEDED})],
+    )
+
+
+GEO_DR = pytest.mark.parametrize("fleet", [_paired_fleet()], indirect=True)
+
+
+@GEO_DR
+def test_geo_dr_a_secondary_without_access_is_reported_before_any_failover(sandbox: Sandbox):
+    run = _check()
+    orders = run.namespace("sb-orders")
+    assert orders["status_now"] == "healthy"
+    cannot = next(f for f in orders["findings"] if f["code"] == "geo-dr-partner-cannot-use-key")
+    assert cannot["severity"] == "critical" and cannot["key"] == f"{VAULT}/keys/k1"
+    assert cannot["message"].startswith("failover would revoke sb-orders-dr")
+    assert orders["geo_dr"]["partner"] == PARTNER_ID and orders["geo_dr"]["failover"] == "would-revoke-partner"
+    assert orders["require_infrastructure_encryption"] is True
+    assert run.namespace("sb-single")["require_infrastructure_encryption"] is False
+    assert "geo_dr" not in run.namespace("sb-single")
+    # Read over ARM: the primary's configurations, then the partner in its own subscription.
+    listed = sandbox.requests.select(service="arm", path="/namespaces/sb-orders/disasterRecoveryConfigs")
+    assert [r.status for r in listed] == [200]
+    partner = sandbox.requests.select(service="arm", path=PARTNER_ID)
+    assert [r.status for r in partner] == [200]
+
+
+@GEO_DR
+def test_geo_dr_granting_the_secondary_access_clears_the_finding(sandbox: Sandbox):
+    sandbox.apply(
+        SetAccess(
+            at=datetime(2026, 11, 21, tzinfo=UTC),
+            vault=VAULT,
+            principal=PARTNER_PRINCIPAL,
+            permissions=frozenset({"get", "wrapkey", "unwrapkey"}),
+        )
+    )
+    orders = _check().namespace("sb-orders")
+    assert "geo-dr-partner-cannot-use-key" not in {f["code"] for f in orders["findings"]}
+    assert orders["geo_dr"]["failover"] == "partner-can-use-keys"
+
+
+@GEO_DR
+def test_geo_dr_a_partner_that_cannot_be_read_is_unknown_and_the_namespace_stays_judged(sandbox: Sandbox):
+    lost = _check().namespace("sb-lost")
+    assert lost["status_now"] == "healthy" and lost["geo_dr"]["failover"] == "unknown"
+    unknown = next(f for f in lost["findings"] if f["code"] == "geo-dr-partner-unknown")
+    assert "sb-lost-dr" in unknown["message"] and "not found" in unknown["message"]
+
+
+@GEO_DR
+def test_geo_dr_configurations_the_monitor_cannot_list_leave_the_namespace_unpaired_not_failed(sandbox: Sandbox):
+    """A refused listing is no fact about the pairing: nothing is said of it (the next poll asks again), and
+    the namespace's own keys are judged as ever."""
+    sandbox.faults.respond(403, code="AuthorizationFailed", service="arm", path="disasterRecoveryConfigs")
+    run = _check()
+    orders = run.namespace("sb-orders")
+    assert orders["status_now"] == "healthy" and "geo_dr" not in orders
+    assert not {"geo-dr-partner-cannot-use-key", "geo-dr-partner-unknown"} & {f["code"] for f in orders["findings"]}
+    assert sandbox.requests.select(service="arm", path="disasterRecoveryConfigs", status=403)
+
+
+@GEO_DR
+def test_geo_dr_a_saved_check_replays_the_pairings(sandbox: Sandbox, tmp_path: Path):
+    saved = tmp_path / "saved.json"
+    checked = _check("--save", str(saved))
+    document = json.loads(saved.read_text())
+    orders = next(n for n in document["namespaces"] if n["name"] == "sb-orders")
+    assert orders["geo_dr"]["partner_identity"]["principal_id"] == PARTNER_PRINCIPAL
+    replayed = run_cli("simulate", str(saved), "--format", "json")
+
+    def pairs(run: Run) -> dict[str, object]:
+        return {n["name"]: (n.get("geo_dr"), sorted(f["code"] for f in n["findings"])) for n in run.json["namespaces"]}
+
+    assert pairs(replayed) == pairs(checked)

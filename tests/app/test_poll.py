@@ -336,3 +336,46 @@ def test_a_first_poll_reads_the_keys_of_a_page_while_the_next_is_fetched(
     assert paged.report.namespaces == whole.report.namespaces
     statuses = {n.prediction.namespace.name: n.prediction.status_now.value for n in paged.report.namespaces}
     assert set(statuses.values()) == {"healthy"}
+
+
+def test_geo_dr_pairings_are_read_once_and_a_fresh_instance_recalls_them_from_the_store(
+    store_settings: dict[str, str],
+):
+    """The first poll lists each CMK namespace's disasterRecoveryConfigs once and reads the partner; its next
+    poll and a fresh instance's poll (on the same store) read none again, and judge the pair alike: the
+    partner lacks access, so a failover would revoke it, and the alerting conditions see that."""
+    from monitor.domain.incidents import Condition, observe
+
+    partner = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-dr/providers/" + (
+        "Microsoft.ServiceBus/namespaces/sb-one-dr"
+    )
+    pairing = {"alias": "one", "partner": partner, "partner_identity": {"principal_id": "p-dr"}}
+    fleet = scenario(
+        [namespace("sb-one", ref("k1"), geo_dr=pairing), namespace("sb-two", ref("k2"))], [key("k1"), key("k2")]
+    )
+
+    async def run() -> tuple[list[int], list[Any]]:
+        async with Sandbox(parsed(fleet)) as sandbox:
+            first, fresh = _monitor(sandbox, store_settings, "instance-a"), _monitor(sandbox, store_settings, "b")
+            now = sandbox.clock.now()
+            reads, reports = [], []
+            try:
+                for monitor, minutes in ((first, 0), (first, 5), (fresh, 10)):
+                    result = await poll(monitor, now=now + timedelta(minutes=minutes))
+                    assert result.ran and result.report is not None
+                    reports.append(result.report)
+                    reads.append(len(sandbox.requests.select(service="arm", path="/disasterRecoveryConfigs")))
+                    sandbox.requests.clear()
+            finally:
+                for monitor in (first, fresh):
+                    assert monitor.close is not None
+                    await monitor.close()
+        return reads, reports
+
+    reads, reports = asyncio.run(run())
+    assert reads == [2, 0, 0]
+    for report in reports:
+        one = next(n for n in report.namespaces if n.prediction.namespace.name == "sb-one")
+        assert "geo-dr-partner-cannot-use-key" in {f.code.value for f in one.findings}
+        failover = observe(one)[Condition.FAILOVER]
+        assert failover is not None and failover != "held"

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from monitor.domain.alert import NoticeContext, alert_for
 from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import NamespaceReport, evaluate
 from monitor.domain.incidents import (
@@ -20,7 +21,7 @@ from monitor.domain.incidents import (
     observe,
 )
 from monitor.domain.scenario import parse_scenario
-from tests.builders import NOW, VAULT, key, namespace, ref, scenario, vault, version
+from tests.builders import NOW, SYSTEM_PRINCIPAL, VAULT, key, namespace, ref, scenario, vault, version
 
 T0 = datetime(2026, 11, 22, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -180,3 +181,49 @@ def test_records_round_trip_through_their_document():
 def test_unknown_levels_are_refused_by_name():
     with pytest.raises(ValueError, match="unknown alert level 'severe'"):
         Level.parse("severe")
+
+
+PARTNER = (
+    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-dr/providers/"
+    "Microsoft.ServiceBus/namespaces/sb-a-dr"
+)
+
+
+def _paired(partner_identity: dict[str, Any] | None, **changes: Any) -> NamespaceReport:
+    pairing: dict[str, Any] = {"alias": "a", "partner": PARTNER}
+    if partner_identity is not None:
+        pairing["partner_identity"] = partner_identity
+    pairing.update(changes)
+    return _report(scenario([namespace("sb-a", ref("k1"), ref("k2"), geo_dr=pairing)], [key("k1"), key("k2")]))
+
+
+def test_a_failover_that_would_revoke_the_partner_opens_its_own_critical_incident_with_that_headline():
+    report = _paired({"principal_id": "p-partner-without-access"})
+    observed = observe(report)
+    failover = observed[Condition.FAILOVER]
+    assert isinstance(failover, Observation) and failover.level is Level.CRITICAL
+    assert {f.code.value for f in failover.findings} == {"geo-dr-partner-cannot-use-key"}
+    # Not a redundancy incident: the namespace's own keys are both usable.
+    assert observed[Condition.REDUNDANCY] is None and observed[Condition.REVOCATION] is None
+    context = NoticeContext("n1", Notice.OPEN, Condition.FAILOVER, Level.CRITICAL, None, 1, T0)
+    alert = alert_for(
+        report, context, findings=failover.findings, key_tags={}, portal="https://portal.azure.com", now=T0
+    )
+    assert alert.headline(T0) == "[CRITICAL] sb-a Geo-DR: failover would revoke sb-a-dr"
+
+
+def test_a_partner_that_could_not_be_read_is_a_failover_warning_and_a_healthy_pair_none():
+    unread = observe(_paired(None, partner_blind="403 AuthorizationFailed"))[Condition.FAILOVER]
+    assert isinstance(unread, Observation) and unread.level is Level.WARNING
+    # The partner acting as the primary's own principal (shared access) has nothing to report.
+    assert observe(_paired({"principal_id": SYSTEM_PRINCIPAL}))[Condition.FAILOVER] is None
+
+
+def test_a_revocation_holds_the_failover_condition_under_it():
+    report = _report(
+        scenario(
+            [namespace("sb-a", ref("k1"), geo_dr={"alias": "a", "partner": PARTNER})],
+            [key("k1", version("v1", exp="2026-11-01T00:00:00Z"))],
+        )
+    )
+    assert observe(report)[Condition.FAILOVER] == HELD

@@ -24,6 +24,11 @@ def test_the_demo_reads_the_fleet_over_https_then_plays_the_timeline():
     assert out.count("page -> on-call webhook: [REVOKED] sb-inventory REVOKED: no listed key is usable") == 1
     assert out.count("page -> on-call webhook: [RESOLVED] sb-inventory: revocation cleared") == 1
     assert out.count("page -> on-call webhook: [CRITICAL] (was warning) sb-billing would go Revoked") == 1
+    # The Geo-DR pair: its partner lacks access, so a failover would revoke it; paged once, then renotified.
+    assert (
+        out.count("page -> on-call webhook: [CRITICAL] sb-payments Geo-DR: failover would revoke sb-payments-dr") == 1
+    )
+    assert "- sb-payments (primary) paired with sb-payments-dr, alias payments: failover would revoke" in out
     assert "keyhealth alert" not in run.stderr  # the log sink's lines are not repeated on the terminal
     assert out.rstrip().endswith("watches a real subscription.")
 
@@ -46,5 +51,6 @@ def test_the_demo_prints_the_metrics_it_emitted_when_asked():
         line.startswith("  keyhealth.namespace.status{namespace=sb-billing,status=revoked") and line.endswith(" 1")
         for line in metrics
     )
-    assert "  keyhealth.alerts.deliveries{outcome=delivered,sink=oncall} 15" in metrics
+    # 15 about the fleet's own keys, and 8 (one opening, seven renotifies) about sb-payments' Geo-DR partner.
+    assert "  keyhealth.alerts.deliveries{outcome=delivered,sink=oncall} 23" in metrics
     assert any(line.startswith("  keyhealth.polls{outcome=ok} ") for line in metrics)

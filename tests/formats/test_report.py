@@ -242,6 +242,17 @@ def test_the_report_opens_in_chromium_and_shows_every_namespace(browser: Any, tm
         box = article.locator("svg.timeline").bounding_box()
         assert box is not None and box["width"] > 600 and box["height"] > 40
     assert page.locator("table.overview tbody tr").count() == len(expected)
+    # The Geo-DR pairs are shown on their namespaces, a failover that would revoke the partner as a risk.
+    ledger = page.locator('article[data-namespace="sb-ledger"] .geo-dr')
+    assert (
+        ledger.inner_text()
+        == "Geo-DR primary of alias ledger, paired with sb-ledger-dr: failover would revoke sb-ledger-dr"
+    )
+    assert ledger.get_attribute("data-failover") == "would-revoke-partner" and "risk" in (
+        ledger.get_attribute("class") or ""
+    )
+    assert "double" in page.locator('article[data-namespace="sb-analytics"] .meta').inner_text()
+    assert page.locator('article[data-namespace="sb-audit"] .geo-dr').count() == 0
 
     page.fill("#filter", "sb-aud")
     assert page.locator("#shown").inner_text() == "1"
