@@ -7,8 +7,9 @@ The fleet (deterministic): N namespaces in 10 subscriptions, each listing 3 keys
 vaults, and one key listed by N/10 namespaces (1,000 at N = 10,000). The stand-in serves it over HTTPS
 from its own process (so it has a core of its own) with 20 ms added to every answer and Key Vault's rate
 limit enforced (4,000 requests per 10 s per vault, then 429 with Retry-After). One namespace in 100 is the
-primary of a Geo-DR pair (its partner uses the same identity); every namespace's pairing is read once, by the
-first poll, and then recalled from the store (KEYHEALTH_GEO_DR_REFRESH_MINUTES).
+primary of a Geo-DR pair (its partner uses the same identity); every namespace's pairing is read once, over
+the first polls (a poll reads at most 2,000: the "learning" polls between first and steady), then recalled
+from the store (KEYHEALTH_GEO_DR_REFRESH_MINUTES).
 
 Measured, each in a fresh process:
 - our poll (`monitor.app.poll.poll`: Resource Graph inventory, vault reads, paced key reads, prediction,
@@ -318,10 +319,14 @@ def measure_poll(
     async def run() -> dict[str, Any]:
         monitor = build_monitor(settings)
         measured: dict[str, Any] = {}
+        pairings = monitor.readers.pairings
         try:
             for label in labels:
+                if label == "steady" and pairings is not None:
+                    measured["learning"] = await _learn_pairings(monitor, now)
                 results.send(("reset", None))
                 results.recv()
+                read_before = pairings.reads if pairings is not None else 0
                 profiler = cProfile.Profile() if profile_dir else None
                 wall, cpu = time.perf_counter(), time.process_time()
                 if profiler is not None:
@@ -337,6 +342,7 @@ def measure_poll(
                     "statuses": dict(Counter(n.prediction.status_now.value for n in result.report.namespaces))
                     if result.report
                     else {},
+                    "pairing_reads": (pairings.reads if pairings is not None else 0) - read_before,
                 }
                 del result  # as the Functions timer does: the next poll does not run beside this one's report
                 results.send(("stats", None))
@@ -372,6 +378,23 @@ def measure_poll(
     measured = asyncio.run(run())
     measured["peak_rss_mib"] = _peak_mib()
     results.send(("done", measured))
+
+
+async def _learn_pairings(monitor: Any, now: datetime, *, limit: int = 60) -> dict[str, Any]:
+    """The polls after the first that still read Geo-DR pairings a poll does not wait for (a new deployment
+    learns them over its first polls): polled until one reads none, so "steady" is the steady state."""
+    from monitor.app.poll import poll
+
+    pairings = monitor.readers.pairings
+    walls, reads = [], []
+    for _ in range(limit):
+        before, wall = pairings.reads, time.perf_counter()
+        await poll(monitor, now=now)
+        if pairings.reads == before:
+            break
+        walls.append(time.perf_counter() - wall)
+        reads.append(pairings.reads - before)
+    return {"polls": len(walls), "wall_s": walls, "pairing_reads": reads}
 
 
 async def _cpu_floor(monitor: Any, now: datetime) -> dict[str, float]:
@@ -657,6 +680,15 @@ def _print(scale: dict[str, Any]) -> None:
             rss = measured["fresh_peak_rss_mib" if label == "fresh" else "polls_peak_rss_mib"]
             name = "fresh instance" if label == "fresh" else label
             _row(f"our poll ({name}, {store})", run["wall_s"], run["cpu_s"], run["stand_in"], rss)
+        learning = measured.get("learning")
+        if learning and learning["polls"]:
+            walls = ", ".join(f"{w:.2f}" for w in learning["wall_s"])
+            print(
+                f"  {store}: Geo-DR pairings read: first poll {measured['first']['pairing_reads']:,}, then "
+                f"{learning['polls']} learning polls reading {', '.join(f'{r:,}' for r in learning['pairing_reads'])} "
+                f"(wall {walls} s), steady {measured['steady']['pairing_reads']}, fresh instance "
+                f"{measured['fresh']['pairing_reads']}"
+            )
     if competent is not None:
         label = f"competent scanner ({competent['threads']} threads)"
         _row(label, competent["wall_s"], competent["cpu_s"], competent["stand_in"], competent["peak_rss_mib"])

@@ -134,8 +134,8 @@ var keyhealthSettings = {
   KEYHEALTH_KEYVAULT_SHARE: '50'
   // One Resource Graph query finds every namespace; Reader on the subscriptions is all it needs.
   KEYHEALTH_INVENTORY: 'resource-graph'
-  // Geo-DR pairings change seldom: each is read once an hour (the partner's access every poll).
-  KEYHEALTH_GEO_DR_REFRESH_MINUTES: '60'
+  // Geo-DR pairings change seldom: each is read every 6 hours (the partner's access every poll).
+  KEYHEALTH_GEO_DR_REFRESH_MINUTES: '360'
   KEYHEALTH_LOG_LEVEL: 'info'
   // Read only by `keyhealth serve`; the Functions HTTP routes are guarded by function keys.
   KEYHEALTH_WEBHOOK_SECRET: empty(webhookSecretName) ? '' : keyVaultReference(secretsVaultName, webhookSecretName)

@@ -26,7 +26,7 @@ from monitor.domain.model import GEO_DR_ROLES, GeoPairing, Namespace, NamespaceI
 
 log = logging.getLogger("keyhealth.geo-dr")
 
-DEFAULT_REFRESH = timedelta(hours=1)
+DEFAULT_REFRESH = timedelta(hours=6)
 # A partner that could not be read, or configurations that could not be listed, are asked again this soon.
 RETRY = timedelta(minutes=5)
 RECORD_FORMAT = "geo-dr/1"
@@ -193,15 +193,23 @@ class PairedInventory:
     """InventoryReader that gives each listed namespace its Geo-DR pairing: a known one at once, as its page
     comes; a due one once read (its page's other namespaces are not held up for it).
 
-    `waits_for` bounds how many due pairings one listing waits for (None: all, as a one-off check does). A
-    poll waits for up to that many; the others are given their last known pairing (none, if never read) and
-    read beside the rest of the poll, for the next one: the first poll of a 100,000-namespace deployment is
-    not held up by 100,000 ARM reads, and learns the fleet's pairings over its first polls."""
+    `waits_for` bounds how many due pairings one listing waits for (None: all, as a one-off check does), and
+    `reads_beside` how many more it reads beside the rest of the poll, for the next one; the others are given
+    their last known pairing (none, if never read) and stay due. The first poll of a 100,000-namespace
+    deployment is not held up by 100,000 ARM reads: it learns the fleet's pairings over its first polls."""
 
-    def __init__(self, inner: InventoryReader, pairings: GeoDrPairings, *, waits_for: int | None = None) -> None:
+    def __init__(
+        self,
+        inner: InventoryReader,
+        pairings: GeoDrPairings,
+        *,
+        waits_for: int | None = None,
+        reads_beside: int = 0,
+    ) -> None:
         self._inner = inner
         self.pairings = pairings
         self._waits_for = waits_for
+        self._reads_beside = reads_beside
 
     async def list_subscriptions(self) -> list[str]:
         return await self._inner.list_subscriptions()
@@ -230,16 +238,18 @@ class PairedInventory:
             told(done)
 
         pending: list[asyncio.Future[None]] = []
-        budget = self._waits_for
+        budget, beside = self._waits_for, self._reads_beside
 
         def page(namespaces: Sequence[Namespace]) -> None:
-            nonlocal budget
+            nonlocal budget, beside
             ready, due = [], []
             for namespace in namespaces:
                 key = name_id(namespace.id)
                 known, pairing = self.pairings.fresh(namespace)
                 if not known and key not in reading and budget is not None and budget <= 0:
-                    self.pairings.read_later(namespace)
+                    if beside > 0:
+                        self.pairings.read_later(namespace)
+                        beside -= 1
                     known, pairing = True, self.pairings.last_known(namespace)
                 if known:
                     paired[key] = with_pairing = replace(namespace, geo_dr=pairing)

@@ -97,6 +97,9 @@ class VaultNetwork:
     public_network_access: bool = True
     default_action: str = "Allow"
     bypass_azure_services: bool = True
+    # Extension to the format: the firewall lets the monitor's own network in (an IP or virtual-network rule, or
+    # a private endpoint); the monitor is no trusted service, so without it its reads are refused. No rule.
+    allows_monitor: bool = False
 
     @property
     def lets_service_in(self) -> bool:
@@ -108,7 +111,8 @@ class VaultNetwork:
 
 
 OPEN_NETWORK = VaultNetwork()
-NETWORK_SETTINGS = ("public_network_access", "default_action", "bypass_azure_services")  # what set_network sets
+# What set_network sets (the last an extension to the format).
+NETWORK_SETTINGS = ("public_network_access", "default_action", "bypass_azure_services", "allows_monitor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +381,7 @@ class SetNetwork:
     public_network_access: bool | Keep = KEEP
     default_action: str | Keep = KEEP
     bypass_azure_services: bool | Keep = KEEP
+    allows_monitor: bool | Keep = KEEP
 
 
 Change = (

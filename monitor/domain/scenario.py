@@ -195,6 +195,7 @@ def _network(reader: DocumentReader, value: object, path: str) -> VaultNetwork:
         public_network_access=reader.flag(item, "public_network_access", path, True),
         default_action=_default_action(reader, item, path) if "default_action" in item else "Allow",
         bypass_azure_services=reader.flag(item, "bypass_azure_services", path, True),
+        allows_monitor=reader.flag(item, "allows_monitor", path, False),
     )
 
 
@@ -411,6 +412,7 @@ def _change(reader: DocumentReader, value: object, path: str) -> Change:
             bypass_azure_services=(
                 reader.flag(item, "bypass_azure_services", path, True) if "bypass_azure_services" in item else KEEP
             ),
+            allows_monitor=reader.flag(item, "allows_monitor", path, False) if "allows_monitor" in item else KEEP,
         )
     key = reader.text(item, "key", path)
     if op == "new_version":

@@ -152,6 +152,7 @@ def _vault_document(vault: Vault) -> dict[str, object]:
             "public_network_access": vault.network.public_network_access,
             "default_action": vault.network.default_action,
             "bypass_azure_services": vault.network.bypass_azure_services,
+            **({"allows_monitor": True} if vault.network.allows_monitor else {}),
         }
     return document
 

@@ -227,6 +227,8 @@ def describe_change(change: Change) -> str:
             parts.append(f"firewall default action {change.default_action}")
         if change.bypass_azure_services is not KEEP:
             parts.append("trusted Microsoft services " + ("let through" if change.bypass_azure_services else "blocked"))
+        if change.allows_monitor is not KEEP:
+            parts.append("the monitor's network " + ("allowed" if change.allows_monitor else "no longer allowed"))
         return f"vault {vault} network: {', '.join(parts) or 'unchanged'}"
     assert isinstance(change, RecoverVault)  # noqa: S101 - narrows the type; holds by construction
     return f"vault {vault} recovered"

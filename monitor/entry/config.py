@@ -148,7 +148,7 @@ SETTINGS: dict[str, SettingSpec] = {
     ),
     "geo_dr_refresh_minutes": SettingSpec(
         "KEYHEALTH_GEO_DR_REFRESH_MINUTES",
-        "60",
+        "360",
         "How long a namespace's Geo-DR pairing, once read, is taken as read before it is read again (each "
         "namespace falls due within the second half of it); the partner's access is read every poll; 0: pairings "
         "are not read.",
@@ -318,7 +318,7 @@ class Settings:
     concurrency: int = 32
     keyvault_share: float = 50.0
     inventory: str = "resource-graph"
-    geo_dr_refresh_minutes: float = 60.0
+    geo_dr_refresh_minutes: float = 360.0
     log_level: str = "info"
     webhook_secret: str | None = None
     auth_tenant_id: str | None = None

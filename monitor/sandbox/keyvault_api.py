@@ -153,10 +153,11 @@ class KeyVaultApi:
 
     def _firewall(self, request: ApiRequest) -> ApiResponse | None:
         """Key Vault's firewall as the monitor meets it: a caller that is no trusted Microsoft service, from no
-        network the vault allows (the stand-in allows none), is refused before anything is looked at."""
+        network the vault allows (the stand-in allows the monitor's only where `allows_monitor` says so), is
+        refused before anything is looked at."""
         info = self.state.vault(request.vault_host or "")
         vault = self.state.vault_state(info, request.now)
-        if vault is None or not vault.exists:
+        if vault is None or not vault.exists or vault.network.allows_monitor:
             return None
         if not vault.network.public_network_access:
             message = (

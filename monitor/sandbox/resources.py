@@ -15,6 +15,7 @@ DISASTER_RECOVERY_TYPE = "Microsoft.ServiceBus/Namespaces/disasterrecoveryconfig
 # The scenario's Geo-DR roles as ARM spells them (RoleDisasterRecovery).
 ARM_ROLES = {"primary": "Primary", "primary_not_replicating": "PrimaryNotReplicating", "secondary": "Secondary"}
 VAULT_TYPE = "Microsoft.KeyVault/vaults"
+MONITOR_ADDRESS = "198.51.100.7/32"
 SOFT_DELETE_RETENTION_DAYS = 90
 # Service Bus answers with the region's display name, Key Vault with its short name.
 NAMESPACE_LOCATION = "West Europe"
@@ -214,7 +215,8 @@ def vault_document(
         properties["networkAcls"] = {
             "bypass": "AzureServices" if network.bypass_azure_services else "None",
             "defaultAction": "Deny" if network.default_action.strip().lower() == "deny" else "Allow",
-            "ipRules": [],
+            # The monitor's own address, where the scenario lets it in (a documentation address: RFC 5737).
+            "ipRules": [{"value": MONITOR_ADDRESS}] if network.allows_monitor else [],
             "virtualNetworkRules": [],
         }
     properties.update(

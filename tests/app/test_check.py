@@ -453,6 +453,24 @@ def test_a_firewall_that_lets_trusted_services_through_but_not_the_monitor_is_un
     assert refused and all(r.outcome for r in refused)
 
 
+def test_a_firewall_that_lets_the_monitor_in_but_not_service_bus_is_judged_not_blind(sandbox: Sandbox):
+    """The same firewall with the monitor's own network allowed (an IP rule) and no trusted-services bypass: the
+    monitor reads the key, so the reference is known unusable (vault-firewall-blocks-service), not unknown."""
+    from monitor.domain.model import SetNetwork
+
+    at = datetime(2026, 11, 21, tzinfo=UTC)
+    sandbox.apply(
+        SetNetwork(at=at, vault=OTHER_VAULT, default_action="Deny", bypass_azure_services=False, allows_monitor=True)
+    )
+    both = _check().namespace("sb-healthy")
+    assert both["status_now"] == "degraded" and both["usable_keys_now"] == 1
+    codes = {f["code"] for f in both["findings"]}
+    assert "vault-firewall-blocks-service" in codes and "monitor-blind" not in codes
+    assert not sandbox.requests.select(service="keyvault", vault="kv-other.vault.azure.net", status=403)
+    vault = sandbox.requests.select(service="arm", path="/providers/Microsoft.KeyVault/vaults")
+    assert vault and all(r.status == 200 for r in vault)
+
+
 # --- Geo-DR pairs read live: each CMK namespace's disasterRecoveryConfigs listed over ARM (the stand-in serves
 # them as SBAliasList.json shapes them), the partner's identity read, and a secondary that could not use the
 # primary's keys reported before any failover.

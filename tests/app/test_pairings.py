@@ -167,12 +167,12 @@ def test_the_inventory_tells_every_page_paired_and_lists_each_namespace_once():
     assert {n.name: n.geo_dr for n in told}["sb-orders"] == PAIRED
 
 
-def test_a_poll_waits_for_at_most_its_budget_of_pairings_and_reads_the_rest_for_the_next():
+def test_a_poll_waits_for_at_most_its_budget_of_pairings_reads_some_beside_and_leaves_the_rest_due():
     reader, clock = CountingReader(), Clock()
     reader.pairings = {"sb-a": PAIRED, "sb-b": PAIRED, "sb-c": PAIRED}
     pairings = _pairings(reader, clock)
     pages = [[_namespace("sb-a"), _namespace("sb-b")], [_namespace("sb-c")]]
-    inventory = PairedInventory(PagedInventory(pages), pairings, waits_for=1)
+    inventory = PairedInventory(PagedInventory(pages), pairings, waits_for=1, reads_beside=1)
 
     async def poll() -> FleetListing:
         listing = await inventory.list_namespaces_in([SUB])
@@ -180,9 +180,13 @@ def test_a_poll_waits_for_at_most_its_budget_of_pairings_and_reads_the_rest_for_
         return listing
 
     first = asyncio.run(poll())
-    # One waited for; the other two judged without a pairing this time, but read beside the poll.
+    # sb-a waited for; sb-b read beside the poll (judged without its pairing this time); sb-c left due.
     assert [n.geo_dr is not None for n in first.namespaces] == [True, False, False]
-    assert sorted(reader.calls) == ["sb-a", "sb-b", "sb-c"]
+    assert sorted(reader.calls) == ["sb-a", "sb-b"]
     reader.calls.clear()
     second = asyncio.run(poll())
-    assert all(n.geo_dr == PAIRED for n in second.namespaces) and reader.calls == []
+    assert reader.calls == ["sb-c"]  # the one still due, waited for now
+    assert all(n.geo_dr == PAIRED for n in second.namespaces)
+    reader.calls.clear()
+    asyncio.run(poll())
+    assert reader.calls == []

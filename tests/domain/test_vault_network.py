@@ -135,3 +135,20 @@ def test_network_and_set_network_are_written_back_as_read():
     written = scenario_document(parsed)
     assert written["vaults"][0]["network"] == document["vaults"][0]["network"]  # type: ignore[index]
     assert "network" not in written["vaults"][1]  # type: ignore[index]
+
+
+def test_the_monitors_own_network_is_an_extension_that_changes_no_prediction_and_round_trips(tmp_path: Path):
+    """`allows_monitor` says the firewall lets the monitor read (an IP or network rule): Service Bus is still kept
+    out without the bypass, and the field is written back, in vaults[].network and in set_network."""
+    closed = {"default_action": "Deny", "bypass_azure_services": False}
+    plain = simulate(tmp_path, _fleet(closed)).namespace("sb-walled")
+    allowed = simulate(tmp_path, _fleet({**closed, "allows_monitor": True})).namespace("sb-walled")
+    assert allowed == plain and allowed["status_now"] == "revoked"
+    change = {"at": "2026-12-01T00:00:00Z", "op": "set_network", "vault": VAULT, "allows_monitor": True}
+    document = _fleet({**closed, "allows_monitor": True}, changes=[change])
+    parsed, warnings = parse_scenario(document)
+    assert warnings == []
+    assert parsed.snapshot.vaults[0].network.allows_monitor is True
+    again, _ = parse_scenario(scenario_document(parsed))
+    assert again == parsed
+    assert scenario_document(parsed)["changes"][0]["allows_monitor"] is True  # type: ignore[index]
