@@ -9,6 +9,7 @@ from monitor.adapters.azure_clients import AzureClients, describe_failure
 from monitor.adapters.servicebus import identity_from_arm
 from monitor.domain.errors import ReadError
 from monitor.domain.model import GEO_DR_ROLES, GeoPairing, Namespace, NamespaceIdentity, resource_group_of
+from monitor.domain.names import is_namespace_name, namespace_id_problem
 
 _ROLES = {role.replace("_", ""): role for role in GEO_DR_ROLES}
 
@@ -26,7 +27,7 @@ def _role(value: object) -> str:
 def partner_id(namespace: Namespace, partner: str) -> str:
     """The partner's ARM id. ARM gives one, but the published example gives a bare name: that one is taken to
     be in the namespace's own resource group (a wrong guess is a 404, which says the partner was not read)."""
-    if partner.startswith("/"):
+    if partner.startswith("/") or not is_namespace_name(partner):
         return partner
     return (
         f"/subscriptions/{_subscription_of(namespace.id)}/resourceGroups/{namespace.resource_group}"
@@ -60,6 +61,9 @@ class GeoDrReader:
             )
             if not pairing.is_primary:
                 return pairing  # a secondary's failover is judged on its primary
+            problem = namespace_id_problem(pairing.partner)
+            if problem is not None:  # never sent on as a path: ARM's answer is checked like any input
+                return GeoPairing(pairing.alias, pairing.partner, pairing.role, partner_blind=f"ARM named {problem}")
             try:
                 identity = await self._identity_of(pairing.partner)
             except ReadError as failure:

@@ -69,6 +69,33 @@ def version_problem(text: str) -> str | None:
     return None if is_version(text) else f"{_shown(text)} is not a Key Vault key version (32 hex digits)"
 
 
+# Service Bus namespace names: 6-50 letters, digits and hyphens, from a letter, to a letter or digit, not ending
+# in -sb or -mgmt. Resource groups: 1-90 letters, digits, underscores, hyphens, periods, parentheses, not ending
+# in a period. Subscriptions: GUIDs.
+# ASCII-only case folding (re.ASCII): under Unicode rules IGNORECASE lets U+212A match `k` and U+017F `s`.
+NAMESPACE_NAME = re.compile(r"(?!.*-(?:sb|mgmt)$)[A-Za-z][0-9A-Za-z-]{4,48}[0-9A-Za-z]", re.ASCII | re.IGNORECASE)
+_GUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+NAMESPACE_ID = re.compile(
+    rf"/subscriptions/{_GUID}/resourceGroups/(?u:[-\w.()]{{0,89}}[-\w()])/providers/Microsoft\.ServiceBus/"
+    rf"namespaces/{NAMESPACE_NAME.pattern}",
+    re.ASCII | re.IGNORECASE,
+)
+
+
+def namespace_id_problem(text: str) -> str | None:
+    """None for the ARM id of a Service Bus namespace as ARM spells one, else why not."""
+    if NAMESPACE_ID.fullmatch(text) is not None:
+        return None
+    return (
+        f"{_shown(text)} is not a Service Bus namespace id "
+        "(/subscriptions/<guid>/resourceGroups/<group>/providers/Microsoft.ServiceBus/namespaces/<name>)"
+    )
+
+
+def is_namespace_name(text: str) -> bool:
+    return NAMESPACE_NAME.fullmatch(text) is not None
+
+
 def _shown(text: str) -> str:
     # ascii(): a hostile name is shown escaped (U+212A as \u212a), clipped, never as look-alike text
     shown = ascii(text)

@@ -578,3 +578,23 @@ def test_geo_dr_a_saved_check_replays_the_pairings(sandbox: Sandbox, tmp_path: P
         return {n["name"]: (n.get("geo_dr"), sorted(f["code"] for f in n["findings"])) for n in run.json["namespaces"]}
 
     assert pairs(replayed) == pairs(checked)
+
+
+def _hostile_partner_fleet() -> dict[str, Any]:
+    hostile = PARTNER_ID + "/../../../../providers/Microsoft.Authorization/roleAssignments"
+    return scenario(
+        [namespace("sb-orders", ref("k1"), geo_dr={"alias": "orders", "partner": hostile})],
+        [key("k1")],
+        vaults=[vault(access={SYSTEM_PRINCIPAL: ALL_NEEDED})],
+    )
+
+
+@pytest.mark.parametrize("fleet", [_hostile_partner_fleet()], indirect=True)
+def test_geo_dr_a_partner_id_outside_arms_grammar_is_never_requested(sandbox: Sandbox):
+    """ARM's answer is input too: a partnerNamespace that is no Service Bus namespace id is not sent on as a
+    path; the failover is unknown, with the reason."""
+    orders = _check().namespace("sb-orders")
+    unknown = next(f for f in orders["findings"] if f["code"] == "geo-dr-partner-unknown")
+    assert "is not a Service Bus namespace id" in unknown["message"]
+    assert not sandbox.requests.select(service="arm", path="roleAssignments")
+    assert orders["status_now"] == "healthy"

@@ -176,3 +176,37 @@ def test_a_name_from_an_azure_answer_that_key_vault_would_refuse_is_not_sent_and
 
     reasons = asyncio.run(run())
     assert all("not sent to Key Vault" in reason for reason in reasons), reasons
+
+
+SB = (
+    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-dr/providers/Microsoft.ServiceBus/namespaces"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [
+        (f"{SB}/sb-orders-dr", True),
+        (f"{SB.lower()}/SB-ORDERS-DR", True),  # ARM's segments and names compare case-insensitively
+        (f"{SB}/sb-orders-dr/../../../providers/Microsoft.Authorization/roleAssignments", False),
+        (f"{SB}/sb-orders-dr?api-version=1", False),
+        (f"{SB}/short", False),  # 6 to 50 characters
+        (f"{SB}/{'a' * 51}", False),
+        (f"{SB}/orders-sb", False),  # Service Bus refuses names ending in -sb or -mgmt
+        (f"{SB}/orders-mgmt", False),
+        (f"{SB}/1orders", False),  # from a letter
+        (f"{SB}/orders-", False),
+        (SB.replace("00000000-0000", "not-a-guid") + "/sb-orders-dr", False),
+        (SB.replace("rg-dr", "rg.") + "/sb-orders-dr", False),  # a group may not end in a period
+        (SB.replace("ServiceBus", "EventHub") + "/sb-orders-dr", False),
+        (f"{SB}/sb-orders-dr{KELVIN}", False),
+        (SB.replace("/subscriptions", "/\u017fubscriptions") + "/sb-orders-dr", False),  # LONG S folds to s
+    ],
+)
+def test_the_service_bus_namespace_id_grammar(text: str, valid: bool):
+    from monitor.domain.names import namespace_id_problem
+
+    problem = namespace_id_problem(text)
+    assert (problem is None) is valid
+    if problem is not None:
+        assert "is not a Service Bus namespace id" in problem and KELVIN not in problem
