@@ -27,6 +27,7 @@ from azure.core.pipeline.transport import AioHttpTransport
 from azure.core.rest import AsyncHttpResponse, HttpRequest
 from azure.keyvault.keys.aio import KeyClient
 from azure.mgmt.authorization.aio import AuthorizationManagementClient
+from azure.mgmt.eventhub.aio import EventHubManagementClient
 from azure.mgmt.keyvault.aio import KeyVaultManagementClient
 from azure.mgmt.resource.subscriptions.aio import SubscriptionClient
 from azure.mgmt.resourcegraph.aio import ResourceGraphClient
@@ -236,6 +237,18 @@ class AzureClients:
                 subscription,
                 base_url=self.options.arm_endpoint,
                 **self._kwargs("arm.servicebus"),
+            ),
+        )
+
+    def eventhub(self, subscription: str) -> EventHubManagementClient:
+        return self._cached(
+            "eventhub",
+            subscription,
+            lambda: EventHubManagementClient(
+                self.credential,
+                subscription,
+                base_url=self.options.arm_endpoint,
+                **self._kwargs("arm.eventhub"),
             ),
         )
 

@@ -1,14 +1,24 @@
 """Geo-DR pairings of CMK namespaces (`disasterRecoveryConfigs`) and the identities their partners would use,
-from ARM (azure-mgmt-servicebus, aio)."""
+from ARM (azure-mgmt-servicebus and azure-mgmt-eventhub, aio: both services pair the same way)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 
 from monitor.adapters.azure_clients import AzureClients, describe_failure
 from monitor.adapters.servicebus import identity_from_arm
 from monitor.domain.errors import ReadError
-from monitor.domain.model import GEO_DR_ROLES, GeoPairing, Namespace, NamespaceIdentity, resource_group_of
+from monitor.domain.model import (
+    GEO_DR_ROLES,
+    GeoPairing,
+    Namespace,
+    NamespaceIdentity,
+    NamespaceKind,
+    kind_of,
+    resource_group_of,
+)
 from monitor.domain.names import is_namespace_name, namespace_id_problem
 
 _ROLES = {role.replace("_", ""): role for role in GEO_DR_ROLES}
@@ -31,7 +41,7 @@ def partner_id(namespace: Namespace, partner: str) -> str:
         return partner
     return (
         f"/subscriptions/{_subscription_of(namespace.id)}/resourceGroups/{namespace.resource_group}"
-        f"/providers/Microsoft.ServiceBus/namespaces/{partner}"
+        f"/providers/{namespace.kind.provider}/namespaces/{partner}"
     )
 
 
@@ -47,7 +57,7 @@ class GeoDrReader:
         group = namespace.resource_group
         if not group:
             raise ReadError(f"Geo-DR configurations of {namespace.name}", "the namespace id names no resource group")
-        client = self._clients.servicebus(_subscription_of(namespace.id))
+        client = self._client(namespace.kind, _subscription_of(namespace.id))
         try:
             configs = [c async for c in client.disaster_recovery_configs.list(group, namespace.name)]
         except AzureError as error:
@@ -61,7 +71,7 @@ class GeoDrReader:
             )
             if not pairing.is_primary:
                 return pairing  # a secondary's failover is judged on its primary
-            problem = namespace_id_problem(pairing.partner)
+            problem = namespace_id_problem(pairing.partner, namespace.kind.provider)  # the partner is of its kind
             if problem is not None:  # never sent on as a path: ARM's answer is checked like any input
                 return GeoPairing(pairing.alias, pairing.partner, pairing.role, partner_blind=f"ARM named {problem}")
             try:
@@ -71,10 +81,15 @@ class GeoDrReader:
             return GeoPairing(pairing.alias, pairing.partner, pairing.role, partner_identity=identity)
         return None
 
+    def _client(self, kind: NamespaceKind, subscription: str) -> Any:
+        if kind is NamespaceKind.EVENT_HUBS:
+            return self._clients.eventhub(subscription)
+        return self._clients.servicebus(subscription)
+
     async def _identity_of(self, resource_id: str) -> NamespaceIdentity:
         name = resource_id.rstrip("/").rsplit("/", 1)[-1]
         group = resource_group_of(resource_id) or ""
-        client = self._clients.servicebus(_subscription_of(resource_id))
+        client = self._client(kind_of(resource_id), _subscription_of(resource_id))
         try:
             resource = await client.namespaces.get(group, name)
         except ResourceNotFoundError as error:

@@ -20,12 +20,13 @@ from monitor.domain.model import Namespace, name_id
 
 log = logging.getLogger("keyhealth.inventory")
 
-# Premium namespaces whose keys come from Key Vault, with what namespace_from_document reads. The filter is
-# repeated client-side (namespace_from_document), so a looser answer cannot add a namespace that is not CMK.
+# Service Bus and Event Hubs namespaces whose keys come from Key Vault, with what namespace_from_document reads.
+# The sku rule (Premium; for Event Hubs also a Dedicated cluster's, whatever its sku) is applied client-side by
+# namespace_from_document, as is the key source, so a looser answer cannot add a namespace that is not CMK.
 NAMESPACE_QUERY = (
     "resources"
-    " | where type =~ 'microsoft.servicebus/namespaces'"
-    " | where sku.tier =~ 'Premium' and properties.encryption.keySource =~ 'Microsoft.KeyVault'"
+    " | where type in~ ('microsoft.servicebus/namespaces', 'microsoft.eventhub/namespaces')"
+    " | where properties.encryption.keySource =~ 'Microsoft.KeyVault'"
     " | project id, name, type, location, subscriptionId, sku, identity, tags, properties"
 )
 PAGE_SIZE = 1000  # Resource Graph's largest page

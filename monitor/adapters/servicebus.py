@@ -1,4 +1,7 @@
-"""Subscriptions and CMK-encrypted Service Bus namespaces from ARM (azure-mgmt-servicebus, aio)."""
+"""Subscriptions and CMK-encrypted Service Bus and Event Hubs namespaces from ARM (azure-mgmt-servicebus,
+azure-mgmt-eventhub, aio). Both services encrypt with the same model and ARM shapes (Encryption,
+KeyVaultProperties, Identity); a Service Bus namespace takes CMK on Premium, an Event Hubs one on Premium or in a
+Dedicated cluster (`clusterArmId`, whatever its sku says)."""
 
 from __future__ import annotations
 
@@ -6,13 +9,14 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, HttpResponseError
+from azure.mgmt.eventhub.models import EHNamespace
 from azure.mgmt.servicebus.models import SBNamespace
 
 from monitor.adapters.azure_clients import AzureClients, describe_failure
 from monitor.app.ports import FleetListing, PageCallback
 from monitor.domain.errors import ReadError
-from monitor.domain.model import KeyRef, Namespace, NamespaceIdentity
+from monitor.domain.model import KeyRef, Namespace, NamespaceIdentity, NamespaceKind, kind_of
 
 KEY_VAULT_SOURCE = "microsoft.keyvault"
 _ABSENT = object()
@@ -22,12 +26,18 @@ def _text(value: object) -> str:
     return str(getattr(value, "value", value) or "")
 
 
-def namespace_from_arm(resource: SBNamespace) -> Namespace | None:
-    """The domain Namespace for a Premium namespace encrypted with keys from Key Vault, else None."""
+def _takes_cmk(resource_id: str, tier: str, cluster: object) -> bool:
+    """Premium; or, for Event Hubs, a namespace in a Dedicated cluster."""
+    return tier.lower() == "premium" or (kind_of(resource_id) is NamespaceKind.EVENT_HUBS and bool(cluster))
+
+
+def namespace_from_arm(resource: SBNamespace | EHNamespace) -> Namespace | None:
+    """The domain Namespace for a namespace encrypted with keys from Key Vault (see _takes_cmk), else None."""
     sku = resource.sku
     properties = resource.properties
     encryption = properties.encryption if properties else None
-    if sku is None or _text(sku.tier or sku.name).lower() != "premium":
+    cluster = getattr(properties, "cluster_arm_id", None) if properties else None
+    if sku is None or not _takes_cmk(resource.id or "", _text(sku.tier or sku.name), cluster):
         return None
     if encryption is None or _text(encryption.key_source).lower() != KEY_VAULT_SOURCE:
         return None
@@ -57,7 +67,7 @@ def namespace_from_arm(resource: SBNamespace) -> Namespace | None:
     )
 
 
-def identity_from_arm(resource: SBNamespace) -> NamespaceIdentity:
+def identity_from_arm(resource: SBNamespace | EHNamespace) -> NamespaceIdentity:
     """The managed identities of a namespace as ARM returned it."""
     identity = resource.identity
     user_identities = identity.user_assigned_identities if identity else None
@@ -85,9 +95,11 @@ def namespace_from_document(document: Mapping[str, Any]) -> Namespace | None:
     """`namespace_from_arm` for a namespace as raw ARM JSON (a Resource Graph row): the same rules, without
     building the SDK's model (which costs about a millisecond a namespace)."""
     sku = _field(document, "sku")
-    if str(_field(sku, "tier") or _field(sku, "name") or "").lower() != "premium":
+    properties = _field(document, "properties")
+    tier = str(_field(sku, "tier") or _field(sku, "name") or "")
+    if not _takes_cmk(str(_field(document, "id") or ""), tier, _field(properties, "clusterArmId")):
         return None
-    encryption = _field(_field(document, "properties"), "encryption")
+    encryption = _field(properties, "encryption")
     if str(_field(encryption, "keySource") or "").lower() != KEY_VAULT_SOURCE:
         return None
     refs = []
@@ -116,6 +128,20 @@ def namespace_from_document(document: Mapping[str, Any]) -> Namespace | None:
     )
 
 
+def _listing_failed(kind: NamespaceKind, subscription: str, error: AzureError) -> ReadError:
+    # The reason names the service when it is not the one a reader assumes (Service Bus).
+    reason = describe_failure(error)
+    if kind is not NamespaceKind.SERVICE_BUS:
+        reason = f"{kind.service} namespaces: {reason}"
+    return ReadError(f"{kind.service} namespaces in subscription {subscription}", reason)
+
+
+def _unregistered(error: HttpResponseError) -> bool:
+    """ARM's answer for a resource provider the subscription never registered (MissingSubscriptionRegistration)."""
+    code = getattr(error.error, "code", None) if error.error is not None else None
+    return str(code or "").lower() == "missingsubscriptionregistration"
+
+
 class ServiceBusInventory:
     """InventoryReader over ARM."""
 
@@ -134,14 +160,26 @@ class ServiceBusInventory:
             raise ReadError("subscriptions", describe_failure(error)) from error
 
     async def list_namespaces(self, subscription: str) -> list[Namespace]:
-        """Premium namespaces in `subscription` encrypted with Key Vault keys. Raises ReadError."""
-        client = self._clients.servicebus(subscription)
+        """The CMK namespaces of both services in `subscription` (see _takes_cmk). Raises ReadError."""
+        service_bus, event_hubs = await asyncio.gather(
+            self._listed(subscription, NamespaceKind.SERVICE_BUS), self._listed(subscription, NamespaceKind.EVENT_HUBS)
+        )
+        return [*service_bus, *event_hubs]
+
+    async def _listed(self, subscription: str, kind: NamespaceKind) -> list[Namespace]:
+        namespaces: Any = (
+            self._clients.servicebus(subscription).namespaces
+            if kind is NamespaceKind.SERVICE_BUS
+            else self._clients.eventhub(subscription).namespaces
+        )
         try:
-            resources = [resource async for resource in client.namespaces.list()]
+            resources = [resource async for resource in namespaces.list()]
+        except HttpResponseError as error:
+            if _unregistered(error):
+                return []  # the subscription never registered the provider: it has none of its namespaces
+            raise _listing_failed(kind, subscription, error) from error
         except AzureError as error:
-            raise ReadError(
-                f"Service Bus namespaces in subscription {subscription}", describe_failure(error)
-            ) from error
+            raise _listing_failed(kind, subscription, error) from error
         return [namespace for resource in resources if (namespace := namespace_from_arm(resource)) is not None]
 
     async def list_namespaces_in(

@@ -96,6 +96,7 @@ def count_event(event_type: str, outcome: str, seconds: float | None = None) -> 
 class _NamespaceReading:
     name: str
     subscription: str
+    kind: str  # servicebus or eventhubs
     status: str
     usable: int
     listed: int
@@ -133,6 +134,7 @@ class FleetReadings:
             namespaces[namespace.id.lower()] = _NamespaceReading(
                 namespace.name,
                 subscription,
+                namespace.kind.value,
                 prediction.status_now.value,
                 prediction.usable_keys_now,
                 prediction.keys_total,
@@ -167,7 +169,7 @@ _STATUSES = tuple(s.value for s in Status)
 
 
 def _labels(reading: _NamespaceReading) -> dict[str, str]:
-    return {"namespace": reading.name, "subscription": reading.subscription}
+    return {"namespace": reading.name, "subscription": reading.subscription, "kind": reading.kind}
 
 
 def _revocation(options: CallbackOptions) -> Iterator[Observation]:

@@ -16,7 +16,7 @@ from monitor.domain.documents import format_instant, parse_instant
 from monitor.domain.findings import Finding, humanize
 from monitor.domain.fleet import NamespaceReport
 from monitor.domain.incidents import Condition, Level, Notice
-from monitor.domain.model import KeyId
+from monitor.domain.model import KeyId, NamespaceKind, kind_of
 from monitor.domain.prediction import Status
 
 SCHEMA = "keyhealth.alert/1"
@@ -118,6 +118,8 @@ class Alert:
 
     def _headline(self, now: datetime) -> str:
         name = self.namespace_name
+        if kind_of(self.namespace_id) is NamespaceKind.EVENT_HUBS:  # Service Bus is the default, and unnamed
+            name += " (Event Hubs)"
         if self.notice is Notice.WATCHDOG:
             return (
                 f"[WATCHDOG] keyhealth is polling: {self.keys_total} namespaces judged at "
@@ -175,6 +177,7 @@ class Alert:
             "namespace": {
                 "id": self.namespace_id,
                 "name": self.namespace_name,
+                "kind": kind_of(self.namespace_id).value,
                 "portal_url": self.portal_url,
                 "tags": dict(self.namespace_tags),
             },

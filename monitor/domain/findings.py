@@ -143,7 +143,7 @@ class _Commands:
         if self.ref.identity:
             config += f" user-assigned-identity={self.ref.identity}"
         return (
-            f"az servicebus namespace encryption add --namespace-name {self.namespace.name} "
+            f"az {self.namespace.kind.cli} namespace encryption add --namespace-name {self.namespace.name} "
             f"-g {self.group} --encryption-config {config}"
         )
 
@@ -205,7 +205,7 @@ class FindingsJudge:
             vault_state, misconfigured = vaults.get(ref.vault) or self._vault_at(ref.vault, now)
             if misconfigured:
                 assert vault_state is not None  # noqa: S101 - narrows the type; holds by construction
-                findings.extend(_vault_config_findings(ref, vault_state))
+                findings.extend(_vault_config_findings(ref, vault_state, namespace.kind.service))
             # The commands are spelled out only for a reference that has something to report: most have nothing.
             if assessment.reasons:
                 commands = _Commands(namespace, ref)
@@ -279,7 +279,8 @@ class FindingsJudge:
             if Reason.IDENTITY_MISSING in lacking:
                 assign = f"--user-assigned {ref.identity}" if ref.identity else "--system-assigned"
                 fix = (
-                    f"{partner} does not have it: az servicebus namespace identity assign --namespace-name {partner} "
+                    f"{partner} does not have it: az {namespace.kind.cli} namespace identity assign "
+                    f"--namespace-name {partner} "
                     f"-g {group} {assign}, then grant it get, wrapKey and unwrapKey on vault {commands.vault_name}"
                 )
             else:
@@ -376,7 +377,7 @@ def _blind_finding(namespace: Namespace, ref: KeyRef, assessment: Assessment) ->
     )
 
 
-def _vault_config_findings(ref: KeyRef, vault: VaultState) -> list[Finding]:
+def _vault_config_findings(ref: KeyRef, vault: VaultState, service: str) -> list[Finding]:
     name = vault_short_name(ref.vault)
     findings = []
     if not vault.soft_delete:
@@ -386,7 +387,7 @@ def _vault_config_findings(ref: KeyRef, vault: VaultState) -> list[Finding]:
                 Severity.WARNING,
                 ref.url,
                 f"vault {name} has soft delete off: a deleted key is gone at once and so is the namespace's "
-                f"data; Service Bus CMK requires it: az keyvault update --name {name} --enable-soft-delete true",
+                f"data; {service} CMK requires it: az keyvault update --name {name} --enable-soft-delete true",
             )
         )
     if not vault.purge_protection:
@@ -396,7 +397,7 @@ def _vault_config_findings(ref: KeyRef, vault: VaultState) -> list[Finding]:
                 Severity.WARNING,
                 ref.url,
                 f"vault {name} has purge protection off: a deleted key can be purged before anyone recovers it; "
-                f"Service Bus CMK requires it: az keyvault update --name {name} --enable-purge-protection true",
+                f"{service} CMK requires it: az keyvault update --name {name} --enable-purge-protection true",
             )
         )
     return findings
@@ -422,7 +423,8 @@ def _reason_finding(
     elif reason is Reason.VAULT_FIREWALL:
         name = vault_short_name(ref.vault)
         message = (
-            f"vault {name}'s firewall keeps Service Bus out (not open to all networks, and trusted Microsoft "
+            f"vault {name}'s firewall keeps {commands.namespace.kind.service} out (not open to all networks, and "
+            "trusted Microsoft "
             f"services may not bypass it): let them: az keyvault update --name {name} --bypass AzureServices"
         )
     elif reason is Reason.IDENTITY_MISSING:
@@ -430,7 +432,7 @@ def _reason_finding(
         assign = f"--user-assigned {ref.identity}" if ref.identity else "--system-assigned"
         message = (
             f"{label} is used through {who}, which namespace {commands.namespace.name} does not have: "
-            f"az servicebus namespace identity assign --namespace-name {commands.namespace.name} "
+            f"az {commands.namespace.kind.cli} namespace identity assign --namespace-name {commands.namespace.name} "
             f"-g {commands.group} {assign}, then grant it get, wrapKey and unwrapKey"
         )
     elif reason is Reason.ACCESS_DENIED:
@@ -572,7 +574,7 @@ def _no_redundancy(prediction: NamespacePrediction) -> Finding:
         severity,
         usable.ref.url,
         f"only {usable.ref.url} is usable{lost}: one more deleted, disabled or expired key revokes the namespace; "
-        f"list a second key from another vault (up to 3): az servicebus namespace encryption add "
+        f"list a second key from another vault (up to 3): az {prediction.namespace.kind.cli} namespace encryption add "
         f"--namespace-name {prediction.namespace.name} -g {commands.group} --encryption-config key-name=<key> "
         "key-vault-uri=<vault-uri>",
         version=usable.ref.version,

@@ -219,9 +219,43 @@ class GeoPairing:
         return self.partner.rstrip("/").rsplit("/", 1)[-1]
 
 
+class NamespaceKind(enum.Enum):
+    """Which service a namespace belongs to: both encrypt with the same customer-managed-key model (up to three
+    keyVaultProperties, system- or user-assigned identity, the service polling its keys)."""
+
+    SERVICE_BUS = "servicebus"
+    EVENT_HUBS = "eventhubs"
+
+    @property
+    def service(self) -> str:
+        """The service's name, for people."""
+        return "Service Bus" if self is NamespaceKind.SERVICE_BUS else "Event Hubs"
+
+    @property
+    def provider(self) -> str:
+        """The ARM resource provider of its namespaces."""
+        return "Microsoft.ServiceBus" if self is NamespaceKind.SERVICE_BUS else "Microsoft.EventHub"
+
+    @property
+    def cli(self) -> str:
+        """The `az` command group of its namespaces."""
+        return "servicebus" if self is NamespaceKind.SERVICE_BUS else "eventhubs"
+
+
+@lru_cache(maxsize=_FOLDED)
+def kind_of(resource_id: str) -> NamespaceKind:
+    """The kind of namespace an ARM id names: Event Hubs for Microsoft.EventHub, else Service Bus."""
+    return (
+        NamespaceKind.EVENT_HUBS
+        if "/providers/microsoft.eventhub/" in resource_id.lower()
+        else NamespaceKind.SERVICE_BUS
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Namespace:
-    """A Service Bus Premium namespace encrypted with customer-managed keys."""
+    """A Service Bus (Premium) or Event Hubs (Premium or Dedicated) namespace encrypted with customer-managed
+    keys; its kind is its id's resource provider."""
 
     id: str
     name: str
@@ -236,6 +270,10 @@ class Namespace:
     @property
     def resource_group(self) -> str | None:
         return resource_group_of(self.id)
+
+    @property
+    def kind(self) -> NamespaceKind:
+        return kind_of(self.id)
 
 
 def resource_group_of(resource_id: str) -> str | None:

@@ -75,20 +75,31 @@ def version_problem(text: str) -> str | None:
 # ASCII-only case folding (re.ASCII): under Unicode rules IGNORECASE lets U+212A match `k` and U+017F `s`.
 NAMESPACE_NAME = re.compile(r"(?!.*-(?:sb|mgmt)$)[A-Za-z][0-9A-Za-z-]{4,48}[0-9A-Za-z]", re.ASCII | re.IGNORECASE)
 _GUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
-NAMESPACE_ID = re.compile(
-    rf"/subscriptions/{_GUID}/resourceGroups/(?u:[-\w.()]{{0,89}}[-\w()])/providers/Microsoft\.ServiceBus/"
-    rf"namespaces/{NAMESPACE_NAME.pattern}",
-    re.ASCII | re.IGNORECASE,
-)
 
 
-def namespace_id_problem(text: str) -> str | None:
-    """None for the ARM id of a Service Bus namespace as ARM spells one, else why not."""
-    if NAMESPACE_ID.fullmatch(text) is not None:
+def _namespace_id(provider: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"/subscriptions/{_GUID}/resourceGroups/(?u:[-\w.()]{{0,89}}[-\w()])/providers/{re.escape(provider)}/"
+        rf"namespaces/{NAMESPACE_NAME.pattern}",
+        re.ASCII | re.IGNORECASE,
+    )
+
+
+# Event Hubs namespace names follow the same rules.
+NAMESPACE_IDS = {
+    "Microsoft.ServiceBus": _namespace_id("Microsoft.ServiceBus"),
+    "Microsoft.EventHub": _namespace_id("Microsoft.EventHub"),
+}
+_SERVICES = {"Microsoft.ServiceBus": "Service Bus", "Microsoft.EventHub": "Event Hubs"}
+
+
+def namespace_id_problem(text: str, provider: str = "Microsoft.ServiceBus") -> str | None:
+    """None for the ARM id of a namespace of `provider` as ARM spells one, else why not."""
+    if NAMESPACE_IDS[provider].fullmatch(text) is not None:
         return None
     return (
-        f"{_shown(text)} is not a Service Bus namespace id "
-        "(/subscriptions/<guid>/resourceGroups/<group>/providers/Microsoft.ServiceBus/namespaces/<name>)"
+        f"{_shown(text)} is not a {_SERVICES[provider]} namespace id "
+        f"(/subscriptions/<guid>/resourceGroups/<group>/providers/{provider}/namespaces/<name>)"
     )
 
 

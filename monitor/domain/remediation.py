@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from monitor.domain.errors import KeyPatternError
 from monitor.domain.fleet import NamespaceReport
-from monitor.domain.model import KeyId, KeyVersion, key_url, vault_short_name
+from monitor.domain.model import KeyId, KeyVersion, NamespaceKind, key_url, kind_of, vault_short_name
 from monitor.domain.names import VAULT_SUFFIXES, ascii_fold, is_key_name, is_vault_name, vault_uri_host
 from monitor.domain.prediction import Status
 from monitor.domain.usability import Reason, assess
@@ -292,6 +292,11 @@ def _blocked(proposal: Proposal, policy: RemediationPolicy) -> str | None:
     if proposal.action not in policy.actions:
         return f"{proposal.action.value} is not enabled (KEYHEALTH_REMEDIATION_ACTIONS)"
     if proposal.action is Action.UNPIN:
+        if proposal.namespace_id is not None and kind_of(proposal.namespace_id) is NamespaceKind.EVENT_HUBS:
+            # Its encryption is written through azure-mgmt-eventhub, which remediation does not hold write roles for.
+            return (
+                f"unpinning is for Service Bus namespaces; unpin Event Hubs namespace {proposal.namespaces[0]} by hand"
+            )
         if not policy.namespace_allowed(proposal.namespaces[0]):
             return f"namespace {proposal.namespaces[0]} is not in KEYHEALTH_REMEDIATION_NAMESPACES"
         return None

@@ -35,6 +35,7 @@ def namespace_document(report: NamespaceReport) -> dict[str, object]:
     return {
         "name": prediction.namespace.name,
         "id": prediction.namespace.id,
+        "kind": prediction.namespace.kind.value,  # an extra: servicebus or eventhubs
         "status_now": prediction.status_now.value,
         "usable_keys_now": prediction.usable_keys_now,
         "keys_total": prediction.keys_total,

@@ -242,8 +242,9 @@ def _namespace(timeline: NamespaceTimeline, scale: _Scale, now: datetime, index:
     changes_block = f'<ol class="changes">{changes}</ol>' if changes else ""
     return (
         f'<article class="namespace status-{status}" id="ns-{index}" data-namespace="{_e(namespace.name)}" '
-        f'data-status="{status}">'
-        f'<h2><span class="name">{_e(namespace.name)}</span> <span class="badge {status}">{status}</span></h2>'
+        f'data-status="{status}" data-kind="{namespace.kind.value}">'
+        f'<h2><span class="name">{_e(namespace.name)}</span> <span class="kind">{_e(namespace.kind.service)}</span> '
+        f'<span class="badge {status}">{status}</span></h2>'
         f'<p class="meta"><span class="id">{_e(namespace.id)}</span><br>'
         f"{prediction.usable_keys_now} of {prediction.keys_total} listed keys usable now · predicted revocation: "
         f"{_e(_window(timeline, now))}{_pairing(timeline)}"
@@ -294,6 +295,7 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 0 0 4px; }
 .sub, .meta { color: var(--muted); margin: 0 0 10px; } .id { font-family: ui-monospace, monospace; font-size: 12px; }
 .geo-dr.risk { color: var(--revoked); font-weight: 600; }
+.kind { color: var(--muted); font-size: 12px; font-weight: 400; }
 .summary { display: flex; gap: 10px; list-style: none; padding: 0; margin: 12px 0; flex-wrap: wrap; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600;
   color: #fff; vertical-align: middle; }

@@ -25,7 +25,9 @@ DEFAULT_PAGE_SIZE = 100
 SOFT_DELETE_RETENTION = timedelta(days=90)
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
 _RG = r"/resourceGroups/(?P<rg>[^/]+)"
-_NAMESPACES = r"/providers/Microsoft\.ServiceBus/namespaces"
+# Service Bus and Event Hubs namespaces: the same routes under each provider (ARM matches providers ignoring case).
+_NAMESPACES = r"/providers/(?P<provider>Microsoft\.ServiceBus|Microsoft\.EventHub)/namespaces"
+_WRITABLE_NAMESPACES = r"/providers/(?P<provider>Microsoft\.ServiceBus)/namespaces"
 _VAULTS = r"/providers/Microsoft\.KeyVault/vaults"
 # What a PUT or PATCH may change in a namespace's properties; the rest is the service's to say.
 WRITABLE_PROPERTIES = (
@@ -72,8 +74,8 @@ class ArmApi:
             rf"{_SUB}{_RG}{_NAMESPACES}/(?P<name>[^/]+)/disasterRecoveryConfigs/(?P<alias>[^/]+)/?",
             self._get_pairing,
         )
-        router.add("PUT", rf"{_SUB}{_RG}{_NAMESPACES}/(?P<name>[^/]+)/?", self._put_namespace)
-        router.add("PATCH", rf"{_SUB}{_RG}{_NAMESPACES}/(?P<name>[^/]+)/?", self._patch_namespace)
+        router.add("PUT", rf"{_SUB}{_RG}{_WRITABLE_NAMESPACES}/(?P<name>[^/]+)/?", self._put_namespace)
+        router.add("PATCH", rf"{_SUB}{_RG}{_WRITABLE_NAMESPACES}/(?P<name>[^/]+)/?", self._patch_namespace)
         router.add("GET", rf"{_SUB}{_VAULTS}/?", self._list_vaults)
         router.add("GET", rf"{_SUB}{_RG}{_VAULTS}/?", self._list_vaults)
         router.add("GET", rf"{_SUB}{_RG}{_VAULTS}/(?P<name>[^/]+)/?", self._get_vault)
@@ -129,10 +131,12 @@ class ArmApi:
         subscription, group = match["sub"].lower(), (match.groupdict().get("rg") or "").lower()
         if not self._known_subscription(subscription):
             return self._subscription_not_found(match["sub"])
+        provider = match["provider"].lower() + "/"
         items = [
             document
             for document in self.state.namespaces()
-            if (subscription_of(str(document.get("id", ""))) or "").lower() == subscription
+            if str(document.get("type", "")).lower().startswith(provider)
+            and (subscription_of(str(document.get("id", ""))) or "").lower() == subscription
             and (not group or (resource_group_of(str(document.get("id", ""))) or "").lower() == group)
         ]
         return self._paged(request, items)
@@ -141,28 +145,28 @@ class ArmApi:
     def _namespace_id(match: re.Match[str]) -> str:
         return (
             f"/subscriptions/{match['sub']}/resourceGroups/{match['rg']}"
-            f"/providers/Microsoft.ServiceBus/namespaces/{match['name']}"
+            f"/providers/{match['provider']}/namespaces/{match['name']}"
         )
 
     def _get_namespace(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
         document = self.state.namespace(self._namespace_id(match))
         if document is None:
-            return not_found("Microsoft.ServiceBus/namespaces", match["name"], match["rg"])
+            return not_found(f"{match['provider']}/namespaces", match["name"], match["rg"])
         return ApiResponse(200, document)
 
     def _list_pairings(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
         if self.state.namespace(self._namespace_id(match)) is None:
-            return not_found("Microsoft.ServiceBus/namespaces", match["name"], match["rg"])
+            return not_found(f"{match['provider']}/namespaces", match["name"], match["rg"])
         return self._paged(request, self.state.disaster_recovery_configs(self._namespace_id(match)))
 
     def _get_pairing(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
         if self.state.namespace(self._namespace_id(match)) is None:
-            return not_found("Microsoft.ServiceBus/namespaces", match["name"], match["rg"])
+            return not_found(f"{match['provider']}/namespaces", match["name"], match["rg"])
         for config in self.state.disaster_recovery_configs(self._namespace_id(match)):
             if str(config["name"]).lower() == match["alias"].lower():
                 return ApiResponse(200, config)
         return not_found(
-            f"Microsoft.ServiceBus/namespaces/{match['name']}/disasterRecoveryConfigs", match["alias"], match["rg"]
+            f"{match['provider']}/namespaces/{match['name']}/disasterRecoveryConfigs", match["alias"], match["rg"]
         )
 
     def _put_namespace(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
@@ -183,7 +187,7 @@ class ArmApi:
         resource_id = self._namespace_id(match)
         existing = self.state.namespace(resource_id)
         if existing is None and not create:
-            return not_found("Microsoft.ServiceBus/namespaces", match["name"], match["rg"])
+            return not_found(f"{match['provider']}/namespaces", match["name"], match["rg"])
         if existing is None:
             if not isinstance(body.get("location"), str):
                 return arm_error(400, "LocationRequired", "The location property is required for this definition.")

@@ -1,9 +1,9 @@
 """Azure Resource Graph's `resources` query (POST /providers/Microsoft.ResourceGraph/resources) over the sandbox's
 namespaces and vaults, for the part of the query language a fleet inventory uses.
 
-Understood: `resources`, then any of `| where <path> =~ '<text>'` (or `==`; several joined by `and`) and
-`| project <field>, ...`. Anything else is answered 400 `BadRequest` naming what the sandbox does not
-understand, never silently ignored.
+Understood: `resources`, then any of `| where <path> =~ '<text>'` (or `==`, or `in~ ('<text>', ...)`; several
+joined by `and`) and `| project <field>, ...`. Anything else is answered 400 `BadRequest` naming what the
+sandbox does not understand, never silently ignored.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from monitor.sandbox.wire import ApiResponse, arm_error
 DEFAULT_TOP = 100  # what Resource Graph returns when $top is not given
 MAX_TOP = 1000
 _CONDITION = re.compile(r"^\s*(?P<path>[A-Za-z_][\w.]*)\s*(?P<op>=~|==)\s*'(?P<value>[^']*)'\s*$")
+_IN = re.compile(r"^\s*(?P<path>[A-Za-z_][\w.]*)\s+in~\s*\((?P<values>\s*'[^']*'(?:\s*,\s*'[^']*')*)\s*\)\s*$")
 _AND = re.compile(r"\s+and\s+", re.IGNORECASE)
 KEPT_RESULTS = 16  # result sets kept for their continuation pages; an older one's $skipToken is refused
 
@@ -47,6 +48,16 @@ def _lookup(row: Mapping[str, Any], path: str) -> object:
 
 
 def _condition(text: str) -> Filter:
+    listed = _IN.match(text)
+    if listed is not None:
+        in_path = listed["path"]
+        wanted_any = {value.lower() for value in re.findall(r"'([^']*)'", listed["values"])}
+
+        def holds_one(row: Row) -> bool:
+            value = _lookup(row, in_path)
+            return isinstance(value, str) and value.lower() in wanted_any
+
+        return holds_one
     match = _CONDITION.match(text)
     if match is None:
         raise QueryError(f"the sandbox's Resource Graph does not understand the condition {text.strip()!r}")

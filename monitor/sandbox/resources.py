@@ -7,11 +7,19 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from monitor.domain.model import OPEN_NETWORK, GeoPairing, Namespace, NamespaceIdentity, VaultNetwork
+from monitor.domain.model import (
+    OPEN_NETWORK,
+    GeoPairing,
+    Namespace,
+    NamespaceIdentity,
+    NamespaceKind,
+    VaultNetwork,
+    kind_of,
+)
 from monitor.sandbox.wire import arm_time
 
 NAMESPACE_TYPE = "Microsoft.ServiceBus/Namespaces"
-DISASTER_RECOVERY_TYPE = "Microsoft.ServiceBus/Namespaces/disasterrecoveryconfigs"
+EVENT_HUBS_NAMESPACE_TYPE = "Microsoft.EventHub/Namespaces"  # as EHNameSpaceCreate.json writes it
 # The scenario's Geo-DR roles as ARM spells them (RoleDisasterRecovery).
 ARM_ROLES = {"primary": "Primary", "primary_not_replicating": "PrimaryNotReplicating", "secondary": "Secondary"}
 VAULT_TYPE = "Microsoft.KeyVault/vaults"
@@ -145,8 +153,11 @@ def premium_namespace(
         "publicNetworkAccess": "Enabled",
         "disableLocalAuth": False,
         "zoneRedundant": False,
-        "premiumMessagingPartitions": 1,
     }
+    if kind_of(resource_id) is NamespaceKind.EVENT_HUBS:  # as EHNameSpaceCreate.json's response has them
+        properties.update({"isAutoInflateEnabled": False, "maximumThroughputUnits": 0, "kafkaEnabled": True})
+    else:
+        properties["premiumMessagingPartitions"] = 1
     if encryption is not None:
         properties["encryption"] = encryption
     properties.update(
@@ -163,7 +174,7 @@ def premium_namespace(
         "sku": {"name": "Premium", "tier": "Premium", "capacity": 1},
         "id": resource_id,
         "name": name,
-        "type": NAMESPACE_TYPE,
+        "type": EVENT_HUBS_NAMESPACE_TYPE if kind_of(resource_id) is NamespaceKind.EVENT_HUBS else NAMESPACE_TYPE,
         "location": location,
         "tags": dict(tags or {}),
         "identity": identity,
@@ -259,7 +270,7 @@ def disaster_recovery_document(namespace_id: str, alias: str, partner: str, role
     return {
         "id": f"{namespace_id}/disasterRecoveryConfigs/{alias}",
         "name": alias,
-        "type": DISASTER_RECOVERY_TYPE,
+        "type": f"{kind_of(namespace_id).provider}/Namespaces/disasterrecoveryconfigs",
         "properties": {
             "provisioningState": "Succeeded",
             "pendingReplicationOperationsCount": 0,

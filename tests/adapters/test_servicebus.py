@@ -83,4 +83,8 @@ def test_a_resource_graph_row_reads_as_the_sdk_model_does_whatever_the_member_na
     assert expected is not None
     assert namespace_from_document(body) == expected
     assert namespace_from_document(_recased(body)) == expected
-    assert namespace_from_document({**body, "sku": {"name": "Standard", "tier": "Standard"}}) is None
+    # A Standard namespace takes no CMK unless it is an Event Hubs one in a Dedicated cluster, as this one is.
+    standard = {**body, "sku": {"name": "Standard", "tier": "Standard"}}
+    assert namespace_from_document(standard) == expected
+    alone = {**standard, "properties": {k: v for k, v in body["properties"].items() if k != "clusterArmId"}}
+    assert namespace_from_document(alone) is None

@@ -29,6 +29,8 @@ def test_the_demo_reads_the_fleet_over_https_then_plays_the_timeline():
         out.count("page -> on-call webhook: [CRITICAL] sb-payments Geo-DR: failover would revoke sb-payments-dr") == 1
     )
     assert "- sb-payments (primary) paired with sb-payments-dr, alias payments: failover would revoke" in out
+    # The Event Hubs namespace is judged and paged as a Service Bus one is, named by its kind.
+    assert out.count("page -> on-call webhook: [WARNING] eh-telemetry (Event Hubs) 1 of 2 listed keys usable") == 2
     assert "keyhealth alert" not in run.stderr  # the log sink's lines are not repeated on the terminal
     assert out.rstrip().endswith("watches a real subscription.")
 
@@ -48,9 +50,11 @@ def test_the_demo_prints_the_metrics_it_emitted_when_asked():
     assert done.returncode == 0, done.stderr
     metrics = done.stdout.split("Metrics (as an exporter receives them):", 1)[1].splitlines()
     assert any(
-        line.startswith("  keyhealth.namespace.status{namespace=sb-billing,status=revoked") and line.endswith(" 1")
+        line.startswith("  keyhealth.namespace.status{kind=servicebus,namespace=sb-billing,status=revoked")
+        and line.endswith(" 1")
         for line in metrics
     )
-    # 15 about the fleet's own keys, and 8 (one opening, seven renotifies) about sb-payments' Geo-DR partner.
-    assert "  keyhealth.alerts.deliveries{outcome=delivered,sink=oncall} 23" in metrics
+    # 15 about the Service Bus namespaces' own keys, 8 (one opening, seven renotifies) about sb-payments' Geo-DR
+    # partner, 3 about the Event Hubs namespace eh-telemetry.
+    assert "  keyhealth.alerts.deliveries{outcome=delivered,sink=oncall} 26" in metrics
     assert any(line.startswith("  keyhealth.polls{outcome=ok} ") for line in metrics)

@@ -57,6 +57,14 @@ def clear_challenge_cache() -> Iterator[None]:
     http_challenge_cache.clear()
 
 
+# An Event Hubs namespace beside the Service Bus ones: the same timer, events and status routes judge it.
+EVENT_HUBS = {
+    **namespace("eh-other", ref("k3", vault_uri=OTHER)),
+    "id": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-eh-other/providers/"
+    "Microsoft.EventHub/namespaces/eh-other",
+}
+
+
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[tuple[Sandbox, Monitor]]:
     """The stand-in (its clock at the real now) and the worker's Monitor wired to it with a SQLite store."""
@@ -65,6 +73,7 @@ def running(tmp_path: Path) -> Iterator[tuple[Sandbox, Monitor]]:
             namespace("sb-one", ref("k1")),
             namespace("sb-two", ref("k2"), ref("k3", vault_uri=OTHER)),
             namespace("sb-other", ref("k3", vault_uri=OTHER)),
+            EVENT_HUBS,
         ],
         [key("k1"), key("k2"), key("k3", vault_uri=OTHER)],
         vaults=[vault(), vault(OTHER)],
@@ -134,7 +143,9 @@ def test_the_timer_polls_the_fleet_and_status_shows_it(running):
         "sb-one": "healthy",
         "sb-two": "healthy",
         "sb-other": "healthy",
+        "eh-other": "healthy",
     }
+    assert {n["name"]: n["kind"] for n in body["namespaces"]}["eh-other"] == "eventhubs"
     code, one = _status("sb-two")
     assert code == 200 and one["usable_keys_now"] == 2
     code, missing = _status("sb-nope")
@@ -158,6 +169,7 @@ def test_an_access_change_event_re_evaluates_the_vaults_namespaces_in_one_call(r
     outcome = _run(host.on_event(_event("Microsoft.KeyVault.VaultAccessPolicyChanged", OTHER, None)))
     assert outcome is not None and outcome.value == "evaluated"
     assert _status("sb-other")[1]["status_now"] == "revoked"
+    assert _status("eh-other")[1]["status_now"] == "revoked"  # an Event Hubs namespace, found by the same index
     assert _status("sb-two")[1]["status_now"] == "degraded"
     assert _status("sb-one")[1]["status_now"] == "healthy"
 

@@ -106,7 +106,8 @@ def test_the_drawing_stops_a_little_after_the_last_change_not_at_the_horizon():
 def test_the_html_needs_nothing_from_the_network(tmp_path: Path):
     run = run_cli("report", str(EXAMPLE), "--out", str(tmp_path / "report.html"))
     assert run.status == 0, run.stderr
-    assert run.stdout.strip() == f"keyhealth: wrote {tmp_path / 'report.html'} (12 namespaces)"
+    listed = len(json.loads(EXAMPLE.read_text())["namespaces"])
+    assert run.stdout.strip() == f"keyhealth: wrote {tmp_path / 'report.html'} ({listed} namespaces)"
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     fetched = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", page)
     assert fetched and all(target.startswith(("#", "data:")) for target in fetched), fetched
@@ -253,6 +254,9 @@ def test_the_report_opens_in_chromium_and_shows_every_namespace(browser: Any, tm
     )
     assert "double" in page.locator('article[data-namespace="sb-analytics"] .meta').inner_text()
     assert page.locator('article[data-namespace="sb-audit"] .geo-dr').count() == 0
+    # Each namespace names its service: the Event Hubs one beside the Service Bus ones.
+    assert page.locator('article[data-namespace="eh-clickstream"] h2 .kind').inner_text() == "Event Hubs"
+    assert page.locator('article[data-kind="servicebus"]').count() == len(expected) - 1
 
     page.fill("#filter", "sb-aud")
     assert page.locator("#shown").inner_text() == "1"
