@@ -139,7 +139,12 @@ class Alert:
             tag += " (still)"
         if self.condition is Condition.REVOCATION:
             if self.level is Level.REVOKED:
-                what = "REVOKED: no listed key is usable; its queues and topics are inaccessible"
+                entities = (
+                    "event hubs are"
+                    if kind_of(self.namespace_id) is NamespaceKind.EVENT_HUBS
+                    else "queues and topics are"
+                )
+                what = f"REVOKED: no listed key is usable; its {entities} inaccessible"
             elif self.revoked_at_earliest is not None:
                 certain = "would go Revoked" if self.revocation_certain else "may go Revoked"
                 what = f"{certain} {humanize(self.revoked_at_earliest - now)}"

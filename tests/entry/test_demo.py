@@ -29,8 +29,11 @@ def test_the_demo_reads_the_fleet_over_https_then_plays_the_timeline():
         out.count("page -> on-call webhook: [CRITICAL] sb-payments Geo-DR: failover would revoke sb-payments-dr") == 1
     )
     assert "- sb-payments (primary) paired with sb-payments-dr, alias payments: failover would revoke" in out
-    # The Event Hubs namespace is judged and paged as a Service Bus one is, named by its kind.
-    assert out.count("page -> on-call webhook: [WARNING] eh-telemetry (Event Hubs) 1 of 2 listed keys usable") == 2
+    # The Event Hubs namespace is judged and paged as a Service Bus one is, named by its kind: its second key's
+    # vault keeps Event Hubs out (a firewall without the trusted-services bypass), then its first is disabled.
+    assert out.count("page -> on-call webhook: [WARNING] eh-telemetry (Event Hubs) 1 of 2 listed keys usable") == 1
+    assert "vault kv-telemetry's firewall keeps Event Hubs out" in " ".join(out.split())
+    assert out.count("[REVOKED] eh-telemetry (Event Hubs) REVOKED: no listed key is usable; its event hubs are") == 1
     assert "keyhealth alert" not in run.stderr  # the log sink's lines are not repeated on the terminal
     assert out.rstrip().endswith("watches a real subscription.")
 
@@ -55,6 +58,6 @@ def test_the_demo_prints_the_metrics_it_emitted_when_asked():
         for line in metrics
     )
     # 15 about the Service Bus namespaces' own keys, 8 (one opening, seven renotifies) about sb-payments' Geo-DR
-    # partner, 3 about the Event Hubs namespace eh-telemetry.
-    assert "  keyhealth.alerts.deliveries{outcome=delivered,sink=oncall} 26" in metrics
+    # partner, 2 about the Event Hubs namespace eh-telemetry (its firewalled second key, then revoked).
+    assert "  keyhealth.alerts.deliveries{outcome=delivered,sink=oncall} 25" in metrics
     assert any(line.startswith("  keyhealth.polls{outcome=ok} ") for line in metrics)
