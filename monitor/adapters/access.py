@@ -16,7 +16,7 @@ from azure.mgmt.keyvault.models import Vault as ArmVault
 
 from monitor.adapters.azure_clients import AzureClients, describe_failure
 from monitor.app.ports import VaultReading
-from monitor.domain.model import Vault, VaultNetwork, name_id, vault_id, vault_short_name
+from monitor.domain.model import Vault, VaultNetwork, name_id, subscription_of, vault_id, vault_short_name
 
 # Key Vault data actions behind each permission Service Bus needs.
 DATA_ACTIONS = {
@@ -36,11 +36,6 @@ def permissions_from_data_actions(data_actions: Iterable[str], not_data_actions:
         if any(fnmatchcase(action, pattern) for pattern in allowed)
         and not any(fnmatchcase(action, pattern) for pattern in denied)
     )
-
-
-def _subscription_of(resource_id: str) -> str:
-    parts = resource_id.strip("/").split("/")
-    return parts[1] if len(parts) > 1 and parts[0].lower() == "subscriptions" else ""
 
 
 class VaultAccess:
@@ -131,7 +126,7 @@ class VaultAccess:
         self, vault_resource_id: str
     ) -> tuple[dict[str, frozenset[str]], dict[str, dict[str, frozenset[str]]]]:
         """Permissions per principal at the vault (or above) and per key (assignments at key scope)."""
-        subscription = _subscription_of(vault_resource_id)
+        subscription = subscription_of(vault_resource_id)
         client = self._clients.authorization(subscription)
         vault_scope = vault_resource_id.rstrip("/").lower()
         vault_level: dict[str, frozenset[str]] = {}

@@ -3,6 +3,7 @@ from ARM (azure-mgmt-servicebus and azure-mgmt-eventhub, aio: both services pair
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -11,27 +12,21 @@ from monitor.adapters.azure_clients import AzureClients, describe_failure
 from monitor.adapters.servicebus import identity_from_arm
 from monitor.domain.errors import ReadError
 from monitor.domain.model import (
-    GEO_DR_ROLES,
     GeoPairing,
     Namespace,
     NamespaceIdentity,
     NamespaceKind,
+    geo_dr_role,
     kind_of,
     resource_group_of,
+    subscription_of,
 )
 from monitor.domain.names import is_namespace_name, namespace_id_problem
 
-_ROLES = {role.replace("_", ""): role for role in GEO_DR_ROLES}
-
-
-def _subscription_of(resource_id: str) -> str:
-    parts = resource_id.strip("/").split("/")
-    return parts[1] if len(parts) > 1 and parts[0].lower() == "subscriptions" else ""
-
 
 def _role(value: object) -> str:
-    text = str(getattr(value, "value", value) or "")
-    return _ROLES.get(text.lower(), "primary")  # Azure's three roles; an unknown one is judged as a primary
+    # Azure's three roles; an unknown one is judged as a primary.
+    return geo_dr_role(str(getattr(value, "value", value) or "")) or "primary"
 
 
 def partner_id(namespace: Namespace, partner: str) -> str:
@@ -40,7 +35,7 @@ def partner_id(namespace: Namespace, partner: str) -> str:
     if partner.startswith("/") or not is_namespace_name(partner):
         return partner
     return (
-        f"/subscriptions/{_subscription_of(namespace.id)}/resourceGroups/{namespace.resource_group}"
+        f"/subscriptions/{subscription_of(namespace.id)}/resourceGroups/{namespace.resource_group}"
         f"/providers/{namespace.kind.provider}/namespaces/{partner}"
     )
 
@@ -57,7 +52,7 @@ class GeoDrReader:
         group = namespace.resource_group
         if not group:
             raise ReadError(f"Geo-DR configurations of {namespace.name}", "the namespace id names no resource group")
-        client = self._client(namespace.kind, _subscription_of(namespace.id))
+        client = self._client(namespace.kind, subscription_of(namespace.id))
         try:
             configs = [c async for c in client.disaster_recovery_configs.list(group, namespace.name)]
         except AzureError as error:
@@ -73,12 +68,11 @@ class GeoDrReader:
                 return pairing  # a secondary's failover is judged on its primary
             problem = namespace_id_problem(pairing.partner, namespace.kind.provider)  # the partner is of its kind
             if problem is not None:  # never sent on as a path: ARM's answer is checked like any input
-                return GeoPairing(pairing.alias, pairing.partner, pairing.role, partner_blind=f"ARM named {problem}")
+                return replace(pairing, partner_blind=f"ARM named {problem}")
             try:
-                identity = await self._identity_of(pairing.partner)
+                return replace(pairing, partner_identity=await self._identity_of(pairing.partner))
             except ReadError as failure:
-                return GeoPairing(pairing.alias, pairing.partner, pairing.role, partner_blind=failure.reason)
-            return GeoPairing(pairing.alias, pairing.partner, pairing.role, partner_identity=identity)
+                return replace(pairing, partner_blind=failure.reason)
         return None
 
     def _client(self, kind: NamespaceKind, subscription: str) -> Any:
@@ -89,7 +83,7 @@ class GeoDrReader:
     async def _identity_of(self, resource_id: str) -> NamespaceIdentity:
         name = resource_id.rstrip("/").rsplit("/", 1)[-1]
         group = resource_group_of(resource_id) or ""
-        client = self._client(kind_of(resource_id), _subscription_of(resource_id))
+        client = self._client(kind_of(resource_id), subscription_of(resource_id))
         try:
             resource = await client.namespaces.get(group, name)
         except ResourceNotFoundError as error:

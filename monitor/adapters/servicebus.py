@@ -174,11 +174,9 @@ class ServiceBusInventory:
         )
         try:
             resources = [resource async for resource in namespaces.list()]
-        except HttpResponseError as error:
-            if _unregistered(error):
-                return []  # the subscription never registered the provider: it has none of its namespaces
-            raise _listing_failed(kind, subscription, error) from error
         except AzureError as error:
+            if isinstance(error, HttpResponseError) and _unregistered(error):
+                return []  # the subscription never registered the provider: it has none of its namespaces
             raise _listing_failed(kind, subscription, error) from error
         return [namespace for resource in resources if (namespace := namespace_from_arm(resource)) is not None]
 

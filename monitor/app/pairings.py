@@ -22,7 +22,7 @@ from typing import Any
 
 from monitor.app.ports import FleetListing, InventoryReader, PageCallback, PairingReader
 from monitor.domain.errors import ReadError
-from monitor.domain.model import GEO_DR_ROLES, GeoPairing, Namespace, NamespaceIdentity, name_id
+from monitor.domain.model import GEO_DR_ROLES, GeoPairing, Namespace, NamespaceIdentity, name_id, subscription_of
 
 log = logging.getLogger("keyhealth.geo-dr")
 
@@ -48,8 +48,7 @@ def _spread(namespace_id: str) -> float:
 
 
 def _subscription(namespace_id: str) -> str:
-    parts = namespace_id.strip("/").split("/")
-    return name_id(parts[1]) if len(parts) > 1 and parts[0].lower() == "subscriptions" else ""
+    return name_id(subscription_of(namespace_id))
 
 
 def _pairing_record(pairing: GeoPairing | None) -> list[Any] | None:
@@ -140,7 +139,7 @@ class GeoDrPairings:
                 log.warning("keyhealth: Geo-DR pairing of %s not read (%s)", namespace.name, failure.reason)
                 kept = previous.pairing if previous is not None else None
                 self._known[key] = _Known(kept, self._wall() + RETRY.total_seconds())
-                return replace(namespace, geo_dr=kept)
+                return _with_pairing(namespace, kept)
         self.reads += 1
         # A partner that could not be read is asked again soon; a pairing read whole holds for its refresh.
         wait = RETRY.total_seconds() if pairing is not None and pairing.partner_blind else self._refresh
@@ -148,7 +147,7 @@ class GeoDrPairings:
         self._known[key] = _Known(pairing, self._wall() + wait * _spread(namespace.id))
         if previous is None or previous.pairing != pairing:
             self._changed.add(_subscription(namespace.id))
-        return replace(namespace, geo_dr=pairing)
+        return _with_pairing(namespace, pairing)
 
     def take_changed_records(self) -> dict[str, dict[str, Any]]:
         """The pairings of each subscription whose pairings changed since the last call, as records for the
@@ -220,7 +219,7 @@ class PairedInventory:
 
     async def _paired(self, namespace: Namespace) -> Namespace:
         known, pairing = self.pairings.fresh(namespace)
-        return replace(namespace, geo_dr=pairing) if known else await self.pairings.read(namespace)
+        return _with_pairing(namespace, pairing) if known else await self.pairings.read(namespace)
 
     async def list_namespaces_in(
         self, subscriptions: Sequence[str], *, on_page: PageCallback | None = None
@@ -252,7 +251,7 @@ class PairedInventory:
                         beside -= 1
                     known, pairing = True, self.pairings.last_known(namespace)
                 if known:
-                    paired[key] = with_pairing = replace(namespace, geo_dr=pairing)
+                    paired[key] = with_pairing = _with_pairing(namespace, pairing)
                     ready.append(with_pairing)
                 elif key not in reading:  # a listing started again over ARM may list it twice
                     reading[key] = asyncio.ensure_future(self.pairings.read(namespace))
@@ -278,3 +277,8 @@ class PairedInventory:
         for namespace in await asyncio.gather(*(self._paired(n) for n in missing)):
             paired[name_id(namespace.id)] = namespace
         return replace(listing, namespaces=[paired[name_id(n.id)] for n in listing.namespaces])
+
+
+def _with_pairing(namespace: Namespace, pairing: GeoPairing | None) -> Namespace:
+    # Most namespaces have no pairing: a poll of 100,000 need not copy each one to say so.
+    return namespace if namespace.geo_dr == pairing else replace(namespace, geo_dr=pairing)

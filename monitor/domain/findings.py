@@ -279,9 +279,9 @@ class FindingsJudge:
             if Reason.IDENTITY_MISSING in lacking:
                 assign = f"--user-assigned {ref.identity}" if ref.identity else "--system-assigned"
                 fix = (
-                    f"{partner} does not have it: az {namespace.kind.cli} namespace identity assign "
-                    f"--namespace-name {partner} "
-                    f"-g {group} {assign}, then grant it get, wrapKey and unwrapKey on vault {commands.vault_name}"
+                    f"{partner} does not have it: az {namespace.kind.cli} namespace identity assign --namespace-name "
+                    f"{partner} -g {group} {assign}, then grant it get, wrapKey and unwrapKey on vault "
+                    f"{commands.vault_name}"
                 )
             else:
                 principal = as_partner.principal or "<principal-id>"
@@ -424,8 +424,8 @@ def _reason_finding(
         name = vault_short_name(ref.vault)
         message = (
             f"vault {name}'s firewall keeps {commands.namespace.kind.service} out (not open to all networks, and "
-            "trusted Microsoft "
-            f"services may not bypass it): let them: az keyvault update --name {name} --bypass AzureServices"
+            f"trusted Microsoft services may not bypass it): let them: az keyvault update --name {name} "
+            "--bypass AzureServices"
         )
     elif reason is Reason.IDENTITY_MISSING:
         who = f"user-assigned identity {ref.identity}" if ref.identity else "a system-assigned identity"

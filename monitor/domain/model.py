@@ -192,6 +192,13 @@ class NamespaceIdentity:
 
 # The Geo-DR roles a disasterRecoveryConfigs entry gives its namespace, as the scenario spells them.
 GEO_DR_ROLES = ("primary", "primary_not_replicating", "secondary")
+_GEO_DR_SPELLINGS = {role.replace("_", ""): role for role in GEO_DR_ROLES}
+
+
+def geo_dr_role(text: str) -> str | None:
+    """The role a spelling names, the scenario's (primary_not_replicating) or Azure's (PrimaryNotReplicating), in
+    any case; None for anything else."""
+    return _GEO_DR_SPELLINGS.get(text.strip().lower().replace("_", ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +281,12 @@ class Namespace:
     @property
     def kind(self) -> NamespaceKind:
         return kind_of(self.id)
+
+
+def subscription_of(resource_id: str) -> str:
+    """The subscription an ARM id names, as spelt there ("" when it names none)."""
+    parts = resource_id.strip("/").split("/")
+    return parts[1] if len(parts) > 1 and parts[0].lower() == "subscriptions" else ""
 
 
 def resource_group_of(resource_id: str) -> str | None:

@@ -38,6 +38,7 @@ from monitor.domain.model import (
     UpdateVersion,
     Vault,
     VaultNetwork,
+    geo_dr_role,
     name_id,
     vault_id,
 )
@@ -298,11 +299,9 @@ def _identity(reader: DocumentReader, value: object, path: str) -> NamespaceIden
 def _geo_dr_role(value: object, path: str) -> str:
     """A Geo-DR role as the scenario spells it (primary, primary_not_replicating, secondary), or as Azure does
     (Primary, PrimaryNotReplicating, Secondary): any case."""
-    if isinstance(value, str):
-        folded = value.strip().lower().replace("_", "")
-        for role in GEO_DR_ROLES:
-            if folded == role.replace("_", ""):
-                return role
+    role = geo_dr_role(value) if isinstance(value, str) else None
+    if role is not None:
+        return role
     raise ScenarioError(path, f"must be one of {', '.join(GEO_DR_ROLES)}, got {describe_value(value)}")
 
 
