@@ -25,6 +25,7 @@ from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import AsyncHTTPPolicy
 from azure.core.pipeline.transport import AioHttpTransport
 from azure.core.rest import AsyncHttpResponse, HttpRequest
+from azure.keyvault.administration.aio import KeyVaultAccessControlClient
 from azure.keyvault.keys.aio import KeyClient
 from azure.mgmt.authorization.aio import AuthorizationManagementClient
 from azure.mgmt.eventhub.aio import EventHubManagementClient
@@ -34,7 +35,13 @@ from azure.mgmt.resourcegraph.aio import ResourceGraphClient
 from azure.mgmt.servicebus.aio import ServiceBusManagementClient
 from yarl import URL
 
-from monitor.adapters.throttle import GraphQuota, GraphQuotaPolicy, VaultRateLimiter, VaultThrottlePolicy
+from monitor.adapters.throttle import (
+    GraphQuota,
+    GraphQuotaPolicy,
+    VaultRateLimiter,
+    VaultThrottlePolicy,
+    rbac_scope,
+)
 from monitor.app.telemetry import record_azure_request
 from monitor.domain.model import vault_id
 
@@ -227,6 +234,24 @@ class AzureClients:
             )
 
         return self._cached("keyvault", vault, build)
+
+    def access_control(self, hsm_uri: str) -> KeyVaultAccessControlClient:
+        """A Managed HSM's local RBAC (role assignments and definitions), paced by the HSM's role-management
+        limit, apart from its key reads."""
+        verify_resource = self.options.keyvault_endpoint is None
+        vault = vault_id(hsm_uri)
+
+        def build() -> KeyVaultAccessControlClient:
+            kwargs = self._kwargs("keyvault.rbac")
+            kwargs["per_retry_policies"] = [
+                VaultThrottlePolicy(self.limiter, rbac_scope(vault)),
+                *kwargs["per_retry_policies"],
+            ]
+            return KeyVaultAccessControlClient(
+                self.options.vault_url(hsm_uri), self.credential, verify_challenge_resource=verify_resource, **kwargs
+            )
+
+        return self._cached("keyvault-rbac", vault, build)
 
     def servicebus(self, subscription: str) -> ServiceBusManagementClient:
         return self._cached(

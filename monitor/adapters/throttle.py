@@ -26,6 +26,11 @@ from azure.core.rest import AsyncHttpResponse, HttpRequest
 WINDOW_SECONDS = 10.0
 SOFTWARE_KEY_LIMIT = 4000
 HSM_KEY_LIMIT = 2000
+# A Managed HSM's limits are its own, published per second: key reads (get) 1,100 a second, role management
+# (listing assignments and definitions included) 5 a second. Given here per WINDOW_SECONDS like a vault's.
+MANAGED_HSM_KEY_LIMIT = 11000
+MANAGED_HSM_RBAC_LIMIT = 50
+RBAC_SCOPE_PREFIX = "rbac:"  # a Managed HSM's role-management requests are paced apart from its key reads
 # Of a vault's share, what may go at once; the rest is spread evenly, so no 10 s window sees more than the share.
 BURST_FRACTION = 0.1
 MAX_RETRY_AFTER = 60.0  # a longer hint is capped: a poll must end within Service Bus's 5-minute period
@@ -49,6 +54,20 @@ def is_hsm_key_type(kty: str | None) -> bool:
     return bool(kty) and str(kty).upper().endswith("-HSM")
 
 
+def rbac_scope(vault: str) -> str:
+    """The limiter's scope for a Managed HSM's role-management requests (`vault` is its vault_id)."""
+    return RBAC_SCOPE_PREFIX + vault
+
+
+def _fixed_limit(vault: str) -> int | None:
+    """The limit of a scope whose limit its keys do not decide: a Managed HSM's (all its keys are HSM keys)."""
+    if vault.startswith(RBAC_SCOPE_PREFIX):
+        return MANAGED_HSM_RBAC_LIMIT
+    if ".managedhsm." in vault:
+        return MANAGED_HSM_KEY_LIMIT
+    return None
+
+
 @dataclass
 class _Bucket:
     limit: int  # requests per WINDOW_SECONDS that the vault allows for its key type
@@ -56,6 +75,7 @@ class _Bucket:
     stamp: float
     paused_until: float = 0.0
     seen_hsm: bool = False
+    fixed: bool = False  # a Managed HSM's: its published limit, whatever keys it holds
     # Cut at each throttling episode to what the vault answered in the last window, grown back by RECOVERY
     # each quiet window: the vault allows less than its published limit when others use it too.
     slowdown: float = 1.0
@@ -77,7 +97,8 @@ class VaultRateLimiter:
     """A token bucket per vault, sized at `share` of the vault's limit.
 
     A vault starts at the HSM limit (the lower one) until its keys have been seen; a vault whose keys
-    are all software-protected then gets the software limit. Buckets live as long as the limiter (one
+    are all software-protected then gets the software limit. A Managed HSM has its own limits, for its key
+    reads and for its role management (`rbac_scope`). Buckets live as long as the limiter (one
     per monitor process), so what was learnt carries over from poll to poll.
 
     With `budget`, the share is also drawn from a budget shared by all instances (`share_budget`).
@@ -117,9 +138,10 @@ class VaultRateLimiter:
     def _bucket(self, vault: str) -> _Bucket:
         bucket = self._buckets.get(vault)
         if bucket is None:
-            limit = self.hsm_limit
+            fixed = _fixed_limit(vault)
+            limit = self.hsm_limit if fixed is None else fixed
             now = self._clock()
-            bucket = self._buckets[vault] = _Bucket(limit, 0.0, now, last_change=now)
+            bucket = self._buckets[vault] = _Bucket(limit, 0.0, now, last_change=now, fixed=fixed is not None)
             bucket.tokens = self._capacity(bucket)
         return bucket
 
@@ -143,6 +165,8 @@ class VaultRateLimiter:
         if not kty:
             return
         bucket = self._bucket(vault)
+        if bucket.fixed:
+            return
         if is_hsm_key_type(kty):
             bucket.seen_hsm = True
         limit = self.hsm_limit if bucket.seen_hsm else self.software_limit

@@ -109,10 +109,23 @@ class _Commands:
     def __init__(self, namespace: Namespace, ref: KeyRef) -> None:
         self.namespace = namespace
         self.ref = ref
-        store = "--hsm-name" if is_managed_hsm(ref.vault) else "--vault-name"
+        self.hsm = is_managed_hsm(ref.vault)
+        store = "--hsm-name" if self.hsm else "--vault-name"
         self.key_args = f"{store} {vault_short_name(ref.vault)} --name {ref.name}"
         self.vault_name = vault_short_name(ref.vault)
+        self.store = f"Managed HSM {self.vault_name}" if self.hsm else f"vault {self.vault_name}"
         self.group = namespace.resource_group or "<resource-group>"
+
+    def update_store(self, options: str) -> str:
+        """The command that changes the vault's (or HSM's) own settings."""
+        if self.hsm:
+            return f"az keyvault update-hsm --hsm-name {self.vault_name} {options}"
+        return f"az keyvault update --name {self.vault_name} {options}"
+
+    @property
+    def recover_store(self) -> str:
+        store = "--hsm-name" if self.hsm else "--name"
+        return f"az keyvault recover {store} {self.vault_name}"
 
     def set_attributes(self, version: str, option: str) -> str:
         return f"az keyvault key set-attributes {self.key_args} --version {version} {option}"
@@ -126,6 +139,12 @@ class _Commands:
         return f"az keyvault key recover {self.key_args}"
 
     def grant(self, principal: str, rbac: bool) -> str:
+        if self.hsm:  # an HSM's own local RBAC, at the key's scope: ARM role assignments do not reach its keys
+            return (
+                f"az keyvault role assignment create --hsm-name {self.vault_name} "
+                f'--role "Managed HSM Crypto Service Encryption User" --assignee-object-id {principal} '
+                f"--assignee-principal-type ServicePrincipal --scope /keys/{self.ref.name}"
+            )
         if rbac:
             scope = f"$(az keyvault show --name {self.vault_name} --query id -o tsv)"
             return (
@@ -378,7 +397,10 @@ def _blind_finding(namespace: Namespace, ref: KeyRef, assessment: Assessment) ->
 
 
 def _vault_config_findings(ref: KeyRef, vault: VaultState, service: str) -> list[Finding]:
+    hsm = is_managed_hsm(ref.vault)
     name = vault_short_name(ref.vault)
+    store = f"Managed HSM {name}" if hsm else f"vault {name}"
+    update = f"az keyvault update-hsm --hsm-name {name}" if hsm else f"az keyvault update --name {name}"
     findings = []
     if not vault.soft_delete:
         findings.append(
@@ -386,8 +408,8 @@ def _vault_config_findings(ref: KeyRef, vault: VaultState, service: str) -> list
                 Code.VAULT_SOFT_DELETE_OFF,
                 Severity.WARNING,
                 ref.url,
-                f"vault {name} has soft delete off: a deleted key is gone at once and so is the namespace's "
-                f"data; {service} CMK requires it: az keyvault update --name {name} --enable-soft-delete true",
+                f"{store} has soft delete off: a deleted key is gone at once and so is the namespace's "
+                f"data; {service} CMK requires it: {update} --enable-soft-delete true",
             )
         )
     if not vault.purge_protection:
@@ -396,11 +418,15 @@ def _vault_config_findings(ref: KeyRef, vault: VaultState, service: str) -> list
                 Code.VAULT_PURGE_PROTECTION_OFF,
                 Severity.WARNING,
                 ref.url,
-                f"vault {name} has purge protection off: a deleted key can be purged before anyone recovers it; "
-                f"{service} CMK requires it: az keyvault update --name {name} --enable-purge-protection true",
+                f"{store} has purge protection off: a deleted key can be purged before anyone recovers it; "
+                f"{service} CMK requires it: {update} --enable-purge-protection true",
             )
         )
     return findings
+
+
+# Said of every change a Managed HSM key's finding reports: Key Vault's events do not cover an HSM.
+HSM_POLL_ONLY = "; a Managed HSM sends no Event Grid events, so only the poll sees this"
 
 
 def _reason_finding(
@@ -416,16 +442,12 @@ def _reason_finding(
     version_id = version.version if version is not None else ref.version or "current"
     label = f"key {ref.name} in {vault_short_name(ref.vault)}"
     if reason is Reason.VAULT_MISSING:
-        message = (
-            f"vault {vault_short_name(ref.vault)} does not exist: recover it within its retention period: "
-            f"az keyvault recover --name {vault_short_name(ref.vault)}"
-        )
+        message = f"{commands.store} does not exist: recover it within its retention period: {commands.recover_store}"
     elif reason is Reason.VAULT_FIREWALL:
-        name = vault_short_name(ref.vault)
         message = (
-            f"vault {name}'s firewall keeps {commands.namespace.kind.service} out (not open to all networks, and "
-            f"trusted Microsoft services may not bypass it): let them: az keyvault update --name {name} "
-            "--bypass AzureServices"
+            f"{commands.store}'s firewall keeps {commands.namespace.kind.service} out (not open to all networks, "
+            f"and trusted Microsoft services may not bypass it): let them: "
+            f"{commands.update_store('--bypass AzureServices')}"
         )
     elif reason is Reason.IDENTITY_MISSING:
         who = f"user-assigned identity {ref.identity}" if ref.identity else "a system-assigned identity"
@@ -439,7 +461,7 @@ def _reason_finding(
         principal = assessment.principal or "<principal-id>"
         missing = ", ".join(vault.missing_permissions(principal)) if vault else "get, wrapKey, unwrapKey"
         message = (
-            f"principal {principal} lacks {missing} on vault {vault_short_name(ref.vault)}: re-grant them: "
+            f"principal {principal} lacks {missing} on {commands.store}: re-grant them: "
             f"{commands.grant(principal, vault.rbac if vault else False)}"
         )
     elif reason is Reason.KEY_MISSING:
@@ -480,6 +502,8 @@ def _reason_finding(
             f"{label} version {version_id} allows only [{ops}], not both wrapKey and unwrapKey: "
             f"{commands.set_attributes(version_id, '--ops wrapKey unwrapKey')}"
         )
+    if commands.hsm:
+        message += HSM_POLL_ONLY
     return Finding(Code(reason.value), impact, ref.url, message, version=ref.version)
 
 
@@ -557,7 +581,8 @@ def _expiring_finding(
         Code.KEY_EXPIRING,
         severity,
         ref.url,
-        f"key {ref.name} version {version_id} expires at {_when(ends, now)}; {consequence}: {fix}",
+        f"key {ref.name} version {version_id} expires at {_when(ends, now)}; {consequence}: {fix}"
+        + (HSM_POLL_ONLY if commands.hsm else ""),
         version=ref.version,
         at=ends,
     )

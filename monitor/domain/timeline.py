@@ -25,6 +25,7 @@ from monitor.domain.model import (
     SetAccess,
     SetNetwork,
     UpdateVersion,
+    is_managed_hsm,
     key_url,
     name_id,
     vault_id,
@@ -216,6 +217,8 @@ def describe_change(change: Change) -> str:
         return f"key {change.key} in {vault} purged"
     if isinstance(change, SetAccess):
         granted = ", ".join(sorted(change.permissions)) or "nothing"
+        if is_managed_hsm(change.vault):  # its local RBAC: no Event Grid event says so, only a poll sees it
+            return f"principal {change.principal[:8]}… now holds {granted} on Managed HSM {vault} (no event is sent)"
         return f"principal {change.principal[:8]}… now holds {granted} on {vault}"
     if isinstance(change, DeleteVault):
         return f"vault {vault} deleted"

@@ -135,7 +135,8 @@ SETTINGS: dict[str, SettingSpec] = {
     "keyvault_share": SettingSpec(
         "KEYHEALTH_KEYVAULT_SHARE",
         "50",
-        "Percent of each vault's published request limit (4,000 per 10 s for software keys, 2,000 for HSM keys) "
+        "Percent of each vault's published request limit (4,000 per 10 s for software keys, 2,000 for HSM keys; "
+        "a Managed HSM's 1,100 key reads a second) "
         "the key reads may use; the rest is left to the vault's other users.",
         parse_number(1, 100, "a percentage"),
     ),

@@ -13,6 +13,7 @@ from monitor.sandbox.rbac import Rbac
 from monitor.sandbox.resources import (
     NAMESPACE_TYPE,
     VAULT_LOCATION,
+    managed_hsm_document,
     resource_group_of,
     stable_uuid,
     subscription_of,
@@ -29,6 +30,7 @@ _RG = r"/resourceGroups/(?P<rg>[^/]+)"
 _NAMESPACES = r"/providers/(?P<provider>Microsoft\.ServiceBus|Microsoft\.EventHub)/namespaces"
 _WRITABLE_NAMESPACES = r"/providers/(?P<provider>Microsoft\.ServiceBus)/namespaces"
 _VAULTS = r"/providers/Microsoft\.KeyVault/vaults"
+_HSMS = r"/providers/Microsoft\.KeyVault/managedHSMs"
 # What a PUT or PATCH may change in a namespace's properties; the rest is the service's to say.
 WRITABLE_PROPERTIES = (
     "minimumTlsVersion",
@@ -80,6 +82,10 @@ class ArmApi:
         router.add("GET", rf"{_SUB}{_RG}{_VAULTS}/?", self._list_vaults)
         router.add("GET", rf"{_SUB}{_RG}{_VAULTS}/(?P<name>[^/]+)/?", self._get_vault)
         router.add("GET", rf"{_SUB}/providers/Microsoft\.KeyVault/deletedVaults/?", self._list_deleted_vaults)
+        router.add("GET", rf"{_SUB}{_HSMS}/?", self._list_hsms)
+        router.add("GET", rf"{_SUB}{_RG}{_HSMS}/?", self._list_hsms)
+        router.add("GET", rf"{_SUB}{_RG}{_HSMS}/(?P<name>[^/]+)/?", self._get_hsm)
+        router.add("GET", rf"{_SUB}/providers/Microsoft\.KeyVault/deletedManagedHSMs/?", self._list_deleted_hsms)
         router.add("POST", r"/providers/Microsoft\.ResourceGraph/resources/?", self._resource_graph)
         rbac.add_routes(router)
         self.router = router
@@ -311,6 +317,82 @@ class ArmApi:
         if document is None:
             return not_found("Microsoft.KeyVault/vaults", match["name"], match["rg"])
         return ApiResponse(200, document)
+
+    # --- Managed HSMs --------------------------------------------------------------------------------
+
+    def _hsm_document(self, info: VaultInfo, request: ApiRequest) -> dict[str, Any] | None:
+        vault = self.state.vault_state(info, request.now)
+        if vault is None or not vault.exists:
+            return None
+        return managed_hsm_document(
+            resource_id=info.resource_id,
+            name=info.name,
+            host=info.host,
+            tenant_id=self.state.tenant_id,
+            purge_protection=vault.purge_protection,
+            created=self.state.scenario.now - RESOURCE_AGE,
+            network=vault.network,
+        )
+
+    def _list_hsms(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
+        subscription, group = match["sub"].lower(), (match.groupdict().get("rg") or "").lower()
+        if not self._known_subscription(subscription):
+            return self._subscription_not_found(match["sub"])
+        items = []
+        for info in self.state.vaults:
+            if not info.managed_hsm or info.subscription.lower() != subscription:
+                continue
+            if group and group != VAULT_RESOURCE_GROUP:
+                continue
+            document = self._hsm_document(info, request)
+            if document is not None:  # a deleted HSM is listed only among deletedManagedHSMs
+                items.append(document)
+        return self._paged(request, items)
+
+    def _get_hsm(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
+        info = self.state.vault_by_name(match["name"])
+        document = None
+        if (
+            info is not None
+            and info.managed_hsm
+            and info.subscription.lower() == match["sub"].lower()
+            and match["rg"].lower() == VAULT_RESOURCE_GROUP
+        ):
+            document = self._hsm_document(info, request)
+        if document is None:
+            return not_found("Microsoft.KeyVault/managedHSMs", match["name"], match["rg"])
+        return ApiResponse(200, document)
+
+    def _list_deleted_hsms(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
+        """Soft-deleted HSMs of a subscription, shaped as DeletedManagedHsm_List.json."""
+        subscription = match["sub"].lower()
+        if not self._known_subscription(subscription):
+            return self._subscription_not_found(match["sub"])
+        items = []
+        for info in self.state.vaults:
+            if not info.managed_hsm or info.subscription.lower() != subscription:
+                continue
+            vault = self.state.vault_state(info, request.now)
+            if vault is None or vault.exists:
+                continue
+            items.append(
+                {
+                    "id": f"/subscriptions/{info.subscription}/providers/Microsoft.KeyVault/locations/"
+                    f"{VAULT_LOCATION}/deletedManagedHSMs/{info.name}",
+                    "name": info.name,
+                    "type": "Microsoft.KeyVault/deletedManagedHSMs",
+                    "properties": {
+                        "mhsmId": info.resource_id,
+                        "location": VAULT_LOCATION,
+                        # As for vaults: the stand-in does not keep the moment of deletion.
+                        "deletionDate": arm_time(request.now),
+                        "scheduledPurgeDate": arm_time(request.now + SOFT_DELETE_RETENTION),
+                        "purgeProtectionEnabled": vault.purge_protection,
+                        "tags": {},
+                    },
+                }
+            )
+        return self._paged(request, items)
 
     # --- Resource Graph ---------------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 What fires, as Key Vault fires it: KeyNewVersionCreated for each new version (a `new_version` change,
 a rotate or a create), KeyNearExpiry 30 days before the current version's `exp`, KeyExpired at it,
 and VaultAccessPolicyChanged for a `set_access` on a vault that uses access policies. Nothing fires
-for deletes, disables, nbf/exp edits or RBAC changes, nor for a vault that does not exist.
+for deletes, disables, nbf/exp edits or RBAC changes, nor for a vault that does not exist, nor for
+anything in a Managed HSM (it publishes no Event Grid events).
 Events are planned as the clock passes their instants (and at once for changes an API call makes),
 then delivered one per POST in order, each retried a few times; every outcome is recorded.
 """
@@ -135,7 +136,7 @@ class EventPlanner:
             self._done.add(index)
             info = self._vault(change.vault)
             vault = self.state.vault_state(info, change.at) if info else None
-            if info is None or vault is None or not vault.exists:
+            if info is None or info.managed_hsm or vault is None or not vault.exists:
                 continue
             if isinstance(change, NewVersion):
                 key_id: KeyId = (info.id, name_id(change.key))
@@ -153,7 +154,7 @@ class EventPlanner:
         events = []
         for key_id in self.state.key_ids():
             info = self._vault(key_id[0])
-            if info is None:
+            if info is None or info.managed_hsm:
                 continue
             # Each version's exp as it stood at some point in the window: its candidate instants.
             moments = {start, end, *(c.at for c in self.state.key_changes(key_id) if start < c.at <= end)}

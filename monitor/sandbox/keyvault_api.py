@@ -28,6 +28,7 @@ from monitor.domain.model import (
 from monitor.domain.names import is_key_name
 from monitor.domain.states import KeyState, VaultState
 from monitor.sandbox.faults import forbidden_message
+from monitor.sandbox.hsm_rbac import HsmRbac
 from monitor.sandbox.keymaterial import KeyMaterial
 from monitor.sandbox.resources import SOFT_DELETE_RETENTION_DAYS
 from monitor.sandbox.state import SandboxState, VaultInfo, current_version, find_version, visible_versions
@@ -120,6 +121,8 @@ class KeyVaultApi:
         # at a time, and judging every key of the vault for each page made a large vault's listing quadratic.
         self._listings: dict[tuple[str, datetime], tuple[object, list[tuple[KeyId, KeyVersion]]]] = {}
         router = Router(lambda request: keyvault_error(404, "NotFound", f"No route for {request.path}."))
+        # Before /keys/{name}/...: `/keys/providers/...` is a scope of an HSM's role management, not a key.
+        HsmRbac(state).add_routes(router)
         router.add("GET", r"/keys/?", self._list_keys)
         router.add("POST", rf"/keys/{_NAME}/create", self._create)
         router.add("POST", rf"/keys/{_NAME}/rotate", self._rotate)

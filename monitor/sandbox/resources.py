@@ -23,6 +23,7 @@ EVENT_HUBS_NAMESPACE_TYPE = "Microsoft.EventHub/Namespaces"  # as EHNameSpaceCre
 # The scenario's Geo-DR roles as ARM spells them (RoleDisasterRecovery).
 ARM_ROLES = {"primary": "Primary", "primary_not_replicating": "PrimaryNotReplicating", "secondary": "Secondary"}
 VAULT_TYPE = "Microsoft.KeyVault/vaults"
+MANAGED_HSM_TYPE = "Microsoft.KeyVault/managedHSMs"
 MONITOR_ADDRESS = "198.51.100.7/32"
 SOFT_DELETE_RETENTION_DAYS = 90
 # Service Bus answers with the region's display name, Key Vault with its short name.
@@ -242,6 +243,55 @@ def vault_document(
         "name": name,
         "type": VAULT_TYPE,
         "location": location,
+        "tags": {},
+        "systemData": {
+            "createdBy": "keyhealth-sandbox",
+            "createdByType": "Application",
+            "createdAt": arm_time(created),
+            "lastModifiedBy": "keyhealth-sandbox",
+            "lastModifiedByType": "Application",
+            "lastModifiedAt": arm_time(created),
+        },
+        "properties": properties,
+    }
+
+
+def managed_hsm_document(
+    *,
+    resource_id: str,
+    name: str,
+    host: str,
+    tenant_id: str,
+    purge_protection: bool,
+    created: datetime,
+    location: str = VAULT_LOCATION,
+    network: VaultNetwork = OPEN_NETWORK,
+) -> dict[str, Any]:
+    """A Managed HSM shaped as ManagedHsm_ListBySubscription.json. Its access is its local RBAC, on its data
+    plane; soft delete cannot be turned off on an HSM."""
+    properties: dict[str, Any] = {
+        "tenantId": tenant_id,
+        "initialAdminObjectIds": [stable_uuid("hsm-admin", resource_id)],
+        "enableSoftDelete": True,
+        "softDeleteRetentionInDays": SOFT_DELETE_RETENTION_DAYS,
+        "enablePurgeProtection": purge_protection,
+        "hsmUri": f"https://{host}/",
+        "provisioningState": "Succeeded",
+        "statusMessage": "ManagedHsm is functional.",
+        "publicNetworkAccess": "Enabled" if network.public_network_access else "Disabled",
+        "networkAcls": {
+            "bypass": "AzureServices" if network.bypass_azure_services else "None",
+            "defaultAction": "Deny" if network.default_action.strip().lower() == "deny" else "Allow",
+            "ipRules": [{"value": MONITOR_ADDRESS}] if network.allows_monitor else [],
+            "virtualNetworkRules": [],
+        },
+    }
+    return {
+        "id": resource_id,
+        "name": name,
+        "type": MANAGED_HSM_TYPE,
+        "location": location,
+        "sku": {"family": "B", "name": "Standard_B1"},
         "tags": {},
         "systemData": {
             "createdBy": "keyhealth-sandbox",

@@ -27,7 +27,7 @@ from monitor.sandbox.wire import ApiRequest, ApiResponse, Service, default_error
 log = logging.getLogger("monitor.sandbox.server")  # the name it had, so log filters keep matching
 KEYVAULT_PREFIX = "/keyvault/"
 _RESOURCE_GRAPH = re.compile(r"^/providers/Microsoft\.ResourceGraph/resources/?$", re.IGNORECASE)
-_ARM_VAULT = re.compile(r"/providers/Microsoft\.KeyVault/vaults/([^/]+)", re.IGNORECASE)
+_ARM_VAULT = re.compile(r"/providers/Microsoft\.KeyVault/(?:vaults|managedHSMs)/([^/]+)", re.IGNORECASE)
 
 
 def _seconds(value: float) -> str:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 from azure.keyvault.keys._shared import http_challenge_cache
 
-from monitor.adapters.throttle import VaultRateLimiter
+from monitor.adapters.throttle import VaultRateLimiter, rbac_scope
 from monitor.domain.errors import StateStoreError
 from monitor.domain.scenario import parse_scenario
 from monitor.sandbox import RateLimit, Sandbox
@@ -71,6 +71,21 @@ def test_a_vault_of_software_keys_gets_the_software_limit():
     assert _busiest_window(stamps, 10.0) <= 2000
     limiter.saw_key_type("kv-a", "RSA-HSM")  # one HSM key: the vault's lower limit applies
     assert limiter.limit("kv-a") == 2000
+
+
+def test_a_managed_hsm_gets_its_own_per_second_limits_for_key_reads_and_for_role_management():
+    """An HSM's limits are per second (1,100 key reads, 5 role-management calls), whatever its keys: no second
+    sees more than its share of either, and the role listing does not wait behind the key reads."""
+    time = FakeTime()
+    limiter = VaultRateLimiter(0.5, clock=time.clock, sleep=time.sleep)
+    hsm = "https://hsm-prod.managedhsm.azure.net"
+    limiter.saw_key_type(hsm, "RSA-HSM")
+    assert limiter.limit(hsm) == 11000 and limiter.allowed_per_second(hsm) == 550
+    stamps = _admitted(limiter, time, 3000, vault=hsm)
+    assert _busiest_window(stamps, 1.0) <= 1100
+    roles = rbac_scope(hsm)
+    assert limiter.allowed_per_second(roles) == 2.5
+    assert _busiest_window(_admitted(limiter, time, 40, vault=roles), 1.0) <= 5
 
 
 def test_retry_after_holds_back_every_request_to_that_vault_only():

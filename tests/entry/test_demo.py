@@ -34,6 +34,10 @@ def test_the_demo_reads_the_fleet_over_https_then_plays_the_timeline():
     assert out.count("page -> on-call webhook: [WARNING] eh-telemetry (Event Hubs) 1 of 2 listed keys usable") == 1
     assert "vault kv-telemetry's firewall keeps Event Hubs out" in " ".join(out.split())
     assert out.count("[REVOKED] eh-telemetry (Event Hubs) REVOKED: no listed key is usable; its event hubs are") == 1
+    # The Managed HSM key: its role assignment removed, then given back. No event comes; the poll sees both.
+    assert "principal 77777777… now holds nothing on Managed HSM hsm-ledger (no event is sent)" in out
+    assert out.count("page -> on-call webhook: [REVOKED] sb-ledger REVOKED: no listed key is usable") == 1
+    assert out.count("page -> on-call webhook: [RESOLVED] sb-ledger: revocation cleared") == 1
     assert "keyhealth alert" not in run.stderr  # the log sink's lines are not repeated on the terminal
     assert out.rstrip().endswith("watches a real subscription.")
 
@@ -57,7 +61,8 @@ def test_the_demo_prints_the_metrics_it_emitted_when_asked():
         and line.endswith(" 1")
         for line in metrics
     )
-    # 15 about the Service Bus namespaces' own keys, 8 (one opening, seven renotifies) about sb-payments' Geo-DR
-    # partner, 2 about the Event Hubs namespace eh-telemetry (its firewalled second key, then revoked).
-    assert "  keyhealth.alerts.deliveries{outcome=delivered,sink=oncall} 25" in metrics
+    # 15 about the Service Bus namespaces' own keys, 9 (one opening, eight renotifies) about sb-payments' Geo-DR
+    # partner, 2 about the Event Hubs namespace eh-telemetry (its firewalled second key, then revoked), 2 about
+    # sb-ledger's Managed HSM key (its role assignment removed, then given back).
+    assert "  keyhealth.alerts.deliveries{outcome=delivered,sink=oncall} 28" in metrics
     assert any(line.startswith("  keyhealth.polls{outcome=ok} ") for line in metrics)

@@ -114,3 +114,34 @@ def test_an_endpoint_that_fails_validation_gets_no_events(sandbox: Sandbox) -> N
         sandbox.flush_events()
     assert receiver.notifications == []
     assert [d.error for d in subscription.deliveries] == ["endpoint validation failed"]
+
+
+def test_a_managed_hsm_fires_nothing_whatever_happens_to_its_keys() -> None:
+    """A new version, a near expiry, an expiry and an access change on a Managed HSM: no event, as Azure sends
+    none for an HSM (the poll is the only signal); the vault beside it still fires."""
+    from monitor.domain.scenario import parse_scenario
+    from tests.builders import key, namespace, ref, scenario, vault, version
+
+    hsm = "https://hsm-events.managedhsm.azure.net"
+    soon = (NOW + timedelta(days=31)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    document = scenario(
+        [namespace("sb-hsm", ref("k-hsm", vault_uri=hsm)), namespace("sb-kv", ref("k-kv"))],
+        [key("k-hsm", version("h1", kty="RSA-HSM", exp=soon), vault_uri=hsm), key("k-kv", version("k1", exp=soon))],
+        vaults=[vault(hsm, rbac=True), vault()],
+        changes=[
+            {"at": "2026-11-22T01:00:00Z", "op": "set_access", "vault": hsm, "principal": "p-x", "permissions": []},
+            {
+                "at": "2026-11-22T01:00:00Z",
+                "op": "new_version",
+                "vault": hsm,
+                "key": "k-hsm",
+                "version": {"version": "h2"},
+            },
+        ],
+    )
+    document["now"] = "2026-11-22T00:00:00Z"
+    with Sandbox(parse_scenario(document)[0]) as running, Receiver() as receiver:
+        running.deliver_events_to(receiver.url)
+        running.clock.set(NOW + timedelta(days=40))
+        running.flush_events()
+    assert {e["subject"] for e in _events(receiver)} == {"k-kv"}
