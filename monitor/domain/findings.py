@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 from monitor.domain.documents import format_instant
 from monitor.domain.model import KeyRef, Namespace, is_managed_hsm, resource_group_of, vault_short_name
+from monitor.domain.observed import observe
 from monitor.domain.prediction import NamespacePrediction, Status
 from monitor.domain.states import VaultState
 from monitor.domain.usability import VERSION_REASONS, Assessment, Reason, assess, assess_as, version_reasons
@@ -53,6 +54,10 @@ class Code(enum.Enum):
     # Extensions to the format's codes: a Geo-DR pairing judged for its partner.
     GEO_DR_PARTNER_CANNOT_USE_KEY = "geo-dr-partner-cannot-use-key"
     GEO_DR_PARTNER_UNKNOWN = "geo-dr-partner-unknown"
+    # Extensions: the service's own key accesses, observed in Key Vault's audit logs.
+    SERVICE_ACCESS_FAILING = "service-access-failing"
+    KEY_DROPPED_FROM_RECORD = "key-dropped-from-record"
+    DIAGNOSTICS_MISSING = "diagnostics-missing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +256,8 @@ class FindingsJudge:
             findings.append(_no_redundancy(prediction))
         if namespace.geo_dr is not None and namespace.geo_dr.is_primary:
             findings.extend(self._geo_dr_findings(prediction))
+        if namespace.observed is not None:
+            findings.extend(_observed_findings(prediction))
         if len(findings) > 1:
             # Worst first; within a severity the causes come before the namespace-level consequence.
             findings.sort(key=_finding_order)
@@ -604,6 +611,68 @@ def _no_redundancy(prediction: NamespacePrediction) -> Finding:
         "key-vault-uri=<vault-uri>",
         version=usable.ref.version,
     )
+
+
+def _observed_findings(prediction: NamespacePrediction) -> list[Finding]:
+    """What the service's own calls show that the monitor's reading cannot: a call failing on a key the monitor
+    reads as usable, a key the service dropped from its record, or no audit logs to observe with."""
+    namespace = prediction.namespace
+    service = namespace.kind.service
+    observation = observe(namespace)
+    if observation is None:
+        return []
+    if not observation.known:
+        if not observation.diagnostics_missing:
+            return []  # a failed query: the observation is unknown, and says why; nothing is claimed
+        return [
+            Finding(
+                Code.DIAGNOSTICS_MISSING,
+                Severity.INFO,
+                None,
+                f"{service}'s own key accesses for {namespace.name} cannot be observed: {observation.unobserved}; "
+                "send each vault's AuditEvent logs to the monitor's workspace: az monitor diagnostic-settings "
+                "create --name keyhealth-audit --resource <vault resource id> --workspace <workspace resource id> "
+                '--logs \'[{"category":"AuditEvent","enabled":true}]\'',
+            )
+        ]
+    findings = []
+    now = prediction.now
+    for ref, assessment, seen in zip(namespace.keys, prediction.assessments_now, observation.keys, strict=True):
+        if not assessment.usable:
+            continue  # the monitor's own finding already says why the key is unusable
+        label = f"key {ref.name} in {vault_short_name(ref.vault)}"
+        # Dropped first: its latest call failed too, but the service has moved on from it.
+        if seen.dropped and seen.last_failure is not None:
+            commands = _Commands(namespace, ref)
+            findings.append(
+                Finding(
+                    Code.KEY_DROPPED_FROM_RECORD,
+                    Severity.WARNING,
+                    ref.url,
+                    f"{service} dropped {label} from {namespace.name}'s record after its call failed "
+                    f"(HTTP {seen.last_status} {_when(seen.last_failure, now)}) and has not called it since: the key "
+                    "is usable again, but the namespace no longer uses it and has lost that redundancy; list it "
+                    f"again: {commands.add_versionless}",
+                    version=ref.version,
+                    at=seen.last_failure,
+                )
+            )
+        elif seen.failing and seen.last_failure is not None:
+            findings.append(
+                Finding(
+                    Code.SERVICE_ACCESS_FAILING,
+                    Severity.CRITICAL,
+                    ref.url,
+                    f"{service}'s own calls on {label} fail (HTTP {seen.last_status} {_when(seen.last_failure, now)}) "
+                    "while the monitor reads the key as usable: something the monitor cannot see is in the way "
+                    "(a vault firewall without the trusted-services bypass, a deny assignment, a conditional access "
+                    f"policy); look up the call in the vault's audit log (AZKVAuditLogs) for {namespace.name}'s "
+                    "identity",
+                    version=ref.version,
+                    at=seen.last_failure,
+                )
+            )
+    return findings
 
 
 def worst_severity(findings: list[Finding]) -> Severity | None:

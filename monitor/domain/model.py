@@ -226,6 +226,38 @@ class GeoPairing:
         return self.partner.rstrip("/").rsplit("/", 1)[-1]
 
 
+@dataclass(frozen=True, slots=True)
+class KeyAccess:
+    """One call the service made on a listed key through the namespace's identity, as Key Vault's audit log
+    (`AuditEvent`) records it: its polls are these calls, every 300 s at the namespace's own phase."""
+
+    at: datetime
+    key: str  # the key's URL without a version: vault URI + /keys/ + name
+    operation: str  # as the log names it: KeyGet, KeyWrap, KeyUnwrap
+    status: int  # the HTTP status Key Vault answered the service
+    version: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return 200 <= self.status < 300
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What the audit logs showed of a namespace's own key accesses since `since` (extension to the format).
+
+    `phase`: seconds into each 300 s cycle at which its polls land, when given rather than learnt from
+    `accesses` (a scenario may state it). `unobserved`: why nothing could be observed (no diagnostic setting
+    sends the vault's AuditEvent logs to a workspace the monitor reads, a failed query): the observation is
+    then unknown, never a verdict; `diagnostics_missing` says it was the former."""
+
+    accesses: tuple[KeyAccess, ...] = ()
+    since: datetime | None = None
+    phase: float | None = None
+    unobserved: str | None = None
+    diagnostics_missing: bool = False
+
+
 class NamespaceKind(enum.Enum):
     """Which service a namespace belongs to: both encrypt with the same customer-managed-key model (up to three
     keyVaultProperties, system- or user-assigned identity, the service polling its keys)."""
@@ -273,6 +305,8 @@ class Namespace:
     infrastructure_encryption: bool = False
     # Extension to the format: the Geo-DR pairing, when the namespace has one.
     geo_dr: GeoPairing | None = None
+    # Extension to the format: the service's own key accesses, from Key Vault's audit logs.
+    observed: Observation | None = None
 
     @property
     def resource_group(self) -> str | None:

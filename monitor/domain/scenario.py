@@ -23,11 +23,13 @@ from monitor.domain.model import (
     DeleteVault,
     GeoPairing,
     Key,
+    KeyAccess,
     KeyRef,
     KeyVersion,
     Namespace,
     NamespaceIdentity,
     NewVersion,
+    Observation,
     PurgeKey,
     RecoverKey,
     RecoverVault,
@@ -318,9 +320,59 @@ def _geo_dr(reader: DocumentReader, value: object, path: str) -> GeoPairing:
     )
 
 
+def _status(value: object, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
+        raise ScenarioError(path, f"must be an HTTP status (an integer from 100 to 599), got {describe_value(value)}")
+    return value
+
+
+def _phase(value: object, path: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 300:
+        raise ScenarioError(path, f"must be a number of seconds from 0 up to 300, got {describe_value(value)}")
+    return float(value)
+
+
+def _observed(reader: DocumentReader, value: object, path: str) -> Observation:
+    item = reader.obj(value, path, {"since", "phase_seconds", "accesses", "unobserved", "diagnostics_missing"})
+    accesses = []
+    for index, raw in enumerate(reader.items(item, "accesses", path)):
+        entry_path = f"{path}.accesses[{index}]"
+        entry = reader.obj(raw, entry_path, {"at", "key", "operation", "status", "version"})
+        key = reader.text(entry, "key", entry_path)
+        if "/keys/" not in key:
+            raise ScenarioError(f"{entry_path}.key", f"must be a key URL (<vault URI>/keys/<name>), got {key!r}")
+        at = reader.optional_instant(entry, "at", entry_path)
+        if at is None:
+            raise ScenarioError(f"{entry_path}.at", "is required")
+        accesses.append(
+            KeyAccess(
+                at=at,
+                key=key,
+                operation=reader.text(entry, "operation", entry_path),
+                status=_status(entry.get("status"), f"{entry_path}.status"),
+                version=reader.optional_text(entry, "version", entry_path),
+            )
+        )
+    unobserved = reader.optional_text(item, "unobserved", path)
+    diagnostics_missing = reader.flag(item, "diagnostics_missing", path, False)
+    if diagnostics_missing and unobserved is None:
+        unobserved = "no diagnostic setting sends the vaults' AuditEvent logs to a workspace the monitor reads"
+    return Observation(
+        accesses=tuple(accesses),
+        since=reader.optional_instant(item, "since", path),
+        phase=_phase(item.get("phase_seconds"), f"{path}.phase_seconds"),
+        unobserved=unobserved,
+        diagnostics_missing=diagnostics_missing,
+    )
+
+
 def _namespace(reader: DocumentReader, value: object, path: str) -> Namespace:
     item = reader.obj(
-        value, path, {"id", "name", "tags", "identity", "keys", "require_infrastructure_encryption", "geo_dr"}
+        value,
+        path,
+        {"id", "name", "tags", "identity", "keys", "require_infrastructure_encryption", "geo_dr", "observed"},
     )
     resource_id = reader.text(item, "id", path)
     name = reader.text(item, "name", path) if "name" in item else resource_id.rstrip("/").rsplit("/", 1)[-1]
@@ -360,6 +412,7 @@ def _namespace(reader: DocumentReader, value: object, path: str) -> Namespace:
         tags=tags,
         infrastructure_encryption=reader.flag(item, "require_infrastructure_encryption", path, False),
         geo_dr=_geo_dr(reader, item["geo_dr"], f"{path}.geo_dr") if item.get("geo_dr") is not None else None,
+        observed=_observed(reader, item["observed"], f"{path}.observed") if item.get("observed") is not None else None,
     )
 
 

@@ -20,6 +20,7 @@ from monitor.domain.model import (
     Namespace,
     NamespaceIdentity,
     NewVersion,
+    Observation,
     RecoverVault,
     Scenario,
     SetAccess,
@@ -97,6 +98,29 @@ def _geo_dr_document(pairing: GeoPairing) -> dict[str, object]:
     return document
 
 
+def _observed_document(observation: Observation) -> dict[str, object]:
+    document: dict[str, object] = {}
+    if observation.since is not None:
+        document["since"] = format_instant(observation.since)
+    if observation.phase is not None:
+        document["phase_seconds"] = observation.phase
+    if observation.unobserved is not None:
+        document["unobserved"] = observation.unobserved
+    if observation.diagnostics_missing:
+        document["diagnostics_missing"] = True
+    document["accesses"] = [
+        {
+            "at": format_instant(a.at),
+            "key": a.key,
+            "operation": a.operation,
+            "status": a.status,
+            **({"version": a.version} if a.version is not None else {}),
+        }
+        for a in observation.accesses
+    ]
+    return document
+
+
 def _namespace_document(n: Namespace) -> dict[str, object]:
     return {
         "id": n.id,
@@ -106,6 +130,7 @@ def _namespace_document(n: Namespace) -> dict[str, object]:
         "keys": [{"vault": r.vault, "name": r.name, "version": r.version, "identity": r.identity} for r in n.keys],
         **({"require_infrastructure_encryption": True} if n.infrastructure_encryption else {}),
         **({"geo_dr": _geo_dr_document(n.geo_dr)} if n.geo_dr is not None else {}),
+        **({"observed": _observed_document(n.observed)} if n.observed is not None else {}),
     }
 
 

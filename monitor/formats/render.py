@@ -9,6 +9,7 @@ from typing import Any
 from monitor.domain.documents import format_instant
 from monitor.domain.findings import Code, Finding, Severity, humanize
 from monitor.domain.fleet import FleetReport, NamespaceReport
+from monitor.domain.observed import NamespaceObservation, exact_revocation, observe
 from monitor.domain.prediction import Status
 
 
@@ -64,6 +65,52 @@ def namespace_document(report: NamespaceReport) -> dict[str, object]:
         ],
         "require_infrastructure_encryption": prediction.namespace.infrastructure_encryption,
         **({"geo_dr": geo_dr_document(report)} if prediction.namespace.geo_dr is not None else {}),
+        **(observed_fields(report) if prediction.namespace.observed is not None else {}),
+    }
+
+
+def observed_fields(report: NamespaceReport) -> dict[str, object]:
+    """`revoked_at`, the service's own poll that would revoke the namespace (to the second, once its phase is
+    known; null otherwise), and `observed`: what its key accesses showed. Extras beyond the spec: the spec's
+    window keeps its meaning."""
+    prediction = report.prediction
+    observation = observe(prediction.namespace)
+    assert observation is not None  # noqa: S101 - narrows the type; callers ask only of an observed namespace
+    return {
+        "revoked_at": _instant(revocation_instant(report, observation)),
+        "observed": observed_document(report, observation),
+    }
+
+
+def revocation_instant(report: NamespaceReport, observation: NamespaceObservation) -> datetime | None:
+    prediction = report.prediction
+    if not observation.known or prediction.blind:
+        return None
+    spans = [(s.start, s.end) for s in prediction.stretches]
+    return exact_revocation(observation.phase, spans, prediction.now)
+
+
+def observed_document(report: NamespaceReport, observation: NamespaceObservation) -> dict[str, object]:
+    if not observation.known:
+        return {"status": "unknown", "reason": observation.unobserved}
+    phase = observation.phase
+    return {
+        "status": "observed",
+        "polls_seen": observation.polls_seen,
+        "phase_seconds": phase.seconds if phase is not None else None,
+        "phase_polls": phase.polls if phase is not None else 0,
+        "phase_known": phase is not None and phase.known,
+        "next_poll_at": _instant(phase.next_poll(report.prediction.now)) if phase is not None and phase.known else None,
+        "keys": [
+            {
+                "key": key.key,
+                "last_success": _instant(key.last_success),
+                "last_failure": _instant(key.last_failure),
+                "last_status": key.last_status,
+                "dropped": key.dropped,
+            }
+            for key in observation.keys
+        ],
     }
 
 
