@@ -171,6 +171,7 @@ class VaultAccess:
             rbac=rbac,
             access=access,
             network=vault_network(properties.public_network_access, properties.network_acls),
+            resource_id=vault.id,
         )
         return result, key_access
 
@@ -186,6 +187,7 @@ class VaultAccess:
             rbac=True,  # an HSM has no access policies: its local RBAC is the only access model
             access=access,
             network=vault_network(properties.public_network_access, properties.network_acls),
+            resource_id=hsm.id,
         )
         return result, key_access
 

@@ -33,6 +33,7 @@ from azure.mgmt.keyvault.aio import KeyVaultManagementClient
 from azure.mgmt.resource.subscriptions.aio import SubscriptionClient
 from azure.mgmt.resourcegraph.aio import ResourceGraphClient
 from azure.mgmt.servicebus.aio import ServiceBusManagementClient
+from azure.monitor.query.aio import LogsQueryClient
 from yarl import URL
 
 from monitor.adapters.throttle import (
@@ -46,6 +47,7 @@ from monitor.app.telemetry import record_azure_request
 from monitor.domain.model import vault_id
 
 DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
+DEFAULT_LOGS_ENDPOINT = "https://api.loganalytics.io"
 _MAX_REASON = 300
 
 Client = TypeVar("Client")
@@ -300,6 +302,18 @@ class AzureClients:
                 **self._kwargs("arm.authorization"),
             ),
         )
+
+    def logs_query(self, endpoint: str = DEFAULT_LOGS_ENDPOINT) -> LogsQueryClient:
+        """The Log Analytics query API (the vaults' audit logs). A stand-in's endpoint still asks for Log
+        Analytics' tokens, as the SDK would otherwise ask for the endpoint's own."""
+
+        def build() -> LogsQueryClient:
+            kwargs = self._kwargs("loganalytics")
+            if endpoint.rstrip("/") != DEFAULT_LOGS_ENDPOINT:
+                kwargs["audience"] = DEFAULT_LOGS_ENDPOINT
+            return LogsQueryClient(self.credential, endpoint=endpoint.rstrip("/"), **kwargs)
+
+        return self._cached("loganalytics", endpoint, build)
 
     def resource_graph(self) -> ResourceGraphClient:
         def build() -> ResourceGraphClient:

@@ -9,9 +9,10 @@ from typing import Any, Protocol
 
 from monitor.domain.alert import Alert
 from monitor.domain.incidents import Level
-from monitor.domain.model import GeoPairing, Key, KeyRef, KeyVersion, Namespace, Vault
+from monitor.domain.model import GeoPairing, Key, KeyRef, KeyVersion, Namespace, Observation, Snapshot, Vault
 
 __all__ = [
+    "AccessObserver",
     "AccessReader",
     "AlertSink",
     "Clock",
@@ -41,6 +42,29 @@ class FleetListing:
     namespaces: list[Namespace] = field(default_factory=list)
     blind: dict[str, str] = field(default_factory=dict)  # subscription -> why it could not be listed
     source: str = "arm"  # "arm" (a listing per subscription) or "resource-graph" (one paged query)
+
+
+@dataclass(slots=True)
+class ObservationReading:
+    """What one look at the service's own key accesses found, per namespace id, and what it cost."""
+
+    observations: dict[str, Observation] = field(default_factory=dict)
+    queries: int = 0
+    rows: int = 0
+    rejected_rows: int = 0
+    failed_queries: int = 0
+    workspaces: int = 0
+    settings_reads: int = 0
+    seconds: float = 0.0
+
+
+class AccessObserver(Protocol):
+    """Reads what the service itself did with the snapshot's keys: its calls, as the vaults' audit logs show."""
+
+    async def observe(self, snapshot: Snapshot, *, now: datetime) -> ObservationReading:
+        """An Observation for every namespace of `snapshot` (unobserved, with the reason, where it could not
+        look); never raises for what it could not read."""
+        ...
 
 
 class Clock(Protocol):

@@ -11,7 +11,15 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from monitor.app.pairings import GeoDrPairings
-from monitor.app.ports import AccessReader, InventoryReader, KeyReader, PageCallback, VaultReading
+from monitor.app.ports import (
+    AccessObserver,
+    AccessReader,
+    InventoryReader,
+    KeyReader,
+    ObservationReading,
+    PageCallback,
+    VaultReading,
+)
 from monitor.domain.errors import ReadError
 from monitor.domain.findings import Thresholds
 from monitor.domain.fleet import FleetReport, JudgedAhead, NamespaceJudge, NamespaceReport, evaluate
@@ -22,6 +30,7 @@ from monitor.domain.model import (
     KeyId,
     KeyRef,
     Namespace,
+    Observation,
     Scenario,
     Snapshot,
     Vault,
@@ -47,6 +56,8 @@ class Readers:
     access: AccessReader
     # The Geo-DR pairings the inventory gives its namespaces (the poll shares them through the store).
     pairings: GeoDrPairings | None = None
+    # The service's own key accesses, from the vaults' audit logs (KEYHEALTH_AUDIT_LOGS=on).
+    observer: AccessObserver | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,9 +459,26 @@ async def check(
     `judged` is told reports made while the fleet is still read (see JudgeAhead); the report returned holds
     them, the very objects, where they still hold, and is the one that counts.
     """
-    ahead = JudgeAhead(now=now, thresholds=thresholds, judged=judged) if judged is not None else None
+    # With the audit logs read, every namespace is judged once its observation is in: judging ahead of it would
+    # be judging twice.
+    observing = readers.observer is not None
+    ahead = JudgeAhead(now=now, thresholds=thresholds, judged=judged) if judged is not None and not observing else None
     snapshot = await read_snapshot(
         readers, subscriptions=subscriptions, concurrency=concurrency, progress=progress, listed=listed, ahead=ahead
     )
+    if readers.observer is not None:
+        snapshot, _ = await observe_snapshot(readers.observer, snapshot, now=now)
     scenario = Scenario(now=now, snapshot=snapshot)
     return scenario, evaluate(scenario, thresholds, ahead=ahead.result if ahead is not None else None)
+
+
+async def observe_snapshot(
+    observer: AccessObserver, snapshot: Snapshot, *, now: datetime
+) -> tuple[Snapshot, ObservationReading]:
+    """`snapshot` with each namespace's observation of its own key accesses (unobserved where none came)."""
+    reading = await observer.observe(snapshot, now=now)
+    missing = Observation(unobserved="the audit logs were not read for it")
+    namespaces = tuple(
+        dataclasses.replace(n, observed=reading.observations.get(n.id, missing)) for n in snapshot.namespaces
+    )
+    return dataclasses.replace(snapshot, namespaces=namespaces), reading

@@ -637,39 +637,52 @@ def _observed_findings(prediction: NamespacePrediction) -> list[Finding]:
         ]
     findings = []
     now = prediction.now
+    # Whether any listed key's latest call served: if none did, the service is failing the namespace now.
+    served = any(seen.last_status is not None and not seen.failing and not seen.dropped for seen in observation.keys)
     for ref, assessment, seen in zip(namespace.keys, prediction.assessments_now, observation.keys, strict=True):
-        if not assessment.usable:
-            continue  # the monitor's own finding already says why the key is unusable
         label = f"key {ref.name} in {vault_short_name(ref.vault)}"
         # Dropped first: its latest call failed too, but the service has moved on from it.
-        if seen.dropped and seen.last_failure is not None:
+        if seen.dropped:
+            if not assessment.usable:
+                continue  # the monitor's own finding says why the key is unusable; dropped is its consequence
             commands = _Commands(namespace, ref)
+            failed = (
+                f"after its call failed (HTTP {seen.last_status} {_when(seen.last_failure, now)})"
+                if seen.last_failure is not None and seen.last_status is not None
+                else "(its latest polls did not call it; the failure that dropped it is older than the window observed)"
+            )
             findings.append(
                 Finding(
                     Code.KEY_DROPPED_FROM_RECORD,
                     Severity.WARNING,
                     ref.url,
-                    f"{service} dropped {label} from {namespace.name}'s record after its call failed "
-                    f"(HTTP {seen.last_status} {_when(seen.last_failure, now)}) and has not called it since: the key "
-                    "is usable again, but the namespace no longer uses it and has lost that redundancy; list it "
-                    f"again: {commands.add_versionless}",
+                    f"{service} dropped {label} from {namespace.name}'s record {failed} and has not called it since: "
+                    "the key is usable again, but the namespace no longer uses it and has lost that redundancy; list "
+                    f"it again: {commands.add_versionless}",
                     version=ref.version,
                     at=seen.last_failure,
                 )
             )
         elif seen.failing and seen.last_failure is not None:
+            failing = f"{service}'s own calls on {label} fail (HTTP {seen.last_status} {_when(seen.last_failure, now)})"
+            if assessment.usable:
+                # Nothing the monitor reads explains it: the most urgent thing to look at.
+                severity = Severity.CRITICAL
+                message = (
+                    f"{failing} while the monitor reads the key as usable: something the monitor cannot see is in the "
+                    "way (a vault firewall without the trusted-services bypass, a deny assignment, a conditional "
+                    f"access policy); look up the call in the vault's audit log (AZKVAuditLogs) for {namespace.name}'s "
+                    "identity"
+                )
+            else:
+                # Explained by the monitor's own finding; urgent when no other key serves the namespace.
+                severity = Severity.WARNING if served else Severity.CRITICAL
+                causes = ", ".join(reason.value for reason in assessment.reasons) or "unknown"
+                serving = "another key serves the namespace" if served else "no listed key serves the namespace now"
+                message = f"{failing}, as the monitor's reading explains ({causes}): {serving}"
             findings.append(
                 Finding(
-                    Code.SERVICE_ACCESS_FAILING,
-                    Severity.CRITICAL,
-                    ref.url,
-                    f"{service}'s own calls on {label} fail (HTTP {seen.last_status} {_when(seen.last_failure, now)}) "
-                    "while the monitor reads the key as usable: something the monitor cannot see is in the way "
-                    "(a vault firewall without the trusted-services bypass, a deny assignment, a conditional access "
-                    f"policy); look up the call in the vault's audit log (AZKVAuditLogs) for {namespace.name}'s "
-                    "identity",
-                    version=ref.version,
-                    at=seen.last_failure,
+                    Code.SERVICE_ACCESS_FAILING, severity, ref.url, message, version=ref.version, at=seen.last_failure
                 )
             )
     return findings

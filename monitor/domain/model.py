@@ -127,6 +127,8 @@ class Vault:
     # Extension to the format: a soft-deleted vault, so a live scan can record one without a change.
     deleted: bool = False
     network: VaultNetwork = OPEN_NETWORK
+    # Extension to the format: its ARM resource id, where a live read found it (its diagnostic settings hang off it).
+    resource_id: str | None = None
 
     @property
     def id(self) -> str:

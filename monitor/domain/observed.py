@@ -21,6 +21,9 @@ POLL_SPREAD = timedelta(seconds=60)
 PHASE_TOLERANCE_SECONDS = 5.0
 # A phase resting on fewer polls is shown, not used: one burst could be a restart, a retry or a failover.
 PHASE_MIN_POLLS = 2
+# A listed key none of the namespace's latest this-many polls called is out of its record, even when the call
+# that failed (and made the service drop it) is older than the window observed.
+SILENT_POLLS = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -87,6 +90,23 @@ def _polls(accesses: Sequence[KeyAccess]) -> list[list[KeyAccess]]:
     return polls
 
 
+def compacted(accesses: Sequence[KeyAccess]) -> tuple[KeyAccess, ...]:
+    """The accesses with only each key's last call of each poll: what the judging reads (a poll's phase is its
+    first call; a key's status in it, its last), in a third of the rows a get, wrap and unwrap make."""
+    kept: list[KeyAccess] = []
+    for poll in _polls(accesses):
+        first = poll[0]
+        last: dict[tuple[str, str], KeyAccess] = {}
+        for access in poll:
+            last[_key_of(access)] = access
+        calls = sorted(last.values(), key=lambda a: a.at)
+        if calls[0] is not first:
+            # The poll's first instant stays: it is the phase.
+            calls[0] = KeyAccess(first.at, calls[0].key, calls[0].operation, calls[0].status, calls[0].version)
+        kept.extend(calls)
+    return tuple(kept)
+
+
 def _phase_of(at: datetime) -> float:
     return (at - _EPOCH).total_seconds() % PERIOD_SECONDS
 
@@ -143,6 +163,10 @@ def observe(namespace: Namespace, observation: Observation | None = None) -> Nam
             dropped = any(
                 poll[0].at - latest.at > POLL_SPREAD and all(_key_of(a) != wanted for a in poll) for poll in polls
             )
+        else:
+            # Its failure lies before the window: the latest polls leaving it out say the same.
+            recent = polls[-SILENT_POLLS:]
+            dropped = len(recent) == SILENT_POLLS and all(all(_key_of(a) != wanted for a in poll) for poll in recent)
         keys.append(
             KeyObservation(
                 key=ref.url,

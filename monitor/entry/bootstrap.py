@@ -15,6 +15,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 
 from monitor.adapters.access import VaultAccess
 from monitor.adapters.alerts import SinkSet, build_sinks
+from monitor.adapters.audit_logs import AuditLogObserver
 from monitor.adapters.azure_clients import AzureClients, AzureOptions
 from monitor.adapters.entra import EntraTokenValidator
 from monitor.adapters.geo_dr import GeoDrReader
@@ -95,7 +96,21 @@ def build_readers(
         refresh = timedelta(minutes=settings.geo_dr_refresh_minutes)
         pairings = GeoDrPairings(GeoDrReader(clients), refresh=refresh)
         inventory = PairedInventory(inventory, pairings, waits_for=waits_for_pairings, reads_beside=pairings_beside)
-    return Readers(inventory=inventory, keys=KeyVaultKeys(clients), access=VaultAccess(clients), pairings=pairings)
+    observer = None
+    if settings.audit_logs == "on":
+        observer = AuditLogObserver(
+            clients,
+            logs_endpoint=settings.logs_endpoint,
+            workspaces=settings.audit_workspaces,
+            lookback=timedelta(minutes=settings.audit_lookback_minutes),
+        )
+    return Readers(
+        inventory=inventory,
+        keys=KeyVaultKeys(clients),
+        access=VaultAccess(clients),
+        pairings=pairings,
+        observer=observer,
+    )
 
 
 def build_store(settings: Settings, credential: AsyncTokenCredential) -> StateStore:

@@ -155,6 +155,33 @@ SETTINGS: dict[str, SettingSpec] = {
         "are not read.",
         parse_number(0, 1440, "a number of minutes"),
     ),
+    "audit_logs": SettingSpec(
+        "KEYHEALTH_AUDIT_LOGS",
+        "off",
+        "`on`: read the service's own key accesses from the vaults' Key Vault audit logs (AuditEvent, in Log "
+        "Analytics) each poll: its poll phase, its failing calls, the keys it dropped; `off`: predict only.",
+        parse_choice("off", "on"),
+    ),
+    "audit_workspaces": SettingSpec(
+        "KEYHEALTH_AUDIT_WORKSPACES",
+        "",
+        "Comma-separated Log Analytics workspace ids (customer ids, GUIDs) to query, every vault taken to send its "
+        "AuditEvent logs there; empty: found from each vault's diagnostic settings (which says which vaults send "
+        "none).",
+        parse_guids,
+    ),
+    "logs_endpoint": SettingSpec(
+        "KEYHEALTH_LOGS_ENDPOINT",
+        "https://api.loganalytics.io",
+        "The Log Analytics query API's base URL (another cloud, or a local stand-in).",
+        parse_https_url(optional=False),
+    ),
+    "audit_lookback_minutes": SettingSpec(
+        "KEYHEALTH_AUDIT_LOOKBACK_MINUTES",
+        "16",
+        "How far back each poll reads the audit logs: three of the service's polls and a margin by default.",
+        parse_number(6, 120, "a number of minutes"),
+    ),
     "log_level": SettingSpec(
         "KEYHEALTH_LOG_LEVEL",
         "info",
@@ -320,6 +347,10 @@ class Settings:
     keyvault_share: float = 50.0
     inventory: str = "resource-graph"
     geo_dr_refresh_minutes: float = 360.0
+    audit_logs: str = "off"
+    audit_workspaces: tuple[str, ...] = ()
+    logs_endpoint: str = "https://api.loganalytics.io"
+    audit_lookback_minutes: float = 16.0
     log_level: str = "info"
     webhook_secret: str | None = None
     auth_tenant_id: str | None = None

@@ -20,12 +20,14 @@ from monitor.sandbox.arm_api import ArmApi
 from monitor.sandbox.clock import SandboxClock
 from monitor.sandbox.faults import FaultRule, Faults, RequestInfo, forbidden_message
 from monitor.sandbox.keyvault_api import KeyVaultApi
+from monitor.sandbox.logs_api import LogsApi
 from monitor.sandbox.requestlog import Outcome, RequestLog, RequestRecord
 from monitor.sandbox.state import SandboxState, VaultInfo
 from monitor.sandbox.wire import ApiRequest, ApiResponse, Service, default_error, error_response
 
 log = logging.getLogger("monitor.sandbox.server")  # the name it had, so log filters keep matching
 KEYVAULT_PREFIX = "/keyvault/"
+LOGS_PREFIX = "/loganalytics"
 _RESOURCE_GRAPH = re.compile(r"^/providers/Microsoft\.ResourceGraph/resources/?$", re.IGNORECASE)
 _ARM_VAULT = re.compile(r"/providers/Microsoft\.KeyVault/(?:vaults|managedHSMs)/([^/]+)", re.IGNORECASE)
 
@@ -44,6 +46,7 @@ class SandboxRequests:
     requests: RequestLog
     _keyvault: KeyVaultApi
     _arm: ArmApi
+    logs: LogsApi
     _stopping: asyncio.Event | None
 
     @property
@@ -59,6 +62,9 @@ class SandboxRequests:
             info = self.state.vault_by_host(host)
             base = f"{self.url}{KEYVAULT_PREFIX}{host}"
             return RequestInfo("keyvault", host.lower(), request.method, "/" + rest, next_page), info, base
+        if path == LOGS_PREFIX or path.startswith(LOGS_PREFIX + "/"):
+            rest = path[len(LOGS_PREFIX) :] or "/"
+            return RequestInfo("loganalytics", None, request.method, rest, next_page), None, f"{self.url}{LOGS_PREFIX}"
         named = _ARM_VAULT.search(path)
         info = self.state.vault_by_name(named[1]) if named else None
         return RequestInfo("arm", info.host if info else None, request.method, path, next_page), info, self.url
@@ -160,7 +166,9 @@ class SandboxRequests:
             base_url=base,
             vault_host=vault.host if info.service == "keyvault" and vault else None,
         )
-        api = self._keyvault if info.service == "keyvault" else self._arm
+        api: KeyVaultApi | ArmApi | LogsApi = (
+            self._keyvault if info.service == "keyvault" else self.logs if info.service == "loganalytics" else self._arm
+        )
         try:
             return api.handle(api_request)
         except Exception:  # a sandbox bug must not look like a network failure to the client under test
@@ -173,6 +181,8 @@ class SandboxRequests:
         if service == "keyvault":
             resource = "https://managedhsm.azure.net" if vault and vault.managed_hsm else "https://vault.azure.net"
             challenge = f'Bearer authorization="{authority}", resource="{resource}"'
+        elif service == "loganalytics":
+            challenge = f'Bearer authorization_uri="{authority}", error="invalid_token"'
         else:
             challenge = (
                 f'Bearer authorization_uri="{authority}", error="invalid_token", '

@@ -17,7 +17,7 @@ import ssl
 import tempfile
 import threading
 from collections.abc import Callable, Coroutine, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -35,10 +35,12 @@ from monitor.sandbox.events import EventPlanner, EventSubscription, Schema
 from monitor.sandbox.faults import KEYVAULT_RATE_LIMIT, Faults, RateLimit
 from monitor.sandbox.keymaterial import KeyMaterial
 from monitor.sandbox.keyvault_api import MAX_PAGE_SIZE, KeyVaultApi
+from monitor.sandbox.logs_api import LogsApi
 from monitor.sandbox.rbac import Rbac
 from monitor.sandbox.requestlog import RequestLog
 from monitor.sandbox.resources import NAMESPACE_TYPE
 from monitor.sandbox.routing import SandboxRequests
+from monitor.sandbox.servicebus_polls import DEFAULT_HISTORY, ServiceBusPolls
 from monitor.sandbox.state import DEFAULT_TENANT, SandboxState, VaultInfo
 
 T = TypeVar("T")
@@ -67,6 +69,7 @@ class Sandbox(SandboxRequests):
         key_pool: int | None = None,
         ca_dir: Path | None = None,
         token: str = DEFAULT_TOKEN,
+        audit_history: timedelta = DEFAULT_HISTORY,
     ) -> None:
         self.scenario = scenario
         self.clock = SandboxClock(clock_start or scenario.now, speed=speed)
@@ -79,6 +82,10 @@ class Sandbox(SandboxRequests):
         self._keyvault = KeyVaultApi(self.state, KeyMaterial(pool_size=key_pool), page_size=keyvault_page_size)
         self.rbac = Rbac(self.state)
         self._arm = ArmApi(self.state, self.rbac, page_size=arm_page_size)
+        # Service Bus's own polls of its keys, and the audit logs and Logs query API that show them.
+        self.polls = ServiceBusPolls(self.state, start=self.clock.now(), history=audit_history)
+        self.logs = LogsApi(self.state, self.polls)
+        self.logs.add_routes(self._arm.router)
         self._ca_dir = ca_dir
         self._own_ca_dir: Path | None = None  # the temporary directory made for the CA, removed on stop
         self._certificates: Certificates | None = None
@@ -117,6 +124,11 @@ class Sandbox(SandboxRequests):
     def keyvault_endpoint(self) -> str:
         return f"{self.url}/keyvault"
 
+    @property
+    def logs_endpoint(self) -> str:
+        """The Log Analytics query API's base URL (LogsQueryClient's `endpoint`)."""
+        return f"{self.url}/loganalytics"
+
     def keyvault_url(self, vault: str) -> str:
         """The vault_url a KeyClient needs for `vault` (its URI, host or name).
 
@@ -141,6 +153,7 @@ class Sandbox(SandboxRequests):
             "KEYHEALTH_KEYVAULT_ENDPOINT": self.keyvault_endpoint,
             "KEYHEALTH_CA_BUNDLE": str(self.ca_path),
             "KEYHEALTH_STATIC_TOKEN": self.token,
+            "KEYHEALTH_LOGS_ENDPOINT": self.logs_endpoint,
         }
 
     def server_ssl_context(self) -> ssl.SSLContext:

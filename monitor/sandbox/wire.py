@@ -6,13 +6,14 @@ import base64
 import binascii
 import json
 import re
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
-Service = Literal["keyvault", "arm"]
+Service = Literal["keyvault", "arm", "loganalytics"]
 T = TypeVar("T")
 
 
@@ -106,7 +107,19 @@ def error_response(
     """The error body of `service`."""
     if service == "keyvault":
         return keyvault_error(status, code, message, inner_code=inner_code, headers=headers)
+    if service == "loganalytics":
+        return logs_error(status, code, message, inner_code=inner_code, headers=headers)
     return arm_error(status, code, message, headers=headers)
+
+
+def logs_error(
+    status: int, code: str, message: str, *, inner_code: str | None = None, headers: dict[str, str] | None = None
+) -> ApiResponse:
+    """The Log Analytics query API's error body: {"error": {"message", "code", "correlationId", "innererror"}}."""
+    error: dict[str, Any] = {"message": message, "code": code, "correlationId": str(uuid.uuid4())}
+    if inner_code:
+        error["innererror"] = {"code": inner_code, "message": message}
+    return ApiResponse(status, {"error": error}, dict(headers or {}))
 
 
 # What each status says when a fault rule names no code or message; messages as the services word them.
@@ -124,6 +137,19 @@ DEFAULT_ERRORS: Mapping[Service, Mapping[int, tuple[str, str]]] = {
         ),
         500: ("InternalServerError", "An internal server error occurred."),
         503: ("ServiceUnavailable", "The service is temporarily unavailable. Retry the request later."),
+    },
+    "loganalytics": {
+        400: ("BadArgumentError", "The request had some invalid properties"),
+        401: ("AuthorizationRequiredError", "Valid authentication was not provided"),
+        403: (
+            "InsufficientAccessError",
+            "The provided credentials have insufficient access to perform the requested operation",
+        ),
+        404: ("WorkspaceNotFoundError", "The workspace could not be found"),
+        429: ("ThrottledError", "Your request was throttled. Retry later."),
+        500: ("InternalServerError", "An internal server error occurred."),
+        503: ("ServiceUnavailableError", "The service is temporarily unavailable. Retry the request later."),
+        504: ("GatewayTimeout", "The query did not finish within the time allowed."),
     },
     "arm": {
         400: ("BadRequest", "The request is invalid."),

@@ -159,6 +159,36 @@ def test_a_failed_latest_call_with_no_later_poll_is_failing_not_dropped(tmp_path
     assert "service-access-failing" in codes(one) and "key-dropped-from-record" not in codes(one)
 
 
+def test_a_listed_key_the_latest_two_polls_left_out_was_dropped_though_its_failure_is_older_than_the_window(
+    tmp_path: Path,
+):
+    """The failure that made the service drop k1 is older than the window the monitor reads: the polls that
+    call only k2 still show it out of the record."""
+    observed = _observed(*(_poll(_poll_at(k), K2) for k in (3, 2, 1)))
+    one = simulate(tmp_path, _fleet(observed, key("k1"), key("k2"), refs=("k1", "k2"))).namespace("sb-one")
+    dropped = finding(one, "key-dropped-from-record")
+    assert dropped["key"] == K1 and "at" not in dropped
+    assert "older than the window observed" in dropped["message"]
+    # One poll without it is not enough: it may have been listed since.
+    single = _observed(_poll(_poll_at(1), K2))
+    one = simulate(tmp_path, _fleet(single, key("k1"), key("k2"), refs=("k1", "k2"))).namespace("sb-one")
+    assert "key-dropped-from-record" not in codes(one)
+
+
+def test_a_failing_call_the_monitor_explains_is_a_warning_while_another_key_serves_and_critical_when_none_does(
+    tmp_path: Path,
+):
+    disabled = key("k1", version("v1", enabled=False))
+    observed = _observed(_poll(_poll_at(1), K1, status=403) + _poll(_poll_at(1) + timedelta(seconds=1), K2))
+    one = simulate(tmp_path, _fleet(observed, disabled, key("k2"), refs=("k1", "k2"))).namespace("sb-one")
+    failing = finding(one, "service-access-failing")
+    assert failing["severity"] == "warning" and failing["key"] == K1
+    assert "as the monitor's reading explains (key-disabled): another key serves the namespace" in failing["message"]
+    alone = simulate(tmp_path, _fleet(_observed(_poll(_poll_at(1), K1, status=403)), disabled)).namespace("sb-one")
+    failing = finding(alone, "service-access-failing")
+    assert failing["severity"] == "critical" and "no listed key serves the namespace now" in failing["message"]
+
+
 def test_no_diagnostics_is_an_info_finding_and_an_unknown_observation_never_a_verdict(tmp_path: Path):
     expiring = key("k1", version("v1", exp="2026-11-22T01:00:00Z"))
     one = simulate(tmp_path, _fleet({"diagnostics_missing": True}, expiring)).namespace("sb-one")

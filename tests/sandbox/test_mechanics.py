@@ -95,6 +95,7 @@ def test_a_sandbox_tells_clients_where_it_is(sandbox: Sandbox) -> None:
         "KEYHEALTH_KEYVAULT_ENDPOINT": f"{sandbox.url}/keyvault",
         "KEYHEALTH_CA_BUNDLE": str(sandbox.ca_path),
         "KEYHEALTH_STATIC_TOKEN": "sandbox",
+        "KEYHEALTH_LOGS_ENDPOINT": f"{sandbox.url}/loganalytics",
     }
     assert sandbox.keyvault_url("kv-rbac") == f"{sandbox.url}/keyvault/kv-rbac.vault.azure.net"
 

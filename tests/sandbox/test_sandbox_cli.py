@@ -36,6 +36,7 @@ def test_check_reads_a_sandbox_started_from_the_command_line():
             "KEYHEALTH_KEYVAULT_ENDPOINT",
             "KEYHEALTH_CA_BUNDLE",
             "KEYHEALTH_STATIC_TOKEN",
+            "KEYHEALTH_LOGS_ENDPOINT",
         }
         check = subprocess.run(
             [sys.executable, "-m", "monitor", "check", "--format", "json", "--at", "2026-11-22T00:00:00Z"],

@@ -1,0 +1,228 @@
+"""The service's own key accesses read live: `check` with KEYHEALTH_AUDIT_LOGS=on finds each vault's diagnostic
+settings and workspace over ARM and queries the Logs API (azure-monitor-query's LogsQueryClient) of the
+stand-in, whose Service Bus polls each namespace's keys at its own phase through the stand-in's Key Vault. What
+it could not observe is `unknown`, never a verdict."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from azure.keyvault.keys._shared import http_challenge_cache
+
+from monitor.domain.documents import format_instant
+from monitor.domain.model import SetNetwork, UpdateVersion
+from monitor.sandbox import Sandbox
+from monitor.sandbox.servicebus_polls import phase_of
+from tests.builders import ALL_NEEDED, VAULT, Run, codes, key, namespace, ref, run_cli, scenario, vault, version
+from tests.hardening.support import parsed
+
+OTHER_VAULT = "https://kv-other.vault.azure.net"
+SB_A = "00000000-0000-0000-0000-0000000000a1"
+SB_B = "00000000-0000-0000-0000-0000000000b1"
+SB_EXPIRING = "00000000-0000-0000-0000-0000000000c1"
+START = datetime(2026, 11, 22, tzinfo=UTC)
+EXPIRY = START + timedelta(hours=1, seconds=7)
+
+
+def _fleet() -> dict[str, Any]:
+    return scenario(
+        [
+            namespace("sb-a", ref("k1"), ref("k2"), principal=SB_A),
+            namespace("sb-b", ref("k3", vault_uri=OTHER_VAULT), principal=SB_B),
+            namespace("sb-expiring", ref("k4"), principal=SB_EXPIRING),
+        ],
+        [
+            key("k1"),
+            key("k2"),
+            key("k3", vault_uri=OTHER_VAULT),
+            key("k4", version("v4", exp=format_instant(EXPIRY))),
+        ],
+        vaults=[
+            vault(VAULT, access={SB_A: ALL_NEEDED, SB_EXPIRING: ALL_NEEDED}),
+            vault(OTHER_VAULT, access={SB_B: ALL_NEEDED}),
+        ],
+    )
+
+
+@pytest.fixture(autouse=True)
+def clear_challenge_cache() -> Iterator[None]:
+    http_challenge_cache.clear()
+    yield
+    http_challenge_cache.clear()
+
+
+def _sandbox(monkeypatch: pytest.MonkeyPatch, **options: Any) -> Iterator[Sandbox]:
+    with Sandbox(parsed(_fleet()), **options) as running:
+        for name, value in running.environment().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("KEYHEALTH_HTTP_RETRIES", "0")
+        monkeypatch.setenv("KEYHEALTH_AUDIT_LOGS", "on")
+        yield running
+
+
+@pytest.fixture
+def sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
+    yield from _sandbox(monkeypatch)
+
+
+@pytest.fixture
+def fresh_sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
+    """No history before the clock's start: the service's first poll is still to come."""
+    yield from _sandbox(monkeypatch, audit_history=timedelta(0))
+
+
+def _check(sandbox: Sandbox) -> Run:
+    run = run_cli("check", "--format", "json", "--at", format_instant(sandbox.clock.now()))
+    assert run.status in (0, 3), run.stderr
+    return run
+
+
+def _namespace_id(sandbox: Sandbox, name: str) -> str:
+    return next(str(d["id"]) for d in sandbox.state.namespaces() if d["name"] == name)
+
+
+def test_the_phase_of_every_namespace_is_learnt_within_three_polls(fresh_sandbox: Sandbox):
+    learnt: dict[str, int] = {}
+    for poll in range(1, 4):
+        fresh_sandbox.clock.advance(timedelta(minutes=5))
+        for item in _check(fresh_sandbox).json["namespaces"]:
+            if item["observed"].get("phase_known") and item["name"] not in learnt:
+                learnt[item["name"]] = poll
+                phase = phase_of(_namespace_id(fresh_sandbox, item["name"]))
+                assert item["observed"]["phase_seconds"] == pytest.approx(phase, abs=0.001), item["name"]
+    assert set(learnt) == {"sb-a", "sb-b", "sb-expiring"}
+    assert max(learnt.values()) <= 3
+
+
+def test_a_revocation_is_predicted_to_the_second_of_the_stand_ins_own_poll(sandbox: Sandbox):
+    expiring = next(n for n in _check(sandbox).json["namespaces"] if n["name"] == "sb-expiring")
+    assert expiring["revoked_at_earliest"] is not None and expiring["revoked_by"] is not None
+    revoked_at = datetime.fromisoformat(expiring["revoked_at"].replace("Z", "+00:00"))
+    # The stand-in's poll at that instant is the first to fail, and the one before it served.
+    phase = phase_of(_namespace_id(sandbox, "sb-expiring"))
+    assert ((revoked_at - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() - phase) % 300 == pytest.approx(0, abs=1e-3)
+    assert EXPIRY <= revoked_at < EXPIRY + timedelta(minutes=5)
+    sandbox.clock.set(revoked_at + timedelta(seconds=30))
+    rows = [
+        row
+        for row in sandbox.polls.rows(START, revoked_at + timedelta(seconds=30), now=sandbox.clock.now())
+        if row.principal == SB_EXPIRING and row.operation == "KeyGet"
+    ]
+    assert rows[-1].at == revoked_at and rows[-1].status == 403
+    assert rows[-2].at == revoked_at - timedelta(minutes=5) and rows[-2].status == 200
+
+
+def test_a_firewall_that_blocks_the_service_but_not_the_monitor_is_seen_failing_within_one_poll(sandbox: Sandbox):
+    assert "service-access-failing" not in codes(_namespace(_check(sandbox), "sb-b"))
+    sandbox.apply(
+        SetNetwork(
+            at=sandbox.clock.now(),
+            vault=OTHER_VAULT,
+            default_action="Deny",
+            bypass_azure_services=False,
+            allows_monitor=True,
+        )
+    )
+    sandbox.clock.advance(timedelta(minutes=5))
+    b = _namespace(_check(sandbox), "sb-b")
+    failing = next(f for f in b["findings"] if f["code"] == "service-access-failing")
+    assert failing["severity"] == "critical" and "HTTP 403" in failing["message"]
+    assert "vault-firewall-blocks-service" in codes(b)
+
+
+def test_a_block_only_the_service_meets_is_critical_where_the_monitor_reads_the_key_as_fine(sandbox: Sandbox):
+    sandbox.polls.deny_service(OTHER_VAULT)
+    sandbox.clock.advance(timedelta(minutes=5))
+    b = _namespace(_check(sandbox), "sb-b")
+    assert b["status_now"] == "healthy"  # the monitor's reading: nothing it sees is wrong
+    failing = next(f for f in b["findings"] if f["code"] == "service-access-failing")
+    assert failing["severity"] == "critical" and "something the monitor cannot see is in the way" in failing["message"]
+
+
+def test_a_key_disabled_for_ten_minutes_while_another_serves_is_reported_dropped_once_enabled_again(
+    sandbox: Sandbox,
+):
+    now = sandbox.clock.now()
+    sandbox.apply(UpdateVersion(at=now, vault=VAULT, key="k1", version="v1", enabled=False))
+    sandbox.clock.advance(timedelta(minutes=10))
+    sandbox.apply(UpdateVersion(at=sandbox.clock.now(), vault=VAULT, key="k1", version="v1", enabled=True))
+    sandbox.clock.advance(timedelta(minutes=5))
+    a = _namespace(_check(sandbox), "sb-a")
+    assert a["status_now"] == "healthy" and a["usable_keys_now"] == 2  # the monitor reads both keys as fine
+    dropped = next(f for f in a["findings"] if f["code"] == "key-dropped-from-record")
+    assert dropped["key"] == f"{VAULT}/keys/k1" and dropped["severity"] == "warning"
+    # Long after, when the failure has left the window read, the polls without k1 still say so.
+    sandbox.clock.advance(timedelta(minutes=40))
+    assert "key-dropped-from-record" in codes(_namespace(_check(sandbox), "sb-a"))
+
+
+def test_the_legacy_azure_diagnostics_shape_is_read_as_the_resource_specific_one(sandbox: Sandbox):
+    sandbox.logs.set_diagnostics(OTHER_VAULT, "AzureDiagnostics")
+    b = _namespace(_check(sandbox), "sb-b")
+    assert b["observed"]["status"] == "observed" and b["observed"]["phase_known"]
+
+
+def _namespace(run: Run, name: str) -> dict[str, Any]:
+    return next(n for n in run.json["namespaces"] if n["name"] == name)
+
+
+def _verdicts(run: Run) -> dict[str, tuple[str, int]]:
+    return {n["name"]: (n["status_now"], n["usable_keys_now"]) for n in run.json["namespaces"]}
+
+
+BLIND_CASES = [
+    pytest.param(lambda s: s.logs.set_diagnostics(OTHER_VAULT, None), "no diagnostic setting", id="no-diagnostics"),
+    pytest.param(
+        lambda s: setattr(s.logs.workspace, "readable", False), "HTTP 403 InsufficientAccessError", id="unreadable"
+    ),
+    pytest.param(lambda s: s.faults.respond(429, service="loganalytics"), "HTTP 429", id="throttled-query"),
+    pytest.param(lambda s: s.faults.respond(500, service="loganalytics"), "HTTP 500", id="failed-query"),
+    pytest.param(
+        lambda s: s.faults.respond(403, service="arm", path="diagnosticSettings"),
+        "diagnostic settings of",
+        id="settings-forbidden",
+    ),
+    pytest.param(lambda s: s.faults.reset(service="loganalytics"), "failed", id="connection-reset"),
+]
+
+
+@pytest.mark.parametrize(("fault", "reason"), BLIND_CASES)
+def test_what_could_not_be_observed_is_unknown_never_a_verdict(sandbox: Sandbox, fault: Any, reason: str):
+    sandbox.polls.deny_service(OTHER_VAULT)  # what the audit log would show, were it read
+    sandbox.clock.advance(timedelta(minutes=5))
+    seen = _check(sandbox)
+    assert "service-access-failing" in codes(_namespace(seen, "sb-b"))
+    fault(sandbox)
+    blind = _check(sandbox)
+    b = _namespace(blind, "sb-b")
+    assert b["observed"]["status"] == "unknown" and reason in b["observed"]["reason"]
+    assert {"service-access-failing", "key-dropped-from-record"}.isdisjoint(codes(b))
+    assert b["revoked_at"] is None
+    # The verdicts are the monitor's reading's alone, as without the audit logs.
+    assert _verdicts(blind) == _verdicts(seen)
+    if reason == "no diagnostic setting":
+        assert "diagnostics-missing" in codes(b)
+
+
+def test_a_query_the_stand_in_does_not_answer_is_refused_as_the_service_refuses_a_bad_query(sandbox: Sandbox):
+    import json
+    import ssl
+    import urllib.request
+
+    workspace = sandbox.logs.workspace.customer_id
+    request = urllib.request.Request(  # noqa: S310 - the stand-in's own HTTPS URL
+        f"{sandbox.logs_endpoint}/v1/workspaces/{workspace}/query",
+        data=json.dumps({"query": "AZKVAuditLogs | take 10"}).encode(),
+        headers={"Authorization": f"Bearer {sandbox.token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    context = ssl.create_default_context(cafile=str(sandbox.ca_path))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, context=context)  # noqa: S310 - the stand-in's own HTTPS URL
+    assert refused.value.code == 400
+    body = json.loads(refused.value.read())
+    assert body["error"]["code"] == "BadArgumentError" and re.search("let since", body["error"]["message"])
