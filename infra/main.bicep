@@ -49,6 +49,13 @@ param remediationKeys string = ''
 @description('Comma-separated resource ids of the namespaces remediation may unpin (the custom unpin role when remediationMode is on and remediationActions lists unpin).')
 param remediationNamespaceIds string = ''
 
+@allowed([
+  'on'
+  'off'
+])
+@description('KEYHEALTH_AUDIT_LOGS. on: each monitored vault gets a diagnostic setting sending its AuditEvent logs to the monitor\'s Log Analytics workspace, and the monitor Log Analytics Reader on that workspace, so it observes the service\'s own key calls; off: neither.')
+param auditLogs string = 'on'
+
 @description('KEYHEALTH_WARNING_DAYS.')
 param warningDays string = '30'
 
@@ -154,6 +161,7 @@ module monitoring 'app/monitoring.bicep' = {
     tags: tags
     resourceToken: resourceToken
     appPrincipalId: identities.outputs.appPrincipalId
+    auditReader: auditLogs == 'on'
   }
 }
 
@@ -209,6 +217,7 @@ module functionApp 'app/function.bicep' = {
     remediationActions: join(remediationActionList, ',')
     remediationKeys: join(remediationKeyPatterns, ',')
     remediationNamespaces: join(map(remediationNamespaces, id => nameOf(id)), ',')
+    auditLogs: auditLogs
   }
   // Key Vault references resolve only once the app's identity may read the secrets.
   dependsOn: [
@@ -258,6 +267,17 @@ module vaultEvents 'app/vault-events.bicep' = [
       serveWebhookUrl: trim(serveWebhookUrl)
       serveAuthTenantId: empty(serveAuthTenantId) ? tenant().tenantId : trim(serveAuthTenantId)
       serveAuthAudience: trim(serveAuthAudience)
+    }
+  }
+]
+
+module vaultAudit 'app/vault-audit.bicep' = [
+  for (vaultId, index) in (auditLogs == 'on' ? vaultIds : []): {
+    name: take('keyhealth-${resourceToken}-audit-${index}-${nameOf(vaultId)}', 64)
+    scope: resourceGroup(subscriptionOf(vaultId), resourceGroupOf(vaultId))
+    params: {
+      vaultName: nameOf(vaultId)
+      workspaceId: monitoring.outputs.logAnalyticsId
     }
   }
 ]

@@ -64,6 +64,7 @@ KNOWN_ROLES = {
     "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
     "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
+    "73c42c96-874c-492b-b04d-ab87d138a893": "Log Analytics Reader",
 }
 CUSTOM_ROLE = "custom"
 UNPIN_ACTIONS = {"Microsoft.ServiceBus/namespaces/read", "Microsoft.ServiceBus/namespaces/write"}

@@ -24,6 +24,9 @@ param remediationActions string
 param remediationKeys string
 param remediationNamespaces string
 
+@description('KEYHEALTH_AUDIT_LOGS: on or off.')
+param auditLogs string
+
 @description('Instances at most; one poll runs at a time whatever the count (a lease in the state store).')
 param maximumInstanceCount int = 40
 
@@ -136,6 +139,14 @@ var keyhealthSettings = {
   KEYHEALTH_INVENTORY: 'resource-graph'
   // Geo-DR pairings change seldom: each is read every 6 hours (the partner's access every poll).
   KEYHEALTH_GEO_DR_REFRESH_MINUTES: '360'
+  KEYHEALTH_AUDIT_LOGS: auditLogs
+  // Found from each vault's diagnostic settings (Reader covers them), which also says which vaults send none.
+  KEYHEALTH_AUDIT_WORKSPACES: ''
+  // The cloud's Log Analytics query API.
+  KEYHEALTH_LOGS_ENDPOINT: environment().name == 'AzureChinaCloud'
+    ? 'https://api.loganalytics.azure.cn'
+    : environment().name == 'AzureUSGovernment' ? 'https://api.loganalytics.us' : 'https://api.loganalytics.io'
+  KEYHEALTH_AUDIT_LOOKBACK_MINUTES: '16'
   KEYHEALTH_LOG_LEVEL: 'info'
   // Read only by `keyhealth serve`; the Functions HTTP routes are guarded by function keys.
   KEYHEALTH_WEBHOOK_SECRET: empty(webhookSecretName) ? '' : keyVaultReference(secretsVaultName, webhookSecretName)

@@ -48,6 +48,8 @@ from monitor.domain.model import vault_id
 
 DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 DEFAULT_LOGS_ENDPOINT = "https://api.loganalytics.io"
+# The Log Analytics query API of each cloud (public, China, US Government).
+LOGS_ENDPOINTS = frozenset({DEFAULT_LOGS_ENDPOINT, "https://api.loganalytics.azure.cn", "https://api.loganalytics.us"})
 _MAX_REASON = 300
 
 Client = TypeVar("Client")
@@ -304,12 +306,12 @@ class AzureClients:
         )
 
     def logs_query(self, endpoint: str = DEFAULT_LOGS_ENDPOINT) -> LogsQueryClient:
-        """The Log Analytics query API (the vaults' audit logs). A stand-in's endpoint still asks for Log
-        Analytics' tokens, as the SDK would otherwise ask for the endpoint's own."""
+        """The Log Analytics query API (the vaults' audit logs). A cloud's own endpoint is its tokens' audience;
+        a stand-in's asks for the public cloud's (the SDK would ask for the stand-in's URL)."""
 
         def build() -> LogsQueryClient:
             kwargs = self._kwargs("loganalytics")
-            if endpoint.rstrip("/") != DEFAULT_LOGS_ENDPOINT:
+            if endpoint.rstrip("/") not in LOGS_ENDPOINTS:
                 kwargs["audience"] = DEFAULT_LOGS_ENDPOINT
             return LogsQueryClient(self.credential, endpoint=endpoint.rstrip("/"), **kwargs)
 

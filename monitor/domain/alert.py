@@ -156,6 +156,15 @@ class Alert:
             # Each geo-dr finding's message starts with what a failover would do: "failover would revoke …".
             worst = self.findings[0].message.split(" (Geo-DR", 1)[0] if self.findings else "Geo-DR partner at risk"
             what = f"Geo-DR: {worst}"
+        elif self.condition is Condition.SERVICE:
+            service = "Event Hubs" if kind_of(self.namespace_id) is NamespaceKind.EVENT_HUBS else "Service Bus"
+            failing = [f for f in self.findings if f.code == "service-access-failing"]
+            chief = failing[0] if failing else (self.findings[0] if self.findings else None)
+            key = (chief.key or "a listed key").rstrip("/").rsplit("/", 1)[-1] if chief else "a listed key"
+            if failing:
+                what = f"{service}'s own calls on key {key} fail (the vault's audit log)"
+            else:
+                what = f"{service} dropped key {key} from its record: a usable key it no longer uses"
         elif self.condition is Condition.CONFIGURATION:
             codes = ", ".join(sorted({f.code for f in self.findings}))
             what = f"key configuration puts its data at risk ({codes})"

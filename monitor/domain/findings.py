@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from monitor.domain.documents import format_instant
 from monitor.domain.model import KeyRef, Namespace, is_managed_hsm, resource_group_of, vault_short_name
-from monitor.domain.observed import observe
+from monitor.domain.observed import exact_revocation, observe
 from monitor.domain.prediction import NamespacePrediction, Status
 from monitor.domain.states import VaultState
 from monitor.domain.usability import VERSION_REASONS, Assessment, Reason, assess, assess_as, version_reasons
@@ -369,6 +369,10 @@ def _revocation_finding(prediction: NamespacePrediction, status: Status, thresho
             "poll, so revocation is possible, not certain"
         )
         head += f"; certain by {format_instant(revoked_by)}" if revoked_by else ""
+    exact = _observed_revocation(prediction)
+    if exact is not None:
+        service = prediction.namespace.kind.service
+        head += f"; {service}'s own poll at {format_instant(exact)} is the one (its poll phase, from the audit log)"
     return Finding(
         code=Code.REVOCATION_PREDICTED,
         severity=thresholds.severity_for(earliest - now),
@@ -376,6 +380,16 @@ def _revocation_finding(prediction: NamespacePrediction, status: Status, thresho
         message=f"{head}. Why: {why}. {advice}",
         at=earliest,
     )
+
+
+def _observed_revocation(prediction: NamespacePrediction) -> datetime | None:
+    """The service's own poll that revokes the namespace, once its phase is known from the audit log."""
+    if prediction.namespace.observed is None or prediction.blind:
+        return None
+    observation = observe(prediction.namespace)
+    if observation is None or not observation.known:
+        return None
+    return exact_revocation(observation.phase, [(s.start, s.end) for s in prediction.stretches], prediction.now)
 
 
 def _why(assessments: tuple[Assessment, ...]) -> str:
@@ -613,6 +627,10 @@ def _no_redundancy(prediction: NamespacePrediction) -> Finding:
     )
 
 
+# Failed polls in a row, on a key the monitor reads as usable, that make a hidden block the likely cause.
+CONFIRMING_POLLS = 2
+
+
 def _observed_findings(prediction: NamespacePrediction) -> list[Finding]:
     """What the service's own calls show that the monitor's reading cannot: a call failing on a key the monitor
     reads as usable, a key the service dropped from its record, or no audit logs to observe with."""
@@ -665,14 +683,25 @@ def _observed_findings(prediction: NamespacePrediction) -> list[Finding]:
             )
         elif seen.failing and seen.last_failure is not None:
             failing = f"{service}'s own calls on {label} fail (HTTP {seen.last_status} {_when(seen.last_failure, now)})"
-            if assessment.usable:
-                # Nothing the monitor reads explains it: the most urgent thing to look at.
+            if assessment.usable and seen.failed_polls >= CONFIRMING_POLLS:
+                # Nothing the monitor reads explains it, poll after poll: the most urgent thing to look at.
                 severity = Severity.CRITICAL
                 message = (
-                    f"{failing} while the monitor reads the key as usable: something the monitor cannot see is in the "
-                    "way (a vault firewall without the trusted-services bypass, a deny assignment, a conditional "
-                    f"access policy); look up the call in the vault's audit log (AZKVAuditLogs) for {namespace.name}'s "
-                    "identity"
+                    f"{failing}, {seen.failed_polls} polls in a row, while the monitor reads the key as usable: "
+                    "something the monitor cannot see is in the way (a vault firewall without the trusted-services "
+                    "bypass, a deny assignment, a conditional access policy); look up the call in the vault's audit "
+                    f"log (AZKVAuditLogs) for {namespace.name}'s identity"
+                )
+            elif assessment.usable:
+                # One failed poll: the key may have changed since (recovered, enabled, access granted).
+                severity = Severity.WARNING if served else Severity.CRITICAL
+                state = (
+                    "another key serves the namespace" if served else "no listed key serves the namespace until then"
+                )
+                message = (
+                    f"{failing} though the monitor reads the key as usable now: if it changed since (recovered, "
+                    f"enabled, access granted), the service's next poll finds it; {state}. A second failing poll "
+                    "means something the monitor cannot see is in the way"
                 )
             else:
                 # Explained by the monitor's own finding; urgent when no other key serves the namespace.

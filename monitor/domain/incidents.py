@@ -27,6 +27,8 @@ class Condition(enum.Enum):
     CONFIGURATION = "configuration"  # vault soft delete or purge protection off, a pinned version
     FAILOVER = "failover"  # a Geo-DR partner that could not use the keys after a failover, or could not be read
     BLIND = "blind"  # the monitor cannot read what decides a listed key
+    # The service's own key calls, in the vaults' audit logs: failing, or a usable key dropped from its record.
+    SERVICE = "service"
     REMEDIATION = "remediation"  # never opens: carries the notices of what remediation did or would do
     WATCHDOG = "watchdog"  # never opens: the monitor's own always-firing heartbeat, about no namespace
 
@@ -64,9 +66,18 @@ class Notice(enum.Enum):
 
 _CONFIGURATION_CODES = frozenset({Code.VAULT_SOFT_DELETE_OFF, Code.VAULT_PURGE_PROTECTION_OFF, Code.VERSION_PINNED})
 _FAILOVER_CODES = frozenset({Code.GEO_DR_PARTNER_CANNOT_USE_KEY, Code.GEO_DR_PARTNER_UNKNOWN})
-_NOT_REDUNDANCY = _CONFIGURATION_CODES | _FAILOVER_CODES | {Code.REVOCATION_PREDICTED, Code.MONITOR_BLIND}
+_SERVICE_CODES = frozenset({Code.SERVICE_ACCESS_FAILING, Code.KEY_DROPPED_FROM_RECORD})
+_NOT_REDUNDANCY = (
+    _CONFIGURATION_CODES | _FAILOVER_CODES | _SERVICE_CODES | {Code.REVOCATION_PREDICTED, Code.MONITOR_BLIND}
+)
 # What an unknown namespace, or one heading for Revoked, holds as it was.
-_HELD_WHEN_UNKNOWN = (Condition.REVOCATION, Condition.REDUNDANCY, Condition.CONFIGURATION, Condition.FAILOVER)
+_HELD_WHEN_UNKNOWN = (
+    Condition.REVOCATION,
+    Condition.REDUNDANCY,
+    Condition.CONFIGURATION,
+    Condition.FAILOVER,
+    Condition.SERVICE,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +127,13 @@ def observe(report: NamespaceReport) -> dict[Condition, Observed]:
         observed[Condition.REDUNDANCY] = HELD
         observed[Condition.CONFIGURATION] = HELD
         observed[Condition.FAILOVER] = HELD
+        observed[Condition.SERVICE] = HELD
         return observed
     observed[Condition.REVOCATION] = None
     observed[Condition.REDUNDANCY] = _observation([f for f in alarming if f.code not in _NOT_REDUNDANCY])
     observed[Condition.CONFIGURATION] = _observation([f for f in alarming if f.code in _CONFIGURATION_CODES])
     observed[Condition.FAILOVER] = _observation([f for f in alarming if f.code in _FAILOVER_CODES])
+    observed[Condition.SERVICE] = _observation([f for f in alarming if f.code in _SERVICE_CODES])
     return observed
 
 

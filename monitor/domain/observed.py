@@ -57,6 +57,8 @@ class KeyObservation:
     # The latest call failed and a later poll of the namespace left the key out: the service dropped it from
     # its record, and does not come back to it however healthy it is again.
     dropped: bool
+    # How many of the latest polls that called the key in a row had its call fail (0: the latest served).
+    failed_polls: int = 0
 
     @property
     def failing(self) -> bool:
@@ -167,6 +169,14 @@ def observe(namespace: Namespace, observation: Observation | None = None) -> Nam
             # Its failure lies before the window: the latest polls leaving it out say the same.
             recent = polls[-SILENT_POLLS:]
             dropped = len(recent) == SILENT_POLLS and all(all(_key_of(a) != wanted for a in poll) for poll in recent)
+        failed_polls = 0
+        for poll in reversed(polls):
+            own = [a for a in poll if _key_of(a) == wanted]
+            if not own:
+                continue
+            if own[-1].succeeded:
+                break
+            failed_polls += 1
         keys.append(
             KeyObservation(
                 key=ref.url,
@@ -174,6 +184,7 @@ def observe(namespace: Namespace, observation: Observation | None = None) -> Nam
                 last_failure=max(failures, default=None),
                 last_status=latest.status if latest is not None else None,
                 dropped=dropped,
+                failed_polls=failed_polls,
             )
         )
     return NamespaceObservation(phase, tuple(keys), len(polls))

@@ -20,9 +20,11 @@ from aiohttp import web
 
 from monitor.domain.documents import format_instant, parse_instant
 from monitor.domain.findings import humanize
+from monitor.domain.fleet import FleetReport
 from monitor.domain.model import (
     Scenario,
 )
+from monitor.domain.observed import observe
 from monitor.domain.timeline import describe_change
 from monitor.entry.bootstrap import build_monitor
 from monitor.entry.config import Settings
@@ -141,6 +143,8 @@ async def _demo(
             **sandbox.environment(),
             "KEYHEALTH_SQLITE_PATH": str(state_dir / "state.sqlite"),
             "KEYHEALTH_ALERTS": json.dumps({"sinks": {"oncall": {"type": "webhook", "url": await oncall.start()}}}),
+            # The stand-in's Service Bus polls each namespace's keys; its vaults' audit logs show those calls.
+            "KEYHEALTH_AUDIT_LOGS": "on",
         }
         settings = Settings.from_environment(environment)
         # The demo drives the poll itself as the stand-in's clock jumps (tick: the loop never wakes on its own).
@@ -167,6 +171,7 @@ async def _demo(
             if first is None or first.result is None or first.result.report is None:
                 raise RuntimeError(f"the start-up poll did not run: {first.error if first else 'no poll'}")
             stdout.write(render_table(first.result.report, colour=colour, width=width))
+            _print_observed(stdout, first.result.report, sandbox.clock.now())
             await server.deliver_now()
             paged = _print_pages(stdout, oncall, 0, sandbox.clock.now())
             subscription = await sandbox.deliver_events_to_async(f"{serve_url}/api/events?code={secret}", "eventgrid")
@@ -206,6 +211,25 @@ async def _demo(
         "`keyhealth serve` watches a real subscription.",
         file=stdout,
     )
+
+
+def _print_observed(stdout: TextIO, report: FleetReport, now: datetime) -> None:
+    """Each namespace's next poll by the service, as its own key calls in the vaults' audit logs show it."""
+    print("\nthe services' own polls, read from the vaults' audit logs (Log Analytics query API):", file=stdout)
+    for namespace_report in report.namespaces:
+        namespace = namespace_report.prediction.namespace
+        observation = observe(namespace) if namespace.observed is not None else None
+        if observation is None:
+            continue
+        if not observation.known:
+            print(f"   {namespace.name:<14} unknown: {observation.unobserved}", file=stdout)
+        elif observation.phase is not None and observation.phase.known:
+            at = format_instant(observation.phase.next_poll(now))
+            print(
+                f"   {namespace.name:<14} next poll at {at} (phase from {observation.phase.polls} polls)", file=stdout
+            )
+        else:
+            print(f"   {namespace.name:<14} phase not known yet ({observation.polls_seen} poll(s) seen)", file=stdout)
 
 
 def _print_pages(stdout: TextIO, oncall: _OnCallWebhook, seen: int, now: datetime) -> int:

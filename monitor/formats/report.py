@@ -18,9 +18,10 @@ from monitor.domain.errors import ScenarioError
 from monitor.domain.findings import Thresholds, humanize
 from monitor.domain.fleet import judge
 from monitor.domain.model import Scenario
+from monitor.domain.observed import observe
 from monitor.domain.prediction import Status, predict_scenario
 from monitor.domain.timeline import FleetTimeline, NamespaceTimeline, fleet_timeline
-from monitor.formats.render import failover_words, geo_dr_document
+from monitor.formats.render import failover_words, geo_dr_document, revocation_instant
 
 # The timeline's geometry, in SVG user units (the drawing scales with the page).
 WIDTH = 1000
@@ -247,10 +248,32 @@ def _namespace(timeline: NamespaceTimeline, scale: _Scale, now: datetime, index:
         f'<span class="badge {status}">{status}</span></h2>'
         f'<p class="meta"><span class="id">{_e(namespace.id)}</span><br>'
         f"{prediction.usable_keys_now} of {prediction.keys_total} listed keys usable now · predicted revocation: "
-        f"{_e(_window(timeline, now))}{_pairing(timeline)}"
+        f"{_e(_window(timeline, now))}{_observed(timeline, now)}{_pairing(timeline)}"
         f"{' · infrastructure (double) encryption' if namespace.infrastructure_encryption else ''}</p>"
         f"{_svg(timeline, scale, now)}{changes_block}{_findings_table(timeline)}</article>"
     )
+
+
+def _observed(timeline: NamespaceTimeline, now: datetime) -> str:
+    """What the service's own key accesses showed: its next poll, once its phase is known, or why not."""
+    namespace = timeline.namespace
+    observation = observe(namespace) if namespace.observed is not None else None
+    if observation is None:
+        return ""
+    service = namespace.kind.service
+    if not observation.known:
+        why = observation.unobserved or "unknown"
+        return f'<br><span class="observed unknown">{_e(service)}\'s own key accesses: unknown ({_e(why)})</span>'
+    phase = observation.phase
+    if phase is None or not phase.known:
+        seen = observation.polls_seen
+        return f'<br><span class="observed">{_e(service)}\'s poll phase: not known yet ({seen} poll(s) seen)</span>'
+    revoked = revocation_instant(timeline.report, observation)
+    next_poll = format_instant(phase.next_poll(now))
+    text = f"{service}'s next poll at {next_poll} (its phase, from {phase.polls} polls in the audit log)"
+    if revoked is not None:
+        text += f"; the poll at {format_instant(revoked)} revokes it"
+    return f'<br><span class="observed" data-next-poll="{_e(next_poll)}">{_e(text)}</span>'
 
 
 def _pairing(timeline: NamespaceTimeline) -> str:

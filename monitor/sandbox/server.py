@@ -83,7 +83,7 @@ class Sandbox(SandboxRequests):
         self.rbac = Rbac(self.state)
         self._arm = ArmApi(self.state, self.rbac, page_size=arm_page_size)
         # Service Bus's own polls of its keys, and the audit logs and Logs query API that show them.
-        self.polls = ServiceBusPolls(self.state, start=self.clock.now(), history=audit_history)
+        self.polls = ServiceBusPolls(self.state, self.clock.now, history=audit_history)
         self.logs = LogsApi(self.state, self.polls)
         self.logs.add_routes(self._arm.router)
         self._ca_dir = ca_dir

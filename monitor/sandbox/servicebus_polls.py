@@ -13,7 +13,7 @@ served is dropped from it and not called again (the service has moved on to the 
 listed anew. At a poll where no key serves, the namespace is revoked and every listed key is called again.
 
 Polls are played lazily, up to the instant a query asks about, and kept for RETENTION; a clock that jumps ahead
-plays only the last RETENTION of the gap (the record carries over it).
+plays the last RETENTION of the gap, and the two polls after each change within it (so the record follows).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -121,8 +121,12 @@ def references(document: Mapping[str, Any]) -> tuple[tuple[KeyRef, str | None], 
 class ServiceBusPolls:
     """The polls of every namespace the stand-in holds, and the audit rows they left."""
 
-    def __init__(self, state: SandboxState, *, start: datetime, history: timedelta = DEFAULT_HISTORY) -> None:
+    def __init__(
+        self, state: SandboxState, clock: Callable[[], datetime], *, history: timedelta = DEFAULT_HISTORY
+    ) -> None:
         self._state = state
+        self._clock = clock
+        start = clock()
         self._lock = threading.Lock()
         self._origin = start - history
         self._played_to = self._origin
@@ -135,10 +139,12 @@ class ServiceBusPolls:
     def deny_service(self, vault: str) -> None:
         """Fail every call the service makes on the vault from now on (403), where the monitor's reads still pass."""
         with self._lock:
+            self._play(self._clock())  # the polls before now were made without it
             self._denied.add(self._state.vault(vault).host)
 
     def allow_service(self, vault: str) -> None:
         with self._lock:
+            self._play(self._clock())
             self._denied.discard(self._state.vault(vault).host)
 
     def rows(self, since: datetime, until: datetime, *, now: datetime) -> list[AuditRow]:
@@ -154,13 +160,19 @@ class ServiceBusPolls:
         if now < self._played_to:
             return  # the clock went back: what was logged stays logged, as a real log's would
         start = max(self._played_to, now - RETENTION)
+        # A jump past RETENTION still plays the two polls after each change it skips: the record (which keys
+        # were dropped) follows the world, though the rows of those polls are past keeping.
+        skipped = sorted({c.at for c in self._state.changes if self._played_to < c.at < start})
         polls: list[tuple[datetime, str, dict[str, Any]]] = []
         for document in self._state.namespaces():
             namespace_id = str(document.get("id") or "")
             if not namespace_id:
                 continue
             phase = self.phases.setdefault(namespace_id, phase_of(namespace_id))
-            polls.extend((at, namespace_id, document) for at in _poll_instants(phase, start, now))
+            instants = set(_poll_instants(phase, start, now))
+            for at in skipped:
+                instants.update(i for i in _poll_instants(phase, at, at + 2 * POLL_INTERVAL) if i < start)
+            polls.extend((at, namespace_id, document) for at in sorted(instants))
         polls.sort(key=lambda poll: poll[0])
         world = self._state.world
         for at, namespace_id, document in polls:

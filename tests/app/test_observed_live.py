@@ -140,6 +140,10 @@ def test_a_block_only_the_service_meets_is_critical_where_the_monitor_reads_the_
     b = _namespace(_check(sandbox), "sb-b")
     assert b["status_now"] == "healthy"  # the monitor's reading: nothing it sees is wrong
     failing = next(f for f in b["findings"] if f["code"] == "service-access-failing")
+    # Its only key: the namespace is down in the service's eyes; one poll might be a key that changed since.
+    assert failing["severity"] == "critical" and "the service's next poll finds it" in failing["message"]
+    sandbox.clock.advance(timedelta(minutes=5))
+    failing = next(f for f in _namespace(_check(sandbox), "sb-b")["findings"] if f["code"] == "service-access-failing")
     assert failing["severity"] == "critical" and "something the monitor cannot see is in the way" in failing["message"]
 
 

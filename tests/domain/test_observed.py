@@ -121,15 +121,25 @@ def test_the_services_own_call_failing_on_a_key_the_monitor_reads_as_fine_is_cri
     """A vault firewall without the bypass, a deny assignment: invisible to the monitor's reading, seen in the
     service's 403 on its own call. Critical: it is the service failing now."""
     observed = _observed(
-        _poll(_poll_at(2), K1, K2), _poll(_poll_at(1), K1), _poll(_poll_at(1) + timedelta(seconds=1), K2, status=403)
+        _poll(_poll_at(3), K1, K2),
+        _poll(_poll_at(2), K1) + _poll(_poll_at(2) + timedelta(seconds=1), K2, status=403),
+        _poll(_poll_at(1), K1) + _poll(_poll_at(1) + timedelta(seconds=1), K2, status=403),
     )
     one = simulate(tmp_path, _fleet(observed, key("k1"), key("k2"), refs=("k1", "k2"))).namespace("sb-one")
     failing = finding(one, "service-access-failing")
     assert failing["severity"] == "critical" and failing["key"] == K2 and failing["at"] == "2026-11-21T23:58:14.45Z"
     assert (
         "fail (HTTP 403" in failing["message"]
+        and "2 polls in a row" in failing["message"]
         and "something the monitor cannot see is in the way" in failing["message"]
     )
+    # One failing poll may be a key that changed since: a warning while k1 serves, saying the next poll tells.
+    once = _observed(
+        _poll(_poll_at(2), K1, K2), _poll(_poll_at(1), K1) + _poll(_poll_at(1) + timedelta(seconds=1), K2, status=403)
+    )
+    one = simulate(tmp_path, _fleet(once, key("k1"), key("k2"), refs=("k1", "k2"))).namespace("sb-one")
+    failing = finding(one, "service-access-failing")
+    assert failing["severity"] == "warning" and "the service's next poll finds it" in failing["message"]
     assert one["status_now"] == "healthy"  # the spec's verdict keeps its meaning: the monitor's reading
     assert finding(one, "service-access-failing")["key"] != K1
 
@@ -245,3 +255,32 @@ def test_phase_learning_wraps_around_the_cycle_and_follows_a_moved_phase():
     assert learn_phase(_polls(moved)) == ObservedPhase(
         100.0, 1
     )  # the latest poll's phase; the older ones stop counting
+
+
+def test_compacting_keeps_one_call_a_key_a_poll_and_judges_the_same():
+    from monitor.domain.model import KeyRef, Namespace, NamespaceIdentity, Observation
+    from monitor.domain.observed import compacted, observe
+
+    calls = [
+        KeyAccess(START + timedelta(seconds=PHASE - 300 * k, milliseconds=100 * step), url, op, status)
+        for k in (3, 2, 1)
+        for step, (url, op, status) in enumerate(
+            [(K1, "KeyGet", 200), (K1, "KeyUnwrap", 200), (K2, "KeyGet", 403 if k == 1 else 200)]
+        )
+    ]
+    kept = compacted(calls)
+    assert len(kept) == 6  # two keys, three polls
+    assert [a.at for a in kept[::2]] == [calls[0].at, calls[3].at, calls[6].at]  # each poll's first instant stays
+    namespace = Namespace(
+        id="/subscriptions/s/resourceGroups/rg/providers/Microsoft.ServiceBus/namespaces/sb-one",
+        name="sb-one",
+        identity=NamespaceIdentity(principal_id="p"),
+        keys=(KeyRef(VAULT, "k1"), KeyRef(VAULT, "k2")),
+    )
+    whole = observe(namespace, Observation(accesses=tuple(calls)))
+    small = observe(namespace, Observation(accesses=kept))
+    assert whole is not None and small is not None
+    assert small.phase == whole.phase and small.polls_seen == whole.polls_seen
+    assert [(k.last_status, k.last_failure, k.dropped) for k in small.keys] == [
+        (k.last_status, k.last_failure, k.dropped) for k in whole.keys
+    ]

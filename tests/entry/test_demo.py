@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from tests.builders import run_cli
 
 
@@ -38,6 +40,12 @@ def test_the_demo_reads_the_fleet_over_https_then_plays_the_timeline():
     assert "principal 77777777… now holds nothing on Managed HSM hsm-ledger (no event is sent)" in out
     assert out.count("page -> on-call webhook: [REVOKED] sb-ledger REVOKED: no listed key is usable") == 1
     assert out.count("page -> on-call webhook: [RESOLVED] sb-ledger: revocation cleared") == 1
+    # The stand-in's Service Bus polls its keys; the vaults' audit logs give each namespace's next poll. The DR
+    # key failed while the other served, so once its access is back the service no longer uses it: paged once.
+    assert "the services' own polls, read from the vaults' audit logs" in out
+    assert len(re.findall(r"^   sb-payments    next poll at 2026-11-22T00:0\d:\d\d", out, re.MULTILINE)) == 1
+    dropped = "page -> on-call webhook: [WARNING] sb-payments Service Bus dropped key sb-payments-dr from its record"
+    assert out.count(dropped) == 1
     assert "keyhealth alert" not in run.stderr  # the log sink's lines are not repeated on the terminal
     assert out.rstrip().endswith("watches a real subscription.")
 
@@ -64,5 +72,5 @@ def test_the_demo_prints_the_metrics_it_emitted_when_asked():
     # 15 about the Service Bus namespaces' own keys, 9 (one opening, eight renotifies) about sb-payments' Geo-DR
     # partner, 2 about the Event Hubs namespace eh-telemetry (its firewalled second key, then revoked), 2 about
     # sb-ledger's Managed HSM key (its role assignment removed, then given back).
-    assert "  keyhealth.alerts.deliveries{outcome=delivered,sink=oncall} 28" in metrics
+    assert "  keyhealth.alerts.deliveries{outcome=delivered,sink=oncall} 35" in metrics
     assert any(line.startswith("  keyhealth.polls{outcome=ok} ") for line in metrics)
