@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import prometheus_client
@@ -20,6 +21,7 @@ DASHBOARDS = Path(__file__).resolve().parent.parent / "infra" / "dashboards"
 def _emit_everything() -> None:
     """Make every instrument record once, as a poll, an event, a delivery and a remediation do."""
     telemetry.count_poll("ok", 1.5)
+    telemetry.HEARTBEAT.saw(datetime.now(UTC))  # the poll-age gauge reports once a poll has been seen
     telemetry.count_event("Microsoft.KeyVault.KeyNearExpiry", "evaluated", 0.2)
     telemetry.count_delivery("ops", "delivered")
     telemetry.count_remediation("rotate", "done")
