@@ -91,6 +91,7 @@ async def measure(environment: dict[str, str]) -> dict[str, Any]:
     from monitor.domain.fleet import evaluate
     from monitor.domain.model import Scenario
     from monitor.domain.observed import observe
+    from monitor.domain.scenario_writing import scenario_document
     from monitor.entry.bootstrap import azure_readers
     from monitor.entry.config import Settings
 
@@ -121,6 +122,10 @@ async def measure(environment: dict[str, str]) -> dict[str, Any]:
             started = time.monotonic()
             report = evaluate(Scenario(now=now, snapshot=basis), settings.thresholds)
             figures[label] = round(time.monotonic() - started, 2)
+        # What the poll stores of the fleet (the snapshot document), with the observations and without.
+        for label, basis in (("stored_snapshot_mib_without", snapshot), ("stored_snapshot_mib_with", observed)):
+            document = scenario_document(Scenario(now=now, snapshot=basis))
+            figures[label] = round(len(json.dumps(document, separators=(",", ":"))) / 2**20, 1)
         judged = [observe(n.prediction.namespace) for n in report.namespaces]
         figures["phase_known"] = sum(1 for o in judged if o is not None and o.phase is not None and o.phase.known)
         figures["findings"] = sorted({f.code.value for n in report.namespaces for f in n.findings})

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -85,6 +86,12 @@ def is_guid(text: object) -> bool:
     return isinstance(text, str) and _GUID.match(text) is not None
 
 
+# Each call's instant as Unix milliseconds: a number, which the SDK passes through, where a datetime column is
+# parsed row by row (most of an observation's CPU at 100,000 rows).
+_UNIX_MS = 'UnixMs = datetime_diff("millisecond", TimeGenerated, datetime(1970-01-01))'
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _kql_instant(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -113,7 +120,7 @@ def build_query(principals: Sequence[str], since: datetime, until: datetime, *, 
             "    | extend Principal = tolower(tostring(coalesce(tostring(Identity.claim.oid),"
             f' tostring(Identity.claim["{oid_claim}"]))))',
             "    | where Principal in (principals)",
-            "    | project TimeGenerated, Principal, OperationName, Status = toint(HttpStatusCode),"
+            f"    | project {_UNIX_MS}, Principal, OperationName, Status = toint(HttpStatusCode),"
             " KeyId = tostring(Id), RequestUri = tostring(RequestUri)),",
             "    (AzureDiagnostics",
             "    | where TimeGenerated >= since and TimeGenerated < until",
@@ -122,7 +129,7 @@ def build_query(principals: Sequence[str], since: datetime, until: datetime, *, 
             ' tostring(column_ifexists("identity_claim_http_schemas_microsoft_com_identity_claims_objectidentifier_g",'
             ' ""))))',
             "    | where Principal in (principals)",
-            '    | project TimeGenerated, Principal, OperationName, Status = toint(column_ifexists("httpStatusCode_d",'
+            f'    | project {_UNIX_MS}, Principal, OperationName, Status = toint(column_ifexists("httpStatusCode_d",'
             ' real(null))), KeyId = tostring(column_ifexists("id_s", "")),'
             ' RequestUri = tostring(column_ifexists("requestUri_s", "")))',
             f"| take {int(max_rows)}",
@@ -149,22 +156,33 @@ def parse_key_url(*candidates: object) -> tuple[KeyId, str, str | None] | None:
     for candidate in candidates:
         if not isinstance(candidate, str) or not candidate:
             continue
-        parts = urlsplit(candidate)
-        host = (parts.hostname or "").lower()
-        if parts.scheme != "https" or not _VAULT_HOST.match(host):
-            continue
-        segments = [s for s in parts.path.split("/") if s]
-        if len(segments) < 2 or segments[0].lower() != "keys" or not _KEY_NAME.match(segments[1]):
-            continue
-        version = segments[2] if len(segments) > 2 and _KEY_VERSION.match(segments[2]) else None
-        uri = f"https://{host}"
-        return (vault_id(uri), name_id(segments[1])), key_url(uri, segments[1]), version
+        found = _parse_key_url(candidate)
+        if found is not None:
+            return found
     return None
+
+
+@lru_cache(maxsize=65536)
+def _parse_key_url(candidate: str) -> tuple[KeyId, str, str | None] | None:
+    """One candidate of parse_key_url; the same few thousand URLs come back in every poll's rows."""
+    parts = urlsplit(candidate)
+    host = (parts.hostname or "").lower()
+    if parts.scheme != "https" or not _VAULT_HOST.match(host):
+        return None
+    segments = [s for s in parts.path.split("/") if s]
+    if len(segments) < 2 or segments[0].lower() != "keys" or not _KEY_NAME.match(segments[1]):
+        return None
+    version = segments[2] if len(segments) > 2 and _KEY_VERSION.match(segments[2]) else None
+    uri = f"https://{host}"
+    return (vault_id(uri), name_id(segments[1])), key_url(uri, segments[1]), version
 
 
 def parse_row(row: Mapping[str, Any], since: datetime, until: datetime) -> AccessRow | None:
     """The row checked against the columns the query projects; None for one that does not hold (logged)."""
     at = row.get("TimeGenerated")
+    millis = row.get("UnixMs")
+    if isinstance(millis, int) and not isinstance(millis, bool) and 0 <= millis < 10**14:
+        at = _EPOCH + timedelta(milliseconds=millis)
     if isinstance(at, str):
         try:
             at = datetime.fromisoformat(at.replace("Z", "+00:00"))

@@ -133,7 +133,12 @@ def observe(report: NamespaceReport) -> dict[Condition, Observed]:
     observed[Condition.REDUNDANCY] = _observation([f for f in alarming if f.code not in _NOT_REDUNDANCY])
     observed[Condition.CONFIGURATION] = _observation([f for f in alarming if f.code in _CONFIGURATION_CODES])
     observed[Condition.FAILOVER] = _observation([f for f in alarming if f.code in _FAILOVER_CODES])
-    observed[Condition.SERVICE] = _observation([f for f in alarming if f.code in _SERVICE_CODES])
+    seen = report.prediction.namespace.observed
+    # Audit logs that could not be read this time say nothing about the service's calls: nothing moves.
+    unobserved = seen is not None and seen.unobserved is not None
+    observed[Condition.SERVICE] = (
+        HELD if unobserved else _observation([f for f in alarming if f.code in _SERVICE_CODES])
+    )
     return observed
 
 

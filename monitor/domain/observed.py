@@ -93,8 +93,9 @@ def _polls(accesses: Sequence[KeyAccess]) -> list[list[KeyAccess]]:
 
 
 def compacted(accesses: Sequence[KeyAccess]) -> tuple[KeyAccess, ...]:
-    """The accesses with only each key's last call of each poll: what the judging reads (a poll's phase is its
-    first call; a key's status in it, its last), in a third of the rows a get, wrap and unwrap make."""
+    """The accesses with only each key's last call of each poll, without versions: what the judging reads (a
+    poll's phase is its first call; a key's status in it, its last), in a third of the rows a get, wrap and
+    unwrap make; the stored snapshot keeps them."""
     kept: list[KeyAccess] = []
     for poll in _polls(accesses):
         first = poll[0]
@@ -102,10 +103,9 @@ def compacted(accesses: Sequence[KeyAccess]) -> tuple[KeyAccess, ...]:
         for access in poll:
             last[_key_of(access)] = access
         calls = sorted(last.values(), key=lambda a: a.at)
-        if calls[0] is not first:
-            # The poll's first instant stays: it is the phase.
-            calls[0] = KeyAccess(first.at, calls[0].key, calls[0].operation, calls[0].status, calls[0].version)
-        kept.extend(calls)
+        # The poll's first instant stays (it is the phase); the version, which nothing judges, does not.
+        kept.append(KeyAccess(first.at, calls[0].key, calls[0].operation, calls[0].status))
+        kept.extend(KeyAccess(a.at, a.key, a.operation, a.status) for a in calls[1:])
     return tuple(kept)
 
 

@@ -31,6 +31,7 @@ WORKSPACE_NAME = "law-keyhealth"
 # Log Analytics refuses more than this many rows in one result.
 MAX_RESULT_ROWS = 500_000
 TableShape = Literal["AZKVAuditLogs", "AzureDiagnostics"]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _LET_TIME = re.compile(r"let (since|until) = datetime\(([0-9T:.\-]+Z)\);")
@@ -209,7 +210,7 @@ class LogsApi:
             if len(rows) >= parsed.take:
                 break
         columns = [
-            {"name": "TimeGenerated", "type": "datetime"},
+            {"name": "UnixMs", "type": "long"},
             {"name": "Principal", "type": "string"},
             {"name": "OperationName", "type": "string"},
             {"name": "Status", "type": "int"},
@@ -280,7 +281,7 @@ def _timespan(value: object) -> tuple[datetime, datetime] | None:
 
 def _project(row: AuditRow) -> list[object]:
     return [
-        row.at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        round((row.at - _EPOCH).total_seconds() * 1000),
         row.principal,
         row.operation,
         row.status,

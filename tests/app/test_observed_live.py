@@ -6,7 +6,7 @@ it could not observe is `unknown`, never a verdict."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -230,3 +230,72 @@ def test_a_query_the_stand_in_does_not_answer_is_refused_as_the_service_refuses_
     assert refused.value.code == 400
     body = json.loads(refused.value.read())
     assert body["error"]["code"] == "BadArgumentError" and re.search("let since", body["error"]["message"])
+
+
+def test_the_poll_on_the_deployed_stores_pages_the_services_failing_calls_once_and_holds_them_while_blind(
+    store_settings: dict[str, str],
+):
+    """As deployed (SQLite and Azurite Table Storage, alerts to a webhook): a block only the service meets opens
+    one `service` incident, escalated once a second poll confirms it; a throttled audit-log query then moves
+    nothing (neither resolved nor paged again); once the block is lifted and the service's calls pass, it
+    resolves once."""
+    import asyncio
+    import json
+    import ssl
+
+    from monitor.app.poll import deliver_alerts, poll
+    from monitor.entry.bootstrap import build_monitor
+    from monitor.entry.config import Settings
+    from tests.alerts.receiver import AlertReceiver
+    from tests.hardening.support import FAST_AZURE
+
+    async def run(receiver: AlertReceiver) -> list[tuple[str, str, str]]:
+        async with Sandbox(parsed(_fleet())) as sandbox:
+            environment = {
+                **sandbox.environment(),
+                **FAST_AZURE,
+                **store_settings,
+                "KEYHEALTH_HTTP_RETRIES": "0",
+                "KEYHEALTH_AUDIT_LOGS": "on",
+                "KEYHEALTH_ALERTS": json.dumps({"sinks": {"pager": {"type": "webhook", "url": receiver.url()}}}),
+            }
+            monitor = build_monitor(Settings.from_environment(environment))
+            start = sandbox.clock.now()
+            steps: list[tuple[str, str, str]] = []
+            try:
+                steps_to_take: list[tuple[int, Callable[[], object]]] = [
+                    (0, lambda: sandbox.polls.deny_service(OTHER_VAULT)),
+                    (5, lambda: None),
+                    (10, lambda: None),
+                    (15, lambda: sandbox.faults.respond(429, service="loganalytics")),
+                    (20, sandbox.faults.clear),
+                    (25, lambda: sandbox.polls.allow_service(OTHER_VAULT)),
+                    (30, lambda: None),
+                ]
+                for minutes, action in steps_to_take:
+                    action()
+                    sandbox.clock.set(start + timedelta(minutes=minutes, seconds=1))
+                    now = sandbox.clock.now()
+                    before = len(receiver.hits)
+                    result = await poll(monitor, now=now)
+                    assert result.ran and result.report is not None
+                    await deliver_alerts(monitor, now=now + timedelta(seconds=30))
+                    for hit in receiver.hits[before:]:
+                        alert = json.loads(hit.raw)
+                        if alert["namespace"]["name"] == "sb-b":
+                            steps.append((str(minutes), alert["condition"], f"{alert['notice']}:{alert['level']}"))
+            finally:
+                assert monitor.close is not None
+                await monitor.close()
+            return steps
+
+    with AlertReceiver(ssl.create_default_context(), plain_http=True) as receiver:
+        steps = asyncio.run(run(receiver))
+    service = [step for step in steps if step[1] == "service"]
+    assert service[0][0] in {"5", "10"} and service[0][2] == "open:critical", steps
+    assert [s for s in service if s[2].startswith("resolve")] and all(
+        int(s[0]) >= 25 for s in service if s[2].startswith("resolve")
+    ), steps
+    # Blind at 15 (the query throttled): nothing about the service's calls moved.
+    assert not [s for s in service if s[0] == "15"], steps
+    assert len([s for s in service if s[2].startswith("open")]) == 1, steps
