@@ -657,6 +657,9 @@ def _observed_findings(prediction: NamespacePrediction) -> list[Finding]:
     now = prediction.now
     # Whether any listed key's latest call served: if none did, the service is failing the namespace now.
     served = any(seen.last_status is not None and not seen.failing and not seen.dropped for seen in observation.keys)
+    phase = observation.phase
+    # " at <instant>" of the service's next poll, once its phase is known.
+    at_next = f" at {format_instant(phase.next_poll(now))}" if phase is not None and phase.known else ""
     for ref, assessment, seen in zip(namespace.keys, prediction.assessments_now, observation.keys, strict=True):
         label = f"key {ref.name} in {vault_short_name(ref.vault)}"
         # Dropped first: its latest call failed too, but the service has moved on from it.
@@ -688,20 +691,22 @@ def _observed_findings(prediction: NamespacePrediction) -> list[Finding]:
                 severity = Severity.CRITICAL
                 message = (
                     f"{failing}, {seen.failed_polls} polls in a row, while the monitor reads the key as usable: "
+                    f"unless it was fixed since the last of them (the service's next poll{at_next} shows), "
                     "something the monitor cannot see is in the way (a vault firewall without the trusted-services "
                     "bypass, a deny assignment, a conditional access policy); look up the call in the vault's audit "
                     f"log (AZKVAuditLogs) for {namespace.name}'s identity"
                 )
             elif assessment.usable:
-                # One failed poll: the key may have changed since (recovered, enabled, access granted).
-                severity = Severity.WARNING if served else Severity.CRITICAL
+                # One failed poll: the key may have changed since (recovered, enabled, access granted), which the
+                # next poll shows; a second failure escalates. Until then no page should say "hidden block".
+                severity = Severity.WARNING
                 state = (
                     "another key serves the namespace" if served else "no listed key serves the namespace until then"
                 )
                 message = (
                     f"{failing} though the monitor reads the key as usable now: if it changed since (recovered, "
-                    f"enabled, access granted), the service's next poll finds it; {state}. A second failing poll "
-                    "means something the monitor cannot see is in the way"
+                    f"enabled, access granted), the service's next poll{at_next} finds it; {state}. A second "
+                    "failing poll means something the monitor cannot see is in the way"
                 )
             else:
                 # Explained by the monitor's own finding; urgent when no other key serves the namespace.

@@ -140,8 +140,12 @@ def test_a_block_only_the_service_meets_is_critical_where_the_monitor_reads_the_
     b = _namespace(_check(sandbox), "sb-b")
     assert b["status_now"] == "healthy"  # the monitor's reading: nothing it sees is wrong
     failing = next(f for f in b["findings"] if f["code"] == "service-access-failing")
-    # Its only key: the namespace is down in the service's eyes; one poll might be a key that changed since.
-    assert failing["severity"] == "critical" and "the service's next poll finds it" in failing["message"]
+    # One failed poll might be a key that changed since: a warning that says so (its only key: the namespace is
+    # down in the service's eyes until its next poll); the second failed poll makes it critical.
+    assert failing["severity"] == "warning" and re.search(
+        r"the service's next poll at \S+Z finds it", failing["message"]
+    )
+    assert "no listed key serves the namespace until then" in failing["message"]
     sandbox.clock.advance(timedelta(minutes=5))
     failing = next(f for f in _namespace(_check(sandbox), "sb-b")["findings"] if f["code"] == "service-access-failing")
     assert failing["severity"] == "critical" and "something the monitor cannot see is in the way" in failing["message"]
@@ -292,7 +296,9 @@ def test_the_poll_on_the_deployed_stores_pages_the_services_failing_calls_once_a
     with AlertReceiver(ssl.create_default_context(), plain_http=True) as receiver:
         steps = asyncio.run(run(receiver))
     service = [step for step in steps if step[1] == "service"]
-    assert service[0][0] in {"5", "10"} and service[0][2] == "open:critical", steps
+    # Opened at the first failed poll (a warning), escalated at the second: one critical page, not one a poll.
+    assert service[0][0] in {"5", "10"} and service[0][2] == "open:warning", steps
+    assert len([s for s in service if s[2] == "escalate:critical"]) == 1, steps
     assert [s for s in service if s[2].startswith("resolve")] and all(
         int(s[0]) >= 25 for s in service if s[2].startswith("resolve")
     ), steps
