@@ -217,3 +217,48 @@ def test_a_malformed_event_is_logged_and_dropped(running, caplog):
     with caplog.at_level("WARNING", logger="keyhealth"):
         _call("keyvault_events", broken)
     assert "rejected event bad-1: event has no type" in caplog.text
+
+
+@pytest.fixture
+def running_observed(tmp_path: Path) -> Iterator[tuple[Sandbox, Monitor]]:
+    """As `running`, with KEYHEALTH_AUDIT_LOGS=on (as the infra deploys it): the poll reads the vaults' audit logs."""
+    document = scenario(
+        [namespace("sb-one", ref("k1")), namespace("sb-own", ref("k2"), principal=OWN_PRINCIPAL)],
+        [key("k1"), key("k2")],
+        vaults=[vault(access={SYSTEM_PRINCIPAL: ["all"], OWN_PRINCIPAL: ["all"]})],
+        now=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    parsed, _ = parse_scenario(document)
+    with Sandbox(parsed) as sandbox:
+        environment = {
+            **sandbox.environment(),
+            "KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite"),
+            "KEYHEALTH_AUDIT_LOGS": "on",
+        }
+        monitor = build_monitor(Settings.from_environment(environment))
+        host.use_monitor(monitor)
+        try:
+            yield sandbox, monitor
+        finally:
+            host.use_monitor(None)
+            assert monitor.close is not None
+            _run(monitor.close())
+
+
+OWN_PRINCIPAL = "00000000-0000-0000-0000-00000000c0de"
+
+
+def test_the_timer_poll_reads_the_services_own_calls_and_an_event_keeps_them(running_observed):
+    """The Functions timer with the audit logs on: /api/status shows each namespace's observed phase and next poll;
+    an event re-judging a namespace from the stored snapshot keeps what the poll observed."""
+    _call("poll", TimerRequest(past_due=False))
+    code, one = _status("sb-one")
+    assert code == 200
+    observed = one["observed"]
+    assert observed["status"] == "observed" and observed["phase_known"] and observed["next_poll_at"]
+    assert [k["last_status"] for k in observed["keys"]] == [200]
+    outcome = _run(host.on_event(_event("Microsoft.KeyVault.KeyNewVersionCreated", VAULT, "k1", "obs-1")))
+    assert outcome is not None and outcome.value == "evaluated"
+    code, again = _status("sb-one")
+    assert again["observed"]["phase_seconds"] == observed["phase_seconds"]
+    assert again["observed"]["next_poll_at"] is not None
