@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import multiprocessing
 import resource
@@ -90,7 +91,7 @@ async def measure(environment: dict[str, str]) -> dict[str, Any]:
     from monitor.app.reading import observe_snapshot, read_snapshot
     from monitor.domain.fleet import evaluate
     from monitor.domain.model import Scenario
-    from monitor.domain.observed import observe
+    from monitor.domain.observed import for_storage, observe
     from monitor.domain.scenario_writing import scenario_document
     from monitor.entry.bootstrap import azure_readers
     from monitor.entry.config import Settings
@@ -123,7 +124,14 @@ async def measure(environment: dict[str, str]) -> dict[str, Any]:
             report = evaluate(Scenario(now=now, snapshot=basis), settings.thresholds)
             figures[label] = round(time.monotonic() - started, 2)
         # What the poll stores of the fleet (the snapshot document), with the observations and without.
-        for label, basis in (("stored_snapshot_mib_without", snapshot), ("stored_snapshot_mib_with", observed)):
+        stored = dataclasses.replace(
+            observed,
+            namespaces=tuple(
+                dataclasses.replace(n, observed=for_storage(n.observed)) if n.observed is not None else n
+                for n in observed.namespaces
+            ),
+        )
+        for label, basis in (("stored_snapshot_mib_without", snapshot), ("stored_snapshot_mib_with", stored)):
             document = scenario_document(Scenario(now=now, snapshot=basis))
             figures[label] = round(len(json.dumps(document, separators=(",", ":"))) / 2**20, 1)
         judged = [observe(n.prediction.namespace) for n in report.namespaces]

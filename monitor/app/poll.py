@@ -33,6 +33,7 @@ from monitor.domain.alert import Alert
 from monitor.domain.errors import StateStoreError
 from monitor.domain.fleet import FleetReport, JudgedAhead, NamespaceReport, evaluate
 from monitor.domain.model import BlindScope, BlindSpot, Namespace, Scenario, vault_id
+from monitor.domain.observed import for_storage
 from monitor.domain.scenario import parse_scenario
 from monitor.domain.scenario_writing import scenario_document
 from monitor.domain.world import World
@@ -176,6 +177,18 @@ async def _index_ahead(
         log.warning("keyhealth: new namespaces not indexed ahead (%s); they are with their states", error)
 
 
+def _to_store(scenario: Scenario) -> Scenario:
+    """The scenario as the snapshot keeps it: each observation cut down to what an event's re-judging needs
+    (the phase, the latest polls, each key's last success and failure), half what the poll read."""
+    namespaces = scenario.snapshot.namespaces
+    if not any(n.observed is not None for n in namespaces):
+        return scenario
+    kept = tuple(
+        dataclasses.replace(n, observed=for_storage(n.observed)) if n.observed is not None else n for n in namespaces
+    )
+    return dataclasses.replace(scenario, snapshot=dataclasses.replace(scenario.snapshot, namespaces=kept))
+
+
 async def _poll_holding(monitor: Monitor, keeper: LeaseKeeper, *, now: datetime) -> PollResult:
     await _recall_key_records(monitor)
     # What is stored is read while the fleet is: the store's round trips overlap Azure's.
@@ -243,7 +256,7 @@ async def _poll_holding(monitor: Monitor, keeper: LeaseKeeper, *, now: datetime)
     outcomes = await remediate_report(monitor, report, scenario.snapshot, now=now) if await keeper.hold() else []
     if not await keeper.hold():
         return PollResult(ran=False)
-    await monitor.store.put_snapshot(scenario_document(scenario, lazy=True), taken_at=now)
+    await monitor.store.put_snapshot(scenario_document(_to_store(scenario), lazy=True), taken_at=now)
     await _share_key_records(monitor, now=now)
     await monitor.store.purge_processed_events(before=now - EVENT_DEDUPE_TTL)
     if not report.fleet_blind:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from monitor.domain.documents import format_instant
 from monitor.domain.model import KeyRef, Namespace, is_managed_hsm, resource_group_of, vault_short_name
-from monitor.domain.observed import exact_revocation, observe
+from monitor.domain.observed import CONFIRMING_POLLS, exact_revocation, observe
 from monitor.domain.prediction import NamespacePrediction, Status
 from monitor.domain.states import VaultState
 from monitor.domain.usability import VERSION_REASONS, Assessment, Reason, assess, assess_as, version_reasons
@@ -625,10 +625,6 @@ def _no_redundancy(prediction: NamespacePrediction) -> Finding:
         "key-vault-uri=<vault-uri>",
         version=usable.ref.version,
     )
-
-
-# Failed polls in a row, on a key the monitor reads as usable, that make a hidden block the likely cause.
-CONFIRMING_POLLS = 2
 
 
 def _observed_findings(prediction: NamespacePrediction) -> list[Finding]:

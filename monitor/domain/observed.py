@@ -24,6 +24,8 @@ PHASE_MIN_POLLS = 2
 # A listed key none of the namespace's latest this-many polls called is out of its record, even when the call
 # that failed (and made the service drop it) is older than the window observed.
 SILENT_POLLS = 2
+# Failed polls in a row, on a key the rules find usable, that make a hidden block the likely cause.
+CONFIRMING_POLLS = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -107,6 +109,26 @@ def compacted(accesses: Sequence[KeyAccess]) -> tuple[KeyAccess, ...]:
         kept.append(KeyAccess(first.at, calls[0].key, calls[0].operation, calls[0].status))
         kept.extend(KeyAccess(a.at, a.key, a.operation, a.status) for a in calls[1:])
     return tuple(kept)
+
+
+def for_storage(observation: Observation) -> Observation:
+    """What a stored snapshot keeps of an observation, for an event's re-judging between two polls: the phase
+    stated (once known), the calls of the latest polls, and each key's last success and last failure. The keys
+    are judged alike (status, last success and failure, dropped); only how many polls the phase and a run of
+    failures rest on can read lower, down to what the latest polls show."""
+    if observation.unobserved is not None or not observation.accesses:
+        return observation
+    polls = _polls(observation.accesses)
+    recent = [access for poll in polls[-max(SILENT_POLLS, CONFIRMING_POLLS) :] for access in poll]
+    extremes: dict[tuple[tuple[str, str], bool], KeyAccess] = {}
+    for access in observation.accesses:
+        slot = (_key_of(access), access.succeeded)
+        if slot not in extremes or access.at > extremes[slot].at:
+            extremes[slot] = access
+    kept = {id(a): a for a in (*recent, *extremes.values())}
+    phase = learn_phase(polls) if observation.phase is None else None
+    stated = observation.phase if observation.phase is not None else (phase.seconds if phase and phase.known else None)
+    return Observation(accesses=tuple(sorted(kept.values(), key=lambda a: a.at)), since=observation.since, phase=stated)
 
 
 def _phase_of(at: datetime) -> float:

@@ -18,7 +18,7 @@ from tests.builders import NOW, VAULT, codes, finding, key, namespace, ref, scen
 
 START = datetime(2026, 11, 22, tzinfo=UTC)
 PHASE = 193.25  # seconds into each 300 s cycle: polls at hh:m3:13.25 and hh:m8:13.25
-K1, K2 = f"{VAULT}/keys/k1", f"{VAULT}/keys/k2"
+K1, K2, K3 = f"{VAULT}/keys/k1", f"{VAULT}/keys/k2", f"{VAULT}/keys/k3"
 
 
 def _poll(at: datetime, *keys: str, status: int = 200) -> list[dict[str, Any]]:
@@ -287,3 +287,39 @@ def test_compacting_keeps_one_call_a_key_a_poll_and_judges_the_same():
     assert [(k.last_status, k.last_failure, k.dropped) for k in small.keys] == [
         (k.last_status, k.last_failure, k.dropped) for k in whole.keys
     ]
+
+
+def test_what_the_snapshot_stores_of_an_observation_judges_the_keys_alike():
+    from monitor.domain.model import KeyRef, Namespace, NamespaceIdentity, Observation
+    from monitor.domain.observed import for_storage, observe
+
+    namespace = Namespace(
+        id="/subscriptions/s/resourceGroups/rg/providers/Microsoft.ServiceBus/namespaces/sb-one",
+        name="sb-one",
+        identity=NamespaceIdentity(principal_id="p"),
+        keys=(KeyRef(VAULT, "k1"), KeyRef(VAULT, "k2"), KeyRef(VAULT, "k3")),
+    )
+    # k1 serves throughout; k2 failed in the oldest poll and was dropped; k3 fails in the latest three.
+    calls = [
+        KeyAccess(_poll_at(4), K1, "KeyUnwrap", 200),
+        KeyAccess(_poll_at(4) + timedelta(seconds=1), K2, "KeyGet", 403),
+        KeyAccess(_poll_at(4) + timedelta(seconds=2), K3, "KeyUnwrap", 200),
+        *(
+            access
+            for k in (3, 2, 1)
+            for access in (
+                KeyAccess(_poll_at(k), K1, "KeyUnwrap", 200),
+                KeyAccess(_poll_at(k) + timedelta(seconds=2), K3, "KeyGet", 403),
+            )
+        ),
+    ]
+    whole = observe(namespace, Observation(accesses=tuple(calls)))
+    stored = for_storage(Observation(accesses=tuple(calls)))
+    kept = observe(namespace, stored)
+    assert whole is not None and kept is not None and whole.phase is not None
+    assert len(stored.accesses) < len(calls) and stored.phase == whole.phase.seconds
+    assert kept.phase is not None and kept.phase.known and kept.phase.seconds == whole.phase.seconds
+    assert [(k.last_status, k.last_success, k.last_failure, k.dropped) for k in kept.keys] == [
+        (k.last_status, k.last_success, k.last_failure, k.dropped) for k in whole.keys
+    ]
+    assert [k.failed_polls >= 2 for k in kept.keys] == [k.failed_polls >= 2 for k in whole.keys] == [False, False, True]
