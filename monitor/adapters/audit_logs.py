@@ -77,8 +77,15 @@ _VAULT_HOST = re.compile(
 )
 _KEY_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
 _KEY_VERSION = re.compile(r"^[0-9A-Za-z]{1,64}$")
+# Resource ids from ARM go into request paths: nothing but their own segments may be in them.
 _WORKSPACE_ID = re.compile(
-    r"^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.operationalinsights/workspaces/[^/]+$",
+    r"^/subscriptions/[0-9a-f-]{36}/resourcegroups/[-\w.()]{1,90}/providers/microsoft\.operationalinsights"
+    r"/workspaces/[a-z0-9][a-z0-9-]{2,61}[a-z0-9]$",
+    re.IGNORECASE,
+)
+_VAULT_ID = re.compile(
+    r"^/subscriptions/[0-9a-f-]{36}/resourcegroups/[-\w.()]{1,90}/providers/microsoft\.keyvault"
+    r"/(?:vaults|managedhsms)/[a-z0-9-]{3,24}$",
     re.IGNORECASE,
 )
 
@@ -363,7 +370,7 @@ class AuditLogObserver:
         cached = self._settings.get(vault.id)
         if cached is not None and time.monotonic() - cached.read_at < SETTINGS_REFRESH.total_seconds():
             return cached
-        if not vault.resource_id:
+        if not vault.resource_id or not _VAULT_ID.match(vault.resource_id):
             return _Destinations(unknown=f"vault {vault.uri}: its ARM resource id is not known")
         reading.settings_reads += 1
         url = (

@@ -143,8 +143,11 @@ def test_a_key_url_is_read_only_from_a_vault_or_managed_hsm_host():
 
 
 def test_the_workspaces_a_vault_sends_audit_events_to_are_read_from_its_diagnostic_settings():
-    workspace = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.OperationalInsights/workspaces/law"
-    other = workspace.replace("/law", "/law-all")
+    workspace = (
+        "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/"
+        "Microsoft.OperationalInsights/workspaces/law-prod"
+    )
+    other = workspace.replace("/law-prod", "/law-all")
     document = {
         "value": [
             {"properties": {"workspaceId": workspace, "logs": [{"category": "AuditEvent", "enabled": True}]}},
@@ -163,6 +166,9 @@ def test_the_workspaces_a_vault_sends_audit_events_to_are_read_from_its_diagnost
                     "logs": [{"category": "AuditEvent", "enabled": True}],
                 }
             },
+            # A query or a path smuggled into an id the monitor will GET.
+            {"properties": {"workspaceId": workspace + "?x=1", "logs": [{"category": "AuditEvent", "enabled": True}]}},
+            {"properties": {"workspaceId": workspace + "/../x", "logs": [{"categoryGroup": "audit", "enabled": True}]}},
             "garbage",
         ]
     }
