@@ -40,7 +40,7 @@ from monitor.sandbox.rbac import Rbac
 from monitor.sandbox.requestlog import RequestLog
 from monitor.sandbox.resources import NAMESPACE_TYPE
 from monitor.sandbox.routing import SandboxRequests
-from monitor.sandbox.servicebus_polls import DEFAULT_HISTORY, ServiceBusPolls
+from monitor.sandbox.servicebus_polls import DEFAULT_HISTORY, DEFAULT_INGESTION, ServiceBusPolls
 from monitor.sandbox.state import DEFAULT_TENANT, SandboxState, VaultInfo
 
 T = TypeVar("T")
@@ -70,6 +70,7 @@ class Sandbox(SandboxRequests):
         ca_dir: Path | None = None,
         token: str = DEFAULT_TOKEN,
         audit_history: timedelta = DEFAULT_HISTORY,
+        audit_ingestion: timedelta = DEFAULT_INGESTION,
     ) -> None:
         self.scenario = scenario
         self.clock = SandboxClock(clock_start or scenario.now, speed=speed)
@@ -83,7 +84,7 @@ class Sandbox(SandboxRequests):
         self.rbac = Rbac(self.state)
         self._arm = ArmApi(self.state, self.rbac, page_size=arm_page_size)
         # Service Bus's own polls of its keys, and the audit logs and Logs query API that show them.
-        self.polls = ServiceBusPolls(self.state, self.clock.now, history=audit_history)
+        self.polls = ServiceBusPolls(self.state, self.clock.now, history=audit_history, ingestion=audit_ingestion)
         self.logs = LogsApi(self.state, self.polls)
         self.logs.add_routes(self._arm.router)
         self._ca_dir = ca_dir

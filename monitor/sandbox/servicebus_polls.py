@@ -33,6 +33,8 @@ from monitor.sandbox.state import SandboxState
 RETENTION = timedelta(hours=2)
 # Polls played before the clock's start, so a monitor's first look already finds a history.
 DEFAULT_HISTORY = timedelta(minutes=20)
+# How long after a call its row can be queried: Azure Monitor documents 20 s to 3 minutes as typical.
+DEFAULT_INGESTION = timedelta(seconds=30)
 # A poll's calls on its keys follow each other this far apart.
 CALL_SPACING = timedelta(milliseconds=40)
 PERIOD = POLL_INTERVAL.total_seconds()
@@ -122,9 +124,15 @@ class ServiceBusPolls:
     """The polls of every namespace the stand-in holds, and the audit rows they left."""
 
     def __init__(
-        self, state: SandboxState, clock: Callable[[], datetime], *, history: timedelta = DEFAULT_HISTORY
+        self,
+        state: SandboxState,
+        clock: Callable[[], datetime],
+        *,
+        history: timedelta = DEFAULT_HISTORY,
+        ingestion: timedelta = DEFAULT_INGESTION,
     ) -> None:
         self._state = state
+        self.ingestion = ingestion
         self._clock = clock
         start = clock()
         self._lock = threading.Lock()
@@ -148,10 +156,11 @@ class ServiceBusPolls:
             self._denied.discard(self._state.vault(vault).host)
 
     def rows(self, since: datetime, until: datetime, *, now: datetime) -> list[AuditRow]:
-        """The rows logged in [since, until), played up to `now` first (nothing after `now` is logged)."""
+        """The rows a query at `now` finds in [since, until): played up to `now` first, and only those ingested
+        by then (a call's row lands `ingestion` after it)."""
         with self._lock:
             self._play(now)
-            end = min(until, now)
+            end = min(until, now - self.ingestion)
             low = bisect.bisect_left(self._times, since)
             high = bisect.bisect_left(self._times, end)
             return self._rows[low:high]

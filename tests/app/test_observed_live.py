@@ -106,10 +106,10 @@ def test_a_revocation_is_predicted_to_the_second_of_the_stand_ins_own_poll(sandb
     phase = phase_of(_namespace_id(sandbox, "sb-expiring"))
     assert ((revoked_at - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() - phase) % 300 == pytest.approx(0, abs=1e-3)
     assert EXPIRY <= revoked_at < EXPIRY + timedelta(minutes=5)
-    sandbox.clock.set(revoked_at + timedelta(seconds=30))
+    sandbox.clock.set(revoked_at + timedelta(minutes=2))  # its rows ingested by then
     rows = [
         row
-        for row in sandbox.polls.rows(START, revoked_at + timedelta(seconds=30), now=sandbox.clock.now())
+        for row in sandbox.polls.rows(START, revoked_at + timedelta(minutes=2), now=sandbox.clock.now())
         if row.principal == SB_EXPIRING and row.operation == "KeyGet"
     ]
     assert rows[-1].at == revoked_at and rows[-1].status == 403
@@ -305,3 +305,22 @@ def test_the_poll_on_the_deployed_stores_pages_the_services_failing_calls_once_a
     # Blind at 15 (the query throttled): nothing about the service's calls moved.
     assert not [s for s in service if s[0] == "15"], steps
     assert len([s for s in service if s[2].startswith("open")]) == 1, steps
+
+
+def test_a_call_is_queryable_only_once_ingested_as_in_log_analytics(sandbox: Sandbox):
+    now = sandbox.clock.now()
+    phase = phase_of(_namespace_id(sandbox, "sb-a"))
+    # The clock just after one of sb-a's polls: its rows are not in the workspace yet.
+    just_after = now + timedelta(seconds=(phase - (now - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) % 300 + 5)
+    sandbox.clock.set(just_after)
+    poll_at = just_after - timedelta(seconds=5)
+
+    def sb_a_rows() -> list[Any]:
+        found = sandbox.polls.rows(
+            poll_at - timedelta(seconds=1), poll_at + timedelta(seconds=2), now=sandbox.clock.now()
+        )
+        return [row for row in found if row.principal == SB_A]
+
+    assert sb_a_rows() == []
+    sandbox.clock.set(just_after + sandbox.polls.ingestion)
+    assert {row.operation for row in sb_a_rows()} == {"KeyGet", "KeyUnwrap"}
