@@ -288,34 +288,44 @@ class ArmApi:
         )
 
     def _list_vaults(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
+        return self._list_stores(request, match, hsm=False)
+
+    def _get_vault(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
+        return self._get_store(request, match, hsm=False)
+
+    def _list_stores(self, request: ApiRequest, match: re.Match[str], *, hsm: bool) -> ApiResponse:
+        """The vaults (or Managed HSMs) of a subscription or resource group; a deleted one is listed only among
+        the deleted ones. Vault listings take `$top` as their page size; HSM listings have none."""
         subscription, group = match["sub"].lower(), (match.groupdict().get("rg") or "").lower()
         if not self._known_subscription(subscription):
             return self._subscription_not_found(match["sub"])
+        document_of = self._hsm_document if hsm else self._vault_document
         items = []
         for info in self.state.vaults:
-            if info.managed_hsm or info.subscription.lower() != subscription:
+            if info.managed_hsm != hsm or info.subscription.lower() != subscription:
                 continue
             if group and group != VAULT_RESOURCE_GROUP:
                 continue
-            document = self._vault_document(info, request)
-            if document is not None:  # a deleted vault is listed only among deletedVaults
+            document = document_of(info, request)
+            if document is not None:
                 items.append(document)
-        top = request.query.get("$top")
+        top = None if hsm else request.query.get("$top")
         size = int(top) if top and top.isdigit() and int(top) > 0 else None
         return self._paged(request, items, size)
 
-    def _get_vault(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
+    def _get_store(self, request: ApiRequest, match: re.Match[str], *, hsm: bool) -> ApiResponse:
         info = self.state.vault_by_name(match["name"])
         document = None
         if (
             info is not None
-            and not info.managed_hsm
+            and info.managed_hsm == hsm
             and info.subscription.lower() == match["sub"].lower()
             and match["rg"].lower() == VAULT_RESOURCE_GROUP
         ):
-            document = self._vault_document(info, request)
+            document = (self._hsm_document if hsm else self._vault_document)(info, request)
         if document is None:
-            return not_found("Microsoft.KeyVault/vaults", match["name"], match["rg"])
+            kind = "Microsoft.KeyVault/managedHSMs" if hsm else "Microsoft.KeyVault/vaults"
+            return not_found(kind, match["name"], match["rg"])
         return ApiResponse(200, document)
 
     # --- Managed HSMs --------------------------------------------------------------------------------
@@ -335,33 +345,10 @@ class ArmApi:
         )
 
     def _list_hsms(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
-        subscription, group = match["sub"].lower(), (match.groupdict().get("rg") or "").lower()
-        if not self._known_subscription(subscription):
-            return self._subscription_not_found(match["sub"])
-        items = []
-        for info in self.state.vaults:
-            if not info.managed_hsm or info.subscription.lower() != subscription:
-                continue
-            if group and group != VAULT_RESOURCE_GROUP:
-                continue
-            document = self._hsm_document(info, request)
-            if document is not None:  # a deleted HSM is listed only among deletedManagedHSMs
-                items.append(document)
-        return self._paged(request, items)
+        return self._list_stores(request, match, hsm=True)
 
     def _get_hsm(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
-        info = self.state.vault_by_name(match["name"])
-        document = None
-        if (
-            info is not None
-            and info.managed_hsm
-            and info.subscription.lower() == match["sub"].lower()
-            and match["rg"].lower() == VAULT_RESOURCE_GROUP
-        ):
-            document = self._hsm_document(info, request)
-        if document is None:
-            return not_found("Microsoft.KeyVault/managedHSMs", match["name"], match["rg"])
-        return ApiResponse(200, document)
+        return self._get_store(request, match, hsm=True)
 
     def _list_deleted_hsms(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
         """Soft-deleted HSMs of a subscription, shaped as DeletedManagedHsm_List.json."""

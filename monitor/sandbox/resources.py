@@ -183,6 +183,29 @@ def premium_namespace(
     }
 
 
+def _network_acls(network: VaultNetwork) -> dict[str, Any]:
+    """`networkAcls` as ARM shows a vault's or an HSM's firewall."""
+    return {
+        "bypass": "AzureServices" if network.bypass_azure_services else "None",
+        "defaultAction": "Deny" if network.default_action.strip().lower() == "deny" else "Allow",
+        # The monitor's own address, where the scenario lets it in (a documentation address: RFC 5737).
+        "ipRules": [{"value": MONITOR_ADDRESS}] if network.allows_monitor else [],
+        "virtualNetworkRules": [],
+    }
+
+
+def _system_data(created: datetime) -> dict[str, str]:
+    """`systemData` of a resource the stand-in made `created` and has not changed since."""
+    return {
+        "createdBy": "keyhealth-sandbox",
+        "createdByType": "Application",
+        "createdAt": arm_time(created),
+        "lastModifiedBy": "keyhealth-sandbox",
+        "lastModifiedByType": "Application",
+        "lastModifiedAt": arm_time(created),
+    }
+
+
 def vault_document(
     *,
     resource_id: str,
@@ -224,13 +247,7 @@ def vault_document(
     if purge_protection:  # Azure omits the flag rather than writing false
         properties["enablePurgeProtection"] = True
     if network != OPEN_NETWORK:  # Azure writes networkAcls once a firewall was ever set
-        properties["networkAcls"] = {
-            "bypass": "AzureServices" if network.bypass_azure_services else "None",
-            "defaultAction": "Deny" if network.default_action.strip().lower() == "deny" else "Allow",
-            # The monitor's own address, where the scenario lets it in (a documentation address: RFC 5737).
-            "ipRules": [{"value": MONITOR_ADDRESS}] if network.allows_monitor else [],
-            "virtualNetworkRules": [],
-        }
+        properties["networkAcls"] = _network_acls(network)
     properties.update(
         {
             "vaultUri": f"https://{host}/",
@@ -244,14 +261,7 @@ def vault_document(
         "type": VAULT_TYPE,
         "location": location,
         "tags": {},
-        "systemData": {
-            "createdBy": "keyhealth-sandbox",
-            "createdByType": "Application",
-            "createdAt": arm_time(created),
-            "lastModifiedBy": "keyhealth-sandbox",
-            "lastModifiedByType": "Application",
-            "lastModifiedAt": arm_time(created),
-        },
+        "systemData": _system_data(created),
         "properties": properties,
     }
 
@@ -279,12 +289,7 @@ def managed_hsm_document(
         "provisioningState": "Succeeded",
         "statusMessage": "ManagedHsm is functional.",
         "publicNetworkAccess": "Enabled" if network.public_network_access else "Disabled",
-        "networkAcls": {
-            "bypass": "AzureServices" if network.bypass_azure_services else "None",
-            "defaultAction": "Deny" if network.default_action.strip().lower() == "deny" else "Allow",
-            "ipRules": [{"value": MONITOR_ADDRESS}] if network.allows_monitor else [],
-            "virtualNetworkRules": [],
-        },
+        "networkAcls": _network_acls(network),
     }
     return {
         "id": resource_id,
@@ -293,14 +298,7 @@ def managed_hsm_document(
         "location": location,
         "sku": {"family": "B", "name": "Standard_B1"},
         "tags": {},
-        "systemData": {
-            "createdBy": "keyhealth-sandbox",
-            "createdByType": "Application",
-            "createdAt": arm_time(created),
-            "lastModifiedBy": "keyhealth-sandbox",
-            "lastModifiedByType": "Application",
-            "lastModifiedAt": arm_time(created),
-        },
+        "systemData": _system_data(created),
         "properties": properties,
     }
 
