@@ -29,7 +29,13 @@ from urllib.parse import urlsplit
 from azure.core.exceptions import AzureError
 from azure.core.rest import HttpRequest
 
-from monitor.adapters.azure_clients import DEFAULT_LOGS_ENDPOINT, AzureClients, describe_failure, json_body
+from monitor.adapters.azure_clients import (
+    DEFAULT_LOGS_ENDPOINT,
+    LOGS_SERVER_WAIT_SECONDS,
+    AzureClients,
+    describe_failure,
+    json_body,
+)
 from monitor.app.ports import ObservationReading
 from monitor.domain.model import (
     KeyAccess,
@@ -65,7 +71,7 @@ PRINCIPALS_PER_QUERY = 1000
 MAX_ROWS = 200_000
 # The Logs query API allows 5 concurrent queries per user.
 QUERY_CONCURRENCY = 5
-SERVER_TIMEOUT_SECONDS = 60
+SERVER_TIMEOUT_SECONDS = LOGS_SERVER_WAIT_SECONDS
 # Diagnostic settings change rarely; reading them for every vault at every poll would cost an ARM read a vault.
 SETTINGS_REFRESH = timedelta(minutes=30)
 
@@ -265,10 +271,10 @@ class AuditLogObserver:
         since = now - self._lookback
         vaults = {vault.id: vault for vault in snapshot.vaults}
         where = await self._workspaces_of(vaults.values(), reading)
-        # workspace customer id -> principals to ask for; namespace -> workspaces its calls are in
+        # workspace customer id -> principals to ask for; namespace -> (workspace, principal) its calls are under
         wanted: dict[str, set[str]] = {}
         pairs: dict[tuple[str, KeyId], _Pair] = {}
-        asks: dict[str, set[str]] = {}
+        asks: dict[str, set[tuple[str, str]]] = {}
         for namespace in snapshot.namespaces:
             reason, missing, workspaces = self._plan(namespace, vaults, where)
             if reason is not None:
@@ -283,7 +289,7 @@ class AuditLogObserver:
                     since=since, unobserved=f"its identity's principal id {odd!r} is not a GUID"
                 )
                 continue
-            asks[namespace.id] = workspaces
+            asks[namespace.id] = {(w, p) for w in workspaces for p in principals if p is not None}
             for ref, principal in zip(namespace.keys, principals, strict=True):
                 if principal is None:
                     continue  # no identity, no call: the rules say why the key is unusable
@@ -305,7 +311,8 @@ class AuditLogObserver:
         for namespace in snapshot.namespaces:
             if namespace.id not in asks:
                 continue
-            reason = next((failures[w] for w in sorted(asks[namespace.id]) if w in failures), None)
+            # Only the queries that asked for its identities: one failed chunk does not blind a whole workspace.
+            reason = next((failures[a] for a in sorted(asks[namespace.id]) if a in failures), None)
             if reason is None and namespace.id in shared:
                 reason = shared[namespace.id]
             if reason is not None:
@@ -414,8 +421,8 @@ class AuditLogObserver:
 
     async def _query_all(
         self, wanted: Mapping[str, set[str]], since: datetime, until: datetime, reading: ObservationReading
-    ) -> tuple[list[AccessRow], dict[str, str]]:
-        """Every workspace's rows, and per workspace that failed, why."""
+    ) -> tuple[list[AccessRow], dict[tuple[str, str], str]]:
+        """Every workspace's rows, and per (workspace, principal) whose query failed, why."""
         semaphore = asyncio.Semaphore(QUERY_CONCURRENCY)
         jobs: list[tuple[str, list[str]]] = []
         for workspace, principals in sorted(wanted.items()):
@@ -429,10 +436,10 @@ class AuditLogObserver:
 
         results = await asyncio.gather(*(run(w, p) for w, p in jobs))
         rows: list[AccessRow] = []
-        failures: dict[str, str] = {}
-        for (workspace, _), result in zip(jobs, results, strict=True):
+        failures: dict[tuple[str, str], str] = {}
+        for (workspace, asked), result in zip(jobs, results, strict=True):
             if isinstance(result, str):
-                failures.setdefault(workspace, result)
+                failures.update(((workspace, p), result) for p in asked)
             else:
                 rows.extend(result)
         return rows, failures

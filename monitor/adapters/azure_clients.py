@@ -48,6 +48,8 @@ from monitor.domain.model import vault_id
 
 DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 DEFAULT_LOGS_ENDPOINT = "https://api.loganalytics.io"
+# How long a Logs query asks the service to run at most (Prefer: wait=…), in seconds.
+LOGS_SERVER_WAIT_SECONDS = 60
 # The Log Analytics query API of each cloud (public, China, US Government).
 LOGS_ENDPOINTS = frozenset({DEFAULT_LOGS_ENDPOINT, "https://api.loganalytics.azure.cn", "https://api.loganalytics.us"})
 _MAX_REASON = 300
@@ -311,6 +313,12 @@ class AzureClients:
 
         def build() -> LogsQueryClient:
             kwargs = self._kwargs("loganalytics")
+            # A query may run for as long as it asked the service to wait (Prefer: wait): reading its answer
+            # must not give up first.
+            transport = kwargs["transport"]
+            transport.connection_config.read_timeout = max(
+                transport.connection_config.read_timeout, LOGS_SERVER_WAIT_SECONDS + 15
+            )
             if endpoint.rstrip("/") not in LOGS_ENDPOINTS:
                 kwargs["audience"] = DEFAULT_LOGS_ENDPOINT
             return LogsQueryClient(self.credential, endpoint=endpoint.rstrip("/"), **kwargs)

@@ -324,3 +324,34 @@ def test_a_call_is_queryable_only_once_ingested_as_in_log_analytics(sandbox: San
     assert sb_a_rows() == []
     sandbox.clock.set(just_after + sandbox.polls.ingestion)
     assert {row.operation for row in sb_a_rows()} == {"KeyGet", "KeyUnwrap"}
+
+
+def test_one_failed_query_blinds_only_the_namespaces_whose_identities_it_asked_for(sandbox: Sandbox):
+    """Queries go per 1,000 principals: one that fails makes its own namespaces unobserved, not the workspace's."""
+    import asyncio
+    import os
+
+    from monitor.adapters.audit_logs import AuditLogObserver
+    from monitor.adapters.azure_clients import AzureClients
+    from monitor.app.reading import read_snapshot
+    from monitor.entry.bootstrap import azure_options, build_credential, build_readers
+    from monitor.entry.config import Settings
+
+    async def run() -> Any:
+        settings = Settings.from_environment(dict(os.environ))
+        credential = build_credential(settings)
+        clients = AzureClients(credential, azure_options(settings))
+        try:
+            snapshot = await read_snapshot(build_readers(clients, settings))
+            observer = AuditLogObserver(clients, logs_endpoint=settings.logs_endpoint, principals_per_query=1)
+            sandbox.faults.respond(500, service="loganalytics", times=1)
+            return await observer.observe(snapshot, now=sandbox.clock.now())
+        finally:
+            await clients.close()
+            await credential.close()
+
+    reading = asyncio.run(run())
+    assert reading.queries == 3 and reading.failed_queries == 1
+    unobserved = [o.unobserved for o in reading.observations.values() if o.unobserved is not None]
+    assert len(unobserved) == 1 and "HTTP 500" in unobserved[0]
+    assert sum(1 for o in reading.observations.values() if o.unobserved is None) == 2
