@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from monitor.domain.documents import format_instant
 from monitor.domain.model import KeyRef, Namespace, is_managed_hsm, resource_group_of, vault_short_name
-from monitor.domain.observed import CONFIRMING_POLLS, exact_revocation, observe
+from monitor.domain.observed import CONFIRMING_POLLS, exact_revocation
 from monitor.domain.prediction import NamespacePrediction, Status
 from monitor.domain.states import VaultState
 from monitor.domain.usability import VERSION_REASONS, Assessment, Reason, assess, assess_as, version_reasons
@@ -384,10 +384,8 @@ def _revocation_finding(prediction: NamespacePrediction, status: Status, thresho
 
 def _observed_revocation(prediction: NamespacePrediction) -> datetime | None:
     """The service's own poll that revokes the namespace, once its phase is known from the audit log."""
-    if prediction.namespace.observed is None or prediction.blind:
-        return None
-    observation = observe(prediction.namespace)
-    if observation is None or not observation.known:
+    observation = prediction.observation
+    if observation is None or prediction.blind or not observation.known:
         return None
     return exact_revocation(observation.phase, [(s.start, s.end) for s in prediction.stretches], prediction.now)
 
@@ -632,7 +630,7 @@ def _observed_findings(prediction: NamespacePrediction) -> list[Finding]:
     reads as usable, a key the service dropped from its record, or no audit logs to observe with."""
     namespace = prediction.namespace
     service = namespace.kind.service
-    observation = observe(namespace)
+    observation = prediction.observation
     if observation is None:
         return []
     if not observation.known:

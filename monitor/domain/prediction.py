@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from monitor.domain.errors import ScenarioError
 from monitor.domain.intervals import Interval
 from monitor.domain.model import POLL_INTERVAL, KeyRef, Namespace, Scenario, name_id
+from monitor.domain.observed import NamespaceObservation, observe
 from monitor.domain.usability import Assessment, UsableTime, assess, assess_as, change_instants
 from monitor.domain.world import World
 
@@ -62,6 +63,8 @@ class NamespacePrediction:
     stretches: tuple[Stretch, ...]
     # Each reference judged at the start of the first stretch: why the namespace would go Revoked.
     assessments_at_revocation: tuple[Assessment, ...] | None
+    # Extension: what the service's own key accesses showed (its `observed`), judged once for findings and output.
+    observation: NamespaceObservation | None = None
 
     @property
     def usable_keys_now(self) -> int:
@@ -217,7 +220,14 @@ class Predictor:
         # Positional: a third cheaper than by keyword, once per namespace. The fields' order, for reading:
         # namespace, now, horizon, assessments_now, usable_intervals, stretches, assessments_at_revocation.
         return NamespacePrediction(
-            namespace, now, horizon, tuple(assessments), tuple(per_ref), stretches, at_revocation
+            namespace,
+            now,
+            horizon,
+            tuple(assessments),
+            tuple(per_ref),
+            stretches,
+            at_revocation,
+            observe(namespace) if namespace.observed is not None else None,
         )
 
     def _unseen(self, namespace: Namespace, reason: str) -> NamespacePrediction:
@@ -228,7 +238,14 @@ class Predictor:
             Assessment(ref, identity.principal_for(ref.identity), (), None, (reason,)) for ref in namespace.keys
         )
         return NamespacePrediction(
-            namespace, self.now, self.horizon, assessments, tuple(() for _ in namespace.keys), (), None
+            namespace,
+            self.now,
+            self.horizon,
+            assessments,
+            tuple(() for _ in namespace.keys),
+            (),
+            None,
+            observe(namespace) if namespace.observed is not None else None,
         )
 
 

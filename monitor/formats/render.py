@@ -9,7 +9,7 @@ from typing import Any
 from monitor.domain.documents import format_instant
 from monitor.domain.findings import Code, Finding, Severity, humanize
 from monitor.domain.fleet import FleetReport, NamespaceReport
-from monitor.domain.observed import NamespaceObservation, exact_revocation, observe
+from monitor.domain.observed import NamespaceObservation, exact_revocation
 from monitor.domain.prediction import Status
 
 
@@ -74,7 +74,7 @@ def observed_fields(report: NamespaceReport) -> dict[str, object]:
     known; null otherwise), and `observed`: what its key accesses showed. Extras beyond the spec: the spec's
     window keeps its meaning."""
     prediction = report.prediction
-    observation = observe(prediction.namespace)
+    observation = prediction.observation
     assert observation is not None  # noqa: S101 - narrows the type; callers ask only of an observed namespace
     return {
         "revoked_at": _instant(revocation_instant(report, observation)),

@@ -18,7 +18,6 @@ from monitor.domain.errors import ScenarioError
 from monitor.domain.findings import Thresholds, humanize
 from monitor.domain.fleet import judge
 from monitor.domain.model import Scenario
-from monitor.domain.observed import observe
 from monitor.domain.prediction import Status, predict_scenario
 from monitor.domain.timeline import FleetTimeline, NamespaceTimeline, fleet_timeline
 from monitor.formats.render import failover_words, geo_dr_document, revocation_instant
@@ -257,7 +256,7 @@ def _namespace(timeline: NamespaceTimeline, scale: _Scale, now: datetime, index:
 def _observed(timeline: NamespaceTimeline, now: datetime) -> str:
     """What the service's own key accesses showed: its next poll, once its phase is known, or why not."""
     namespace = timeline.namespace
-    observation = observe(namespace) if namespace.observed is not None else None
+    observation = timeline.report.prediction.observation
     if observation is None:
         return ""
     service = namespace.kind.service
