@@ -20,7 +20,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -49,6 +49,7 @@ from monitor.domain.model import (
     subscription_of,
     vault_id,
 )
+from monitor.domain.names import is_guid, is_key_name, vault_host_problem
 from monitor.domain.observed import compacted
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,6 @@ AUDIT_CATEGORY = "AuditEvent"
 AUDIT_GROUPS = frozenset({"audit", "alllogs"})
 DIAGNOSTIC_SETTINGS_API = "2021-05-01-preview"
 WORKSPACE_API = "2022-10-01"
-# The built-in role the monitor's identity needs on the workspace, and nothing more.
-LOG_ANALYTICS_READER = "73c42c96-874c-492b-b04d-ab87d138a893"
 OPERATIONS = ("KeyGet", "KeyWrap", "KeyUnwrap")
 # Three polls and a margin: the phase is known from two, and a key dropped after a failure shows as a later
 # poll without it; older polls add rows, not facts.
@@ -71,18 +70,16 @@ PRINCIPALS_PER_QUERY = 1000
 MAX_ROWS = 200_000
 # The Logs query API allows 5 concurrent queries per user.
 QUERY_CONCURRENCY = 5
-SERVER_TIMEOUT_SECONDS = LOGS_SERVER_WAIT_SECONDS
 # Diagnostic settings change rarely; reading them for every vault at every poll would cost an ARM read a vault.
 SETTINGS_REFRESH = timedelta(minutes=30)
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # A vault's or Managed HSM's host, as Azure names them: 3-24 characters, under a cloud's DNS suffix.
 _VAULT_HOST = re.compile(
     r"^[a-z0-9][a-z0-9-]{1,22}[a-z0-9]\.(?:vault|managedhsm)\."
     r"(?:azure\.net|azure\.cn|usgovcloudapi\.net|microsoftazure\.de)$"
 )
-_KEY_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
-_KEY_VERSION = re.compile(r"^[0-9A-Za-z]{1,64}$")
+# A version as a row may carry one: shown, never judged, so looser than Key Vault's 32 hex digits.
+_ROW_VERSION = re.compile(r"[0-9A-Za-z]{1,64}")
 # Resource ids from ARM go into request paths: nothing but their own segments may be in them.
 _WORKSPACE_ID = re.compile(
     r"^/subscriptions/[0-9a-f-]{36}/resourcegroups/[-\w.()]{1,90}/providers/microsoft\.operationalinsights"
@@ -96,17 +93,13 @@ _VAULT_ID = re.compile(
 )
 
 
-def is_guid(text: object) -> bool:
-    return isinstance(text, str) and _GUID.match(text) is not None
-
-
 # Each call's instant as Unix milliseconds: a number, which the SDK passes through, where a datetime column is
 # parsed row by row (most of an observation's CPU at 100,000 rows).
 _UNIX_MS = 'UnixMs = datetime_diff("millisecond", TimeGenerated, datetime(1970-01-01))'
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _kql_instant(at: datetime) -> str:
+def _iso(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -124,8 +117,8 @@ def build_query(principals: Sequence[str], since: datetime, until: datetime, *, 
     oid_claim = "http://schemas.microsoft.com/identity/claims/objectidentifier"
     return "\n".join(
         [
-            f"let since = datetime({_kql_instant(since)});",
-            f"let until = datetime({_kql_instant(until)});",
+            f"let since = datetime({_iso(since)});",
+            f"let until = datetime({_iso(until)});",
             f"let principals = dynamic([{listed}]);",
             "union isfuzzy=true",
             "    (AZKVAuditLogs",
@@ -181,12 +174,12 @@ def _parse_key_url(candidate: str) -> tuple[KeyId, str, str | None] | None:
     """One candidate of parse_key_url; the same few thousand URLs come back in every poll's rows."""
     parts = urlsplit(candidate)
     host = (parts.hostname or "").lower()
-    if parts.scheme != "https" or not _VAULT_HOST.match(host):
+    if parts.scheme != "https" or vault_host_problem(host) is not None:
         return None
     segments = [s for s in parts.path.split("/") if s]
-    if len(segments) < 2 or segments[0].lower() != "keys" or not _KEY_NAME.match(segments[1]):
+    if len(segments) < 2 or segments[0].lower() != "keys" or not is_key_name(segments[1]):
         return None
-    version = segments[2] if len(segments) > 2 and _KEY_VERSION.match(segments[2]) else None
+    version = segments[2] if len(segments) > 2 and _ROW_VERSION.fullmatch(segments[2]) else None
     uri = f"https://{host}"
     return (vault_id(uri), name_id(segments[1])), key_url(uri, segments[1]), version
 
@@ -232,13 +225,6 @@ class _Destinations:
     read_at: float = 0.0
 
 
-@dataclass(slots=True)
-class _Pair:
-    """A (principal, key) the audit log names, and the namespaces that call that key as that principal."""
-
-    namespaces: list[str] = field(default_factory=list)
-
-
 class AuditLogObserver:
     """AccessObserver over Log Analytics: the snapshot's namespaces' own key calls, from the vaults' audit logs.
 
@@ -273,7 +259,8 @@ class AuditLogObserver:
         where = await self._workspaces_of(vaults.values(), reading)
         # workspace customer id -> principals to ask for; namespace -> (workspace, principal) its calls are under
         wanted: dict[str, set[str]] = {}
-        pairs: dict[tuple[str, KeyId], _Pair] = {}
+        # (principal, key) the audit log names -> the namespaces that call that key as that principal
+        pairs: dict[tuple[str, KeyId], list[str]] = {}
         asks: dict[str, set[tuple[str, str]]] = {}
         for namespace in snapshot.namespaces:
             reason, missing, workspaces = self._plan(namespace, vaults, where)
@@ -293,17 +280,17 @@ class AuditLogObserver:
             for ref, principal in zip(namespace.keys, principals, strict=True):
                 if principal is None:
                     continue  # no identity, no call: the rules say why the key is unusable
-                pairs.setdefault((principal, ref.key_id), _Pair()).namespaces.append(namespace.id)
+                pairs.setdefault((principal, ref.key_id), []).append(namespace.id)
                 for workspace in workspaces:
                     wanted.setdefault(workspace, set()).add(principal)
         reading.workspaces = len(wanted)
         rows, failures = await self._query_all(wanted, since, now, reading)
         accesses: dict[str, list[KeyAccess]] = {}
         for row in rows:
-            pair = pairs.get((row.principal, row.key))
-            if pair is None:
+            callers = pairs.get((row.principal, row.key))
+            if callers is None:
                 continue  # the identity's calls on another key, or another namespace's
-            for namespace_id in set(pair.namespaces):
+            for namespace_id in set(callers):
                 accesses.setdefault(namespace_id, []).append(
                     KeyAccess(row.at, row.url, row.operation, row.status, row.version)
                 )
@@ -457,7 +444,7 @@ class AuditLogObserver:
             "POST",
             f"/workspaces/{workspace}/query",
             json=body,
-            headers={"Prefer": f"wait={SERVER_TIMEOUT_SECONDS}", "Accept": "application/json"},
+            headers={"Prefer": f"wait={LOGS_SERVER_WAIT_SECONDS}", "Accept": "application/json"},
         )
         failed = f"the audit log query of workspace {workspace} failed"
         try:
@@ -505,10 +492,6 @@ class AuditLogObserver:
         return rows
 
 
-def _iso(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _logs_error_text(error: object) -> str:
     """' <code>: <message>' of a Logs API error body, clipped; '' when there is none."""
     if not isinstance(error, dict):
@@ -540,12 +523,12 @@ def audit_workspaces(document: object) -> set[str]:
     return found
 
 
-def _shared(pairs: Mapping[tuple[str, KeyId], _Pair], namespaces: Sequence[Namespace]) -> dict[str, str]:
+def _shared(pairs: Mapping[tuple[str, KeyId], list[str]], namespaces: Sequence[Namespace]) -> dict[str, str]:
     """Namespaces whose identity another namespace uses on the same key: the log cannot tell their calls apart."""
     names = {n.id: n.name for n in namespaces}
     shared: dict[str, str] = {}
-    for (principal, key), pair in pairs.items():
-        users = sorted(set(pair.namespaces))
+    for (principal, key), callers in pairs.items():
+        users = sorted(set(callers))
         if len(users) < 2:
             continue
         for namespace_id in users:

@@ -157,7 +157,7 @@ class Alert:
             worst = self.findings[0].message.split(" (Geo-DR", 1)[0] if self.findings else "Geo-DR partner at risk"
             what = f"Geo-DR: {worst}"
         elif self.condition is Condition.SERVICE:
-            service = "Event Hubs" if kind_of(self.namespace_id) is NamespaceKind.EVENT_HUBS else "Service Bus"
+            service = kind_of(self.namespace_id).service
             failing = [f for f in self.findings if f.code == "service-access-failing"]
             chief = failing[0] if failing else (self.findings[0] if self.findings else None)
             key = (chief.key or "a listed key").rstrip("/").rsplit("/", 1)[-1] if chief else "a listed key"

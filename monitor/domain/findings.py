@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from monitor.domain.documents import format_instant
 from monitor.domain.model import KeyRef, Namespace, is_managed_hsm, resource_group_of, vault_short_name
-from monitor.domain.observed import CONFIRMING_POLLS, exact_revocation
+from monitor.domain.observed import CONFIRMING_POLLS
 from monitor.domain.prediction import NamespacePrediction, Status
 from monitor.domain.states import VaultState
 from monitor.domain.usability import VERSION_REASONS, Assessment, Reason, assess, assess_as, version_reasons
@@ -369,7 +369,7 @@ def _revocation_finding(prediction: NamespacePrediction, status: Status, thresho
             "poll, so revocation is possible, not certain"
         )
         head += f"; certain by {format_instant(revoked_by)}" if revoked_by else ""
-    exact = _observed_revocation(prediction)
+    exact = prediction.revoked_at
     if exact is not None:
         service = prediction.namespace.kind.service
         head += f"; {service}'s own poll at {format_instant(exact)} is the one (its poll phase, from the audit log)"
@@ -380,14 +380,6 @@ def _revocation_finding(prediction: NamespacePrediction, status: Status, thresho
         message=f"{head}. Why: {why}. {advice}",
         at=earliest,
     )
-
-
-def _observed_revocation(prediction: NamespacePrediction) -> datetime | None:
-    """The service's own poll that revokes the namespace, once its phase is known from the audit log."""
-    observation = prediction.observation
-    if observation is None or prediction.blind or not observation.known:
-        return None
-    return exact_revocation(observation.phase, [(s.start, s.end) for s in prediction.stretches], prediction.now)
 
 
 def _why(assessments: tuple[Assessment, ...]) -> str:

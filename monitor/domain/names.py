@@ -75,6 +75,12 @@ def version_problem(text: str) -> str | None:
 # ASCII-only case folding (re.ASCII): under Unicode rules IGNORECASE lets U+212A match `k` and U+017F `s`.
 NAMESPACE_NAME = re.compile(r"(?!.*-(?:sb|mgmt)$)[A-Za-z][0-9A-Za-z-]{4,48}[0-9A-Za-z]", re.ASCII | re.IGNORECASE)
 _GUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+# Tenant, application, object (principal) and workspace ids.
+GUID = re.compile(_GUID)
+
+
+def is_guid(text: object) -> bool:
+    return isinstance(text, str) and GUID.fullmatch(text) is not None
 
 
 def _namespace_id(provider: str) -> re.Pattern[str]:

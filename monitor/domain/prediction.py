@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from monitor.domain.errors import ScenarioError
 from monitor.domain.intervals import Interval
 from monitor.domain.model import POLL_INTERVAL, KeyRef, Namespace, Scenario, name_id
-from monitor.domain.observed import NamespaceObservation, observe
+from monitor.domain.observed import NamespaceObservation, exact_revocation, observe
 from monitor.domain.usability import Assessment, UsableTime, assess, assess_as, change_instants
 from monitor.domain.world import World
 
@@ -93,6 +93,14 @@ class NamespacePrediction:
         """Some reference could not be judged: neither healthy nor revoked can be claimed, so the
         namespace is unknown and no revocation window is predicted for it."""
         return any(a.is_unknown for a in self.assessments_now)
+
+    @property
+    def revoked_at(self) -> datetime | None:
+        """Extension: the service's own poll that revokes the namespace, once the audit log gave its phase."""
+        observation = self.observation
+        if observation is None or not observation.known or self.blind:
+            return None
+        return exact_revocation(observation.phase, [(s.start, s.end) for s in self.stretches], self.now)
 
     @property
     def revoked_at_earliest(self) -> datetime | None:

@@ -24,7 +24,6 @@ from monitor.domain.fleet import FleetReport
 from monitor.domain.model import (
     Scenario,
 )
-from monitor.domain.observed import observe
 from monitor.domain.timeline import describe_change
 from monitor.entry.bootstrap import build_monitor
 from monitor.entry.config import Settings
@@ -218,7 +217,7 @@ def _print_observed(stdout: TextIO, report: FleetReport, now: datetime) -> None:
     print("\nthe services' own polls, read from the vaults' audit logs (Log Analytics query API):", file=stdout)
     for namespace_report in report.namespaces:
         namespace = namespace_report.prediction.namespace
-        observation = observe(namespace) if namespace.observed is not None else None
+        observation = namespace_report.prediction.observation
         if observation is None:
             continue
         if not observation.known:

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from monitor.domain.errors import KeyPatternError, SettingError
+from monitor.domain.names import GUID
 from monitor.domain.remediation import parse_key_pattern
 
 
@@ -143,13 +144,10 @@ def parse_actions(name: str, raw: str) -> frozenset[str]:
     return chosen
 
 
-GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-
-
 def parse_tenant(name: str, raw: str) -> str | None:
     if not raw:
         return None
-    if not GUID.match(raw):
+    if not GUID.fullmatch(raw):
         raise SettingError(name, raw, "expected the tenant's id, a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47")
     return raw.lower()
 
@@ -157,7 +155,7 @@ def parse_tenant(name: str, raw: str) -> str | None:
 def parse_audiences(name: str, raw: str) -> tuple[str, ...]:
     items = tuple(part.strip() for part in raw.split(",") if part.strip())
     for item in items:
-        if not (GUID.match(item) or re.match(r"^(api|https)://[^\s,]+$", item)):
+        if not (GUID.fullmatch(item) or re.match(r"^(api|https)://[^\s,]+$", item)):
             raise SettingError(
                 name, raw, f"{item!r} is neither an application id (a GUID) nor an api:// or https:// URI"
             )
@@ -167,7 +165,7 @@ def parse_audiences(name: str, raw: str) -> tuple[str, ...]:
 def parse_guids(name: str, raw: str) -> tuple[str, ...]:
     items = tuple(part.strip().lower() for part in raw.split(",") if part.strip())
     for item in items:
-        if not GUID.match(item):
+        if not GUID.fullmatch(item):
             raise SettingError(name, raw, f"{item!r} is not an application or object id (a GUID)")
     return items
 

@@ -9,7 +9,7 @@ from typing import Any
 from monitor.domain.documents import format_instant
 from monitor.domain.findings import Code, Finding, Severity, humanize
 from monitor.domain.fleet import FleetReport, NamespaceReport
-from monitor.domain.observed import NamespaceObservation, exact_revocation
+from monitor.domain.observed import NamespaceObservation
 from monitor.domain.prediction import Status
 
 
@@ -77,17 +77,9 @@ def observed_fields(report: NamespaceReport) -> dict[str, object]:
     observation = prediction.observation
     assert observation is not None  # noqa: S101 - narrows the type; callers ask only of an observed namespace
     return {
-        "revoked_at": _instant(revocation_instant(report, observation)),
+        "revoked_at": _instant(prediction.revoked_at),
         "observed": observed_document(report, observation),
     }
-
-
-def revocation_instant(report: NamespaceReport, observation: NamespaceObservation) -> datetime | None:
-    prediction = report.prediction
-    if not observation.known or prediction.blind:
-        return None
-    spans = [(s.start, s.end) for s in prediction.stretches]
-    return exact_revocation(observation.phase, spans, prediction.now)
 
 
 def observed_document(report: NamespaceReport, observation: NamespaceObservation) -> dict[str, object]:

@@ -20,7 +20,7 @@ from monitor.domain.fleet import judge
 from monitor.domain.model import Scenario
 from monitor.domain.prediction import Status, predict_scenario
 from monitor.domain.timeline import FleetTimeline, NamespaceTimeline, fleet_timeline
-from monitor.formats.render import failover_words, geo_dr_document, revocation_instant
+from monitor.formats.render import failover_words, geo_dr_document
 
 # The timeline's geometry, in SVG user units (the drawing scales with the page).
 WIDTH = 1000
@@ -267,7 +267,7 @@ def _observed(timeline: NamespaceTimeline, now: datetime) -> str:
     if phase is None or not phase.known:
         seen = observation.polls_seen
         return f'<br><span class="observed">{_e(service)}\'s poll phase: not known yet ({seen} poll(s) seen)</span>'
-    revoked = revocation_instant(timeline.report, observation)
+    revoked = timeline.report.prediction.revoked_at
     next_poll = format_instant(phase.next_poll(now))
     text = f"{service}'s next poll at {next_poll} (its phase, from {phase.polls} polls in the audit log)"
     if revoked is not None:

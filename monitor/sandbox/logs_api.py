@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
+from monitor.domain.names import GUID
 from monitor.sandbox.resources import stable_uuid
 from monitor.sandbox.servicebus_polls import AuditRow, ServiceBusPolls
 from monitor.sandbox.state import DEFAULT_SUBSCRIPTION, RESOURCE_AGE, SandboxState
 from monitor.sandbox.wire import ApiRequest, ApiResponse, Router, arm_error, arm_time, logs_error
 
-LOGS_PREFIX = "/loganalytics/"
 WORKSPACE_RESOURCE_GROUP = "rg-monitoring"
 WORKSPACE_NAME = "law-keyhealth"
 # Log Analytics refuses more than this many rows in one result.
@@ -33,16 +33,11 @@ MAX_RESULT_ROWS = 500_000
 TableShape = Literal["AZKVAuditLogs", "AzureDiagnostics"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-_GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _LET_TIME = re.compile(r"let (since|until) = datetime\(([0-9T:.\-]+Z)\);")
-_LET_PRINCIPALS = re.compile(r"let principals = dynamic\(\[((?:\"" + _GUID + r"\"(?:, )?)*)\]\);")
+_LET_PRINCIPALS = re.compile(r"let principals = dynamic\(\[((?:\"" + GUID.pattern + r"\"(?:, )?)*)\]\);")
 _TAKE = re.compile(r"\|\s*take (\d+)\s*$")
 _OPERATIONS = re.compile(r"OperationName in \(((?:\"[A-Za-z]+\"(?:, )?)+)\)")
 _SUBQUERY = re.compile(r"\((AZKVAuditLogs|AzureDiagnostics)\n(.*?)\)(?:,\n|\n\|)", re.DOTALL)
-
-
-def _logs_error(status: int, code: str, message: str, inner: str | None = None) -> ApiResponse:
-    return logs_error(status, code, message, inner_code=inner)
 
 
 @dataclass(slots=True)
@@ -70,7 +65,7 @@ class LogsApi:
         self.workspace = Workspace(resource_id, stable_uuid("workspace", resource_id))
         for info in state.vaults:
             self.workspace.shapes[info.host] = "AZKVAuditLogs"
-        query = Router(lambda request: _logs_error(404, "PathNotFoundError", f"The path {request.path} is not served."))
+        query = Router(lambda request: logs_error(404, "PathNotFoundError", f"The path {request.path} is not served."))
         query.add("POST", r"/v1/workspaces/(?P<workspace>[^/]+)/query/?", self._query)
         self._router = query
 
@@ -177,9 +172,9 @@ class LogsApi:
 
     def _query(self, request: ApiRequest, match: re.Match[str]) -> ApiResponse:
         if match["workspace"].lower() != self.workspace.customer_id:
-            return _logs_error(404, "WorkspaceNotFoundError", f"The workspace {match['workspace']} could not be found")
+            return logs_error(404, "WorkspaceNotFoundError", f"The workspace {match['workspace']} could not be found")
         if not self.workspace.readable:
-            return _logs_error(
+            return logs_error(
                 403,
                 "InsufficientAccessError",
                 "The provided credentials have insufficient access to perform the requested operation",
@@ -187,12 +182,14 @@ class LogsApi:
         body = request.body if isinstance(request.body, dict) else {}
         text = body.get("query")
         if not isinstance(text, str) or not text.strip():
-            return _logs_error(400, "BadArgumentError", "The request had some invalid properties", "QueryMissing")
+            return logs_error(
+                400, "BadArgumentError", "The request had some invalid properties", inner_code="QueryMissing"
+            )
         try:
             parsed = _parse(text)
         except ValueError as error:
-            return _logs_error(
-                400, "BadArgumentError", f"The request had some invalid properties: {error}", "SyntaxError"
+            return logs_error(
+                400, "BadArgumentError", f"The request had some invalid properties: {error}", inner_code="SyntaxError"
             )
         window = _timespan(body.get("timespan"))
         since = max(parsed.since, window[0]) if window else parsed.since

@@ -52,7 +52,6 @@ _STATUS = {
 }
 # No call reaches the vault: no log row.
 _SILENT = frozenset({Reason.VAULT_MISSING, Reason.IDENTITY_MISSING})
-_RESULT = {200: "Success", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +66,6 @@ class AuditRow:
     status: int
     key: str  # the key's URL with its version when the call reached one, as `Id` carries it
     request_uri: str
-
-    @property
-    def result(self) -> str:
-        return _RESULT.get(self.status, "Failed")
 
 
 @dataclass(slots=True)

@@ -79,9 +79,14 @@ def running(tmp_path: Path) -> Iterator[tuple[Sandbox, Monitor]]:
         vaults=[vault(), vault(OTHER)],
         now=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
+    yield from _serving(document, tmp_path)
+
+
+def _serving(document: dict[str, Any], tmp_path: Path, **settings: str) -> Iterator[tuple[Sandbox, Monitor]]:
+    """The stand-in serving `document` and the worker's Monitor wired to it (SQLite), with extra `settings`."""
     parsed, _ = parse_scenario(document)
     with Sandbox(parsed) as sandbox:
-        environment = {**sandbox.environment(), "KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite")}
+        environment = {**sandbox.environment(), "KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite"), **settings}
         monitor = build_monitor(Settings.from_environment(environment))
         host.use_monitor(monitor)
         try:
@@ -228,21 +233,7 @@ def running_observed(tmp_path: Path) -> Iterator[tuple[Sandbox, Monitor]]:
         vaults=[vault(access={SYSTEM_PRINCIPAL: ["all"], OWN_PRINCIPAL: ["all"]})],
         now=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
-    parsed, _ = parse_scenario(document)
-    with Sandbox(parsed) as sandbox:
-        environment = {
-            **sandbox.environment(),
-            "KEYHEALTH_SQLITE_PATH": str(tmp_path / "state.sqlite"),
-            "KEYHEALTH_AUDIT_LOGS": "on",
-        }
-        monitor = build_monitor(Settings.from_environment(environment))
-        host.use_monitor(monitor)
-        try:
-            yield sandbox, monitor
-        finally:
-            host.use_monitor(None)
-            assert monitor.close is not None
-            _run(monitor.close())
+    yield from _serving(document, tmp_path, KEYHEALTH_AUDIT_LOGS="on")
 
 
 OWN_PRINCIPAL = "00000000-0000-0000-0000-00000000c0de"
