@@ -355,3 +355,23 @@ def test_one_failed_query_blinds_only_the_namespaces_whose_identities_it_asked_f
     unobserved = [o.unobserved for o in reading.observations.values() if o.unobserved is not None]
     assert len(unobserved) == 1 and "HTTP 500" in unobserved[0]
     assert sum(1 for o in reading.observations.values() if o.unobserved is None) == 2
+
+
+def test_the_stand_ins_logs_api_answers_nothing_without_a_bearer_token(sandbox: Sandbox):
+    """As the service: no token, a 401 with its challenge, and no rows."""
+    import json
+    import ssl
+    import urllib.request
+
+    request = urllib.request.Request(  # noqa: S310 - the stand-in's own HTTPS URL
+        f"{sandbox.logs_endpoint}/v1/workspaces/{sandbox.logs.workspace.customer_id}/query",
+        data=json.dumps({"query": "AZKVAuditLogs | take 1"}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    context = ssl.create_default_context(cafile=str(sandbox.ca_path))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, context=context)  # noqa: S310 - the stand-in's own HTTPS URL
+    assert refused.value.code == 401
+    assert refused.value.headers["WWW-Authenticate"].startswith("Bearer authorization_uri=")
+    assert json.loads(refused.value.read())["error"]["code"] == "AuthorizationRequiredError"
